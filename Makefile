@@ -1,0 +1,56 @@
+# The two commands of README.md, and the tools behind them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NPM_PREFIX := .tools/node
+BUF := $(NPM_PREFIX)/node_modules/.bin/buf
+BUF_VERSION := 1.75.0
+
+.PHONY: run test lint typecheck proto proto-check buf-lint install bench
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,train]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## run: the decision hub, every service in one process, SQLite, demo catalog and model.
+run: $(STAMP)
+	$(BIN)/nextbest serve --target all --demo
+
+## test: the whole test suite (SQLite always; PostgreSQL when it answers on 127.0.0.1:5432).
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy libs services tests
+
+## proto: regenerate the Python stubs under libs/protos from proto/ (never edit them by hand).
+proto: $(STAMP)
+	rm -rf libs/protos/nextbest
+	mkdir -p libs/protos
+	$(BIN)/python -m grpc_tools.protoc -Iproto \
+		--python_out=libs/protos --pyi_out=libs/protos --grpc_python_out=libs/protos \
+		$$(find proto -name '*.proto' | sort)
+	find libs/protos/nextbest -type d -exec touch {}/__init__.py \;
+
+## proto-check: fail when the committed stubs drift from proto/.
+proto-check: proto
+	git diff --exit-code --stat -- libs/protos
+	test -z "$$(git status --porcelain -- libs/protos)"
+
+$(BUF):
+	npm install --silent --no-save --no-audit --no-fund --prefix $(NPM_PREFIX) @bufbuild/buf@$(BUF_VERSION)
+
+buf-lint: $(BUF)
+	$(BUF) lint
+
+bench: $(STAMP)
+	$(BIN)/nextbest bench --help

@@ -1,0 +1,57 @@
+"""Protocol-neutral domain errors; the RPC layer maps them to status codes in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field: its path in the request (e.g. ``identifiers[0].value``) and why."""
+
+    field: str
+    description: str
+
+
+class DomainError(Exception):
+    """Base of every error a service raises on purpose."""
+
+
+class InvalidArgument(DomainError):
+    def __init__(self, violations: list[FieldViolation] | FieldViolation) -> None:
+        self.violations = violations if isinstance(violations, list) else [violations]
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in self.violations))
+
+
+class NotFound(DomainError):
+    pass
+
+
+class FailedPrecondition(DomainError):
+    pass
+
+
+class Unavailable(DomainError):
+    """A dependency could not answer (down, too slow, or refused)."""
+
+
+class Unimplemented(DomainError):
+    pass
+
+
+class Violations:
+    """Collects field violations while validating a request, then raises them all at once."""
+
+    def __init__(self) -> None:
+        self.items: list[FieldViolation] = []
+
+    def add(self, field: str, description: str) -> None:
+        self.items.append(FieldViolation(field, description))
+
+    def require(self, condition: bool, field: str, description: str) -> None:
+        if not condition:
+            self.add(field, description)
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise InvalidArgument(self.items)

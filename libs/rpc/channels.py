@@ -1,0 +1,43 @@
+"""Client channels to peers: round-robin over every address a target resolves to."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+
+# Reads are retried by gRPC itself (jittered backoff); writes are not listed here.
+_SERVICE_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [
+            {
+                "name": [
+                    {"service": "nextbest.identity.v1.IdentityService", "method": "LookupProfile"},
+                    {"service": "nextbest.context.v1.ContextService", "method": "GetProfileContext"},
+                    {"service": "nextbest.scoring.v1.ScoringService"},
+                    {"service": "nextbest.arbitration.v1.ArbitrationService"},
+                ],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.01s",
+                    "maxBackoff": "0.1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
+)
+
+
+def open_channel(target: str) -> grpc.aio.Channel:
+    """An insecure channel with client-side round-robin (``dns:///host:port`` or ``ipv4:a,b``)."""
+    return grpc.aio.insecure_channel(
+        target,
+        options=[
+            ("grpc.service_config", _SERVICE_CONFIG),
+            ("grpc.enable_retries", 1),
+            ("grpc.keepalive_time_ms", 30_000),
+        ],
+    )

@@ -1,0 +1,109 @@
+"""The one gRPC server bootstrap every target uses: health, reflection, interceptor, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from libs.logging import get_logger
+from libs.rpc.interceptors import RpcInterceptor
+
+_log = get_logger("nextbest.server")
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass(frozen=True)
+class ServiceBinding:
+    """One gRPC service a target serves: its full name and how to add its servicer."""
+
+    name: str
+    add_to_server: Callable[[grpc.aio.Server], None]
+
+
+class GrpcServer:
+    """A started-or-not aio server with the health statuses of the services it carries."""
+
+    def __init__(
+        self, server: grpc.aio.Server, health_servicer: health.aio.HealthServicer,
+        service_names: Sequence[str],
+    ) -> None:
+        self.server = server
+        self.health = health_servicer
+        self.service_names = list(service_names)
+
+    async def start(self) -> None:
+        await self.server.start()
+        for name in ["", *self.service_names]:
+            await self.health.set(name, _SERVING)
+
+    async def stop(self, grace_s: float) -> None:
+        """Report NOT_SERVING first so probes and balancers move away, then drain."""
+        for name in ["", *self.service_names]:
+            await self.health.set(name, _NOT_SERVING)
+        await self.server.stop(grace_s)
+
+    async def wait_for_termination(self) -> None:
+        await self.server.wait_for_termination()
+
+
+def create_server(
+    address: str,
+    bindings: Sequence[ServiceBinding],
+    *,
+    reflection_enabled: bool = True,
+    max_connection_age_s: float = 300.0,
+    max_message_bytes: int = 4 * 1024 * 1024,
+) -> tuple[GrpcServer, int]:
+    """Build (not start) a server on ``address``; returns it and the bound port (for port 0)."""
+    server = grpc.aio.server(
+        interceptors=[RpcInterceptor()],
+        options=[
+            ("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", 10_000),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    for binding in bindings:
+        binding.add_to_server(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [binding.name for binding in bindings]
+    if reflection_enabled:
+        reflection.enable_server_reflection(
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME],
+            server,
+        )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind gRPC server to {address}")
+    return GrpcServer(server, health_servicer, names), port
+
+
+async def run_until_signalled(
+    server: GrpcServer, grace_s: float, on_stopped: Callable[[], object] | None = None
+) -> None:
+    """Start, serve until SIGTERM/SIGINT, then drain for ``grace_s`` and clean up."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    _log.info("serving", services=server.service_names)
+    await stop.wait()
+    _log.info("draining", grace_s=grace_s)
+    await server.stop(grace_s)
+    if on_stopped is not None:
+        result = on_stopped()
+        if asyncio.iscoroutine(result):
+            await result
+    _log.info("stopped")

@@ -1,0 +1,6 @@
+"""Shared storage runtime: declarative base, engines, unit of work, migrations runner."""
+
+from libs.storage.database import Base, Database
+from libs.storage.uow import SqlUnitOfWork
+
+__all__ = ["Base", "Database", "SqlUnitOfWork"]

@@ -1,0 +1,44 @@
+"""Unit of work over one SQLAlchemy session: nothing is stored until ``commit()``."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from libs.storage.database import Database
+
+
+class SqlUnitOfWork:
+    """Subclasses create their repositories in ``_open`` from ``self.session``."""
+
+    def __init__(self, database: Database, *, write: bool = True) -> None:
+        self._database = database
+        self._write = write
+        self.session: AsyncSession
+
+    def _open(self) -> None:
+        """Create the repositories on the fresh session."""
+
+    async def __aenter__(self) -> Self:
+        self.session = self._database.session(write=self._write)
+        self._open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self.session.rollback()
+        finally:
+            await self.session.close()
+
+    async def commit(self) -> None:
+        await self.session.commit()
+
+    async def rollback(self) -> None:
+        await self.session.rollback()
