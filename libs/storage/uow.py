@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Self
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.storage.database import Database
@@ -38,7 +39,14 @@ class SqlUnitOfWork:
             await self.session.close()
 
     async def commit(self) -> None:
-        await self.session.commit()
+        try:
+            await self.session.commit()
+        except IntegrityError as error:
+            raise StorageConflict(str(error.orig)) from error
 
     async def rollback(self) -> None:
         await self.session.rollback()
+
+
+class StorageConflict(Exception):
+    """A concurrent writer got there first (unique constraint); the caller may retry."""

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ActionDefinition(_message.Message):
-    __slots__ = ("action_id", "name", "issue", "group", "channels", "value", "lever", "model", "enabled", "treatments", "prior_propensity")
+    __slots__ = ("action_id", "name", "issue", "group", "channels", "value", "lever", "model", "disabled", "treatments", "prior_propensity")
     ACTION_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ISSUE_FIELD_NUMBER: _ClassVar[int]
@@ -20,7 +20,7 @@ class ActionDefinition(_message.Message):
     VALUE_FIELD_NUMBER: _ClassVar[int]
     LEVER_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
-    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    DISABLED_FIELD_NUMBER: _ClassVar[int]
     TREATMENTS_FIELD_NUMBER: _ClassVar[int]
     PRIOR_PROPENSITY_FIELD_NUMBER: _ClassVar[int]
     action_id: str
@@ -31,10 +31,10 @@ class ActionDefinition(_message.Message):
     value: float
     lever: float
     model: str
-    enabled: bool
+    disabled: bool
     treatments: _struct_pb2.Struct
     prior_propensity: float
-    def __init__(self, action_id: _Optional[str] = ..., name: _Optional[str] = ..., issue: _Optional[str] = ..., group: _Optional[str] = ..., channels: _Optional[_Iterable[str]] = ..., value: _Optional[float] = ..., lever: _Optional[float] = ..., model: _Optional[str] = ..., enabled: _Optional[bool] = ..., treatments: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., prior_propensity: _Optional[float] = ...) -> None: ...
+    def __init__(self, action_id: _Optional[str] = ..., name: _Optional[str] = ..., issue: _Optional[str] = ..., group: _Optional[str] = ..., channels: _Optional[_Iterable[str]] = ..., value: _Optional[float] = ..., lever: _Optional[float] = ..., model: _Optional[str] = ..., disabled: _Optional[bool] = ..., treatments: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., prior_propensity: _Optional[float] = ...) -> None: ...
 
 class Catalog(_message.Message):
     __slots__ = ("actions", "min_priority", "version", "applied_at")

@@ -99,21 +99,39 @@ class AppendEventsResponse(_message.Message):
     duplicates: int
     def __init__(self, accepted: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
 
-class RecordDecisionRequest(_message.Message):
-    __slots__ = ("request_id", "decision")
+class DecisionRecord(_message.Message):
+    __slots__ = ("decision_id", "request_id", "profile_id", "channel", "placement", "action_id", "decided_at", "payload")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
-    DECISION_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    ACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_AT_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
     request_id: str
-    decision: _decision_pb2.Decision
-    def __init__(self, request_id: _Optional[str] = ..., decision: _Optional[_Union[_decision_pb2.Decision, _Mapping]] = ...) -> None: ...
+    profile_id: str
+    channel: str
+    placement: str
+    action_id: str
+    decided_at: _timestamp_pb2.Timestamp
+    payload: _struct_pb2.Struct
+    def __init__(self, decision_id: _Optional[str] = ..., request_id: _Optional[str] = ..., profile_id: _Optional[str] = ..., channel: _Optional[str] = ..., placement: _Optional[str] = ..., action_id: _Optional[str] = ..., decided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class RecordDecisionRequest(_message.Message):
+    __slots__ = ("record",)
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    record: DecisionRecord
+    def __init__(self, record: _Optional[_Union[DecisionRecord, _Mapping]] = ...) -> None: ...
 
 class RecordDecisionResponse(_message.Message):
-    __slots__ = ("decision", "replayed")
-    DECISION_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("record", "replayed")
+    RECORD_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
-    decision: _decision_pb2.Decision
+    record: DecisionRecord
     replayed: bool
-    def __init__(self, decision: _Optional[_Union[_decision_pb2.Decision, _Mapping]] = ..., replayed: _Optional[bool] = ...) -> None: ...
+    def __init__(self, record: _Optional[_Union[DecisionRecord, _Mapping]] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
 class RecordOutcomeRequest(_message.Message):
     __slots__ = ("decision_id", "outcome", "value", "idempotency_key", "occurred_at")
@@ -152,8 +170,8 @@ class ExportProfileResponse(_message.Message):
     DECISIONS_FIELD_NUMBER: _ClassVar[int]
     context: ProfileContext
     events: _containers.RepeatedCompositeFieldContainer[ProfileEvent]
-    decisions: _containers.RepeatedCompositeFieldContainer[_decision_pb2.Decision]
-    def __init__(self, context: _Optional[_Union[ProfileContext, _Mapping]] = ..., events: _Optional[_Iterable[_Union[ProfileEvent, _Mapping]]] = ..., decisions: _Optional[_Iterable[_Union[_decision_pb2.Decision, _Mapping]]] = ...) -> None: ...
+    decisions: _containers.RepeatedCompositeFieldContainer[DecisionRecord]
+    def __init__(self, context: _Optional[_Union[ProfileContext, _Mapping]] = ..., events: _Optional[_Iterable[_Union[ProfileEvent, _Mapping]]] = ..., decisions: _Optional[_Iterable[_Union[DecisionRecord, _Mapping]]] = ...) -> None: ...
 
 class EraseProfileRequest(_message.Message):
     __slots__ = ("profile_id",)

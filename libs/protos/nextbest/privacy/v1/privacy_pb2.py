@@ -26,7 +26,7 @@ from nextbest.context.v1 import context_pb2 as nextbest_dot_context_dot_v1_dot_c
 from nextbest.decision.v1 import decision_pb2 as nextbest_dot_decision_dot_v1_dot_decision__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!nextbest/privacy/v1/privacy.proto\x12\x13nextbest.privacy.v1\x1a!nextbest/context/v1/context.proto\x1a#nextbest/decision/v1/decision.proto\"M\n\x14\x45xportProfileRequest\x12\x35\n\x0bidentifiers\x18\x01 \x03(\x0b\x32 .nextbest.decision.v1.Identifier\"\xe1\x01\n\x15\x45xportProfileResponse\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12\x18\n\x10identifier_types\x18\x02 \x03(\t\x12\x34\n\x07\x63ontext\x18\x03 \x01(\x0b\x32#.nextbest.context.v1.ProfileContext\x12\x31\n\x06\x65vents\x18\x04 \x03(\x0b\x32!.nextbest.context.v1.ProfileEvent\x12\x31\n\tdecisions\x18\x05 \x03(\x0b\x32\x1e.nextbest.decision.v1.Decision\"L\n\x13\x45raseProfileRequest\x12\x35\n\x0bidentifiers\x18\x01 \x03(\x0b\x32 .nextbest.decision.v1.Identifier\"]\n\x14\x45raseProfileResponse\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12\x1b\n\x13identifiers_removed\x18\x02 \x01(\x05\x12\x14\n\x0crows_removed\x18\x03 \x01(\x05\x32\xdd\x01\n\x0ePrivacyService\x12\x66\n\rExportProfile\x12).nextbest.privacy.v1.ExportProfileRequest\x1a*.nextbest.privacy.v1.ExportProfileResponse\x12\x63\n\x0c\x45raseProfile\x12(.nextbest.privacy.v1.EraseProfileRequest\x1a).nextbest.privacy.v1.EraseProfileResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!nextbest/privacy/v1/privacy.proto\x12\x13nextbest.privacy.v1\x1a!nextbest/context/v1/context.proto\x1a#nextbest/decision/v1/decision.proto\"M\n\x14\x45xportProfileRequest\x12\x35\n\x0bidentifiers\x18\x01 \x03(\x0b\x32 .nextbest.decision.v1.Identifier\"\xe6\x01\n\x15\x45xportProfileResponse\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12\x18\n\x10identifier_types\x18\x02 \x03(\t\x12\x34\n\x07\x63ontext\x18\x03 \x01(\x0b\x32#.nextbest.context.v1.ProfileContext\x12\x31\n\x06\x65vents\x18\x04 \x03(\x0b\x32!.nextbest.context.v1.ProfileEvent\x12\x36\n\tdecisions\x18\x05 \x03(\x0b\x32#.nextbest.context.v1.DecisionRecord\"L\n\x13\x45raseProfileRequest\x12\x35\n\x0bidentifiers\x18\x01 \x03(\x0b\x32 .nextbest.decision.v1.Identifier\"]\n\x14\x45raseProfileResponse\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12\x1b\n\x13identifiers_removed\x18\x02 \x01(\x05\x12\x14\n\x0crows_removed\x18\x03 \x01(\x05\x32\xdd\x01\n\x0ePrivacyService\x12\x66\n\rExportProfile\x12).nextbest.privacy.v1.ExportProfileRequest\x1a*.nextbest.privacy.v1.ExportProfileResponse\x12\x63\n\x0c\x45raseProfile\x12(.nextbest.privacy.v1.EraseProfileRequest\x1a).nextbest.privacy.v1.EraseProfileResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,11 +36,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPORTPROFILEREQUEST']._serialized_start=130
   _globals['_EXPORTPROFILEREQUEST']._serialized_end=207
   _globals['_EXPORTPROFILERESPONSE']._serialized_start=210
-  _globals['_EXPORTPROFILERESPONSE']._serialized_end=435
-  _globals['_ERASEPROFILEREQUEST']._serialized_start=437
-  _globals['_ERASEPROFILEREQUEST']._serialized_end=513
-  _globals['_ERASEPROFILERESPONSE']._serialized_start=515
-  _globals['_ERASEPROFILERESPONSE']._serialized_end=608
-  _globals['_PRIVACYSERVICE']._serialized_start=611
-  _globals['_PRIVACYSERVICE']._serialized_end=832
+  _globals['_EXPORTPROFILERESPONSE']._serialized_end=440
+  _globals['_ERASEPROFILEREQUEST']._serialized_start=442
+  _globals['_ERASEPROFILEREQUEST']._serialized_end=518
+  _globals['_ERASEPROFILERESPONSE']._serialized_start=520
+  _globals['_ERASEPROFILERESPONSE']._serialized_end=613
+  _globals['_PRIVACYSERVICE']._serialized_start=616
+  _globals['_PRIVACYSERVICE']._serialized_end=837
 # @@protoc_insertion_point(module_scope)

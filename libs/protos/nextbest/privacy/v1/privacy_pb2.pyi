@@ -25,8 +25,8 @@ class ExportProfileResponse(_message.Message):
     identifier_types: _containers.RepeatedScalarFieldContainer[str]
     context: _context_pb2.ProfileContext
     events: _containers.RepeatedCompositeFieldContainer[_context_pb2.ProfileEvent]
-    decisions: _containers.RepeatedCompositeFieldContainer[_decision_pb2.Decision]
-    def __init__(self, profile_id: _Optional[str] = ..., identifier_types: _Optional[_Iterable[str]] = ..., context: _Optional[_Union[_context_pb2.ProfileContext, _Mapping]] = ..., events: _Optional[_Iterable[_Union[_context_pb2.ProfileEvent, _Mapping]]] = ..., decisions: _Optional[_Iterable[_Union[_decision_pb2.Decision, _Mapping]]] = ...) -> None: ...
+    decisions: _containers.RepeatedCompositeFieldContainer[_context_pb2.DecisionRecord]
+    def __init__(self, profile_id: _Optional[str] = ..., identifier_types: _Optional[_Iterable[str]] = ..., context: _Optional[_Union[_context_pb2.ProfileContext, _Mapping]] = ..., events: _Optional[_Iterable[_Union[_context_pb2.ProfileEvent, _Mapping]]] = ..., decisions: _Optional[_Iterable[_Union[_context_pb2.DecisionRecord, _Mapping]]] = ...) -> None: ...
 
 class EraseProfileRequest(_message.Message):
     __slots__ = ("identifiers",)

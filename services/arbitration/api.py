@@ -1,0 +1,238 @@
+"""ArbitrationService and CatalogService over gRPC, and the arbitration client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from nextbest.arbitration.v1 import arbitration_pb2, arbitration_pb2_grpc
+from nextbest.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from nextbest.decision.v1 import decision_pb2
+
+from libs.rpc.client import call_peer
+from libs.rpc.convert import datetime_to_timestamp, dict_to_struct, struct_to_dict
+from libs.rpc.server import ServiceBinding
+from services.arbitration.catalog import parse_catalog
+from services.arbitration.model import (
+    ActionDefinition,
+    CandidateExplanation,
+    CandidateList,
+    Catalog,
+    Prioritization,
+    ScoredCandidate,
+)
+from services.arbitration.service import ArbitrationService
+from services.context.api import profile_context_from_proto, profile_context_to_proto
+from services.context.model import ProfileContext
+
+ARBITRATION_SERVICE = arbitration_pb2.DESCRIPTOR.services_by_name["ArbitrationService"].full_name
+CATALOG_SERVICE = catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def action_to_proto(action: ActionDefinition) -> catalog_pb2.ActionDefinition:
+    return catalog_pb2.ActionDefinition(
+        action_id=action.action_id, name=action.name, issue=action.issue, group=action.group,
+        channels=list(action.channels), value=action.value, lever=action.lever,
+        model=action.model, disabled=not action.enabled,
+        treatments=dict_to_struct(action.treatments), prior_propensity=action.prior_propensity,
+    )
+
+
+def action_document(message: catalog_pb2.ActionDefinition) -> dict[str, Any]:
+    """A message as the plain document parse_catalog validates (same rules as YAML)."""
+    document: dict[str, Any] = {
+        "id": message.action_id, "name": message.name or message.action_id,
+        "issue": message.issue, "group": message.group or "default",
+        "channels": list(message.channels), "value": message.value, "model": message.model,
+        "enabled": not message.disabled, "treatments": struct_to_dict(message.treatments),
+    }
+    if message.HasField("lever"):
+        document["lever"] = message.lever
+    if message.HasField("prior_propensity"):
+        document["prior_propensity"] = message.prior_propensity
+    return document
+
+
+def action_from_proto(message: catalog_pb2.ActionDefinition) -> ActionDefinition:
+    return ActionDefinition(
+        action_id=message.action_id, name=message.name, issue=message.issue,
+        group=message.group, value=message.value,
+        lever=message.lever if message.HasField("lever") else 1.0,
+        channels=tuple(message.channels), model=message.model, enabled=not message.disabled,
+        treatments=struct_to_dict(message.treatments),
+        prior_propensity=(
+            message.prior_propensity if message.HasField("prior_propensity") else 0.05
+        ),
+    )
+
+
+def explanation_to_proto(item: CandidateExplanation) -> decision_pb2.CandidateExplanation:
+    return decision_pb2.CandidateExplanation(
+        action_id=item.action_id, eligible=item.eligible, removed_by=item.removed_by,
+        reason=item.reason, propensity=item.propensity, context_weight=item.context_weight,
+        value=item.value, lever=item.lever, priority=item.priority, rank=item.rank,
+        won=item.won, model_version=item.model_version,
+    )
+
+
+def explanation_from_proto(item: decision_pb2.CandidateExplanation) -> CandidateExplanation:
+    return CandidateExplanation(
+        action_id=item.action_id, eligible=item.eligible, removed_by=item.removed_by,
+        reason=item.reason, propensity=item.propensity, context_weight=item.context_weight,
+        value=item.value, lever=item.lever, priority=item.priority, rank=item.rank,
+        won=item.won, model_version=item.model_version,
+    )
+
+
+def catalog_to_proto(catalog: Catalog) -> catalog_pb2.Catalog:
+    return catalog_pb2.Catalog(
+        actions=[action_to_proto(a) for a in catalog.actions],
+        min_priority=catalog.min_priority, version=catalog.version,
+        applied_at=datetime_to_timestamp(catalog.applied_at),
+    )
+
+
+class ArbitrationServicer(arbitration_pb2_grpc.ArbitrationServiceServicer):
+    def __init__(self, service: ArbitrationService) -> None:
+        self._service = service
+
+    async def ListCandidates(
+        self, request: arbitration_pb2.ListCandidatesRequest, context: Context
+    ) -> arbitration_pb2.ListCandidatesResponse:
+        listed = await self._service.list_candidates(
+            request.channel, request.placement,
+            profile_context_from_proto(request.profile_context),
+            struct_to_dict(request.request_context), explain=request.explain,
+        )
+        return arbitration_pb2.ListCandidatesResponse(
+            candidates=[action_to_proto(a) for a in listed.candidates],
+            removed=[explanation_to_proto(r) for r in listed.removed],
+            catalog_version=listed.catalog_version,
+        )
+
+    async def Prioritize(
+        self, request: arbitration_pb2.PrioritizeRequest, context: Context
+    ) -> arbitration_pb2.PrioritizeResponse:
+        result = await self._service.prioritize(
+            [
+                ScoredCandidate(c.action_id, c.propensity, c.model_version)
+                for c in request.candidates
+            ],
+            request.channel, explain=request.explain,
+        )
+        response = arbitration_pb2.PrioritizeResponse(
+            ranked=[explanation_to_proto(r) for r in result.ranked],
+            min_priority=result.min_priority, summary=result.summary,
+        )
+        if result.winner is not None:
+            winner = result.winner
+            response.action.CopyFrom(
+                decision_pb2.Action(
+                    action_id=winner.action_id, name=winner.name, issue=winner.issue,
+                    group=winner.group, treatment=dict_to_struct(winner.treatment_for(request.channel)),
+                )
+            )
+        if result.best is not None:
+            response.winner.CopyFrom(explanation_to_proto(result.best))
+        return response
+
+
+class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
+    def __init__(self, service: ArbitrationService) -> None:
+        self._service = service
+
+    async def ApplyCatalog(
+        self, request: catalog_pb2.ApplyCatalogRequest, context: Context
+    ) -> catalog_pb2.ApplyCatalogResponse:
+        catalog = parse_catalog(
+            {
+                "min_priority": request.catalog.min_priority,
+                "actions": [action_document(a) for a in request.catalog.actions],
+            }
+        )
+        applied = await self._service.apply_catalog(catalog, dry_run=request.dry_run)
+        return catalog_pb2.ApplyCatalogResponse(
+            version=applied.version, action_count=len(applied.actions)
+        )
+
+    async def GetCatalog(
+        self, request: catalog_pb2.GetCatalogRequest, context: Context
+    ) -> catalog_pb2.GetCatalogResponse:
+        return catalog_pb2.GetCatalogResponse(
+            catalog=catalog_to_proto(await self._service.catalog())
+        )
+
+
+def arbitration_bindings(service: ArbitrationService) -> list[ServiceBinding]:
+    arbitration = ArbitrationServicer(service)
+    catalog = CatalogServicer(service)
+    return [
+        ServiceBinding(
+            ARBITRATION_SERVICE,
+            lambda server: arbitration_pb2_grpc.add_ArbitrationServiceServicer_to_server(
+                arbitration, server
+            ),
+        ),
+        ServiceBinding(
+            CATALOG_SERVICE,
+            lambda server: catalog_pb2_grpc.add_CatalogServiceServicer_to_server(catalog, server),
+        ),
+    ]
+
+
+class ArbitrationClient:
+    """The arbitration port over gRPC, for the orchestrator of the mesh shape."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = arbitration_pb2_grpc.ArbitrationServiceStub(channel)
+
+    async def list_candidates(
+        self, channel: str, placement: str, context: ProfileContext,
+        request_context: dict[str, object], *, explain: bool = False,
+    ) -> CandidateList:
+        response = await call_peer(
+            "arbitration", self._stub.ListCandidates,
+            arbitration_pb2.ListCandidatesRequest(
+                channel=channel, placement=placement,
+                profile_context=profile_context_to_proto(context),
+                request_context=dict_to_struct(request_context), explain=explain,
+            ),
+        )
+        return CandidateList(
+            tuple(action_from_proto(a) for a in response.candidates),
+            tuple(explanation_from_proto(r) for r in response.removed),
+            response.catalog_version,
+        )
+
+    async def prioritize(
+        self, scored: list[ScoredCandidate], channel: str, *, explain: bool = False
+    ) -> Prioritization:
+        response = await call_peer(
+            "arbitration", self._stub.Prioritize,
+            arbitration_pb2.PrioritizeRequest(
+                candidates=[
+                    arbitration_pb2.ScoredCandidate(
+                        action_id=c.action_id, propensity=c.propensity,
+                        model_version=c.model_version,
+                    )
+                    for c in scored
+                ],
+                channel=channel, explain=explain,
+            ),
+        )
+        winner = None
+        if response.HasField("action"):
+            action = response.action
+            winner = ActionDefinition(
+                action_id=action.action_id, name=action.name, issue=action.issue,
+                group=action.group, value=response.winner.value, lever=response.winner.lever,
+                treatments={channel: struct_to_dict(action.treatment)},
+            )
+        return Prioritization(
+            winner=winner,
+            best=explanation_from_proto(response.winner) if response.HasField("winner") else None,
+            ranked=tuple(explanation_from_proto(r) for r in response.ranked),
+            min_priority=response.min_priority,
+            summary=response.summary,
+        )

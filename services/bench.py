@@ -1,0 +1,471 @@
+"""Load benchmark for `nextbest bench`: Decide throughput against a bare gRPC echo baseline.
+
+The absolute requests/s of a Python gRPC service says little on its own (it depends on the
+box, the interpreter and the load generator sharing the CPUs). So every concurrency level is
+measured twice in the same run: once against a trivial echo server (optionally a chain where
+the front calls `hops` backend processes, like the orchestrator calls its peers) and once
+against the real DecisionService. The ratio decide/echo is the figure that travels.
+
+The load is closed-loop: `concurrency` workers each send the next request as soon as the
+previous one answered, so throughput and latency are measured at a fixed number in flight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import platform
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import grpc
+import grpc.aio
+import numpy as np
+from google.protobuf import struct_pb2
+from nextbest.decision.v1 import decision_pb2, decision_pb2_grpc
+
+ECHO_SERVICE = "nextbest.bench.Echo"
+ECHO_METHOD = f"/{ECHO_SERVICE}/Call"
+CALL_TIMEOUT_S = 5.0
+# Roughly the wire size of a DecideRequest with one identifier and a small context.
+ECHO_PAYLOAD_BYTES = 200
+# Generous: a child has to start an interpreter and import grpc, on a busy box.
+CHILD_START_TIMEOUT_S = 30.0
+PARENT_POLL_S = 0.5
+# Once the recorded window is over, in-flight calls are cancelled rather than awaited, so a
+# hung target cannot stretch the run; the calls already recorded are all that counts.
+CANCEL_GRACE_S = 1.0
+
+Call = Callable[[int], Awaitable[object]]
+Close = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class LoadResult:
+    """One measured load level. `requests` counts successful calls only; `rps` is their rate."""
+
+    name: str
+    concurrency: int
+    requests: int
+    errors: int
+    duration_s: float
+    rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- load driver
+
+
+async def drive(
+    call: Call, *, concurrency: int, duration_s: float, warmup_s: float, name: str
+) -> LoadResult:
+    """Run `concurrency` closed-loop workers for warmup_s (discarded) then duration_s."""
+    if concurrency < 1:
+        raise ValueError("concurrency must be >= 1")
+    counter = itertools.count()
+    latencies: list[float] = []
+    errors = 0
+    start = time.perf_counter()
+    recording_from = start + warmup_s
+    stop_at = recording_from + duration_s
+
+    async def worker() -> None:
+        nonlocal errors
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= stop_at:
+                return
+            failed = False
+            try:
+                await call(next(counter))
+            except Exception:  # a benchmark counts failures, it does not stop on them
+                failed = True
+            t1 = time.perf_counter()
+            # Only calls wholly inside the window: no warm-up bleed, no overrun at the end.
+            if t0 >= recording_from and t1 <= stop_at:
+                if failed:
+                    errors += 1
+                else:
+                    latencies.append(t1 - t0)
+
+    tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    await asyncio.wait(tasks, timeout=warmup_s + duration_s + CANCEL_GRACE_S)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+    if latencies:
+        p50, p95, p99 = (float(v) * 1000.0 for v in np.percentile(latencies, [50, 95, 99]))
+    else:
+        p50 = p95 = p99 = 0.0  # JSON-safe; requests == 0 already says nothing was measured
+    return LoadResult(
+        name=name,
+        concurrency=concurrency,
+        requests=len(latencies),
+        errors=errors,
+        duration_s=float(duration_s),
+        rps=len(latencies) / duration_s if duration_s > 0 else 0.0,
+        p50_ms=p50,
+        p95_ms=p95,
+        p99_ms=p99,
+    )
+
+
+# --------------------------------------------------------------------------- callers
+
+
+async def _open_channel(target: str) -> grpc.aio.Channel:
+    channel = grpc.aio.insecure_channel(target)
+    try:
+        # Fail fast and clearly when nothing listens, instead of reporting 100 % errors.
+        await asyncio.wait_for(channel.channel_ready(), timeout=CHILD_START_TIMEOUT_S)
+    except TimeoutError:
+        await channel.close()
+        raise ConnectionError(f"no gRPC server answers at {target}") from None
+    return channel
+
+
+async def decide_caller(
+    target: str, *, profiles: int = 10_000, channel: str = "web"
+) -> tuple[Call, Close]:
+    """(call, close) for Decide on `target`; call(i) asks for profile cookie bench-{i % N}."""
+    grpc_channel = await _open_channel(target)
+    stub = decision_pb2_grpc.DecisionServiceStub(grpc_channel)  # type: ignore[no-untyped-call]
+    decide: grpc.aio.UnaryUnaryMultiCallable[
+        decision_pb2.DecideRequest, decision_pb2.DecideResponse
+    ] = stub.Decide
+    context = struct_pb2.Struct()
+    context.update({"device": "mobile", "page": "home"})
+    n_profiles = max(1, profiles)
+
+    async def call(i: int) -> object:
+        request = decision_pb2.DecideRequest(
+            identifiers=[
+                decision_pb2.Identifier(type="cookie_id", value=f"bench-{i % n_profiles}")
+            ],
+            channel=channel,
+            context=context,
+        )
+        return await decide(request, timeout=CALL_TIMEOUT_S)
+
+    async def close() -> None:
+        await grpc_channel.close()
+
+    return call, close
+
+
+async def echo_caller(target: str) -> tuple[Call, Close]:
+    """(call, close) for the echo baseline, sending a DecideRequest-sized payload."""
+    grpc_channel = await _open_channel(target)
+    # No serializers: bytes in, bytes out.
+    stub: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = grpc_channel.unary_unary(ECHO_METHOD)
+    base = b"x" * ECHO_PAYLOAD_BYTES
+
+    async def call(i: int) -> object:
+        # Vary the bytes a little, as real requests differ, without costing the generator.
+        payload = f"{i:012d}".encode() + base[12:]
+        return await stub(payload, timeout=CALL_TIMEOUT_S)
+
+    async def close() -> None:
+        await grpc_channel.close()
+
+    return call, close
+
+
+# --------------------------------------------------------------------------- echo servers
+
+
+async def _serve_echo(
+    port: int,
+    downstream: list[str],
+    on_bound: Callable[[int], None] | None,
+    parent_pid: int | None,
+) -> None:
+    channels = [grpc.aio.insecure_channel(target) for target in downstream]
+    stubs: list[grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = [
+        ch.unary_unary(ECHO_METHOD) for ch in channels
+    ]
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        # Sequential on purpose: one hop after the other, like an orchestrator's fan-out
+        # when each step needs the previous answer.
+        for stub in stubs:
+            await stub(request, timeout=CALL_TIMEOUT_S)
+        return request
+
+    handler = grpc.method_handlers_generic_handler(
+        ECHO_SERVICE, {"Call": grpc.unary_unary_rpc_method_handler(echo)}
+    )
+    # so_reuseport off: two servers must never share a port silently.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server.add_generic_rpc_handlers((handler,))
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    if on_bound is not None:
+        on_bound(bound)
+
+    watcher: asyncio.Task[None] | None = None
+    if parent_pid is not None:
+
+        async def watch_parent() -> None:
+            # Daemon children are only reaped on a clean parent exit; if the bench is
+            # killed, reparenting changes our ppid and we stop on our own.
+            while True:
+                await asyncio.sleep(PARENT_POLL_S)
+                if os.getppid() != parent_pid:
+                    await server.stop(0)
+                    return
+
+        watcher = asyncio.create_task(watch_parent())
+    try:
+        await server.wait_for_termination()
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        for ch in channels:
+            await ch.close()
+
+
+def run_echo_server(
+    port: int,
+    downstream: list[str],
+    *,
+    on_bound: Callable[[int], None] | None = None,
+    parent_pid: int | None = None,
+) -> None:
+    """Serve Echo/Call on 127.0.0.1:port (0 = any free port) until terminated.
+
+    Each request is first forwarded to every `downstream` target in turn, then echoed back.
+    `on_bound` receives the actual port once serving; with `parent_pid` the server exits
+    when that process is no longer its parent.
+    """
+    asyncio.run(_serve_echo(port, downstream, on_bound, parent_pid))
+
+
+def _probe(target: str, deadline: float) -> None:
+    """Block until an Echo/Call on `target` succeeds, or raise after `deadline`."""
+    with grpc.insecure_channel(target) as channel:
+        stub: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(ECHO_METHOD)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"echo server {target} did not answer")
+            try:
+                stub(b"probe", timeout=min(remaining, CALL_TIMEOUT_S), wait_for_ready=True)
+                return
+            except grpc.RpcError:
+                time.sleep(0.05)
+
+
+def _spawn_echo(downstream: list[str]) -> subprocess.Popen[bytes]:
+    # A fresh interpreter via -m (not multiprocessing): nothing of the caller's __main__ is
+    # re-imported, so this works from the CLI, pytest, scripts and `python -c` alike.
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    cmd = [sys.executable, "-m", "services.bench", "echo", "--port", "0"]
+    cmd += ["--downstream", ",".join(downstream), "--parent-pid", str(os.getpid())]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+
+
+def _read_address(proc: subprocess.Popen[bytes], deadline: float) -> str:
+    """The "127.0.0.1:PORT" line a child prints once it serves."""
+    assert proc.stdout is not None
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("echo server did not start in time")
+        if proc.poll() is not None:
+            raise RuntimeError(f"echo server exited early (exit code {proc.returncode})")
+        ready, _, _ = select.select([proc.stdout], [], [], min(remaining, 0.2))
+        if ready:
+            line = proc.stdout.readline().decode().strip()
+            if line:
+                return line
+
+
+def start_echo_chain(hops: int) -> tuple[str, Callable[[], None]]:
+    """Start a front echo server plus `hops` backends, each its own OS process.
+
+    Returns the front's address and an idempotent stop function. Separate processes because
+    that is what the real deployment has: one interpreter (and GIL) per service. Children
+    also exit by themselves when this process dies (they watch their parent pid).
+    """
+    if hops < 0:
+        raise ValueError("hops must be >= 0")
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def stop() -> None:
+        # Front first, so it never logs its backends going away under it.
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+    try:
+        deadline = time.monotonic() + CHILD_START_TIMEOUT_S
+        # Backends first, all at once (interpreter start-up is the slow part), then the
+        # front, which needs their addresses.
+        backend_procs = [_spawn_echo([]) for _ in range(hops)]
+        procs.extend(backend_procs)
+        backends = [_read_address(proc, deadline) for proc in backend_procs]
+        front_proc = _spawn_echo(backends)
+        procs.append(front_proc)
+        front = _read_address(front_proc, deadline)
+        for target in [*backends, front]:
+            _probe(target, deadline)
+    except BaseException:
+        stop()
+        raise
+    return front, stop
+
+
+# --------------------------------------------------------------------------- sweep + report
+
+
+async def _measure(
+    opened: tuple[Call, Close],
+    *,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    name: str,
+) -> LoadResult:
+    call, close = opened
+    try:
+        return await drive(
+            call, concurrency=concurrency, duration_s=duration_s, warmup_s=warmup_s, name=name
+        )
+    finally:
+        await close()
+
+
+async def sweep(
+    target: str,
+    *,
+    concurrencies: Sequence[int],
+    duration_s: float,
+    warmup_s: float,
+    baseline_hops: int,
+    profiles: int,
+) -> dict[str, Any]:
+    """Echo baseline then Decide at each concurrency; JSON-serialisable result."""
+    # The chain start blocks (spawn + probes): keep it off the event loop.
+    echo_target, stop_echo = await asyncio.to_thread(start_echo_chain, baseline_hops)
+    levels: list[dict[str, Any]] = []
+    try:
+        for concurrency in concurrencies:
+            echo = await _measure(
+                await echo_caller(echo_target),
+                concurrency=concurrency,
+                duration_s=duration_s,
+                warmup_s=warmup_s,
+                name=f"echo(hops={baseline_hops})",
+            )
+            decide = await _measure(
+                await decide_caller(target, profiles=profiles),
+                concurrency=concurrency,
+                duration_s=duration_s,
+                warmup_s=warmup_s,
+                name="decide",
+            )
+            levels.append(
+                {
+                    "concurrency": concurrency,
+                    "echo": echo.as_dict(),
+                    "decide": decide.as_dict(),
+                    "ratio": decide.rps / echo.rps if echo.rps > 0 else 0.0,
+                }
+            )
+    finally:
+        await asyncio.to_thread(stop_echo)
+    return {
+        "target": target,
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            "grpcio": grpc.__version__,
+        },
+        "settings": {
+            "duration_s": duration_s,
+            "warmup_s": warmup_s,
+            "baseline_hops": baseline_hops,
+            "profiles": profiles,
+            "load_generator": "same host, closed loop",
+        },
+        "levels": levels,
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Human-readable summary of a `sweep` result."""
+    machine = result.get("machine", {})
+    settings = result.get("settings", {})
+    header = (
+        f"{'conc':>5} | {'decide rps':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'err':>5}"
+        f" | {'echo rps':>10} {'p50 ms':>8} {'p99 ms':>8} | {'ratio':>6}"
+    )
+    lines = [
+        f"target {result.get('target', '?')}: {machine.get('cpu_count', '?')} CPUs, "
+        f"{machine.get('platform', '?')}, python {machine.get('python', '?')}",
+        f"{settings.get('duration_s', '?')} s per level after {settings.get('warmup_s', '?')} s"
+        f" warm-up; echo baseline with {settings.get('baseline_hops', '?')} hop(s);"
+        " load generator on the same host",
+        header,
+        "-" * len(header),
+    ]
+    for level in result.get("levels", []):
+        d, e = level["decide"], level["echo"]
+        lines.append(
+            f"{level['concurrency']:>5} | {d['rps']:>10.1f} {d['p50_ms']:>8.2f} "
+            f"{d['p95_ms']:>8.2f} {d['p99_ms']:>8.2f} {d['errors']:>5}"
+            f" | {e['rps']:>10.1f} {e['p50_ms']:>8.2f} {e['p99_ms']:>8.2f}"
+            f" | {level['ratio']:>6.2f}"
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- CLI entry
+
+
+def main_echo(argv: Sequence[str] | None = None) -> int:
+    """`python -m services.bench echo --port N --downstream a,b`: one echo server, blocking."""
+    parser = argparse.ArgumentParser(prog="python -m services.bench")
+    sub = parser.add_subparsers(dest="command", required=True)
+    echo = sub.add_parser("echo", help="run one echo server (a hop of the baseline chain)")
+    echo.add_argument("--port", type=int, default=0, help="0 = any free port (printed)")
+    echo.add_argument("--downstream", default="", help="comma-separated host:port to call")
+    echo.add_argument("--parent-pid", type=int, default=None, help="exit when this pid is gone")
+    args = parser.parse_args(argv)
+    downstream = [t for t in args.downstream.split(",") if t]
+    run_echo_server(
+        args.port,
+        downstream,
+        on_bound=lambda p: print(f"127.0.0.1:{p}", flush=True),
+        parent_pid=args.parent_pid,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main_echo(sys.argv[1:]))

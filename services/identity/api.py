@@ -1,0 +1,106 @@
+"""IdentityService over gRPC: the servicer (protobuf -> domain) and the client (domain -> protobuf)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from nextbest.decision.v1 import decision_pb2
+from nextbest.identity.v1 import identity_pb2, identity_pb2_grpc
+
+from libs.rpc.client import call_peer
+from libs.rpc.server import ServiceBinding
+from services.identity.model import Identifier, ProfileLookup, Resolution
+from services.identity.service import IdentityService
+
+SERVICE_NAME = identity_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def identifiers_from_proto(items: Any) -> list[Identifier]:
+    return [Identifier(type=item.type, value=item.value) for item in items]
+
+
+def identifiers_to_proto(items: list[Identifier]) -> list[decision_pb2.Identifier]:
+    return [decision_pb2.Identifier(type=item.type, value=item.value) for item in items]
+
+
+class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
+    def __init__(self, service: IdentityService) -> None:
+        self._service = service
+
+    async def ResolveProfile(
+        self, request: identity_pb2.ResolveProfileRequest, context: Context
+    ) -> identity_pb2.ResolveProfileResponse:
+        resolution = await self._service.resolve_profile(
+            identifiers_from_proto(request.identifiers)
+        )
+        return identity_pb2.ResolveProfileResponse(
+            profile_id=resolution.profile_id,
+            created=resolution.created,
+            merged_profile_ids=list(resolution.merged_profile_ids),
+        )
+
+    async def LookupProfile(
+        self, request: identity_pb2.LookupProfileRequest, context: Context
+    ) -> identity_pb2.LookupProfileResponse:
+        found = await self._service.lookup_profile(
+            identifiers_from_proto(request.identifiers), request.profile_id
+        )
+        return identity_pb2.LookupProfileResponse(
+            profile_id=found.profile_id or "", identifier_types=list(found.identifier_types)
+        )
+
+    async def EraseProfile(
+        self, request: identity_pb2.EraseProfileRequest, context: Context
+    ) -> identity_pb2.EraseProfileResponse:
+        removed = await self._service.erase_profile(request.profile_id)
+        return identity_pb2.EraseProfileResponse(identifiers_removed=removed)
+
+
+def identity_binding(service: IdentityService) -> ServiceBinding:
+    servicer = IdentityServicer(service)
+    return ServiceBinding(
+        SERVICE_NAME, lambda server: identity_pb2_grpc.add_IdentityServiceServicer_to_server(
+            servicer, server
+        )
+    )
+
+
+class IdentityClient:
+    """The identity port over gRPC, for the orchestrator of the mesh shape."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = identity_pb2_grpc.IdentityServiceStub(channel)
+
+    async def resolve_profile(self, identifiers: list[Identifier]) -> Resolution:
+        response = await call_peer(
+            "identity", self._stub.ResolveProfile,
+            identity_pb2.ResolveProfileRequest(identifiers=identifiers_to_proto(identifiers)),
+        )
+        return Resolution(
+            profile_id=response.profile_id,
+            created=response.created,
+            merged_profile_ids=tuple(response.merged_profile_ids),
+        )
+
+    async def lookup_profile(
+        self, identifiers: list[Identifier], profile_id: str = ""
+    ) -> ProfileLookup:
+        response = await call_peer(
+            "identity", self._stub.LookupProfile,
+            identity_pb2.LookupProfileRequest(
+                identifiers=identifiers_to_proto(identifiers), profile_id=profile_id
+            ),
+        )
+        return ProfileLookup(
+            profile_id=response.profile_id or None,
+            identifier_types=tuple(response.identifier_types),
+        )
+
+    async def erase_profile(self, profile_id: str) -> int:
+        response = await call_peer(
+            "identity", self._stub.EraseProfile,
+            identity_pb2.EraseProfileRequest(profile_id=profile_id),
+        )
+        return response.identifiers_removed

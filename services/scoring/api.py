@@ -1,0 +1,148 @@
+"""ScoringService and ModelService over gRPC, and the scoring client."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from nextbest.scoring.v1 import model_pb2, model_pb2_grpc, scoring_pb2, scoring_pb2_grpc
+
+from libs.rpc.client import call_peer
+from libs.rpc.convert import datetime_to_timestamp, dict_to_struct, struct_to_dict
+from libs.rpc.server import ServiceBinding
+from services.context.api import profile_context_from_proto, profile_context_to_proto
+from services.context.model import ProfileContext
+from services.scoring.model import (
+    CandidateScore,
+    FeatureSpec,
+    ModelInfo,
+    ModelStatus,
+    ScoringCandidate,
+)
+from services.scoring.service import ScoringService
+
+SCORING_SERVICE = scoring_pb2.DESCRIPTOR.services_by_name["ScoringService"].full_name
+MODEL_SERVICE = model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_STATUS = {
+    ModelStatus.REGISTERED: model_pb2.MODEL_STATUS_REGISTERED,
+    ModelStatus.ACTIVE: model_pb2.MODEL_STATUS_ACTIVE,
+    ModelStatus.RETIRED: model_pb2.MODEL_STATUS_RETIRED,
+}
+
+
+def model_to_proto(info: ModelInfo) -> model_pb2.Model:
+    return model_pb2.Model(
+        name=info.name, version=info.version, checksum=info.checksum,
+        features=[model_pb2.FeatureSpec(name=f.name, default_value=f.default)
+                  for f in info.features],
+        status=_STATUS[info.status], created_at=datetime_to_timestamp(info.created_at),
+        activated_at=datetime_to_timestamp(info.activated_at),
+    )
+
+
+def candidate_to_proto(candidate: ScoringCandidate) -> scoring_pb2.Candidate:
+    return scoring_pb2.Candidate(
+        action_id=candidate.action_id, model=candidate.model, issue=candidate.issue,
+        group=candidate.group, value=candidate.value, lever=candidate.lever,
+        prior_propensity=candidate.prior_propensity,
+    )
+
+
+def candidate_from_proto(message: scoring_pb2.Candidate) -> ScoringCandidate:
+    return ScoringCandidate(
+        action_id=message.action_id, model=message.model, issue=message.issue,
+        group=message.group, value=message.value, lever=message.lever,
+        prior_propensity=message.prior_propensity,
+    )
+
+
+class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
+    def __init__(self, service: ScoringService) -> None:
+        self._service = service
+
+    async def ScoreCandidates(
+        self, request: scoring_pb2.ScoreCandidatesRequest, context: Context
+    ) -> scoring_pb2.ScoreCandidatesResponse:
+        scores = await self._service.score_candidates(
+            profile_context_from_proto(request.profile_context),
+            struct_to_dict(request.request_context), request.channel,
+            [candidate_from_proto(c) for c in request.candidates],
+        )
+        return scoring_pb2.ScoreCandidatesResponse(
+            scores=[
+                scoring_pb2.CandidateScore(
+                    action_id=s.action_id, propensity=s.propensity,
+                    model_version=s.model_version, fallback=s.fallback,
+                )
+                for s in scores
+            ]
+        )
+
+
+class ModelServicer(model_pb2_grpc.ModelServiceServicer):
+    def __init__(self, service: ScoringService) -> None:
+        self._service = service
+
+    async def RegisterModel(
+        self, request: model_pb2.RegisterModelRequest, context: Context
+    ) -> model_pb2.RegisterModelResponse:
+        info = await self._service.register_model(
+            request.name, request.version, request.onnx_model,
+            [FeatureSpec(f.name, f.default_value) for f in request.features],
+            activate=request.activate,
+        )
+        return model_pb2.RegisterModelResponse(model=model_to_proto(info))
+
+    async def ActivateModel(
+        self, request: model_pb2.ActivateModelRequest, context: Context
+    ) -> model_pb2.ActivateModelResponse:
+        info = await self._service.activate_model(request.name, request.version)
+        return model_pb2.ActivateModelResponse(model=model_to_proto(info))
+
+    async def ListModels(
+        self, request: model_pb2.ListModelsRequest, context: Context
+    ) -> model_pb2.ListModelsResponse:
+        models = await self._service.list_models(request.name)
+        return model_pb2.ListModelsResponse(models=[model_to_proto(m) for m in models])
+
+
+def scoring_bindings(service: ScoringService) -> list[ServiceBinding]:
+    scoring = ScoringServicer(service)
+    models = ModelServicer(service)
+    return [
+        ServiceBinding(
+            SCORING_SERVICE,
+            lambda server: scoring_pb2_grpc.add_ScoringServiceServicer_to_server(scoring, server),
+        ),
+        ServiceBinding(
+            MODEL_SERVICE,
+            lambda server: model_pb2_grpc.add_ModelServiceServicer_to_server(models, server),
+        ),
+    ]
+
+
+class ScoringClient:
+    """The scoring port over gRPC, for the orchestrator of the mesh shape."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = scoring_pb2_grpc.ScoringServiceStub(channel)
+
+    async def score_candidates(
+        self, context: ProfileContext, request_context: dict[str, Any], channel: str,
+        candidates: Sequence[ScoringCandidate],
+    ) -> list[CandidateScore]:
+        response = await call_peer(
+            "scoring", self._stub.ScoreCandidates,
+            scoring_pb2.ScoreCandidatesRequest(
+                profile_context=profile_context_to_proto(context),
+                request_context=dict_to_struct(request_context), channel=channel,
+                candidates=[candidate_to_proto(c) for c in candidates],
+            ),
+        )
+        return [
+            CandidateScore(s.action_id, s.propensity, s.model_version, s.fallback)
+            for s in response.scores
+        ]
