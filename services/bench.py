@@ -220,8 +220,8 @@ async def _serve_echo(
     if parent_pid is not None:
 
         async def watch_parent() -> None:
-            # Daemon children are only reaped on a clean parent exit; if the bench is
-            # killed, reparenting changes our ppid and we stop on our own.
+            # stop() only runs on a clean exit; if the bench is killed, reparenting
+            # changes our ppid and we stop on our own instead of lingering.
             while True:
                 await asyncio.sleep(PARENT_POLL_S)
                 if os.getppid() != parent_pid:

@@ -66,6 +66,9 @@ class SqlIdentityRepository:
 
     async def add_profile(self, profile_id: str, now: datetime) -> None:
         self._session.add(ProfileRow(profile_id=profile_id, created_at=now))
+        # The identifier rows reference it: without a relationship() the ORM does not
+        # order the two inserts, so write the profile first.
+        await self._session.flush()
 
     async def link(self, key: KeyedIdentifier, profile_id: str, now: datetime) -> None:
         self._session.add(

@@ -1,0 +1,158 @@
+"""The composition root: builds a target's services, storage and gRPC server from Settings.
+
+Nothing here runs at import time; ``build_target`` is the only place that knows how the
+pieces fit. In the embedded shape (``--target all``) the orchestrator calls the domain
+services directly; in the mesh shape it calls them through their gRPC clients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from libs.config import Settings, Target
+from libs.logging import get_logger
+from libs.rpc.channels import open_channel
+from libs.rpc.server import GrpcServer, ServiceBinding, create_server
+from libs.storage import Database
+from libs.storage.migrate import upgrade
+from services.arbitration.api import ArbitrationClient, arbitration_bindings
+from services.arbitration.repository import SqlArbitrationUnitOfWork
+from services.arbitration.service import ArbitrationService
+from services.context.api import ContextClient, context_binding
+from services.context.repository import SqlContextUnitOfWork
+from services.context.service import ContextService
+from services.identity.api import IdentityClient, identity_binding
+from services.identity.normalize import IdentifierKeyring
+from services.identity.repository import SqlIdentityUnitOfWork
+from services.identity.service import IdentityService
+from services.orchestrator.api import orchestrator_bindings
+from services.orchestrator.service import DecisionEngine, PrivacyAdmin
+from services.scoring.api import ScoringClient, scoring_bindings
+from services.scoring.repository import SqlScoringUnitOfWork
+from services.scoring.service import ScoringService
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+_log = get_logger("nextbest.app")
+
+
+@dataclass
+class DomainServices:
+    """The domain services that one process hosts (all of them in the embedded shape)."""
+
+    identity: IdentityService | None = None
+    context: ContextService | None = None
+    scoring: ScoringService | None = None
+    arbitration: ArbitrationService | None = None
+    decisions: DecisionEngine | None = None
+    privacy: PrivacyAdmin | None = None
+
+
+@dataclass
+class BuiltTarget:
+    """A built target: its server, the services behind it, and what to close on stop."""
+
+    server: GrpcServer
+    port: int
+    services: DomainServices
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for close in reversed(self.closers):
+            await close()
+
+
+def migrate(settings: Settings) -> None:
+    upgrade(settings.effective_database_url, MIGRATIONS)
+
+
+def _local_services(settings: Settings, database: Database, target: Target) -> DomainServices:
+    hosted = DomainServices()
+    if target in (Target.ALL, Target.IDENTITY):
+        hosted.identity = IdentityService(
+            lambda write: SqlIdentityUnitOfWork(database, write=write),
+            IdentifierKeyring(settings.hash_key.get_secret_value().encode()),
+        )
+    if target in (Target.ALL, Target.CONTEXT):
+        hosted.context = ContextService(lambda write: SqlContextUnitOfWork(database, write=write))
+    if target in (Target.ALL, Target.SCORING):
+        hosted.scoring = ScoringService(
+            lambda write: SqlScoringUnitOfWork(database, write=write),
+            refresh_s=settings.catalog_refresh_s,
+        )
+    if target in (Target.ALL, Target.ARBITRATION):
+        hosted.arbitration = ArbitrationService(
+            lambda write: SqlArbitrationUnitOfWork(database, write=write),
+            refresh_s=settings.catalog_refresh_s,
+        )
+    return hosted
+
+
+def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
+    """Wire the services of ``settings.target`` and create (not start) its gRPC server."""
+    target = settings.target
+    closers: list[Callable[[], Awaitable[None]]] = []
+    hosted = DomainServices()
+    if target != Target.ORCHESTRATOR:
+        if settings.migrate_on_start:
+            migrate(settings)
+        database = Database(settings.effective_database_url)
+        closers.append(database.dispose)
+        hosted = _local_services(settings, database, target)
+    if target in (Target.ALL, Target.ORCHESTRATOR):
+        if target == Target.ALL:
+            assert hosted.identity and hosted.context and hosted.scoring and hosted.arbitration
+            identity, context, scoring, arbitration = (
+                hosted.identity, hosted.context, hosted.scoring, hosted.arbitration
+            )
+        else:
+            channels = {
+                name: open_channel(address)
+                for name, address in (
+                    ("identity", settings.identity_address),
+                    ("context", settings.context_address),
+                    ("scoring", settings.scoring_address),
+                    ("arbitration", settings.arbitration_address),
+                )
+            }
+            closers.extend(_closer(channel) for channel in channels.values())
+            identity = IdentityClient(channels["identity"])  # type: ignore[assignment]
+            context = ContextClient(channels["context"])  # type: ignore[assignment]
+            scoring = ScoringClient(channels["scoring"])  # type: ignore[assignment]
+            arbitration = ArbitrationClient(channels["arbitration"])  # type: ignore[assignment]
+        hosted.decisions = DecisionEngine(
+            identity, context, scoring, arbitration, budget_ms=settings.decision_budget_ms
+        )
+        hosted.privacy = PrivacyAdmin(identity, context)
+    server, bound = create_server(
+        f"{settings.host}:{settings.port if port is None else port}",
+        _bindings(hosted),
+        reflection_enabled=settings.reflection,
+        max_connection_age_s=settings.max_connection_age_s,
+    )
+    return BuiltTarget(server, bound, hosted, closers)
+
+
+def _closer(channel: grpc.aio.Channel) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        await channel.close()
+
+    return close
+
+
+def _bindings(hosted: DomainServices) -> list[ServiceBinding]:
+    bindings: list[ServiceBinding] = []
+    if hosted.decisions is not None and hosted.privacy is not None:
+        bindings.extend(orchestrator_bindings(hosted.decisions, hosted.privacy))
+    if hosted.identity is not None:
+        bindings.append(identity_binding(hosted.identity))
+    if hosted.context is not None:
+        bindings.append(context_binding(hosted.context))
+    if hosted.scoring is not None:
+        bindings.extend(scoring_bindings(hosted.scoring))
+    if hosted.arbitration is not None:
+        bindings.extend(arbitration_bindings(hosted.arbitration))
+    return bindings

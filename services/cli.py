@@ -1,0 +1,274 @@
+"""The ``nextbest`` command: everything an operator does (serve, migrate, catalog, models...)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from google.protobuf import json_format
+
+from libs.config import ConfigError, Settings, Target, load_settings
+from libs.logging import configure_logging
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "target", None):
+        overrides["target"] = args.target
+    if getattr(args, "port", None) is not None:
+        overrides["port"] = args.port
+    return load_settings(**overrides)
+
+
+def _address(args: argparse.Namespace, settings: Settings) -> str:
+    return str(args.address or f"localhost:{settings.port}")
+
+
+async def _serve(settings: Settings, demo: bool) -> None:
+    from libs.rpc.server import run_until_signalled
+    from services.app import build_target
+
+    built = build_target(settings)
+    if demo:
+        from services.demo.seed import seed_demo
+
+        await seed_demo(built.services)
+    if settings.target == Target.ALL:
+        print(
+            f"nextbest is serving every service on port {built.port}. Try:\n"
+            f"  grpcurl -plaintext localhost:{built.port} list\n"
+            f"  grpcurl -plaintext -d '{{\"identifiers\":[{{\"type\":\"cookie_id\","
+            f"\"value\":\"c-123\"}}],\"channel\":\"web\",\"explain\":true}}' "
+            f"localhost:{built.port} nextbest.decision.v1.DecisionService/Decide",
+            file=sys.stderr,
+            flush=True,
+        )
+    await run_until_signalled(built.server, settings.shutdown_grace_s, built.close)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    configure_logging(settings.log_level, settings.log_format)
+    asyncio.run(_serve(settings, args.demo))
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from libs.storage.migrate import current_revision
+    from services.app import MIGRATIONS, migrate
+
+    settings = _settings(args)
+    configure_logging(settings.log_level, settings.log_format)
+    if args.action == "upgrade":
+        migrate(settings)
+    print(f"schema revision: {current_revision(settings.effective_database_url, MIGRATIONS)}")
+    return 0
+
+
+def _print_message(message: Any) -> None:
+    print(json_format.MessageToJson(message, preserving_proto_field_name=True))
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    from nextbest.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+
+    from services.arbitration.api import catalog_to_proto
+    from services.arbitration.catalog import catalog_to_document, parse_catalog_yaml
+
+    settings = _settings(args)
+    with grpc.insecure_channel(_address(args, settings)) as channel:
+        stub = catalog_pb2_grpc.CatalogServiceStub(channel)
+        if args.action == "apply":
+            # Validated here first, with the same rules as the server, for a quick message.
+            catalog = parse_catalog_yaml(Path(args.file).read_text())
+            response = stub.ApplyCatalog(
+                catalog_pb2.ApplyCatalogRequest(
+                    catalog=catalog_to_proto(catalog), dry_run=args.dry_run
+                ),
+                timeout=30,
+            )
+            verb = "validated" if args.dry_run else "applied"
+            print(f"catalog {response.version} {verb}: {response.action_count} actions")
+        else:
+            from services.arbitration.api import action_from_proto
+            from services.arbitration.model import Catalog
+
+            found = stub.GetCatalog(catalog_pb2.GetCatalogRequest(), timeout=30).catalog
+            document = catalog_to_document(
+                Catalog(tuple(action_from_proto(a) for a in found.actions), found.min_priority)
+            )
+            print(yaml.safe_dump(document, sort_keys=False), end="")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from nextbest.scoring.v1 import model_pb2, model_pb2_grpc
+
+    settings = _settings(args)
+    with grpc.insecure_channel(_address(args, settings)) as channel:
+        stub = model_pb2_grpc.ModelServiceStub(channel)
+        if args.action == "register":
+            features = json.loads(Path(args.features).read_text())
+            response = stub.RegisterModel(
+                model_pb2.RegisterModelRequest(
+                    name=args.name, version=args.version,
+                    onnx_model=Path(args.file).read_bytes(),
+                    features=[
+                        model_pb2.FeatureSpec(name=f["name"], default_value=f.get("default", 0.0))
+                        for f in features
+                    ],
+                    activate=args.activate,
+                ),
+                timeout=60,
+            )
+            _print_message(response.model)
+        elif args.action == "activate":
+            _print_message(
+                stub.ActivateModel(
+                    model_pb2.ActivateModelRequest(name=args.name, version=args.version),
+                    timeout=30,
+                ).model
+            )
+        else:
+            _print_message(stub.ListModels(model_pb2.ListModelsRequest(name=args.name or ""),
+                                           timeout=30))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from services.demo.train import DEMO_FEATURES, train_demo_model
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo_propensity.onnx").write_bytes(train_demo_model())
+    (out / "demo_propensity.features.json").write_text(
+        json.dumps([{"name": name, "default": 0.0} for name in DEMO_FEATURES], indent=2) + "\n"
+    )
+    print(f"wrote {out / 'demo_propensity.onnx'} and its feature list")
+    return 0
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    from nextbest.decision.v1 import decision_pb2, decision_pb2_grpc
+
+    settings = _settings(args)
+    identifiers = []
+    for item in args.id:
+        kind, _, value = item.partition("=")
+        identifiers.append(decision_pb2.Identifier(type=kind, value=value))
+    with grpc.insecure_channel(_address(args, settings)) as channel:
+        response = decision_pb2_grpc.DecisionServiceStub(channel).Decide(
+            decision_pb2.DecideRequest(
+                identifiers=identifiers, channel=args.channel, placement=args.placement,
+                explain=args.explain,
+            ),
+            timeout=10,
+        )
+    _print_message(response.decision)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from services import bench
+
+    settings = _settings(args)
+    result = asyncio.run(
+        bench.sweep(
+            _address(args, settings),
+            concurrencies=[int(c) for c in args.concurrency.split(",")],
+            duration_s=args.duration, warmup_s=args.warmup, baseline_hops=args.hops,
+            profiles=args.profiles,
+        )
+    )
+    print(bench.format_table(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nextbest",
+        description="Next-best-action decision hub. Settings come from NEXTBEST_* variables.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run a target (all services, or one)")
+    serve.add_argument("--target", choices=[t.value for t in Target])
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--demo", action="store_true",
+                       help="seed the demo catalog and model when none is there")
+    serve.set_defaults(handler=cmd_serve)
+
+    db = commands.add_parser("db", help="database schema")
+    db.add_argument("action", choices=["upgrade", "current"])
+    db.set_defaults(handler=cmd_db)
+
+    def with_address(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument("--address", help="host:port of the server (default localhost:PORT)")
+        return sub
+
+    catalog = with_address(commands.add_parser("catalog", help="the action catalog"))
+    catalog.add_argument("action", choices=["apply", "show"])
+    catalog.add_argument("-f", "--file", help="catalog YAML (apply)")
+    catalog.add_argument("--dry-run", action="store_true", help="validate only")
+    catalog.set_defaults(handler=cmd_catalog)
+
+    models = with_address(commands.add_parser("models", help="the ONNX model registry"))
+    models.add_argument("action", choices=["register", "activate", "list"])
+    models.add_argument("--name")
+    models.add_argument("--version")
+    models.add_argument("--file", help="ONNX file (register)")
+    models.add_argument("--features", help='JSON list of {"name", "default"} (register)')
+    models.add_argument("--activate", action="store_true")
+    models.set_defaults(handler=cmd_models)
+
+    demo = commands.add_parser("demo", help="train the demo model into files")
+    demo.add_argument("action", choices=["train"])
+    demo.add_argument("--out", default="demo-model")
+    demo.set_defaults(handler=cmd_demo)
+
+    decide = with_address(commands.add_parser("decide", help="ask for one decision"))
+    decide.add_argument("--id", action="append", required=True, help="type=value, repeatable")
+    decide.add_argument("--channel", required=True)
+    decide.add_argument("--placement", default="")
+    decide.add_argument("--explain", action="store_true")
+    decide.set_defaults(handler=cmd_decide)
+
+    bench_cmd = with_address(commands.add_parser("bench", help="Decide load vs echo baseline"))
+    bench_cmd.add_argument("--concurrency", default="1,16", help="comma-separated levels")
+    bench_cmd.add_argument("--duration", type=float, default=10.0, help="seconds per level")
+    bench_cmd.add_argument("--warmup", type=float, default=2.0)
+    bench_cmd.add_argument("--hops", type=int, default=0,
+                           help="backends behind the echo baseline (0 = bare echo)")
+    bench_cmd.add_argument("--profiles", type=int, default=10_000)
+    bench_cmd.add_argument("--json", help="write the result here")
+    bench_cmd.set_defaults(handler=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+        return code
+    except ConfigError as error:
+        print(f"nextbest: {error}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as error:
+        print(f"nextbest: {error.code().name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

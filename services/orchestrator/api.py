@@ -1,0 +1,166 @@
+"""DecisionService (the public API) and PrivacyService over gRPC."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from nextbest.decision.v1 import decision_pb2, decision_pb2_grpc
+from nextbest.privacy.v1 import privacy_pb2, privacy_pb2_grpc
+
+from libs.errors import Unimplemented
+from libs.rpc.convert import (
+    datetime_to_timestamp,
+    dict_to_struct,
+    struct_to_dict,
+    timestamp_to_datetime,
+)
+from libs.rpc.server import ServiceBinding
+from services.arbitration.api import explanation_to_proto
+from services.context.api import (
+    event_to_proto,
+    outcome_from_proto,
+    profile_context_to_proto,
+    record_to_proto,
+)
+from services.context.model import OutcomeReport
+from services.identity.api import identifiers_from_proto
+from services.orchestrator.model import DecideCommand, Decision, TrackedEvent
+from services.orchestrator.service import DecisionEngine, PrivacyAdmin
+
+DECISION_SERVICE = decision_pb2.DESCRIPTOR.services_by_name["DecisionService"].full_name
+PRIVACY_SERVICE = privacy_pb2.DESCRIPTOR.services_by_name["PrivacyService"].full_name
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def decision_to_proto(decision: Decision) -> decision_pb2.Decision:
+    message = decision_pb2.Decision(
+        decision_id=decision.decision_id, profile_id=decision.profile_id,
+        propensity=decision.propensity, value=decision.value, lever=decision.lever,
+        context_weight=decision.context_weight, priority=decision.priority,
+        model_version=decision.model_version, degraded=decision.degraded,
+        degraded_reason=decision.degraded_reason,
+        decided_at=datetime_to_timestamp(decision.decided_at),
+        channel=decision.channel, placement=decision.placement,
+    )
+    if decision.action is not None:
+        action = decision.action
+        message.action.CopyFrom(
+            decision_pb2.Action(
+                action_id=action.action_id, name=action.name, issue=action.issue,
+                group=action.group, treatment=dict_to_struct(action.treatment),
+            )
+        )
+    if decision.explanation is not None:
+        message.explanation.CopyFrom(
+            decision_pb2.Explanation(
+                candidates=[explanation_to_proto(c) for c in decision.explanation.candidates],
+                min_priority=decision.explanation.min_priority,
+                summary=decision.explanation.summary,
+            )
+        )
+    return message
+
+
+class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
+    def __init__(self, engine: DecisionEngine) -> None:
+        self._engine = engine
+
+    async def Decide(
+        self, request: decision_pb2.DecideRequest, context: Context
+    ) -> decision_pb2.DecideResponse:
+        decision = await self._engine.decide(
+            DecideCommand(
+                identifiers=identifiers_from_proto(request.identifiers),
+                channel=request.channel, placement=request.placement,
+                context=struct_to_dict(request.context), request_id=request.request_id,
+                explain=request.explain, time_remaining_s=context.time_remaining(),
+            )
+        )
+        return decision_pb2.DecideResponse(decision=decision_to_proto(decision))
+
+    async def RecordOutcome(
+        self, request: decision_pb2.RecordOutcomeRequest, context: Context
+    ) -> decision_pb2.RecordOutcomeResponse:
+        result = await self._engine.record_outcome(
+            OutcomeReport(
+                decision_id=request.decision_id, outcome=outcome_from_proto(request.outcome),
+                value=request.value, idempotency_key=request.idempotency_key,
+                occurred_at=timestamp_to_datetime(request.occurred_at),
+            )
+        )
+        return decision_pb2.RecordOutcomeResponse(duplicate=result.duplicate)
+
+    async def TrackEvents(
+        self, request: decision_pb2.TrackEventsRequest, context: Context
+    ) -> decision_pb2.TrackEventsResponse:
+        result = await self._engine.track_events(
+            [
+                TrackedEvent(
+                    event_id=event.event_id,
+                    identifiers=identifiers_from_proto(event.identifiers),
+                    type=event.type, channel=event.channel,
+                    occurred_at=timestamp_to_datetime(event.occurred_at),
+                    attributes=struct_to_dict(event.attributes),
+                )
+                for event in request.events
+            ]
+        )
+        return decision_pb2.TrackEventsResponse(
+            accepted=result.accepted, duplicates=result.duplicates
+        )
+
+    async def WatchDecisions(
+        self, request: decision_pb2.WatchDecisionsRequest, context: Context
+    ) -> AsyncIterator[decision_pb2.WatchDecisionsResponse]:
+        raise Unimplemented("WatchDecisions is not available yet (real-time push is planned)")
+        yield  # pragma: no cover - makes this an async generator, as the stream handler needs
+
+
+class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
+    def __init__(self, admin: PrivacyAdmin) -> None:
+        self._admin = admin
+
+    async def ExportProfile(
+        self, request: privacy_pb2.ExportProfileRequest, context: Context
+    ) -> privacy_pb2.ExportProfileResponse:
+        profile_id, types, export = await self._admin.export_profile(
+            identifiers_from_proto(request.identifiers)
+        )
+        response = privacy_pb2.ExportProfileResponse(
+            profile_id=profile_id, identifier_types=list(types)
+        )
+        if export is not None:
+            response.context.CopyFrom(profile_context_to_proto(export.context))
+            response.events.extend(event_to_proto(event) for event in export.events)
+            response.decisions.extend(record_to_proto(record) for record in export.decisions)
+        return response
+
+    async def EraseProfile(
+        self, request: privacy_pb2.EraseProfileRequest, context: Context
+    ) -> privacy_pb2.EraseProfileResponse:
+        erased = await self._admin.erase_profile(identifiers_from_proto(request.identifiers))
+        return privacy_pb2.EraseProfileResponse(
+            profile_id=erased.profile_id, identifiers_removed=erased.identifiers_removed,
+            rows_removed=erased.rows_removed,
+        )
+
+
+def orchestrator_bindings(engine: DecisionEngine, privacy: PrivacyAdmin) -> list[ServiceBinding]:
+    decisions = DecisionServicer(engine)
+    privacy_servicer = PrivacyServicer(privacy)
+    return [
+        ServiceBinding(
+            DECISION_SERVICE,
+            lambda server: decision_pb2_grpc.add_DecisionServiceServicer_to_server(
+                decisions, server
+            ),
+        ),
+        ServiceBinding(
+            PRIVACY_SERVICE,
+            lambda server: privacy_pb2_grpc.add_PrivacyServiceServicer_to_server(
+                privacy_servicer, server
+            ),
+        ),
+    ]

@@ -1,0 +1,106 @@
+"""The public decision vocabulary (what DecisionService speaks), protocol-neutral."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from services.arbitration.model import CandidateExplanation
+from services.identity.model import Identifier
+
+
+@dataclass(frozen=True)
+class DecideCommand:
+    identifiers: list[Identifier]
+    channel: str
+    placement: str = ""
+    context: dict[str, Any] = field(default_factory=dict)
+    request_id: str = ""
+    explain: bool = False
+    # Seconds the caller will wait (its gRPC deadline), None when it set none.
+    time_remaining_s: float | None = None
+
+
+@dataclass(frozen=True)
+class DecidedAction:
+    action_id: str
+    name: str
+    issue: str
+    group: str
+    treatment: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    candidates: tuple[CandidateExplanation, ...]
+    min_priority: float
+    summary: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    decision_id: str
+    profile_id: str
+    channel: str
+    placement: str
+    action: DecidedAction | None
+    propensity: float
+    value: float
+    lever: float
+    context_weight: float
+    priority: float
+    model_version: str
+    decided_at: datetime
+    degraded: bool = False
+    degraded_reason: str = ""
+    explanation: Explanation | None = None
+
+    def to_payload(self) -> dict[str, Any]:
+        """A JSON-safe dict, as the context service keeps it for replays and export."""
+        payload = asdict(self)
+        payload["decided_at"] = self.decided_at.isoformat()
+        return payload
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> Decision:
+        action = payload.get("action")
+        explanation = payload.get("explanation")
+        return cls(
+            decision_id=payload["decision_id"], profile_id=payload["profile_id"],
+            channel=payload["channel"], placement=payload["placement"],
+            action=DecidedAction(**action) if action else None,
+            propensity=float(payload["propensity"]), value=float(payload["value"]),
+            lever=float(payload["lever"]), context_weight=float(payload["context_weight"]),
+            priority=float(payload["priority"]), model_version=payload["model_version"],
+            decided_at=datetime.fromisoformat(payload["decided_at"]),
+            degraded=bool(payload.get("degraded", False)),
+            degraded_reason=payload.get("degraded_reason", ""),
+            explanation=Explanation(
+                candidates=tuple(
+                    CandidateExplanation(**{**c, "rank": int(c["rank"])})
+                    for c in explanation["candidates"]
+                ),
+                min_priority=float(explanation["min_priority"]),
+                summary=explanation["summary"],
+            )
+            if explanation
+            else None,
+        )
+
+
+@dataclass(frozen=True)
+class TrackedEvent:
+    event_id: str
+    identifiers: list[Identifier]
+    type: str
+    channel: str
+    occurred_at: datetime | None
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProfileErasure:
+    profile_id: str
+    identifiers_removed: int
+    rows_removed: int

@@ -1,0 +1,58 @@
+"""What the orchestrator needs from the other services.
+
+In the embedded shape the domain services themselves satisfy these protocols (plain
+in-process calls, no serialisation); in the mesh shape the gRPC clients of each service do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from services.arbitration.model import CandidateList, Prioritization, ScoredCandidate
+from services.context.model import (
+    AppendResult,
+    DecisionRecord,
+    OutcomeReport,
+    OutcomeResult,
+    ProfileContext,
+    ProfileEvent,
+    ProfileExport,
+    RecordedDecision,
+)
+from services.identity.model import Identifier, ProfileLookup, Resolution
+from services.scoring.model import CandidateScore, ScoringCandidate
+
+
+class IdentityPort(Protocol):
+    async def resolve_profile(self, identifiers: list[Identifier]) -> Resolution: ...
+    async def lookup_profile(
+        self, identifiers: list[Identifier], profile_id: str = ""
+    ) -> ProfileLookup: ...
+    async def erase_profile(self, profile_id: str) -> int: ...
+
+
+class ContextPort(Protocol):
+    async def get_profile_context(self, profile_id: str) -> ProfileContext: ...
+    async def append_events(self, events: list[ProfileEvent]) -> AppendResult: ...
+    async def record_decision(self, record: DecisionRecord) -> RecordedDecision: ...
+    async def record_outcome(self, report: OutcomeReport) -> OutcomeResult: ...
+    async def export_profile(self, profile_id: str) -> ProfileExport: ...
+    async def erase_profile(self, profile_id: str) -> int: ...
+
+
+class ScoringPort(Protocol):
+    async def score_candidates(
+        self, context: ProfileContext, request_context: dict[str, Any], channel: str,
+        candidates: Sequence[ScoringCandidate],
+    ) -> list[CandidateScore]: ...
+
+
+class ArbitrationPort(Protocol):
+    async def list_candidates(
+        self, channel: str, placement: str, context: ProfileContext,
+        request_context: dict[str, object], *, explain: bool = False,
+    ) -> CandidateList: ...
+    async def prioritize(
+        self, scored: list[ScoredCandidate], channel: str, *, explain: bool = False
+    ) -> Prioritization: ...
