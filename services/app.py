@@ -59,6 +59,20 @@ class BuiltTarget:
     port: int
     services: DomainServices
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
+    database: Database | None = None
+
+    async def warm_up(self) -> None:
+        """Load the catalog and models and start connecting to peers before serving, so the
+        first decision does not pay for it (and miss its time budget)."""
+        if self.database is not None:
+            await self.database.warm_up()
+        if self.services.arbitration is not None:
+            await self.services.arbitration.catalog()
+        if self.services.scoring is not None:
+            await self.services.scoring.serving_models()
+        for channel in self.channels:
+            channel.get_state(try_to_connect=True)
 
     async def close(self) -> None:
         for close in reversed(self.closers):
@@ -95,7 +109,9 @@ def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
     """Wire the services of ``settings.target`` and create (not start) its gRPC server."""
     target = settings.target
     closers: list[Callable[[], Awaitable[None]]] = []
+    channels: dict[str, grpc.aio.Channel] = {}
     hosted = DomainServices()
+    database: Database | None = None
     if target != Target.ORCHESTRATOR:
         if settings.migrate_on_start:
             migrate(settings)
@@ -133,7 +149,7 @@ def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
         reflection_enabled=settings.reflection,
         max_connection_age_s=settings.max_connection_age_s,
     )
-    return BuiltTarget(server, bound, hosted, closers)
+    return BuiltTarget(server, bound, hosted, closers, list(channels.values()), database)
 
 
 def _closer(channel: grpc.aio.Channel) -> Callable[[], Awaitable[None]]:

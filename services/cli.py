@@ -40,6 +40,7 @@ async def _serve(settings: Settings, demo: bool) -> None:
         from services.demo.seed import seed_demo
 
         await seed_demo(built.services)
+    await built.warm_up()
     if settings.target == Target.ALL:
         print(
             f"nextbest is serving every service on port {built.port}. Try:\n"

@@ -87,6 +87,12 @@ class Database:
     def session(self, *, write: bool) -> AsyncSession:
         return (self.write_sessions if write else self.read_sessions)()
 
+    async def warm_up(self) -> None:
+        """Open a pooled connection per engine now rather than on the first request."""
+        for engine in {id(e): e for e in (self.write_engine, self.read_engine)}.values():
+            async with engine.connect() as connection:
+                await connection.exec_driver_sql("SELECT 1")
+
     async def dispose(self) -> None:
         await self.write_engine.dispose()
         if self.read_engine is not self.write_engine:

@@ -1,0 +1,79 @@
+"""The hub in both shapes; every end-to-end test runs against each."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from libs.config import Settings, Target
+from services.app import build_target
+from services.demo.seed import DEMO_CATALOG, demo_features
+from services.arbitration.catalog import parse_catalog_yaml
+from services.demo.train import DEMO_MODEL_NAME, DEMO_MODEL_VERSION
+from tests.conftest import (
+    create_postgres_database,
+    drop_postgres_database,
+    postgres_available,
+    require_postgres,
+)
+from tests.e2e.harness import Mesh
+
+
+@dataclass
+class Hub:
+    shape: str
+    address: str
+    # Where admin services live: the same port when embedded, arbitration/scoring in the mesh.
+    catalog_address: str
+    models_address: str
+    channel: grpc.aio.Channel
+
+
+@pytest.fixture(scope="module", params=["embedded", "mesh"])
+async def hub(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+    demo_model_bytes: bytes,
+) -> AsyncIterator[Hub]:
+    workdir = tmp_path_factory.mktemp(f"hub-{request.param}")
+    if request.param == "embedded":
+        settings = Settings(target=Target.ALL, host="127.0.0.1", port=0, data_dir=workdir)
+        built = build_target(settings)
+        services = built.services
+        assert services.arbitration is not None and services.scoring is not None
+        await services.arbitration.apply_catalog(parse_catalog_yaml(DEMO_CATALOG.read_text()))
+        await services.scoring.register_model(
+            DEMO_MODEL_NAME, DEMO_MODEL_VERSION, demo_model_bytes, demo_features(),
+            activate=True,
+        )
+        await built.warm_up()
+        await built.server.start()
+        address = f"127.0.0.1:{built.port}"
+        async with grpc.aio.insecure_channel(address) as channel:
+            yield Hub("embedded", address, address, address, channel)
+        await built.server.stop(0)
+        await built.close()
+        return
+    # The mesh is the Kubernetes shape: PostgreSQL when it is here, else a shared SQLite file.
+    if postgres_available():
+        database_url = create_postgres_database()
+    else:
+        require_postgres()  # fails in CI, where PostgreSQL must be up
+        database_url = f"sqlite:///{Path(workdir) / 'mesh.db'}"
+    mesh = Mesh(workdir, database_url)
+    try:
+        address = await mesh.start()
+        async with grpc.aio.insecure_channel(address) as channel:
+            yield Hub(
+                "mesh", address, mesh.addresses["arbitration"], mesh.addresses["scoring"],
+                channel,
+            )
+    finally:
+        codes = mesh.stop()
+        if database_url.startswith("postgresql"):
+            drop_postgres_database(database_url)
+    # Graceful shutdown on SIGTERM: every process drained and exited cleanly.
+    assert codes == {name: 0 for name in codes}, codes
