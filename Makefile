@@ -37,7 +37,10 @@ proto: $(STAMP)
 	rm -rf libs/protos/nextbest
 	mkdir -p libs/protos
 	$(BIN)/python -m grpc_tools.protoc -Iproto \
-		--python_out=libs/protos --pyi_out=libs/protos --grpc_python_out=libs/protos \
+		--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
+		--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
+		--python_out=libs/protos --grpc_python_out=libs/protos \
+		--mypy_out=libs/protos --mypy_grpc_out=libs/protos \
 		$$(find proto -name '*.proto' | sort)
 	find libs/protos/nextbest -type d -exec touch {}/__init__.py \;
 

@@ -36,9 +36,7 @@ class Settings(BaseSettings):
     host: str = Field("[::]", description="Address the gRPC server binds.")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     data_dir: Path = Field(Path(".nextbest"), description="Where the embedded SQLite lives.")
-    database_url: str = Field(
-        "", description="SQLAlchemy URL; empty = SQLite file under data_dir."
-    )
+    database_url: str = Field("", description="SQLAlchemy URL; empty = SQLite file under data_dir.")
     auto_migrate: bool | None = Field(
         None, description="Apply migrations at start-up; default: on for SQLite only."
     )

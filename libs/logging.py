@@ -9,9 +9,7 @@ from typing import Literal
 import structlog
 
 
-def configure_logging(
-    level: str = "info", fmt: Literal["json", "console"] = "json"
-) -> None:
+def configure_logging(level: str = "info", fmt: Literal["json", "console"] = "json") -> None:
     """Route structlog and the standard library through one JSON (or console) renderer."""
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,

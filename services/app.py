@@ -122,7 +122,10 @@ def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
         if target == Target.ALL:
             assert hosted.identity and hosted.context and hosted.scoring and hosted.arbitration
             identity, context, scoring, arbitration = (
-                hosted.identity, hosted.context, hosted.scoring, hosted.arbitration
+                hosted.identity,
+                hosted.context,
+                hosted.scoring,
+                hosted.arbitration,
             )
         else:
             channels = {

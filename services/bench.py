@@ -142,7 +142,7 @@ async def decide_caller(
 ) -> tuple[Call, Close]:
     """(call, close) for Decide on `target`; call(i) asks for profile cookie bench-{i % N}."""
     grpc_channel = await _open_channel(target)
-    stub = decision_pb2_grpc.DecisionServiceStub(grpc_channel)  # type: ignore[no-untyped-call]
+    stub = decision_pb2_grpc.DecisionServiceStub(grpc_channel)
     decide: grpc.aio.UnaryUnaryMultiCallable[
         decision_pb2.DecideRequest, decision_pb2.DecideResponse
     ] = stub.Decide

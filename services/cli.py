@@ -45,8 +45,8 @@ async def _serve(settings: Settings, demo: bool) -> None:
         print(
             f"nextbest is serving every service on port {built.port}. Try:\n"
             f"  grpcurl -plaintext localhost:{built.port} list\n"
-            f"  grpcurl -plaintext -d '{{\"identifiers\":[{{\"type\":\"cookie_id\","
-            f"\"value\":\"c-123\"}}],\"channel\":\"web\",\"explain\":true}}' "
+            f'  grpcurl -plaintext -d \'{{"identifiers":[{{"type":"cookie_id",'
+            f'"value":"c-123"}}],"channel":"web","explain":true}}\' '
             f"localhost:{built.port} nextbest.decision.v1.DecisionService/Decide",
             file=sys.stderr,
             flush=True,
@@ -119,7 +119,8 @@ def cmd_models(args: argparse.Namespace) -> int:
             features = json.loads(Path(args.features).read_text())
             response = stub.RegisterModel(
                 model_pb2.RegisterModelRequest(
-                    name=args.name, version=args.version,
+                    name=args.name,
+                    version=args.version,
                     onnx_model=Path(args.file).read_bytes(),
                     features=[
                         model_pb2.FeatureSpec(name=f["name"], default_value=f.get("default", 0.0))
@@ -138,8 +139,9 @@ def cmd_models(args: argparse.Namespace) -> int:
                 ).model
             )
         else:
-            _print_message(stub.ListModels(model_pb2.ListModelsRequest(name=args.name or ""),
-                                           timeout=30))
+            _print_message(
+                stub.ListModels(model_pb2.ListModelsRequest(name=args.name or ""), timeout=30)
+            )
     return 0
 
 
@@ -167,7 +169,9 @@ def cmd_decide(args: argparse.Namespace) -> int:
     with grpc.insecure_channel(_address(args, settings)) as channel:
         response = decision_pb2_grpc.DecisionServiceStub(channel).Decide(
             decision_pb2.DecideRequest(
-                identifiers=identifiers, channel=args.channel, placement=args.placement,
+                identifiers=identifiers,
+                channel=args.channel,
+                placement=args.placement,
                 explain=args.explain,
             ),
             timeout=10,
@@ -184,7 +188,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         bench.sweep(
             _address(args, settings),
             concurrencies=[int(c) for c in args.concurrency.split(",")],
-            duration_s=args.duration, warmup_s=args.warmup, baseline_hops=args.hops,
+            duration_s=args.duration,
+            warmup_s=args.warmup,
+            baseline_hops=args.hops,
             profiles=args.profiles,
         )
     )
@@ -205,8 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run a target (all services, or one)")
     serve.add_argument("--target", choices=[t.value for t in Target])
     serve.add_argument("--port", type=int)
-    serve.add_argument("--demo", action="store_true",
-                       help="seed the demo catalog and model when none is there")
+    serve.add_argument(
+        "--demo", action="store_true", help="seed the demo catalog and model when none is there"
+    )
     serve.set_defaults(handler=cmd_serve)
 
     db = commands.add_parser("db", help="database schema")
@@ -248,8 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cmd.add_argument("--concurrency", default="1,16", help="comma-separated levels")
     bench_cmd.add_argument("--duration", type=float, default=10.0, help="seconds per level")
     bench_cmd.add_argument("--warmup", type=float, default=2.0)
-    bench_cmd.add_argument("--hops", type=int, default=0,
-                           help="backends behind the echo baseline (0 = bare echo)")
+    bench_cmd.add_argument(
+        "--hops", type=int, default=0, help="backends behind the echo baseline (0 = bare echo)"
+    )
     bench_cmd.add_argument("--profiles", type=int, default=10_000)
     bench_cmd.add_argument("--json", help="write the result here")
     bench_cmd.set_defaults(handler=cmd_bench)
@@ -265,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nextbest: {error}", file=sys.stderr)
         return 2
     except grpc.RpcError as error:
-        print(f"nextbest: {error.code().name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        print(f"nextbest: {error.code().name}: {error.details()}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -14,7 +14,10 @@ _SERVICE_CONFIG = json.dumps(
             {
                 "name": [
                     {"service": "nextbest.identity.v1.IdentityService", "method": "LookupProfile"},
-                    {"service": "nextbest.context.v1.ContextService", "method": "GetProfileContext"},
+                    {
+                        "service": "nextbest.context.v1.ContextService",
+                        "method": "GetProfileContext",
+                    },
                     {"service": "nextbest.scoring.v1.ScoringService"},
                     {"service": "nextbest.arbitration.v1.ArbitrationService"},
                 ],

@@ -31,7 +31,9 @@ class GrpcServer:
     """A started-or-not aio server with the health statuses of the services it carries."""
 
     def __init__(
-        self, server: grpc.aio.Server, health_servicer: health.aio.HealthServicer,
+        self,
+        server: grpc.aio.Server,
+        health_servicer: health.aio.HealthServicer,
         service_names: Sequence[str],
     ) -> None:
         self.server = server
@@ -79,8 +81,11 @@ def create_server(
     names = [binding.name for binding in bindings]
     if reflection_enabled:
         reflection.enable_server_reflection(
-            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME],
+            [
+                *names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
             server,
         )
     port = server.add_insecure_port(address)

@@ -32,20 +32,32 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 def action_to_proto(action: ActionDefinition) -> catalog_pb2.ActionDefinition:
     return catalog_pb2.ActionDefinition(
-        action_id=action.action_id, name=action.name, issue=action.issue, group=action.group,
-        channels=list(action.channels), value=action.value, lever=action.lever,
-        model=action.model, disabled=not action.enabled,
-        treatments=dict_to_struct(action.treatments), prior_propensity=action.prior_propensity,
+        action_id=action.action_id,
+        name=action.name,
+        issue=action.issue,
+        group=action.group,
+        channels=list(action.channels),
+        value=action.value,
+        lever=action.lever,
+        model=action.model,
+        disabled=not action.enabled,
+        treatments=dict_to_struct(action.treatments),
+        prior_propensity=action.prior_propensity,
     )
 
 
 def action_document(message: catalog_pb2.ActionDefinition) -> dict[str, Any]:
     """A message as the plain document parse_catalog validates (same rules as YAML)."""
     document: dict[str, Any] = {
-        "id": message.action_id, "name": message.name or message.action_id,
-        "issue": message.issue, "group": message.group or "default",
-        "channels": list(message.channels), "value": message.value, "model": message.model,
-        "enabled": not message.disabled, "treatments": struct_to_dict(message.treatments),
+        "id": message.action_id,
+        "name": message.name or message.action_id,
+        "issue": message.issue,
+        "group": message.group or "default",
+        "channels": list(message.channels),
+        "value": message.value,
+        "model": message.model,
+        "enabled": not message.disabled,
+        "treatments": struct_to_dict(message.treatments),
     }
     if message.HasField("lever"):
         document["lever"] = message.lever
@@ -56,10 +68,15 @@ def action_document(message: catalog_pb2.ActionDefinition) -> dict[str, Any]:
 
 def action_from_proto(message: catalog_pb2.ActionDefinition) -> ActionDefinition:
     return ActionDefinition(
-        action_id=message.action_id, name=message.name, issue=message.issue,
-        group=message.group, value=message.value,
+        action_id=message.action_id,
+        name=message.name,
+        issue=message.issue,
+        group=message.group,
+        value=message.value,
         lever=message.lever if message.HasField("lever") else 1.0,
-        channels=tuple(message.channels), model=message.model, enabled=not message.disabled,
+        channels=tuple(message.channels),
+        model=message.model,
+        enabled=not message.disabled,
         treatments=struct_to_dict(message.treatments),
         prior_propensity=(
             message.prior_propensity if message.HasField("prior_propensity") else 0.05
@@ -69,26 +86,43 @@ def action_from_proto(message: catalog_pb2.ActionDefinition) -> ActionDefinition
 
 def explanation_to_proto(item: CandidateExplanation) -> decision_pb2.CandidateExplanation:
     return decision_pb2.CandidateExplanation(
-        action_id=item.action_id, eligible=item.eligible, removed_by=item.removed_by,
-        reason=item.reason, propensity=item.propensity, context_weight=item.context_weight,
-        value=item.value, lever=item.lever, priority=item.priority, rank=item.rank,
-        won=item.won, model_version=item.model_version,
+        action_id=item.action_id,
+        eligible=item.eligible,
+        removed_by=item.removed_by,
+        reason=item.reason,
+        propensity=item.propensity,
+        context_weight=item.context_weight,
+        value=item.value,
+        lever=item.lever,
+        priority=item.priority,
+        rank=item.rank,
+        won=item.won,
+        model_version=item.model_version,
     )
 
 
 def explanation_from_proto(item: decision_pb2.CandidateExplanation) -> CandidateExplanation:
     return CandidateExplanation(
-        action_id=item.action_id, eligible=item.eligible, removed_by=item.removed_by,
-        reason=item.reason, propensity=item.propensity, context_weight=item.context_weight,
-        value=item.value, lever=item.lever, priority=item.priority, rank=item.rank,
-        won=item.won, model_version=item.model_version,
+        action_id=item.action_id,
+        eligible=item.eligible,
+        removed_by=item.removed_by,
+        reason=item.reason,
+        propensity=item.propensity,
+        context_weight=item.context_weight,
+        value=item.value,
+        lever=item.lever,
+        priority=item.priority,
+        rank=item.rank,
+        won=item.won,
+        model_version=item.model_version,
     )
 
 
 def catalog_to_proto(catalog: Catalog) -> catalog_pb2.Catalog:
     return catalog_pb2.Catalog(
         actions=[action_to_proto(a) for a in catalog.actions],
-        min_priority=catalog.min_priority, version=catalog.version,
+        min_priority=catalog.min_priority,
+        version=catalog.version,
         applied_at=datetime_to_timestamp(catalog.applied_at),
     )
 
@@ -101,9 +135,11 @@ class ArbitrationServicer(arbitration_pb2_grpc.ArbitrationServiceServicer):
         self, request: arbitration_pb2.ListCandidatesRequest, context: Context
     ) -> arbitration_pb2.ListCandidatesResponse:
         listed = await self._service.list_candidates(
-            request.channel, request.placement,
+            request.channel,
+            request.placement,
             profile_context_from_proto(request.profile_context),
-            struct_to_dict(request.request_context), explain=request.explain,
+            struct_to_dict(request.request_context),
+            explain=request.explain,
         )
         return arbitration_pb2.ListCandidatesResponse(
             candidates=[action_to_proto(a) for a in listed.candidates],
@@ -119,18 +155,23 @@ class ArbitrationServicer(arbitration_pb2_grpc.ArbitrationServiceServicer):
                 ScoredCandidate(c.action_id, c.propensity, c.model_version)
                 for c in request.candidates
             ],
-            request.channel, explain=request.explain,
+            request.channel,
+            explain=request.explain,
         )
         response = arbitration_pb2.PrioritizeResponse(
             ranked=[explanation_to_proto(r) for r in result.ranked],
-            min_priority=result.min_priority, summary=result.summary,
+            min_priority=result.min_priority,
+            summary=result.summary,
         )
         if result.winner is not None:
             winner = result.winner
             response.action.CopyFrom(
                 decision_pb2.Action(
-                    action_id=winner.action_id, name=winner.name, issue=winner.issue,
-                    group=winner.group, treatment=dict_to_struct(winner.treatment_for(request.channel)),
+                    action_id=winner.action_id,
+                    name=winner.name,
+                    issue=winner.issue,
+                    group=winner.group,
+                    treatment=dict_to_struct(winner.treatment_for(request.channel)),
                 )
             )
         if result.best is not None:
@@ -188,15 +229,23 @@ class ArbitrationClient:
         self._stub = arbitration_pb2_grpc.ArbitrationServiceStub(channel)
 
     async def list_candidates(
-        self, channel: str, placement: str, context: ProfileContext,
-        request_context: dict[str, object], *, explain: bool = False,
+        self,
+        channel: str,
+        placement: str,
+        context: ProfileContext,
+        request_context: dict[str, object],
+        *,
+        explain: bool = False,
     ) -> CandidateList:
         response = await call_peer(
-            "arbitration", self._stub.ListCandidates,
+            "arbitration",
+            self._stub.ListCandidates,
             arbitration_pb2.ListCandidatesRequest(
-                channel=channel, placement=placement,
+                channel=channel,
+                placement=placement,
                 profile_context=profile_context_to_proto(context),
-                request_context=dict_to_struct(request_context), explain=explain,
+                request_context=dict_to_struct(request_context),
+                explain=explain,
             ),
         )
         return CandidateList(
@@ -209,24 +258,31 @@ class ArbitrationClient:
         self, scored: list[ScoredCandidate], channel: str, *, explain: bool = False
     ) -> Prioritization:
         response = await call_peer(
-            "arbitration", self._stub.Prioritize,
+            "arbitration",
+            self._stub.Prioritize,
             arbitration_pb2.PrioritizeRequest(
                 candidates=[
                     arbitration_pb2.ScoredCandidate(
-                        action_id=c.action_id, propensity=c.propensity,
+                        action_id=c.action_id,
+                        propensity=c.propensity,
                         model_version=c.model_version,
                     )
                     for c in scored
                 ],
-                channel=channel, explain=explain,
+                channel=channel,
+                explain=explain,
             ),
         )
         winner = None
         if response.HasField("action"):
             action = response.action
             winner = ActionDefinition(
-                action_id=action.action_id, name=action.name, issue=action.issue,
-                group=action.group, value=response.winner.value, lever=response.winner.lever,
+                action_id=action.action_id,
+                name=action.name,
+                issue=action.issue,
+                group=action.group,
+                value=response.winner.value,
+                lever=response.winner.lever,
                 treatments={channel: struct_to_dict(action.treatment)},
             )
         return Prioritization(

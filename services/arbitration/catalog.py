@@ -17,8 +17,18 @@ from services.arbitration.model import ActionDefinition, Catalog
 MAX_ACTIONS = 2000
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
 _ACTION_KEYS = {
-    "id", "action_id", "name", "issue", "group", "channels", "value", "lever", "model",
-    "enabled", "treatments", "prior_propensity",
+    "id",
+    "action_id",
+    "name",
+    "issue",
+    "group",
+    "channels",
+    "value",
+    "lever",
+    "model",
+    "enabled",
+    "treatments",
+    "prior_propensity",
 }
 
 
@@ -26,7 +36,8 @@ def catalog_version(actions: tuple[ActionDefinition, ...], min_priority: float) 
     """Content hash: the same catalog applied twice has the same version."""
     body = json.dumps(
         {"min_priority": min_priority, "actions": [asdict(a) for a in actions]},
-        sort_keys=True, default=str,
+        sort_keys=True,
+        default=str,
     )
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
@@ -91,10 +102,17 @@ def parse_catalog(document: Any) -> Catalog:
         problems.require(isinstance(enabled, bool), f"{where}.enabled", "must be true or false")
         actions.append(
             ActionDefinition(
-                action_id=action_id, name=str(raw.get("name", action_id)), issue=issue,
-                group=group, value=value, lever=lever, channels=tuple(channels),
-                model=str(raw.get("model", "")), enabled=bool(enabled),
-                treatments=dict(treatments), prior_propensity=prior,
+                action_id=action_id,
+                name=str(raw.get("name", action_id)),
+                issue=issue,
+                group=group,
+                value=value,
+                lever=lever,
+                channels=tuple(channels),
+                model=str(raw.get("model", "")),
+                enabled=bool(enabled),
+                treatments=dict(treatments),
+                prior_propensity=prior,
             )
         )
     problems.raise_if_any()
@@ -116,9 +134,16 @@ def catalog_to_document(catalog: Catalog) -> dict[str, Any]:
         "min_priority": catalog.min_priority,
         "actions": [
             {
-                "id": a.action_id, "name": a.name, "issue": a.issue, "group": a.group,
-                "channels": list(a.channels), "value": a.value, "lever": a.lever,
-                "model": a.model, "enabled": a.enabled, "treatments": a.treatments,
+                "id": a.action_id,
+                "name": a.name,
+                "issue": a.issue,
+                "group": a.group,
+                "channels": list(a.channels),
+                "value": a.value,
+                "lever": a.lever,
+                "model": a.model,
+                "enabled": a.enabled,
+                "treatments": a.treatments,
                 "prior_propensity": a.prior_propensity,
             }
             for a in catalog.actions

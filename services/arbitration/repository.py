@@ -7,7 +7,7 @@ from typing import Protocol
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.storage import SqlUnitOfWork
+from libs.storage import SqlUnitOfWork, UnitOfWork
 from services.arbitration.model import ActionDefinition, Catalog
 from services.arbitration.tables import ActionRow, CatalogStateRow
 
@@ -18,12 +18,9 @@ class CatalogRepository(Protocol):
     async def replace(self, catalog: Catalog) -> None: ...
 
 
-class ArbitrationUnitOfWork(Protocol):
-    catalog: CatalogRepository
-
-    async def __aenter__(self) -> ArbitrationUnitOfWork: ...
-    async def __aexit__(self, *args: object) -> None: ...
-    async def commit(self) -> None: ...
+class ArbitrationUnitOfWork(UnitOfWork, Protocol):
+    @property
+    def catalog(self) -> CatalogRepository: ...
 
 
 class SqlCatalogRepository:
@@ -43,9 +40,16 @@ class SqlCatalogRepository:
         rows = await self._session.scalars(select(ActionRow).order_by(ActionRow.position))
         actions = tuple(
             ActionDefinition(
-                action_id=row.action_id, name=row.name, issue=row.issue, group=row.group_name,
-                value=row.value, lever=row.lever, channels=tuple(row.channels), model=row.model,
-                enabled=row.enabled, treatments=dict(row.treatments),
+                action_id=row.action_id,
+                name=row.name,
+                issue=row.issue,
+                group=row.group_name,
+                value=row.value,
+                lever=row.lever,
+                channels=tuple(row.channels),
+                model=row.model,
+                enabled=row.enabled,
+                treatments=dict(row.treatments),
                 prior_propensity=row.prior_propensity,
             )
             for row in rows
@@ -59,10 +63,17 @@ class SqlCatalogRepository:
         for position, action in enumerate(catalog.actions):
             self._session.add(
                 ActionRow(
-                    action_id=action.action_id, position=position, name=action.name,
-                    issue=action.issue, group_name=action.group, channels=list(action.channels),
-                    value=action.value, lever=action.lever, model=action.model,
-                    enabled=action.enabled, treatments=action.treatments,
+                    action_id=action.action_id,
+                    position=position,
+                    name=action.name,
+                    issue=action.issue,
+                    group_name=action.group,
+                    channels=list(action.channels),
+                    value=action.value,
+                    lever=action.lever,
+                    model=action.model,
+                    enabled=action.enabled,
+                    treatments=action.treatments,
                     prior_propensity=action.prior_propensity,
                 )
             )
@@ -70,7 +81,9 @@ class SqlCatalogRepository:
         if state is None:
             self._session.add(
                 CatalogStateRow(
-                    id=1, version=catalog.version, min_priority=catalog.min_priority,
+                    id=1,
+                    version=catalog.version,
+                    min_priority=catalog.min_priority,
                     applied_at=catalog.applied_at,
                 )
             )

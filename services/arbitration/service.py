@@ -45,9 +45,14 @@ def rank_candidates(
         priority = candidate.propensity * context_weight * action.value * action.lever
         factors.append(
             CandidateExplanation(
-                action_id=action.action_id, eligible=True, propensity=candidate.propensity,
-                context_weight=context_weight, value=action.value, lever=action.lever,
-                priority=priority, model_version=candidate.model_version,
+                action_id=action.action_id,
+                eligible=True,
+                propensity=candidate.propensity,
+                context_weight=context_weight,
+                value=action.value,
+                lever=action.lever,
+                priority=priority,
+                model_version=candidate.model_version,
             )
         )
     problems.raise_if_any()
@@ -92,8 +97,13 @@ class ArbitrationService:
         return applied
 
     async def list_candidates(
-        self, channel: str, placement: str, context: ProfileContext,
-        request_context: dict[str, object], *, explain: bool = False,
+        self,
+        channel: str,
+        placement: str,
+        context: ProfileContext,
+        request_context: dict[str, object],
+        *,
+        explain: bool = False,
     ) -> CandidateList:
         catalog = await self.catalog()
         candidates: list[ActionDefinition] = []
@@ -111,9 +121,7 @@ class ArbitrationService:
                 )
             else:
                 candidates.append(action)
-        return CandidateList(
-            tuple(candidates), tuple(removed) if explain else (), catalog.version
-        )
+        return CandidateList(tuple(candidates), tuple(removed) if explain else (), catalog.version)
 
     async def prioritize(
         self, scored: list[ScoredCandidate], channel: str, *, explain: bool = False
@@ -142,4 +150,3 @@ class ArbitrationService:
             min_priority=catalog.min_priority,
             summary=summary,
         )
-

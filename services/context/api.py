@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from nextbest.context.v1 import context_pb2, context_pb2_grpc
@@ -47,7 +47,7 @@ OUTCOME_TO_PROTO = {value: key for key, value in OUTCOME_FROM_PROTO.items()}
 
 
 def outcome_from_proto(value: int, field: str = "outcome") -> Outcome:
-    outcome = OUTCOME_FROM_PROTO.get(value)  # type: ignore[call-overload]
+    outcome = OUTCOME_FROM_PROTO.get(cast(decision_pb2.Outcome.ValueType, value))
     if outcome is None:
         raise InvalidArgument(FieldViolation(field, f"unknown or unspecified outcome {value}"))
     return outcome
@@ -59,16 +59,23 @@ def profile_context_to_proto(context: ProfileContext) -> context_pb2.ProfileCont
         attributes=dict_to_struct(context.attributes),
         counters=[
             context_pb2.EventCounter(
-                event_type=c.event_type, count=c.count, value_sum=c.value_sum,
+                event_type=c.event_type,
+                count=c.count,
+                value_sum=c.value_sum,
                 last_occurred_at=datetime_to_timestamp(c.last_occurred_at),
             )
             for c in context.counters.values()
         ],
         interactions=[
             context_pb2.InteractionSummary(
-                action_id=i.action_id, channel=i.channel, decisions=i.decisions,
-                impressions=i.impressions, clicks=i.clicks, accepts=i.accepts,
-                rejects=i.rejects, conversions=i.conversions,
+                action_id=i.action_id,
+                channel=i.channel,
+                decisions=i.decisions,
+                impressions=i.impressions,
+                clicks=i.clicks,
+                accepts=i.accepts,
+                rejects=i.rejects,
+                conversions=i.conversions,
                 last_contact_at=datetime_to_timestamp(i.last_contact_at),
             )
             for i in context.interactions
@@ -88,9 +95,14 @@ def profile_context_from_proto(message: context_pb2.ProfileContext) -> ProfileCo
         },
         interactions=tuple(
             InteractionSummary(
-                action_id=i.action_id, channel=i.channel, decisions=i.decisions,
-                impressions=i.impressions, clicks=i.clicks, accepts=i.accepts,
-                rejects=i.rejects, conversions=i.conversions,
+                action_id=i.action_id,
+                channel=i.channel,
+                decisions=i.decisions,
+                impressions=i.impressions,
+                clicks=i.clicks,
+                accepts=i.accepts,
+                rejects=i.rejects,
+                conversions=i.conversions,
                 last_contact_at=timestamp_to_datetime(i.last_contact_at),
             )
             for i in message.interactions
@@ -100,8 +112,11 @@ def profile_context_from_proto(message: context_pb2.ProfileContext) -> ProfileCo
 
 def event_to_proto(event: ProfileEvent) -> context_pb2.ProfileEvent:
     return context_pb2.ProfileEvent(
-        event_id=event.event_id, profile_id=event.profile_id, type=event.type,
-        channel=event.channel, occurred_at=datetime_to_timestamp(event.occurred_at),
+        event_id=event.event_id,
+        profile_id=event.profile_id,
+        type=event.type,
+        channel=event.channel,
+        occurred_at=datetime_to_timestamp(event.occurred_at),
         attributes=dict_to_struct(event.attributes),
     )
 
@@ -111,17 +126,24 @@ def event_from_proto(message: context_pb2.ProfileEvent, index: int) -> ProfileEv
     if occurred_at is None:
         raise InvalidArgument(FieldViolation(f"events[{index}].occurred_at", "required"))
     return ProfileEvent(
-        event_id=message.event_id, profile_id=message.profile_id, type=message.type,
-        channel=message.channel, occurred_at=occurred_at,
+        event_id=message.event_id,
+        profile_id=message.profile_id,
+        type=message.type,
+        channel=message.channel,
+        occurred_at=occurred_at,
         attributes=struct_to_dict(message.attributes),
     )
 
 
 def record_to_proto(record: DecisionRecord) -> context_pb2.DecisionRecord:
     return context_pb2.DecisionRecord(
-        decision_id=record.decision_id, request_id=record.request_id,
-        profile_id=record.profile_id, channel=record.channel, placement=record.placement,
-        action_id=record.action_id, decided_at=datetime_to_timestamp(record.decided_at),
+        decision_id=record.decision_id,
+        request_id=record.request_id,
+        profile_id=record.profile_id,
+        channel=record.channel,
+        placement=record.placement,
+        action_id=record.action_id,
+        decided_at=datetime_to_timestamp(record.decided_at),
         payload=dict_to_struct(record.payload),
     )
 
@@ -131,9 +153,13 @@ def record_from_proto(message: context_pb2.DecisionRecord) -> DecisionRecord:
     if decided_at is None:
         raise InvalidArgument(FieldViolation("record.decided_at", "required"))
     return DecisionRecord(
-        decision_id=message.decision_id, request_id=message.request_id,
-        profile_id=message.profile_id, channel=message.channel, placement=message.placement,
-        action_id=message.action_id, decided_at=decided_at,
+        decision_id=message.decision_id,
+        request_id=message.request_id,
+        profile_id=message.profile_id,
+        channel=message.channel,
+        placement=message.placement,
+        action_id=message.action_id,
+        decided_at=decided_at,
         payload=struct_to_dict(message.payload),
     )
 
@@ -170,8 +196,10 @@ class ContextServicer(context_pb2_grpc.ContextServiceServicer):
     ) -> context_pb2.RecordOutcomeResponse:
         result = await self._service.record_outcome(
             OutcomeReport(
-                decision_id=request.decision_id, outcome=outcome_from_proto(request.outcome),
-                value=request.value, idempotency_key=request.idempotency_key,
+                decision_id=request.decision_id,
+                outcome=outcome_from_proto(request.outcome),
+                value=request.value,
+                idempotency_key=request.idempotency_key,
                 occurred_at=timestamp_to_datetime(request.occurred_at),
             )
         )
@@ -212,31 +240,37 @@ class ContextClient:
 
     async def get_profile_context(self, profile_id: str) -> ProfileContext:
         response = await call_peer(
-            "context", self._stub.GetProfileContext,
+            "context",
+            self._stub.GetProfileContext,
             context_pb2.GetProfileContextRequest(profile_id=profile_id),
         )
         return profile_context_from_proto(response.context)
 
     async def append_events(self, events: list[ProfileEvent]) -> AppendResult:
         response = await call_peer(
-            "context", self._stub.AppendEvents,
+            "context",
+            self._stub.AppendEvents,
             context_pb2.AppendEventsRequest(events=[event_to_proto(e) for e in events]),
         )
         return AppendResult(accepted=response.accepted, duplicates=response.duplicates)
 
     async def record_decision(self, record: DecisionRecord) -> RecordedDecision:
         response = await call_peer(
-            "context", self._stub.RecordDecision,
+            "context",
+            self._stub.RecordDecision,
             context_pb2.RecordDecisionRequest(record=record_to_proto(record)),
         )
         return RecordedDecision(record_from_proto(response.record), response.replayed)
 
     async def record_outcome(self, report: OutcomeReport) -> OutcomeResult:
         response = await call_peer(
-            "context", self._stub.RecordOutcome,
+            "context",
+            self._stub.RecordOutcome,
             context_pb2.RecordOutcomeRequest(
-                decision_id=report.decision_id, outcome=OUTCOME_TO_PROTO[report.outcome],
-                value=report.value, idempotency_key=report.idempotency_key,
+                decision_id=report.decision_id,
+                outcome=OUTCOME_TO_PROTO[report.outcome],
+                value=report.value,
+                idempotency_key=report.idempotency_key,
                 occurred_at=datetime_to_timestamp(report.occurred_at),
             ),
         )
@@ -244,7 +278,8 @@ class ContextClient:
 
     async def export_profile(self, profile_id: str) -> ProfileExport:
         response = await call_peer(
-            "context", self._stub.ExportProfile,
+            "context",
+            self._stub.ExportProfile,
             context_pb2.ExportProfileRequest(profile_id=profile_id),
         )
         return ProfileExport(
@@ -255,7 +290,8 @@ class ContextClient:
 
     async def erase_profile(self, profile_id: str) -> int:
         response = await call_peer(
-            "context", self._stub.EraseProfile,
+            "context",
+            self._stub.EraseProfile,
             context_pb2.EraseProfileRequest(profile_id=profile_id),
         )
         return response.rows_removed

@@ -7,9 +7,10 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import case, delete, literal, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.storage import SqlUnitOfWork
+from libs.storage import SqlUnitOfWork, UnitOfWork
 from libs.storage.types import UtcDateTime
 from libs.storage.upsert import upsert
 from services.context.model import (
@@ -45,7 +46,11 @@ class ContextRepository(Protocol):
     async def decision(self, decision_id: str) -> DecisionRecord | None: ...
     async def add_decision(self, record: DecisionRecord) -> None: ...
     async def bump_interaction(
-        self, profile_id: str, action_id: str, channel: str, field: str,
+        self,
+        profile_id: str,
+        action_id: str,
+        channel: str,
+        field: str,
         contact_at: datetime | None,
     ) -> None: ...
     async def outcome_exists(self, key: str) -> bool: ...
@@ -57,19 +62,21 @@ class ContextRepository(Protocol):
     async def erase(self, profile_id: str) -> int: ...
 
 
-class ContextUnitOfWork(Protocol):
-    context: ContextRepository
-
-    async def __aenter__(self) -> ContextUnitOfWork: ...
-    async def __aexit__(self, *args: object) -> None: ...
-    async def commit(self) -> None: ...
+class ContextUnitOfWork(UnitOfWork, Protocol):
+    @property
+    def context(self) -> ContextRepository: ...
 
 
 def _record(row: DecisionRow) -> DecisionRecord:
     return DecisionRecord(
-        decision_id=row.decision_id, request_id=row.request_id or "", profile_id=row.profile_id,
-        channel=row.channel, placement=row.placement, action_id=row.action_id,
-        decided_at=row.decided_at, payload=row.payload,
+        decision_id=row.decision_id,
+        request_id=row.request_id or "",
+        profile_id=row.profile_id,
+        channel=row.channel,
+        placement=row.placement,
+        action_id=row.action_id,
+        decided_at=row.decided_at,
+        payload=row.payload,
     )
 
 
@@ -77,38 +84,61 @@ class SqlContextRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
+    async def _flush(self) -> None:
+        """Insert pending rows now: a concurrent duplicate must surface as StorageConflict
+        (which the service retries), not as an IntegrityError from a later autoflush."""
+        try:
+            await self._session.flush()
+        except IntegrityError as error:
+            raise StorageConflict(str(error.orig)) from error
+
     async def existing_event_ids(self, event_ids: Iterable[str]) -> set[str]:
         ids = list(event_ids)
         if not ids:
             return set()
-        found = await self._session.scalars(select(EventRow.event_id).where(EventRow.event_id.in_(ids)))
+        found = await self._session.scalars(
+            select(EventRow.event_id).where(EventRow.event_id.in_(ids))
+        )
         return set(found)
 
     async def add_event(self, event: ProfileEvent, received_at: datetime) -> None:
         self._session.add(
             EventRow(
-                event_id=event.event_id, profile_id=event.profile_id, type=event.type,
-                channel=event.channel, occurred_at=event.occurred_at, received_at=received_at,
+                event_id=event.event_id,
+                profile_id=event.profile_id,
+                type=event.type,
+                channel=event.channel,
+                occurred_at=event.occurred_at,
+                received_at=received_at,
                 attributes=event.attributes,
             )
         )
+        await self._flush()
 
     async def bump_counter(
         self, profile_id: str, event_type: str, count: int, value: float, at: datetime
     ) -> None:
         table = CounterRow.__table__
         await upsert(
-            self._session, table,  # type: ignore[arg-type]
-            {"profile_id": profile_id, "event_type": event_type, "count": count,
-             "value_sum": value, "last_occurred_at": at},
+            self._session,
+            table,  # type: ignore[arg-type]
+            {
+                "profile_id": profile_id,
+                "event_type": event_type,
+                "count": count,
+                "value_sum": value,
+                "last_occurred_at": at,
+            },
             ["profile_id", "event_type"],
             {
                 "count": table.c.count + count,
                 "value_sum": table.c.value_sum + value,
                 # Late events must not move "last occurrence" backwards.
                 "last_occurred_at": case(
-                    (table.c.last_occurred_at > literal(at, UtcDateTime()),
-                     table.c.last_occurred_at),
+                    (
+                        table.c.last_occurred_at > literal(at, UtcDateTime()),
+                        table.c.last_occurred_at,
+                    ),
                     else_=literal(at, UtcDateTime()),
                 ),
             },
@@ -145,7 +175,8 @@ class SqlContextRepository:
             },
             interactions=tuple(
                 InteractionSummary(
-                    action_id=row.action_id, channel=row.channel,
+                    action_id=row.action_id,
+                    channel=row.channel,
                     **{name: getattr(row, name) for name in INTERACTION_FIELDS},
                     last_contact_at=row.last_contact_at,
                 )
@@ -166,29 +197,46 @@ class SqlContextRepository:
     async def add_decision(self, record: DecisionRecord) -> None:
         self._session.add(
             DecisionRow(
-                decision_id=record.decision_id, request_id=record.request_id or None,
-                profile_id=record.profile_id, channel=record.channel,
-                placement=record.placement, action_id=record.action_id,
-                decided_at=record.decided_at, payload=record.payload,
+                decision_id=record.decision_id,
+                request_id=record.request_id or None,
+                profile_id=record.profile_id,
+                channel=record.channel,
+                placement=record.placement,
+                action_id=record.action_id,
+                decided_at=record.decided_at,
+                payload=record.payload,
             )
         )
 
     async def bump_interaction(
-        self, profile_id: str, action_id: str, channel: str, field: str,
+        self,
+        profile_id: str,
+        action_id: str,
+        channel: str,
+        field: str,
         contact_at: datetime | None,
     ) -> None:
         table = InteractionRow.__table__
         values: dict[str, Any] = {
-            "profile_id": profile_id, "action_id": action_id, "channel": channel,
+            "profile_id": profile_id,
+            "action_id": action_id,
+            "channel": channel,
             **{name: int(name == field) for name in INTERACTION_FIELDS},
             "last_contact_at": contact_at,
         }
         updates: dict[str, Any] = {field: table.c[field] + 1}
         if contact_at is not None:
-            updates["last_contact_at"] = contact_at
+            # A late outcome must not move "last contact" backwards (contact policies).
+            at = literal(contact_at, UtcDateTime())
+            updates["last_contact_at"] = case(
+                (table.c.last_contact_at > at, table.c.last_contact_at), else_=at
+            )
         await upsert(
-            self._session, table,  # type: ignore[arg-type]
-            values, ["profile_id", "action_id", "channel"], updates,
+            self._session,
+            table,  # type: ignore[arg-type]
+            values,
+            ["profile_id", "action_id", "channel"],
+            updates,
         )
 
     async def outcome_exists(self, key: str) -> bool:
@@ -199,9 +247,14 @@ class SqlContextRepository:
     ) -> None:
         self._session.add(
             OutcomeRow(
-                idempotency_key=key, decision_id=record.decision_id,
-                profile_id=record.profile_id, action_id=record.action_id,
-                channel=record.channel, outcome=outcome, value=value, occurred_at=at,
+                idempotency_key=key,
+                decision_id=record.decision_id,
+                profile_id=record.profile_id,
+                action_id=record.action_id,
+                channel=record.channel,
+                outcome=outcome,
+                value=value,
+                occurred_at=at,
             )
         )
 
@@ -210,8 +263,9 @@ class SqlContextRepository:
             select(EventRow).where(EventRow.profile_id == profile_id).order_by(EventRow.occurred_at)
         )
         return [
-            ProfileEvent(row.event_id, row.profile_id, row.type, row.channel, row.occurred_at,
-                         row.attributes)
+            ProfileEvent(
+                row.event_id, row.profile_id, row.type, row.channel, row.occurred_at, row.attributes
+            )
             for row in rows
         ]
 

@@ -47,21 +47,39 @@ def utc_now() -> datetime:
 
 
 def check_event_fields(
-    problems: Violations, where: str, event_id: str, event_type: str, channel: str,
-    occurred_at: datetime | None, attributes: dict[str, Any], now: datetime,
+    problems: Violations,
+    where: str,
+    event_id: str,
+    event_type: str,
+    channel: str,
+    occurred_at: datetime | None,
+    attributes: dict[str, Any],
+    now: datetime,
 ) -> None:
     """Validate one event, naming ``where`` (e.g. ``events[3]``) in every violation."""
     problems.require(0 < len(event_id) <= 128, f"{where}.event_id", "required, 1-128 characters")
-    problems.require(bool(_NAME.match(event_type)), f"{where}.type",
-                     "required, a name of at most 64 letters, digits, _ . : -")
+    problems.require(
+        bool(_NAME.match(event_type)),
+        f"{where}.type",
+        "required, a name of at most 64 letters, digits, _ . : -",
+    )
     problems.require(len(channel) <= 64, f"{where}.channel", "at most 64 characters")
     if occurred_at is not None:
-        problems.require(occurred_at <= now + MAX_FUTURE_SKEW, f"{where}.occurred_at",
-                         "more than 1 hour in the future")
-        problems.require(occurred_at >= now - OLDEST_EVENT, f"{where}.occurred_at",
-                         "more than 10 years in the past")
-    problems.require(len(repr(attributes)) <= MAX_ATTRIBUTES_BYTES, f"{where}.attributes",
-                     f"larger than {MAX_ATTRIBUTES_BYTES} bytes")
+        problems.require(
+            occurred_at <= now + MAX_FUTURE_SKEW,
+            f"{where}.occurred_at",
+            "more than 1 hour in the future",
+        )
+        problems.require(
+            occurred_at >= now - OLDEST_EVENT,
+            f"{where}.occurred_at",
+            "more than 10 years in the past",
+        )
+    problems.require(
+        len(repr(attributes)) <= MAX_ATTRIBUTES_BYTES,
+        f"{where}.attributes",
+        f"larger than {MAX_ATTRIBUTES_BYTES} bytes",
+    )
 
 
 def _numeric_value(attributes: dict[str, Any]) -> float:
@@ -86,11 +104,22 @@ class ContextService:
         """Store new events and update aggregates in one transaction; re-sent ids count once."""
         now = self._clock()
         problems = Violations()
-        problems.require(len(events) <= MAX_EVENTS_PER_BATCH, "events",
-                         f"at most {MAX_EVENTS_PER_BATCH} events per batch")
+        problems.require(
+            len(events) <= MAX_EVENTS_PER_BATCH,
+            "events",
+            f"at most {MAX_EVENTS_PER_BATCH} events per batch",
+        )
         for index, event in enumerate(events):
-            check_event_fields(problems, f"events[{index}]", event.event_id, event.type,
-                               event.channel, event.occurred_at, event.attributes, now)
+            check_event_fields(
+                problems,
+                f"events[{index}]",
+                event.event_id,
+                event.type,
+                event.channel,
+                event.occurred_at,
+                event.attributes,
+                now,
+            )
             problems.require(bool(event.profile_id), f"events[{index}].profile_id", "required")
         problems.raise_if_any()
         unique = list({event.event_id: event for event in events}.values())
@@ -109,7 +138,10 @@ class ContextService:
             for event in fresh:
                 await uow.context.add_event(event, now)
                 await uow.context.bump_counter(
-                    event.profile_id, event.type, 1, _numeric_value(event.attributes),
+                    event.profile_id,
+                    event.type,
+                    1,
+                    _numeric_value(event.attributes),
                     event.occurred_at,
                 )
                 if event.type == PROFILE_UPDATE_EVENT and event.attributes:
@@ -147,8 +179,9 @@ class ContextService:
         problems = Violations()
         problems.require(bool(report.decision_id), "decision_id", "required")
         problems.require(math.isfinite(report.value), "value", "must be a finite number")
-        problems.require(len(report.idempotency_key) <= 200, "idempotency_key",
-                         "at most 200 characters")
+        problems.require(
+            len(report.idempotency_key) <= 200, "idempotency_key", "at most 200 characters"
+        )
         problems.raise_if_any()
         key = report.idempotency_key or f"{report.decision_id}:{report.outcome.value}"
         occurred_at = report.occurred_at or self._clock()
@@ -164,8 +197,11 @@ class ContextService:
                 )
                 if record.action_id and record.profile_id:
                     await uow.context.bump_interaction(
-                        record.profile_id, record.action_id, record.channel,
-                        _INTERACTION_FIELD[report.outcome], occurred_at,
+                        record.profile_id,
+                        record.action_id,
+                        record.channel,
+                        _INTERACTION_FIELD[report.outcome],
+                        occurred_at,
                     )
                 await uow.commit()
         except StorageConflict:

@@ -26,8 +26,7 @@ async def seed_demo(services: DomainServices) -> None:
             applied = await services.arbitration.apply_catalog(
                 parse_catalog_yaml(DEMO_CATALOG.read_text())
             )
-            _log.info("demo catalog applied", version=applied.version,
-                      actions=len(applied.actions))
+            _log.info("demo catalog applied", version=applied.version, actions=len(applied.actions))
     if services.scoring is not None:
         models = await services.scoring.list_models(DEMO_MODEL_NAME)
         if not models:
@@ -35,7 +34,10 @@ async def seed_demo(services: DomainServices) -> None:
 
             _log.info("training the demo model (scikit-learn -> ONNX, fixed seed)")
             info = await services.scoring.register_model(
-                DEMO_MODEL_NAME, DEMO_MODEL_VERSION, train_demo_model(), demo_features(),
+                DEMO_MODEL_NAME,
+                DEMO_MODEL_VERSION,
+                train_demo_model(),
+                demo_features(),
                 activate=True,
             )
             _log.info("demo model registered", model=info.label, checksum=info.checksum[:12])

@@ -1,4 +1,4 @@
-"""IdentityService over gRPC: the servicer (protobuf -> domain) and the client (domain -> protobuf)."""
+"""IdentityService over gRPC: servicer (protobuf -> domain), client (domain -> protobuf)."""
 
 from __future__ import annotations
 
@@ -61,9 +61,8 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
 def identity_binding(service: IdentityService) -> ServiceBinding:
     servicer = IdentityServicer(service)
     return ServiceBinding(
-        SERVICE_NAME, lambda server: identity_pb2_grpc.add_IdentityServiceServicer_to_server(
-            servicer, server
-        )
+        SERVICE_NAME,
+        lambda server: identity_pb2_grpc.add_IdentityServiceServicer_to_server(servicer, server),
     )
 
 
@@ -75,7 +74,8 @@ class IdentityClient:
 
     async def resolve_profile(self, identifiers: list[Identifier]) -> Resolution:
         response = await call_peer(
-            "identity", self._stub.ResolveProfile,
+            "identity",
+            self._stub.ResolveProfile,
             identity_pb2.ResolveProfileRequest(identifiers=identifiers_to_proto(identifiers)),
         )
         return Resolution(
@@ -88,7 +88,8 @@ class IdentityClient:
         self, identifiers: list[Identifier], profile_id: str = ""
     ) -> ProfileLookup:
         response = await call_peer(
-            "identity", self._stub.LookupProfile,
+            "identity",
+            self._stub.LookupProfile,
             identity_pb2.LookupProfileRequest(
                 identifiers=identifiers_to_proto(identifiers), profile_id=profile_id
             ),
@@ -100,7 +101,8 @@ class IdentityClient:
 
     async def erase_profile(self, profile_id: str) -> int:
         response = await call_peer(
-            "identity", self._stub.EraseProfile,
+            "identity",
+            self._stub.EraseProfile,
             identity_pb2.EraseProfileRequest(profile_id=profile_id),
         )
         return response.identifiers_removed

@@ -20,8 +20,21 @@ MAX_VALUE_LENGTH = 256
 _TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 BLOCKED_VALUES = frozenset(
-    {"", "null", "none", "nil", "undefined", "anonymous", "unknown", "n/a", "na", "0", "-1",
-     "test", "guest"}
+    {
+        "",
+        "null",
+        "none",
+        "nil",
+        "undefined",
+        "anonymous",
+        "unknown",
+        "n/a",
+        "na",
+        "0",
+        "-1",
+        "test",
+        "guest",
+    }
 )
 # Higher wins when a request's identifiers disagree (see the identity stitching rules).
 TYPE_PRIORITY = {"customer_id": 50, "email": 40, "phone": 30, "device_id": 20, "cookie_id": 10}
@@ -63,9 +76,9 @@ class IdentifierKeyring:
         message = f"{kind}\x00{normalised_value}".encode()
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
-    def prepare(self, identifiers: list[Identifier], field: str = "identifiers") -> list[
-        KeyedIdentifier
-    ]:
+    def prepare(
+        self, identifiers: list[Identifier], field: str = "identifiers"
+    ) -> list[KeyedIdentifier]:
         """Validate every identifier (naming the bad field) and return the usable ones.
 
         Placeholder values are not an error (channels send them routinely); they are

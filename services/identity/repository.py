@@ -9,7 +9,7 @@ from typing import Protocol
 from sqlalchemy import delete, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.storage import SqlUnitOfWork
+from libs.storage import SqlUnitOfWork, UnitOfWork
 from services.identity.normalize import KeyedIdentifier
 from services.identity.tables import IdentifierRow, MergeRow, ProfileRow
 
@@ -24,12 +24,9 @@ class IdentityRepository(Protocol):
     async def erase(self, profile_id: str) -> int: ...
 
 
-class IdentityUnitOfWork(Protocol):
-    identity: IdentityRepository
-
-    async def __aenter__(self) -> IdentityUnitOfWork: ...
-    async def __aexit__(self, *args: object) -> None: ...
-    async def commit(self) -> None: ...
+class IdentityUnitOfWork(UnitOfWork, Protocol):
+    @property
+    def identity(self) -> IdentityRepository: ...
 
 
 class SqlIdentityRepository:
@@ -73,8 +70,11 @@ class SqlIdentityRepository:
     async def link(self, key: KeyedIdentifier, profile_id: str, now: datetime) -> None:
         self._session.add(
             IdentifierRow(
-                id_type=key.type, id_hash=key.digest, profile_id=profile_id,
-                first_seen=now, last_seen=now,
+                id_type=key.type,
+                id_hash=key.digest,
+                profile_id=profile_id,
+                first_seen=now,
+                last_seen=now,
             )
         )
 

@@ -36,20 +36,29 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 def decision_to_proto(decision: Decision) -> decision_pb2.Decision:
     message = decision_pb2.Decision(
-        decision_id=decision.decision_id, profile_id=decision.profile_id,
-        propensity=decision.propensity, value=decision.value, lever=decision.lever,
-        context_weight=decision.context_weight, priority=decision.priority,
-        model_version=decision.model_version, degraded=decision.degraded,
+        decision_id=decision.decision_id,
+        profile_id=decision.profile_id,
+        propensity=decision.propensity,
+        value=decision.value,
+        lever=decision.lever,
+        context_weight=decision.context_weight,
+        priority=decision.priority,
+        model_version=decision.model_version,
+        degraded=decision.degraded,
         degraded_reason=decision.degraded_reason,
         decided_at=datetime_to_timestamp(decision.decided_at),
-        channel=decision.channel, placement=decision.placement,
+        channel=decision.channel,
+        placement=decision.placement,
     )
     if decision.action is not None:
         action = decision.action
         message.action.CopyFrom(
             decision_pb2.Action(
-                action_id=action.action_id, name=action.name, issue=action.issue,
-                group=action.group, treatment=dict_to_struct(action.treatment),
+                action_id=action.action_id,
+                name=action.name,
+                issue=action.issue,
+                group=action.group,
+                treatment=dict_to_struct(action.treatment),
             )
         )
     if decision.explanation is not None:
@@ -73,9 +82,12 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
         decision = await self._engine.decide(
             DecideCommand(
                 identifiers=identifiers_from_proto(request.identifiers),
-                channel=request.channel, placement=request.placement,
-                context=struct_to_dict(request.context), request_id=request.request_id,
-                explain=request.explain, time_remaining_s=context.time_remaining(),
+                channel=request.channel,
+                placement=request.placement,
+                context=struct_to_dict(request.context),
+                request_id=request.request_id,
+                explain=request.explain,
+                time_remaining_s=context.time_remaining(),
             )
         )
         return decision_pb2.DecideResponse(decision=decision_to_proto(decision))
@@ -85,8 +97,10 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
     ) -> decision_pb2.RecordOutcomeResponse:
         result = await self._engine.record_outcome(
             OutcomeReport(
-                decision_id=request.decision_id, outcome=outcome_from_proto(request.outcome),
-                value=request.value, idempotency_key=request.idempotency_key,
+                decision_id=request.decision_id,
+                outcome=outcome_from_proto(request.outcome),
+                value=request.value,
+                idempotency_key=request.idempotency_key,
                 occurred_at=timestamp_to_datetime(request.occurred_at),
             )
         )
@@ -100,7 +114,8 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
                 TrackedEvent(
                     event_id=event.event_id,
                     identifiers=identifiers_from_proto(event.identifiers),
-                    type=event.type, channel=event.channel,
+                    type=event.type,
+                    channel=event.channel,
                     occurred_at=timestamp_to_datetime(event.occurred_at),
                     attributes=struct_to_dict(event.attributes),
                 )
@@ -142,7 +157,8 @@ class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
     ) -> privacy_pb2.EraseProfileResponse:
         erased = await self._admin.erase_profile(identifiers_from_proto(request.identifiers))
         return privacy_pb2.EraseProfileResponse(
-            profile_id=erased.profile_id, identifiers_removed=erased.identifiers_removed,
+            profile_id=erased.profile_id,
+            identifiers_removed=erased.identifiers_removed,
             rows_removed=erased.rows_removed,
         )
 

@@ -67,12 +67,17 @@ class Decision:
         action = payload.get("action")
         explanation = payload.get("explanation")
         return cls(
-            decision_id=payload["decision_id"], profile_id=payload["profile_id"],
-            channel=payload["channel"], placement=payload["placement"],
+            decision_id=payload["decision_id"],
+            profile_id=payload["profile_id"],
+            channel=payload["channel"],
+            placement=payload["placement"],
             action=DecidedAction(**action) if action else None,
-            propensity=float(payload["propensity"]), value=float(payload["value"]),
-            lever=float(payload["lever"]), context_weight=float(payload["context_weight"]),
-            priority=float(payload["priority"]), model_version=payload["model_version"],
+            propensity=float(payload["propensity"]),
+            value=float(payload["value"]),
+            lever=float(payload["lever"]),
+            context_weight=float(payload["context_weight"]),
+            priority=float(payload["priority"]),
+            model_version=payload["model_version"],
             decided_at=datetime.fromisoformat(payload["decided_at"]),
             degraded=bool(payload.get("degraded", False)),
             degraded_reason=payload.get("degraded_reason", ""),

@@ -43,15 +43,23 @@ class ContextPort(Protocol):
 
 class ScoringPort(Protocol):
     async def score_candidates(
-        self, context: ProfileContext, request_context: dict[str, Any], channel: str,
+        self,
+        context: ProfileContext,
+        request_context: dict[str, Any],
+        channel: str,
         candidates: Sequence[ScoringCandidate],
     ) -> list[CandidateScore]: ...
 
 
 class ArbitrationPort(Protocol):
     async def list_candidates(
-        self, channel: str, placement: str, context: ProfileContext,
-        request_context: dict[str, object], *, explain: bool = False,
+        self,
+        channel: str,
+        placement: str,
+        context: ProfileContext,
+        request_context: dict[str, object],
+        *,
+        explain: bool = False,
     ) -> CandidateList: ...
     async def prioritize(
         self, scored: list[ScoredCandidate], channel: str, *, explain: bool = False

@@ -49,19 +49,29 @@ def new_decision_id() -> str:
 def _validate_decide(command: DecideCommand) -> None:
     problems = Violations()
     problems.require(bool(command.identifiers), "identifiers", "at least one identifier")
-    problems.require(bool(_NAME.match(command.channel)), "channel",
-                     "required: lower-case name of at most 64 characters (web, mobile, ...)")
-    problems.require(not command.placement or bool(_NAME.match(command.placement)),
-                     "placement", "lower-case name of at most 64 characters")
+    problems.require(
+        bool(_NAME.match(command.channel)),
+        "channel",
+        "required: lower-case name of at most 64 characters (web, mobile, ...)",
+    )
+    problems.require(
+        not command.placement or bool(_NAME.match(command.placement)),
+        "placement",
+        "lower-case name of at most 64 characters",
+    )
     problems.require(len(command.request_id) <= 128, "request_id", "at most 128 characters")
-    problems.require(len(repr(command.context)) <= MAX_CONTEXT_BYTES, "context",
-                     f"larger than {MAX_CONTEXT_BYTES} bytes")
+    problems.require(
+        len(repr(command.context)) <= MAX_CONTEXT_BYTES,
+        "context",
+        f"larger than {MAX_CONTEXT_BYTES} bytes",
+    )
     problems.raise_if_any()
 
 
 def _prefixed(error: InvalidArgument, prefix: str) -> InvalidArgument:
-    return InvalidArgument([FieldViolation(f"{prefix}.{v.field}", v.description)
-                            for v in error.violations])
+    return InvalidArgument(
+        [FieldViolation(f"{prefix}.{v.field}", v.description) for v in error.violations]
+    )
 
 
 class DecisionEngine:
@@ -94,24 +104,35 @@ class DecisionEngine:
         structlog.contextvars.bind_contextvars(profile_id=resolution.profile_id)
         profile = await self._context.get_profile_context(resolution.profile_id)
         listed = await self._arbitration.list_candidates(
-            command.channel, command.placement, profile, command.context,
+            command.channel,
+            command.placement,
+            profile,
+            command.context,
             explain=command.explain,
         )
         scores = []
         if listed.candidates:
             scores = await self._scoring.score_candidates(
-                profile, command.context, command.channel,
+                profile,
+                command.context,
+                command.channel,
                 [
                     ScoringCandidate(
-                        action_id=a.action_id, model=a.model, issue=a.issue, group=a.group,
-                        value=a.value, lever=a.lever, prior_propensity=a.prior_propensity,
+                        action_id=a.action_id,
+                        model=a.model,
+                        issue=a.issue,
+                        group=a.group,
+                        value=a.value,
+                        lever=a.lever,
+                        prior_propensity=a.prior_propensity,
                     )
                     for a in listed.candidates
                 ],
             )
         result = await self._arbitration.prioritize(
             [ScoredCandidate(s.action_id, s.propensity, s.model_version) for s in scores],
-            command.channel, explain=command.explain,
+            command.channel,
+            explain=command.explain,
         )
         winner = result.winner
         factors = result.best if winner is not None else None
@@ -121,7 +142,10 @@ class DecisionEngine:
             channel=command.channel,
             placement=command.placement,
             action=DecidedAction(
-                winner.action_id, winner.name, winner.issue, winner.group,
+                winner.action_id,
+                winner.name,
+                winner.issue,
+                winner.group,
                 winner.treatment_for(command.channel),
             )
             if winner is not None
@@ -144,11 +168,14 @@ class DecisionEngine:
         structlog.contextvars.bind_contextvars(decision_id=decision.decision_id)
         stored = await self._context.record_decision(
             DecisionRecord(
-                decision_id=decision.decision_id, request_id=command.request_id,
-                profile_id=decision.profile_id, channel=decision.channel,
+                decision_id=decision.decision_id,
+                request_id=command.request_id,
+                profile_id=decision.profile_id,
+                channel=decision.channel,
                 placement=decision.placement,
                 action_id=decision.action.action_id if decision.action else "",
-                decided_at=decision.decided_at, payload=decision.to_payload(),
+                decided_at=decision.decided_at,
+                payload=decision.to_payload(),
             )
         )
         if stored.replayed:
@@ -163,14 +190,26 @@ class DecisionEngine:
         now = self._clock()
         problems = Violations()
         problems.require(bool(events), "events", "at least one event")
-        problems.require(len(events) <= MAX_EVENTS_PER_BATCH, "events",
-                         f"at most {MAX_EVENTS_PER_BATCH} events per batch")
+        problems.require(
+            len(events) <= MAX_EVENTS_PER_BATCH,
+            "events",
+            f"at most {MAX_EVENTS_PER_BATCH} events per batch",
+        )
         for index, event in enumerate(events):
             where = f"events[{index}]"
-            check_event_fields(problems, where, event.event_id, event.type, event.channel,
-                               event.occurred_at, event.attributes, now)
-            problems.require(bool(event.identifiers), f"{where}.identifiers",
-                             "at least one identifier")
+            check_event_fields(
+                problems,
+                where,
+                event.event_id,
+                event.type,
+                event.channel,
+                event.occurred_at,
+                event.attributes,
+                now,
+            )
+            problems.require(
+                bool(event.identifiers), f"{where}.identifiers", "at least one identifier"
+            )
         problems.raise_if_any()
         resolved: list[ProfileEvent] = []
         for index, event in enumerate(events):
@@ -179,14 +218,19 @@ class DecisionEngine:
             except InvalidArgument as error:
                 raise _prefixed(error, f"events[{index}]") from None
             if not resolution.profile_id:
-                raise InvalidArgument(FieldViolation(
-                    f"events[{index}].identifiers", "no usable identifier (all placeholders)"
-                ))
+                raise InvalidArgument(
+                    FieldViolation(
+                        f"events[{index}].identifiers", "no usable identifier (all placeholders)"
+                    )
+                )
             resolved.append(
                 ProfileEvent(
-                    event_id=event.event_id, profile_id=resolution.profile_id,
-                    type=event.type, channel=event.channel,
-                    occurred_at=event.occurred_at or now, attributes=event.attributes,
+                    event_id=event.event_id,
+                    profile_id=resolution.profile_id,
+                    type=event.type,
+                    channel=event.channel,
+                    occurred_at=event.occurred_at or now,
+                    attributes=event.attributes,
                 )
             )
         return await self._context.append_events(resolved)

@@ -35,26 +35,38 @@ _STATUS = {
 
 def model_to_proto(info: ModelInfo) -> model_pb2.Model:
     return model_pb2.Model(
-        name=info.name, version=info.version, checksum=info.checksum,
-        features=[model_pb2.FeatureSpec(name=f.name, default_value=f.default)
-                  for f in info.features],
-        status=_STATUS[info.status], created_at=datetime_to_timestamp(info.created_at),
+        name=info.name,
+        version=info.version,
+        checksum=info.checksum,
+        features=[
+            model_pb2.FeatureSpec(name=f.name, default_value=f.default) for f in info.features
+        ],
+        status=_STATUS[info.status],
+        created_at=datetime_to_timestamp(info.created_at),
         activated_at=datetime_to_timestamp(info.activated_at),
     )
 
 
 def candidate_to_proto(candidate: ScoringCandidate) -> scoring_pb2.Candidate:
     return scoring_pb2.Candidate(
-        action_id=candidate.action_id, model=candidate.model, issue=candidate.issue,
-        group=candidate.group, value=candidate.value, lever=candidate.lever,
+        action_id=candidate.action_id,
+        model=candidate.model,
+        issue=candidate.issue,
+        group=candidate.group,
+        value=candidate.value,
+        lever=candidate.lever,
         prior_propensity=candidate.prior_propensity,
     )
 
 
 def candidate_from_proto(message: scoring_pb2.Candidate) -> ScoringCandidate:
     return ScoringCandidate(
-        action_id=message.action_id, model=message.model, issue=message.issue,
-        group=message.group, value=message.value, lever=message.lever,
+        action_id=message.action_id,
+        model=message.model,
+        issue=message.issue,
+        group=message.group,
+        value=message.value,
+        lever=message.lever,
         prior_propensity=message.prior_propensity,
     )
 
@@ -68,14 +80,17 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
     ) -> scoring_pb2.ScoreCandidatesResponse:
         scores = await self._service.score_candidates(
             profile_context_from_proto(request.profile_context),
-            struct_to_dict(request.request_context), request.channel,
+            struct_to_dict(request.request_context),
+            request.channel,
             [candidate_from_proto(c) for c in request.candidates],
         )
         return scoring_pb2.ScoreCandidatesResponse(
             scores=[
                 scoring_pb2.CandidateScore(
-                    action_id=s.action_id, propensity=s.propensity,
-                    model_version=s.model_version, fallback=s.fallback,
+                    action_id=s.action_id,
+                    propensity=s.propensity,
+                    model_version=s.model_version,
+                    fallback=s.fallback,
                 )
                 for s in scores
             ]
@@ -90,7 +105,9 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         self, request: model_pb2.RegisterModelRequest, context: Context
     ) -> model_pb2.RegisterModelResponse:
         info = await self._service.register_model(
-            request.name, request.version, request.onnx_model,
+            request.name,
+            request.version,
+            request.onnx_model,
             [FeatureSpec(f.name, f.default_value) for f in request.features],
             activate=request.activate,
         )
@@ -131,14 +148,19 @@ class ScoringClient:
         self._stub = scoring_pb2_grpc.ScoringServiceStub(channel)
 
     async def score_candidates(
-        self, context: ProfileContext, request_context: dict[str, Any], channel: str,
+        self,
+        context: ProfileContext,
+        request_context: dict[str, Any],
+        channel: str,
         candidates: Sequence[ScoringCandidate],
     ) -> list[CandidateScore]:
         response = await call_peer(
-            "scoring", self._stub.ScoreCandidates,
+            "scoring",
+            self._stub.ScoreCandidates,
             scoring_pb2.ScoreCandidatesRequest(
                 profile_context=profile_context_to_proto(context),
-                request_context=dict_to_struct(request_context), channel=channel,
+                request_context=dict_to_struct(request_context),
+                channel=channel,
                 candidates=[candidate_to_proto(c) for c in candidates],
             ),
         )

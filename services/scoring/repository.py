@@ -8,7 +8,7 @@ from typing import Protocol
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.storage import SqlUnitOfWork
+from libs.storage import SqlUnitOfWork, UnitOfWork
 from services.scoring.model import FeatureSpec, ModelInfo, ModelStatus
 from services.scoring.tables import ModelRow
 
@@ -22,26 +22,31 @@ class ModelRepository(Protocol):
     async def all(self, name: str = "") -> list[ModelInfo]: ...
 
 
-class ScoringUnitOfWork(Protocol):
-    models: ModelRepository
-
-    async def __aenter__(self) -> ScoringUnitOfWork: ...
-    async def __aexit__(self, *args: object) -> None: ...
-    async def commit(self) -> None: ...
+class ScoringUnitOfWork(UnitOfWork, Protocol):
+    @property
+    def models(self) -> ModelRepository: ...
 
 
 def _info(row: ModelRow) -> ModelInfo:
     return ModelInfo(
-        name=row.name, version=row.version, checksum=row.checksum,
+        name=row.name,
+        version=row.version,
+        checksum=row.checksum,
         features=tuple(FeatureSpec(f["name"], float(f.get("default", 0.0))) for f in row.features),
-        status=ModelStatus(row.status), created_at=row.created_at,
+        status=ModelStatus(row.status),
+        created_at=row.created_at,
         activated_at=row.activated_at,
     )
 
 
 _INFO_COLUMNS = (
-    ModelRow.name, ModelRow.version, ModelRow.checksum, ModelRow.features, ModelRow.status,
-    ModelRow.created_at, ModelRow.activated_at,
+    ModelRow.name,
+    ModelRow.version,
+    ModelRow.checksum,
+    ModelRow.features,
+    ModelRow.status,
+    ModelRow.created_at,
+    ModelRow.activated_at,
 )
 
 
@@ -69,9 +74,13 @@ class SqlModelRepository:
     async def add(self, info: ModelInfo, onnx_model: bytes) -> None:
         self._session.add(
             ModelRow(
-                name=info.name, version=info.version, checksum=info.checksum,
+                name=info.name,
+                version=info.version,
+                checksum=info.checksum,
                 features=[{"name": f.name, "default": f.default} for f in info.features],
-                status=info.status.value, onnx_model=onnx_model, created_at=info.created_at,
+                status=info.status.value,
+                onnx_model=onnx_model,
+                created_at=info.created_at,
                 activated_at=info.activated_at,
             )
         )

@@ -47,7 +47,9 @@ class ScoringService:
     """Serves the active version of every model; reloads when another replica activates one."""
 
     def __init__(
-        self, units: UnitOfWorkFactory, refresh_s: float = 2.0,
+        self,
+        units: UnitOfWorkFactory,
+        refresh_s: float = 2.0,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._units = units
@@ -81,7 +83,10 @@ class ScoringService:
         return serving
 
     async def score_candidates(
-        self, context: ProfileContext, request_context: dict[str, Any], channel: str,
+        self,
+        context: ProfileContext,
+        request_context: dict[str, Any],
+        channel: str,
         candidates: Sequence[ScoringCandidate],
     ) -> list[CandidateScore]:
         """P for every candidate: one batched model run per model, priors where none serves."""
@@ -107,23 +112,38 @@ class ScoringService:
         return [score for score in scores if score is not None]
 
     async def register_model(
-        self, name: str, version: str, onnx_model: bytes, features: Sequence[FeatureSpec],
-        *, activate: bool = False,
+        self,
+        name: str,
+        version: str,
+        onnx_model: bytes,
+        features: Sequence[FeatureSpec],
+        *,
+        activate: bool = False,
     ) -> ModelInfo:
         """Validate (loads, inputs match the features, outputs probabilities) then store."""
         problems = Violations()
-        problems.require(bool(_NAME.match(name)), "name",
-                         "required: lower-case letters, digits, _ . - (max 128)")
-        problems.require(bool(_VERSION.match(version)), "version",
-                         "required: letters, digits, _ . + - (max 64)")
-        problems.require(0 < len(onnx_model) <= MAX_MODEL_BYTES, "onnx_model",
-                         f"required, at most {MAX_MODEL_BYTES} bytes")
-        problems.require(0 < len(features) <= MAX_FEATURES, "features",
-                         f"between 1 and {MAX_FEATURES} features")
+        problems.require(
+            bool(_NAME.match(name)), "name", "required: lower-case letters, digits, _ . - (max 128)"
+        )
+        problems.require(
+            bool(_VERSION.match(version)), "version", "required: letters, digits, _ . + - (max 64)"
+        )
+        problems.require(
+            0 < len(onnx_model) <= MAX_MODEL_BYTES,
+            "onnx_model",
+            f"required, at most {MAX_MODEL_BYTES} bytes",
+        )
+        problems.require(
+            0 < len(features) <= MAX_FEATURES, "features", f"between 1 and {MAX_FEATURES} features"
+        )
         problems.raise_if_any()
         info = ModelInfo(
-            name=name, version=version, checksum=checksum(onnx_model),
-            features=tuple(features), status=ModelStatus.REGISTERED, created_at=self._clock(),
+            name=name,
+            version=version,
+            checksum=checksum(onnx_model),
+            features=tuple(features),
+            status=ModelStatus.REGISTERED,
+            created_at=self._clock(),
         )
         _serve(info, onnx_model)
         try:

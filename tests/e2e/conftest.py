@@ -11,8 +11,8 @@ import pytest
 
 from libs.config import Settings, Target
 from services.app import build_target
-from services.demo.seed import DEMO_CATALOG, demo_features
 from services.arbitration.catalog import parse_catalog_yaml
+from services.demo.seed import DEMO_CATALOG, demo_features
 from services.demo.train import DEMO_MODEL_NAME, DEMO_MODEL_VERSION
 from tests.conftest import (
     create_postgres_database,
@@ -35,7 +35,8 @@ class Hub:
 
 @pytest.fixture(scope="module", params=["embedded", "mesh"])
 async def hub(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
     demo_model_bytes: bytes,
 ) -> AsyncIterator[Hub]:
     workdir = tmp_path_factory.mktemp(f"hub-{request.param}")
@@ -46,7 +47,10 @@ async def hub(
         assert services.arbitration is not None and services.scoring is not None
         await services.arbitration.apply_catalog(parse_catalog_yaml(DEMO_CATALOG.read_text()))
         await services.scoring.register_model(
-            DEMO_MODEL_NAME, DEMO_MODEL_VERSION, demo_model_bytes, demo_features(),
+            DEMO_MODEL_NAME,
+            DEMO_MODEL_VERSION,
+            demo_model_bytes,
+            demo_features(),
             activate=True,
         )
         await built.warm_up()
@@ -68,7 +72,10 @@ async def hub(
         address = await mesh.start()
         async with grpc.aio.insecure_channel(address) as channel:
             yield Hub(
-                "mesh", address, mesh.addresses["arbitration"], mesh.addresses["scoring"],
+                "mesh",
+                address,
+                mesh.addresses["arbitration"],
+                mesh.addresses["scoring"],
                 channel,
             )
     finally:

@@ -82,8 +82,14 @@ class Mesh:
         return env
 
     def run(self, args: list[str], env: Mapping[str, str]) -> None:
-        subprocess.run([*NEXTBEST, *args], env=dict(env), check=True, cwd=self.workdir,
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [*NEXTBEST, *args],
+            env=dict(env),
+            check=True,
+            cwd=self.workdir,
+            capture_output=True,
+            timeout=120,
+        )
 
     async def start(self, *, demo: bool = True) -> str:
         self.run(["db", "upgrade"], self.environment("all", 0))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -26,7 +26,7 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-def stub(hub: Hub) -> decision_pb2_grpc.DecisionServiceStub:
+def stub(hub: Hub) -> decision_pb2_grpc.DecisionServiceAsyncStub:
     return decision_pb2_grpc.DecisionServiceStub(hub.channel)
 
 
@@ -106,9 +106,7 @@ async def test_events_change_the_best_action(hub: Hub) -> None:
         decision_pb2.TrackEventsRequest(events=events(customer, "purchase", 6)), timeout=10
     )
     bought = await decide(hub, customer, channel="mobile", explain=True)
-    cross_sell = {
-        c.action_id: c.propensity for c in bought.explanation.candidates if c.eligible
-    }
+    cross_sell = {c.action_id: c.propensity for c in bought.explanation.candidates if c.eligible}
     before_cross_sell = {
         c.action_id: c.propensity for c in after.explanation.candidates if c.eligible
     }
@@ -128,7 +126,8 @@ async def test_track_events_is_idempotent_by_event_id(hub: Hub) -> None:
 async def test_outcomes_are_recorded_once(hub: Hub) -> None:
     decision = await decide(hub, ident("cookie_id", unique("cookie")))
     request = decision_pb2.RecordOutcomeRequest(
-        decision_id=decision.decision_id, outcome=decision_pb2.OUTCOME_CLICK,
+        decision_id=decision.decision_id,
+        outcome=decision_pb2.OUTCOME_CLICK,
         idempotency_key=unique("click"),
     )
     assert not (await stub(hub).RecordOutcome(request, timeout=10)).duplicate
@@ -158,7 +157,9 @@ async def test_cross_channel_identifiers_stitch_into_one_profile(hub: Hub) -> No
     call = await decide(hub, customer, number, channel="call_center")
     later_call = await decide(hub, number, channel="call_center")
     assert (
-        login_laptop.profile_id == login_phone.profile_id == call.profile_id
+        login_laptop.profile_id
+        == login_phone.profile_id
+        == call.profile_id
         == later_call.profile_id
     )
 
@@ -166,8 +167,9 @@ async def test_cross_channel_identifiers_stitch_into_one_profile(hub: Hub) -> No
 async def test_no_action_is_explicit_and_explained(hub: Hub) -> None:
     # "branch" is served only by low-value actions in the demo catalog, none of which an
     # unknown customer values enough: the answer is an explicit "no action".
-    decision = await decide(hub, ident("cookie_id", unique("cookie")), channel="branch",
-                            explain=True)
+    decision = await decide(
+        hub, ident("cookie_id", unique("cookie")), channel="branch", explain=True
+    )
     if decision.HasField("action"):
         assert decision.priority >= decision.explanation.min_priority
     else:
@@ -184,9 +186,7 @@ async def test_bad_input_names_the_field(hub: Hub) -> None:
         (decision_pb2.DecideRequest(channel="web"), "identifiers"),
         (decision_pb2.DecideRequest(identifiers=[ident("cookie_id", "c1")]), "channel"),
         (
-            decision_pb2.DecideRequest(
-                identifiers=[ident("email", "not-an-email")], channel="web"
-            ),
+            decision_pb2.DecideRequest(identifiers=[ident("email", "not-an-email")], channel="web"),
             "identifiers[0].value",
         ),
         (
@@ -210,7 +210,7 @@ async def test_bad_input_names_the_field(hub: Hub) -> None:
     assert "events[0].event_id" in field_violations(error.value)
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await stub(hub).RecordOutcome(
-            decision_pb2.RecordOutcomeRequest(decision_id="d", outcome=99), timeout=10
+            decision_pb2.RecordOutcomeRequest(decision_id="d", outcome=cast(Any, 99)), timeout=10
         )
     assert "outcome" in field_violations(error.value)
 
@@ -286,9 +286,7 @@ async def test_catalog_changes_apply_without_restart(hub: Hub) -> None:
             assert decision.action.action_id == "service_setup_help"
             assert decision.lever == 1000.0
         finally:
-            await catalog.ApplyCatalog(
-                catalog_pb2.ApplyCatalogRequest(catalog=current), timeout=10
-            )
+            await catalog.ApplyCatalog(catalog_pb2.ApplyCatalogRequest(catalog=current), timeout=10)
 
 
 async def test_every_service_reports_serving(hub: Hub) -> None:
