@@ -180,21 +180,63 @@ def cmd_decide(args: argparse.Namespace) -> int:
     return 0
 
 
+def _peak_rss_mb(pid: int) -> float | None:
+    """High-water mark of a process's resident memory (Linux /proc), in MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+async def _bench(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    import tempfile
+
+    from services import bench
+    from services.launch import LocalDeployment
+
+    sweep = {
+        "concurrencies": [int(c) for c in args.concurrency.split(",")],
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "profiles": args.profiles,
+    }
+    if not args.shape:
+        return await bench.sweep(_address(args, settings), baseline_hops=args.hops or 0, **sweep)
+    # A Decide in the mesh makes six calls to peers (identity, context, arbitration twice,
+    # scoring, context): the echo baseline gets the same number of hops.
+    hops = args.hops if args.hops is not None else (0 if args.shape == "embedded" else 6)
+    with tempfile.TemporaryDirectory(prefix="nextbest-bench-") as workdir:
+        database_url = args.database_url or f"sqlite:///{Path(workdir) / 'bench.db'}"
+        deployment = LocalDeployment(args.shape, Path(workdir), database_url)
+        try:
+            address = await deployment.start(demo=True)
+            result = await bench.sweep(address, baseline_hops=hops, **sweep)
+            result["shape"] = args.shape
+            result["database"] = database_url.split(":", 1)[0]
+            result["peak_rss_mb"] = {
+                target: _peak_rss_mb(pid) for target, pid in deployment.pids().items()
+            }
+        finally:
+            deployment.stop()
+    return result
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from services import bench
 
     settings = _settings(args)
-    result = asyncio.run(
-        bench.sweep(
-            _address(args, settings),
-            concurrencies=[int(c) for c in args.concurrency.split(",")],
-            duration_s=args.duration,
-            warmup_s=args.warmup,
-            baseline_hops=args.hops,
-            profiles=args.profiles,
-        )
-    )
+    result = asyncio.run(_bench(args, settings))
     print(bench.format_table(result))
+    if "peak_rss_mb" in result:
+        print(
+            "peak RSS (MiB): "
+            + ", ".join(
+                f"{target} {rss:.0f}" for target, rss in result["peak_rss_mb"].items() if rss
+            )
+        )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
@@ -256,7 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cmd.add_argument("--duration", type=float, default=10.0, help="seconds per level")
     bench_cmd.add_argument("--warmup", type=float, default=2.0)
     bench_cmd.add_argument(
-        "--hops", type=int, default=0, help="backends behind the echo baseline (0 = bare echo)"
+        "--shape",
+        choices=["embedded", "mesh"],
+        help="start this shape on loopback and bench it (else bench --address)",
+    )
+    bench_cmd.add_argument("--database-url", help="with --shape: database (default SQLite)")
+    bench_cmd.add_argument(
+        "--hops", type=int, help="backends behind the echo baseline (default: as the shape)"
     )
     bench_cmd.add_argument("--profiles", type=int, default=10_000)
     bench_cmd.add_argument("--json", help="write the result here")

@@ -93,8 +93,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 async def database(database_url: str) -> AsyncIterator[Database]:
     db = Database(database_url)
-    if not db.is_sqlite:
-        async with db.write_engine.begin() as connection:
+    if db.async_engine is not None:
+        async with db.async_engine.begin() as connection:
             names = ", ".join(table.name for table in metadata.sorted_tables)
             await connection.execute(text(f"TRUNCATE {names} CASCADE"))
     yield db

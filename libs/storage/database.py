@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import MetaData, event
+from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, sessionmaker
+
+from libs.storage.session import BlockingSession, DbSession
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -49,10 +46,10 @@ def sync_url(url: str) -> str:
     return url
 
 
-def _sqlite_engine(url: str, begin: str) -> AsyncEngine:
-    engine = create_async_engine(url, connect_args={"timeout": 30})
+def _sqlite_engine(url: str, begin: str) -> Engine:
+    engine = create_engine(sync_url(url), connect_args={"timeout": 30})
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy, not the driver, issue BEGIN (so it can be IMMEDIATE for writers).
         dbapi_connection.isolation_level = None
@@ -62,7 +59,7 @@ def _sqlite_engine(url: str, begin: str) -> AsyncEngine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         connection.exec_driver_sql(begin)
 
@@ -70,35 +67,55 @@ def _sqlite_engine(url: str, begin: str) -> AsyncEngine:
 
 
 class Database:
-    """The engines and session factories of one database.
+    """The engines and sessions of one database.
 
-    SQLite allows one writer at a time: write transactions start with BEGIN IMMEDIATE so two
-    writers queue on the lock instead of deadlocking when a read turns into a write; reads
-    use a deferred BEGIN and run beside the writer (WAL).
+    PostgreSQL: one asyncio engine (psycopg 3). SQLite: synchronous engines used from the
+    event loop (see libs/storage/session.py for why); it allows one writer at a time, so
+    write transactions start with BEGIN IMMEDIATE and queue on the lock (another process in
+    the mesh shape) instead of deadlocking when a read turns into a write; reads use a
+    deferred BEGIN and run beside the writer (WAL).
     """
 
     def __init__(self, url: str) -> None:
         self.url = async_url(url)
         self.is_sqlite = make_url(self.url).get_backend_name() == "sqlite"
+        self._sqlite_write: Engine | None = None
+        self._sqlite_read: Engine | None = None
+        self._async: AsyncEngine | None = None
         if self.is_sqlite:
-            self.write_engine = _sqlite_engine(self.url, "BEGIN IMMEDIATE")
-            self.read_engine = _sqlite_engine(self.url, "BEGIN")
+            self._sqlite_write = _sqlite_engine(self.url, "BEGIN IMMEDIATE")
+            self._sqlite_read = _sqlite_engine(self.url, "BEGIN")
+            self._write_sessions = sessionmaker(self._sqlite_write, expire_on_commit=False)
+            self._read_sessions = sessionmaker(self._sqlite_read, expire_on_commit=False)
         else:
-            self.write_engine = create_async_engine(self.url, pool_size=10, max_overflow=10)
-            self.read_engine = self.write_engine
-        self.write_sessions = async_sessionmaker(self.write_engine, expire_on_commit=False)
-        self.read_sessions = async_sessionmaker(self.read_engine, expire_on_commit=False)
+            self._async = create_async_engine(self.url, pool_size=10, max_overflow=10)
+            self._async_sessions = async_sessionmaker(self._async, expire_on_commit=False)
 
-    def session(self, *, write: bool) -> AsyncSession:
-        return (self.write_sessions if write else self.read_sessions)()
+    @property
+    def async_engine(self) -> AsyncEngine | None:
+        """The asyncio engine (PostgreSQL), None for SQLite."""
+        return self._async
+
+    def session(self, *, write: bool) -> DbSession:
+        if self._async is not None:
+            return self._async_sessions()
+        factory = self._write_sessions if write else self._read_sessions
+        return BlockingSession(factory())
 
     async def warm_up(self) -> None:
-        """Open a pooled connection per engine now rather than on the first request."""
-        for engine in {id(e): e for e in (self.write_engine, self.read_engine)}.values():
-            async with engine.connect() as connection:
+        """Open a pooled connection now rather than on the first request."""
+        if self._async is not None:
+            async with self._async.connect() as connection:
                 await connection.exec_driver_sql("SELECT 1")
+            return
+        for engine in (self._sqlite_write, self._sqlite_read):
+            assert engine is not None
+            with engine.connect() as connection:
+                connection.exec_driver_sql("SELECT 1")
 
     async def dispose(self) -> None:
-        await self.write_engine.dispose()
-        if self.read_engine is not self.write_engine:
-            await self.read_engine.dispose()
+        if self._async is not None:
+            await self._async.dispose()
+        for engine in (self._sqlite_write, self._sqlite_read):
+            if engine is not None:
+                engine.dispose()

@@ -6,9 +6,9 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.storage.database import Database
+from libs.storage.session import DbSession
 
 
 class UnitOfWork(Protocol):
@@ -32,7 +32,7 @@ class SqlUnitOfWork:
     def __init__(self, database: Database, *, write: bool = True) -> None:
         self._database = database
         self._write = write
-        self.session: AsyncSession
+        self.session: DbSession
 
     def _open(self) -> None:
         """Create the repositories on the fresh session."""

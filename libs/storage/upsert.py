@@ -7,11 +7,12 @@ from typing import Any
 
 from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+
+from libs.storage.session import DbSession
 
 
 async def upsert(
-    session: AsyncSession,
+    session: DbSession,
     table: Table,
     values: Mapping[str, Any],
     keys: list[str],

@@ -16,6 +16,7 @@ from services.arbitration.model import ActionDefinition, Catalog
 
 MAX_ACTIONS = 2000
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
+_CATALOG_KEYS = {"min_priority", "actions"}
 _ACTION_KEYS = {
     "id",
     "action_id",
@@ -45,10 +46,14 @@ def catalog_version(actions: tuple[ActionDefinition, ...], min_priority: float) 
 def _number(problems: Violations, where: str, raw: Any, default: float) -> float:
     if raw is None:
         return default
-    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+    try:
+        number = float(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else None
+    except OverflowError:  # an integer too large for a float
+        number = None
+    if number is None or not math.isfinite(number):
         problems.add(where, "must be a finite number")
         return default
-    return float(raw)
+    return number
 
 
 def parse_catalog(document: Any) -> Catalog:
@@ -56,6 +61,8 @@ def parse_catalog(document: Any) -> Catalog:
     if not isinstance(document, dict):
         raise InvalidArgument(FieldViolation("catalog", "must be a mapping with an actions list"))
     problems = Violations()
+    for key in sorted(set(document) - _CATALOG_KEYS, key=str):
+        problems.add(str(key), "unknown field")
     min_priority = _number(problems, "min_priority", document.get("min_priority"), 0.0)
     problems.require(min_priority >= 0, "min_priority", "must be >= 0")
     raw_actions = document.get("actions")
@@ -73,7 +80,7 @@ def parse_catalog(document: Any) -> Catalog:
         action_id = str(raw.get("id", raw.get("action_id", "")))
         if action_id:
             where = f"actions[{index}] ({action_id})"
-        for key in sorted(set(raw) - _ACTION_KEYS):
+        for key in sorted(set(raw) - _ACTION_KEYS, key=str):
             problems.add(f"{where}.{key}", "unknown field")
         if not _ID.match(action_id):
             problems.add(f"{where}.id", "required: lower-case letters, digits, _ . - (max 128)")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Protocol
 
 from sqlalchemy import delete, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.storage import SqlUnitOfWork, UnitOfWork
+from libs.storage.session import DbSession
 from services.arbitration.model import ActionDefinition, Catalog
 from services.arbitration.tables import ActionRow, CatalogStateRow
 
@@ -24,7 +24,7 @@ class ArbitrationUnitOfWork(UnitOfWork, Protocol):
 
 
 class SqlCatalogRepository:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: DbSession) -> None:
         self._session = session
 
     async def version(self) -> str | None:

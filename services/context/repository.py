@@ -8,9 +8,9 @@ from typing import Any, Protocol
 
 from sqlalchemy import case, delete, literal, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.storage import SqlUnitOfWork, UnitOfWork
+from libs.storage import SqlUnitOfWork, StorageConflict, UnitOfWork
+from libs.storage.session import DbSession
 from libs.storage.types import UtcDateTime
 from libs.storage.upsert import upsert
 from services.context.model import (
@@ -81,7 +81,7 @@ def _record(row: DecisionRow) -> DecisionRecord:
 
 
 class SqlContextRepository:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: DbSession) -> None:
         self._session = session
 
     async def _flush(self) -> None:
@@ -207,6 +207,7 @@ class SqlContextRepository:
                 payload=record.payload,
             )
         )
+        await self._flush()
 
     async def bump_interaction(
         self,
@@ -257,6 +258,7 @@ class SqlContextRepository:
                 occurred_at=at,
             )
         )
+        await self._flush()
 
     async def events(self, profile_id: str) -> list[ProfileEvent]:
         rows = await self._session.scalars(

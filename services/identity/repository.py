@@ -7,9 +7,9 @@ from datetime import datetime
 from typing import Protocol
 
 from sqlalchemy import delete, func, or_, select, tuple_, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.storage import SqlUnitOfWork, UnitOfWork
+from libs.storage.session import DbSession
 from services.identity.normalize import KeyedIdentifier
 from services.identity.tables import IdentifierRow, MergeRow, ProfileRow
 
@@ -30,7 +30,7 @@ class IdentityUnitOfWork(UnitOfWork, Protocol):
 
 
 class SqlIdentityRepository:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: DbSession) -> None:
         self._session = session
 
     async def find_links(self, keys: Iterable[KeyedIdentifier]) -> dict[KeyedIdentifier, str]:
@@ -42,7 +42,7 @@ class SqlIdentityRepository:
                 tuple_(IdentifierRow.id_type, IdentifierRow.id_hash).in_(list(by_pair))
             )
         )
-        return {by_pair[(kind, digest)]: profile for kind, digest, profile in rows}
+        return {by_pair[(row.id_type, row.id_hash)]: row.profile_id for row in rows}
 
     async def survivor_of(self, profile_id: str) -> str | None:
         # Merges re-point identifiers, so chains stay short; bounded in case of a cycle.

@@ -6,9 +6,9 @@ from datetime import datetime
 from typing import Protocol
 
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.storage import SqlUnitOfWork, UnitOfWork
+from libs.storage.session import DbSession
 from services.scoring.model import FeatureSpec, ModelInfo, ModelStatus
 from services.scoring.tables import ModelRow
 
@@ -51,7 +51,7 @@ _INFO_COLUMNS = (
 
 
 class SqlModelRepository:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: DbSession) -> None:
         self._session = session
 
     async def _infos(self, *conditions: object) -> list[ModelInfo]:

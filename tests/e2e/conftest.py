@@ -20,7 +20,7 @@ from tests.conftest import (
     postgres_available,
     require_postgres,
 )
-from tests.e2e.harness import Mesh
+from tests.e2e.harness import LocalDeployment
 
 
 @dataclass
@@ -67,7 +67,17 @@ async def hub(
     else:
         require_postgres()  # fails in CI, where PostgreSQL must be up
         database_url = f"sqlite:///{Path(workdir) / 'mesh.db'}"
-    mesh = Mesh(workdir, database_url)
+    mesh = LocalDeployment(
+        "mesh",
+        workdir,
+        database_url,
+        {
+            "NEXTBEST_CATALOG_REFRESH_S": "0.2",
+            # Five servers and the test runner share two cores here: a roomier budget than
+            # the 100 ms default keeps a scheduling hiccup from failing a functional test.
+            "NEXTBEST_DECISION_BUDGET_MS": "2000",
+        },
+    )
     try:
         address = await mesh.start()
         async with grpc.aio.insecure_channel(address) as channel:

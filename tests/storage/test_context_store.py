@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from libs.errors import InvalidArgument, NotFound
-from libs.storage import Database
+from libs.storage import Database, SqlUnitOfWork
 from services.context.model import (
     DecisionRecord,
     InteractionSummary,
@@ -29,25 +30,42 @@ def context_service(database: Database) -> ContextService:
 
 
 def event(
-    event_id: str, event_type: str = "page_view", *, profile_id: str = "p1",
-    ago: timedelta = timedelta(minutes=5), **attributes: Any,
+    event_id: str,
+    event_type: str = "page_view",
+    *,
+    profile_id: str = "p1",
+    ago: timedelta = timedelta(minutes=5),
+    **attributes: Any,
 ) -> ProfileEvent:
     return ProfileEvent(event_id, profile_id, event_type, "web", NOW - ago, dict(attributes))
 
 
 def decision(
-    decision_id: str, *, request_id: str = "", profile_id: str = "p1",
-    action_id: str = "offer_a", channel: str = "web",
+    decision_id: str,
+    *,
+    request_id: str = "",
+    profile_id: str = "p1",
+    action_id: str = "offer_a",
+    channel: str = "web",
 ) -> DecisionRecord:
     return DecisionRecord(
-        decision_id=decision_id, request_id=request_id, profile_id=profile_id, channel=channel,
-        placement="home", action_id=action_id, decided_at=NOW - timedelta(minutes=1),
+        decision_id=decision_id,
+        request_id=request_id,
+        profile_id=profile_id,
+        channel=channel,
+        placement="home",
+        action_id=action_id,
+        decided_at=NOW - timedelta(minutes=1),
         payload={"rank": 1, "action": action_id},
     )
 
 
 def outcome(
-    decision_id: str, kind: Outcome, *, key: str = "", at: datetime | None = None,
+    decision_id: str,
+    kind: Outcome,
+    *,
+    key: str = "",
+    at: datetime | None = None,
     value: float = 0.0,
 ) -> OutcomeReport:
     return OutcomeReport(decision_id, kind, value, key, at)
@@ -66,13 +84,12 @@ def context_tables() -> list[Any]:
 
 async def rows_of_profile(database: Database, profile_id: str) -> dict[str, int]:
     counts: dict[str, int] = {}
-    async with database.session(write=False) as session:
+    async with SqlUnitOfWork(database, write=False) as uow:
+        session = uow.session
         for table in context_tables():
             counts[table.name] = int(
                 await session.scalar(
-                    select(func.count())
-                    .select_from(table)
-                    .where(table.c.profile_id == profile_id)
+                    select(func.count()).select_from(table).where(table.c.profile_id == profile_id)
                 )
                 or 0
             )
@@ -144,8 +161,10 @@ async def test_a_late_event_does_not_move_last_occurrence_backwards(database: Da
 
     # Within one batch too, whatever the order the events arrive in.
     await service.append_events(
-        [event("l4", "logout", ago=timedelta(minutes=2)),
-         event("l5", "logout", ago=timedelta(days=2))]
+        [
+            event("l4", "logout", ago=timedelta(minutes=2)),
+            event("l5", "logout", ago=timedelta(days=2)),
+        ]
     )
     counter = (await service.get_profile_context("p1")).counters["logout"]
     assert counter.last_occurred_at == NOW - timedelta(minutes=2)
@@ -163,7 +182,11 @@ async def test_profile_update_events_merge_attributes(database: Database) -> Non
     attributes = (await service.get_profile_context("p1")).attributes
 
     assert attributes == {
-        "plan": "premium", "age": 30, "city": "Oslo", "vip": True, "segment": "b2c",
+        "plan": "premium",
+        "age": 30,
+        "city": "Oslo",
+        "vip": True,
+        "segment": "b2c",
     }
     assert (await service.get_profile_context("p1")).counters["profile_update"].count == 4
 
@@ -184,7 +207,10 @@ async def test_invalid_events_are_refused_naming_the_field(database: Database) -
 
     fields = {violation.field for violation in refused.value.violations}
     assert fields == {
-        "events[1].event_id", "events[2].type", "events[3].occurred_at", "events[4].profile_id",
+        "events[1].event_id",
+        "events[2].type",
+        "events[3].occurred_at",
+        "events[4].profile_id",
     }
     # The valid event of a refused batch was not stored either.
     assert (await service.export_profile("p1")).events == ()
@@ -234,9 +260,7 @@ async def test_outcomes_are_counted_once_per_idempotency_key(database: Database)
     assert not first.duplicate and (first.profile_id, first.action_id) == ("p1", "offer_a")
     assert retry.duplicate
     assert not other_key.duplicate
-    summary = interaction(
-        (await service.get_profile_context("p1")).interactions, "offer_a", "web"
-    )
+    summary = interaction((await service.get_profile_context("p1")).interactions, "offer_a", "web")
     assert summary.impressions == 2
 
     # No key: the decision and the outcome kind make the key.
@@ -244,9 +268,7 @@ async def test_outcomes_are_counted_once_per_idempotency_key(database: Database)
     click_again = await service.record_outcome(outcome("d1", Outcome.CLICK))
     accept = await service.record_outcome(outcome("d1", Outcome.ACCEPT))
     assert not click.duplicate and click_again.duplicate and not accept.duplicate
-    summary = interaction(
-        (await service.get_profile_context("p1")).interactions, "offer_a", "web"
-    )
+    summary = interaction((await service.get_profile_context("p1")).interactions, "offer_a", "web")
     assert (summary.impressions, summary.clicks, summary.accepts) == (2, 1, 1)
 
 
@@ -339,18 +361,29 @@ async def test_erase_profile_leaves_no_row_of_that_profile(database: Database) -
     assert not fresh.replayed
 
 
-async def test_concurrent_retries_are_stored_once(database: Database) -> None:
-    import asyncio
-
+async def test_concurrent_retries_are_stored_and_counted_once(database: Database) -> None:
     service = context_service(database)
     batch = [event("c1", "purchase", value=5), event("c2", "page_view")]
+
     appended = await asyncio.gather(*(service.append_events(batch) for _ in range(6)))
-    assert sum(r.accepted for r in appended) == 2
     recorded = await asyncio.gather(
         *(service.record_decision(decision(f"cd{i}", request_id="same")) for i in range(6))
     )
-    assert sum(not r.replayed for r in recorded) == 1
+    (winner,) = [r.record for r in recorded if not r.replayed]
     outcomes = await asyncio.gather(
-        *(service.record_outcome(outcome("cd0", Outcome.CLICK, key="k")) for _ in range(6))
+        *(
+            service.record_outcome(outcome(winner.decision_id, Outcome.CLICK, key="k"))
+            for _ in range(6)
+        )
     )
+
+    assert sum(r.accepted for r in appended) == 2
+    assert sum(r.duplicates for r in appended) == 10
+    assert all(r.record == winner for r in recorded)
     assert sum(not r.duplicate for r in outcomes) == 1
+    exported = await service.export_profile("p1")
+    assert [d.decision_id for d in exported.decisions] == [winner.decision_id]
+    assert exported.context.counters["purchase"].count == 1
+    assert exported.context.counters["purchase"].value_sum == 5
+    summary = interaction(exported.context.interactions, "offer_a", "web")
+    assert (summary.decisions, summary.clicks) == (1, 1)

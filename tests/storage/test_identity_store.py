@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from libs.errors import InvalidArgument
-from libs.storage import Database
+from libs.storage import Database, SqlUnitOfWork
 from services.identity.model import Identifier
 from services.identity.normalize import IdentifierKeyring
 from services.identity.repository import SqlIdentityUnitOfWork
@@ -37,14 +37,16 @@ def customer(value: str) -> Identifier:
 
 
 async def count_rows(database: Database, row: Any) -> int:
-    async with database.session(write=False) as session:
+    async with SqlUnitOfWork(database, write=False) as uow:
+        session = uow.session
         return int(await session.scalar(select(func.count()).select_from(row)) or 0)
 
 
 async def every_stored_value(database: Database) -> list[str]:
     """Every non-null cell of every table, as lower-cased text (bytes decoded leniently)."""
     cells: list[str] = []
-    async with database.session(write=False) as session:
+    async with SqlUnitOfWork(database, write=False) as uow:
+        session = uow.session
         for table in metadata.sorted_tables:
             for row in await session.execute(select(table)):
                 for value in row:
@@ -149,12 +151,18 @@ async def test_merge_chains_keep_resolving_to_the_last_survivor(database: Databa
     service = identity_service(database)
     first = await service.resolve_profile([cookie("c-1")])
     second = await service.resolve_profile([Identifier("device_id", "d-1")])
-    assert (await service.resolve_profile([cookie("c-1"), Identifier("device_id", "d-1")]))
+    joined = await service.resolve_profile([cookie("c-1"), Identifier("device_id", "d-1")])
+    assert joined.profile_id == second.profile_id  # a device outranks a cookie
+    assert joined.merged_profile_ids == (first.profile_id,)
     third = await service.resolve_profile([customer("CUST-7")])
 
     final = await service.resolve_profile([customer("CUST-7"), cookie("c-1")])
 
     assert final.profile_id == third.profile_id
+    assert final.merged_profile_ids == (second.profile_id,)
+    assert (await service.lookup_profile([Identifier("device_id", "d-1")])).profile_id == (
+        third.profile_id
+    )
     for old in (first.profile_id, second.profile_id):
         assert (await service.lookup_profile([], profile_id=old)).profile_id == third.profile_id
 
@@ -189,7 +197,11 @@ async def test_bad_identifiers_are_refused_naming_the_field(database: Database) 
 
 async def test_no_raw_identifier_value_reaches_the_database(database: Database) -> None:
     service = identity_service(database)
-    raw_email, raw_phone, raw_customer = " Zoe.Quinn@Example.COM ", "+44 20 7946 0958", "CUST-778899"
+    raw_email, raw_phone, raw_customer = (
+        " Zoe.Quinn@Example.COM ",
+        "+44 20 7946 0958",
+        "CUST-778899",
+    )
     forbidden = {
         raw_email.strip().lower(),  # the normalised e-mail
         "zoe.quinn",

@@ -88,13 +88,17 @@ def test_an_unknown_action_id_is_refused_naming_the_candidate() -> None:
 @pytest.mark.parametrize("propensity", [-0.01, 1.0001, math.nan, math.inf])
 def test_a_propensity_outside_zero_one_is_refused(propensity: float) -> None:
     with pytest.raises(InvalidArgument) as caught:
-        rank_candidates(CATALOG, [ScoredCandidate("gold", 0.5), ScoredCandidate("silver", propensity)])
+        rank_candidates(
+            CATALOG, [ScoredCandidate("gold", 0.5), ScoredCandidate("silver", propensity)]
+        )
 
     assert fields_of(caught.value) == ["candidates[1].propensity"]
 
 
 def test_propensities_zero_and_one_are_accepted() -> None:
-    ranked = rank_candidates(CATALOG, [ScoredCandidate("gold", 0.0), ScoredCandidate("silver", 1.0)])
+    ranked = rank_candidates(
+        CATALOG, [ScoredCandidate("gold", 0.0), ScoredCandidate("silver", 1.0)]
+    )
 
     assert [r.priority for r in ranked] == [10.0, 0.0]
 
@@ -103,7 +107,11 @@ def test_every_bad_candidate_is_reported_at_once() -> None:
     with pytest.raises(InvalidArgument) as caught:
         rank_candidates(
             CATALOG,
-            [ScoredCandidate("nope", 0.5), ScoredCandidate("gold", 0.5), ScoredCandidate("gold", 2)],
+            [
+                ScoredCandidate("nope", 0.5),
+                ScoredCandidate("gold", 0.5),
+                ScoredCandidate("gold", 2),
+            ],
         )
 
     assert fields_of(caught.value) == ["candidates[0].action_id", "candidates[2].propensity"]
@@ -139,15 +147,26 @@ def test_a_valid_catalog_is_parsed_with_defaults() -> None:
     assert [a.action_id for a in catalog.actions] == ["loyalty_discount", "plan_review"]
     first, second = catalog.actions
     assert first == ActionDefinition(
-        action_id="loyalty_discount", name="Loyalty discount", issue="retention",
-        group="discounts", value=120.0, lever=0.8, channels=("web", "mobile"),
-        model="demo_propensity", enabled=True,
-        treatments={"default": {"headline": "Stay with us"},
-                    "web": {"headline": "Stay with us on the web"}},
+        action_id="loyalty_discount",
+        name="Loyalty discount",
+        issue="retention",
+        group="discounts",
+        value=120.0,
+        lever=0.8,
+        channels=("web", "mobile"),
+        model="demo_propensity",
+        enabled=True,
+        treatments={
+            "default": {"headline": "Stay with us"},
+            "web": {"headline": "Stay with us on the web"},
+        },
         prior_propensity=0.04,
     )
     assert (second.name, second.group, second.lever, second.channels) == (
-        "plan_review", "default", 1.0, (),
+        "plan_review",
+        "default",
+        1.0,
+        (),
     )
     assert (second.enabled, second.prior_propensity, second.model) == (True, 0.05, "")
     assert isinstance(first.value, float)
@@ -164,8 +183,14 @@ def test_every_problem_is_reported_at_once_naming_action_and_field() -> None:
             {"issue": "sales", "value": 5},
             "not a mapping",
             {"id": "ok", "issue": "Sales Team", "value": 5, "prior_propensity": 1.5},
-            {"id": "flags", "issue": "sales", "value": 5, "enabled": "yes", "channels": "web",
-             "treatments": ["x"]},
+            {
+                "id": "flags",
+                "issue": "sales",
+                "value": 5,
+                "enabled": "yes",
+                "channels": "web",
+                "treatments": ["x"],
+            },
         ],
     }
 
@@ -255,7 +280,12 @@ def test_a_negative_lever_is_refused_and_zero_is_allowed() -> None:
 def test_a_duplicated_action_id_is_refused() -> None:
     with pytest.raises(InvalidArgument) as caught:
         parse_catalog(
-            {"actions": [{"id": "a", "issue": "s", "value": 1}, {"id": "a", "issue": "s", "value": 2}]}
+            {
+                "actions": [
+                    {"id": "a", "issue": "s", "value": 1},
+                    {"id": "a", "issue": "s", "value": 2},
+                ]
+            }
         )
 
     assert violations_of(caught.value) == [("actions[1] (a).id", "duplicated action id")]
@@ -336,7 +366,8 @@ def test_a_change_of_content_changes_the_version(old: str, new: str) -> None:
 
 def test_treatment_for_a_channel_falls_back_to_default() -> None:
     offer = action(
-        "offer", 1.0,
+        "offer",
+        1.0,
         treatments={"web": {"title": "Web"}, "default": {"title": "Any"}, "sms": "not a dict"},
     )
 
@@ -377,7 +408,8 @@ async def test_list_candidates_filters_disabled_and_off_channel_actions() -> Non
 
     assert [a.action_id for a in listed.candidates] == ["anywhere", "web_only"]
     assert [(r.action_id, r.removed_by) for r in listed.removed] == [
-        ("mobile_only", "channels"), ("off", "enabled"),
+        ("mobile_only", "channels"),
+        ("off", "enabled"),
     ]
     assert not any(r.eligible for r in listed.removed)
     assert listed.catalog_version == "v1"
@@ -436,3 +468,11 @@ async def test_a_dry_run_stores_nothing() -> None:
     assert checked.applied_at == NOW
     assert store.catalog is None and store.commits == 0
     assert (await service.catalog()).actions == ()
+
+
+def test_an_integer_too_large_for_a_float_is_refused_not_crashing() -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        parse_catalog_yaml(f"actions:\n  - {{id: a, issue: s, value: {'9' * 400}}}\n")
+
+    assert ("actions[0] (a).value", "must be a finite number") in violations_of(caught.value)
+    assert set(fields_of(caught.value)) == {"actions[0] (a).value"}

@@ -44,8 +44,12 @@ CATALOG: dict[str, Any] = {
     "actions": [
         {"id": "alpha", "issue": "retention", "value": 10, "channels": ["web", "mobile"]},
         {
-            "id": "bravo", "name": "Bravo offer", "issue": "sales", "group": "cards",
-            "value": 4, "lever": 1.5,
+            "id": "bravo",
+            "name": "Bravo offer",
+            "issue": "sales",
+            "group": "cards",
+            "value": 4,
+            "lever": 1.5,
             "treatments": {"web": {"title": "Bravo on the web"}, "default": {"title": "Bravo"}},
         },
         {"id": "charlie", "issue": "sales", "value": 50},
@@ -76,8 +80,12 @@ async def make_hub(
     await arbitration.apply_catalog(parse_catalog(catalog or CATALOG))
     ids = (f"d-{n}" for n in itertools.count(1))
     engine = DecisionEngine(
-        identity or fake_identity, context, scoring, arbitration,
-        clock=lambda: NOW, new_id=lambda: next(ids),
+        identity or fake_identity,
+        context,
+        scoring,
+        arbitration,
+        clock=lambda: NOW,
+        new_id=lambda: next(ids),
     )
     return Hub(engine, fake_identity, context, scoring, arbitration)
 
@@ -228,9 +236,7 @@ async def test_every_decide_problem_is_reported_at_once() -> None:
     hub = await make_hub()
 
     with pytest.raises(InvalidArgument) as caught:
-        await hub.engine.decide(
-            DecideCommand([], "", placement="Home Hero", request_id="r" * 129)
-        )
+        await hub.engine.decide(DecideCommand([], "", placement="Home Hero", request_id="r" * 129))
 
     assert fields_of(caught.value) == ["identifiers", "channel", "placement", "request_id"]
 
@@ -266,8 +272,12 @@ def event(
     occurred_at: datetime | None = None,
 ) -> TrackedEvent:
     return TrackedEvent(
-        event_id=event_id, identifiers=ANN if identifiers is None else identifiers,
-        type=type, channel="web", occurred_at=occurred_at, attributes={"page": "/plans"},
+        event_id=event_id,
+        identifiers=ANN if identifiers is None else identifiers,
+        type=type,
+        channel="web",
+        occurred_at=occurred_at,
+        attributes={"page": "/plans"},
     )
 
 
@@ -275,7 +285,9 @@ def real_identity() -> tuple[IdentityService, FakeIdentityStore]:
     store = FakeIdentityStore()
     ids = (f"profile-{n}" for n in itertools.count(1))
     service = IdentityService(
-        identity_units(store), IdentifierKeyring(b"k"), clock=lambda: NOW,
+        identity_units(store),
+        IdentifierKeyring(b"k"),
+        clock=lambda: NOW,
         new_id=lambda: next(ids),
     )
     return service, store
@@ -286,12 +298,18 @@ async def test_track_events_validation_names_each_event_field() -> None:
 
     with pytest.raises(InvalidArgument) as caught:
         await hub.engine.track_events(
-            [event("e-1"), event("", type="page_view"), event("e-3", type=""),
-             event("e-4", identifiers=[])]
+            [
+                event("e-1"),
+                event("", type="page_view"),
+                event("e-3", type=""),
+                event("e-4", identifiers=[]),
+            ]
         )
 
     assert fields_of(caught.value) == [
-        "events[1].event_id", "events[2].type", "events[3].identifiers",
+        "events[1].event_id",
+        "events[2].type",
+        "events[3].identifiers",
     ]
     assert hub.identity.resolved == []
     assert hub.context.appended == []
@@ -332,7 +350,8 @@ async def test_track_events_reprefixes_every_violation_of_a_fake_identity() -> N
         await hub.engine.track_events([event("e-1")])
 
     assert fields_of(caught.value) == [
-        "events[0].identifiers[0].type", "events[0].identifiers[2].value",
+        "events[0].identifiers[0].type",
+        "events[0].identifiers[2].value",
     ]
     assert [v.description for v in caught.value.violations] == ["bad", "x"]
 
@@ -383,8 +402,11 @@ async def test_track_events_sends_the_batch_with_resolved_profile_ids() -> None:
 async def test_erase_profile_erases_context_before_identity_and_returns_counts() -> None:
     journal: list[str] = []
     identity = FakeIdentity(
-        {("email", "ann@example.com"): "p-ann", ("phone", "+4420"): "p-ann",
-         ("email", "bob@example.com"): "p-bob"},
+        {
+            ("email", "ann@example.com"): "p-ann",
+            ("phone", "+4420"): "p-ann",
+            ("email", "bob@example.com"): "p-bob",
+        },
         journal=journal,
     )
     context = FakeContext(journal=journal)
@@ -398,7 +420,9 @@ async def test_erase_profile_erases_context_before_identity_and_returns_counts()
 
     assert erased == ProfileErasure("p-ann", identifiers_removed=2, rows_removed=3)
     assert journal == [
-        "identity.lookup_profile", "context.erase_profile", "identity.erase_profile",
+        "identity.lookup_profile",
+        "context.erase_profile",
+        "identity.erase_profile",
     ]
     assert context.events == {} and context.decisions == {}
     assert set(identity.profiles.values()) == {"p-bob"}
