@@ -265,3 +265,22 @@ async def test_erase_profile_removes_identifiers_and_profiles(database: Database
     assert still.profile_id == bystander.profile_id
     fresh = await service.resolve_profile([customer("CUST-erase")])
     assert fresh.created and fresh.profile_id != known.profile_id
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (PRODUCT.md §5): per-type limits are not enforced, so a shared cookie "
+    "links a second customer_id into the first customer's profile",
+)
+async def test_two_known_customers_are_never_merged_through_a_shared_cookie(
+    database: Database,
+) -> None:
+    service = identity_service(database)
+    ann = await service.resolve_profile([customer("CUST-ann"), cookie("c-family-tablet")])
+    bob = await service.resolve_profile([customer("CUST-bob"), cookie("c-family-tablet")])
+
+    assert bob.profile_id != ann.profile_id
+    assert bob.merged_profile_ids == ()
+    ann_now = await service.lookup_profile([customer("CUST-ann")])
+    assert ann_now.profile_id == ann.profile_id
+    assert ann_now.identifier_types.count("customer_id") == 1

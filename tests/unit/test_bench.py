@@ -52,7 +52,9 @@ class _FakeDecisions(decision_pb2_grpc.DecisionServiceServicer):
 @pytest.fixture
 async def decide_target() -> AsyncIterator[str]:
     server = grpc.aio.server()
-    decision_pb2_grpc.add_DecisionServiceServicer_to_server(_FakeDecisions(), server)  # type: ignore[no-untyped-call]
+    # Only Decide is driven by the bench; the other RPCs stay unimplemented on purpose.
+    fake = _FakeDecisions()  # type: ignore[abstract]
+    decision_pb2_grpc.add_DecisionServiceServicer_to_server(fake, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     yield f"127.0.0.1:{port}"
