@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, fields
 from typing import Any
 
 import grpc
@@ -85,36 +86,13 @@ def action_from_proto(message: catalog_pb2.ActionDefinition) -> ActionDefinition
 
 
 def explanation_to_proto(item: CandidateExplanation) -> decision_pb2.CandidateExplanation:
-    return decision_pb2.CandidateExplanation(
-        action_id=item.action_id,
-        eligible=item.eligible,
-        removed_by=item.removed_by,
-        reason=item.reason,
-        propensity=item.propensity,
-        context_weight=item.context_weight,
-        value=item.value,
-        lever=item.lever,
-        priority=item.priority,
-        rank=item.rank,
-        won=item.won,
-        model_version=item.model_version,
-    )
+    # The dataclass and the message share their field names.
+    return decision_pb2.CandidateExplanation(**asdict(item))
 
 
 def explanation_from_proto(item: decision_pb2.CandidateExplanation) -> CandidateExplanation:
     return CandidateExplanation(
-        action_id=item.action_id,
-        eligible=item.eligible,
-        removed_by=item.removed_by,
-        reason=item.reason,
-        propensity=item.propensity,
-        context_weight=item.context_weight,
-        value=item.value,
-        lever=item.lever,
-        priority=item.priority,
-        rank=item.rank,
-        won=item.won,
-        model_version=item.model_version,
+        **{field.name: getattr(item, field.name) for field in fields(CandidateExplanation)}
     )
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 
+from libs.clock import utc_now
 from libs.errors import Violations
 from services.arbitration.model import (
     ActionDefinition,
@@ -21,10 +22,6 @@ from services.context.model import ProfileContext
 
 UnitOfWorkFactory = Callable[[bool], ArbitrationUnitOfWork]
 EMPTY_CATALOG = Catalog(actions=(), min_priority=0.0, version="")
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def rank_candidates(

@@ -53,6 +53,19 @@ def outcome_from_proto(value: int, field: str = "outcome") -> Outcome:
     return outcome
 
 
+def outcome_report_from_proto(
+    request: context_pb2.RecordOutcomeRequest | decision_pb2.RecordOutcomeRequest,
+) -> OutcomeReport:
+    """The public and the internal RecordOutcomeRequest carry the same fields."""
+    return OutcomeReport(
+        decision_id=request.decision_id,
+        outcome=outcome_from_proto(request.outcome),
+        value=request.value,
+        idempotency_key=request.idempotency_key,
+        occurred_at=timestamp_to_datetime(request.occurred_at),
+    )
+
+
 def profile_context_to_proto(context: ProfileContext) -> context_pb2.ProfileContext:
     return context_pb2.ProfileContext(
         profile_id=context.profile_id,
@@ -194,15 +207,7 @@ class ContextServicer(context_pb2_grpc.ContextServiceServicer):
     async def RecordOutcome(
         self, request: context_pb2.RecordOutcomeRequest, context: Context
     ) -> context_pb2.RecordOutcomeResponse:
-        result = await self._service.record_outcome(
-            OutcomeReport(
-                decision_id=request.decision_id,
-                outcome=outcome_from_proto(request.outcome),
-                value=request.value,
-                idempotency_key=request.idempotency_key,
-                occurred_at=timestamp_to_datetime(request.occurred_at),
-            )
-        )
+        result = await self._service.record_outcome(outcome_report_from_proto(request))
         return context_pb2.RecordOutcomeResponse(
             duplicate=result.duplicate, profile_id=result.profile_id, action_id=result.action_id
         )

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from libs.clock import utc_now
 from libs.errors import NotFound, Violations
 from libs.storage import StorageConflict
 from services.context.model import (
@@ -40,10 +41,6 @@ _INTERACTION_FIELD = {
     Outcome.DISMISS: "rejects",
     Outcome.CONVERT: "conversions",
 }
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def check_event_fields(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
+from libs.clock import utc_now
 from libs.storage import StorageConflict
 from services.identity.model import Identifier, ProfileLookup, Resolution
 from services.identity.normalize import IdentifierKeyring, KeyedIdentifier
@@ -19,10 +20,6 @@ _ATTEMPTS = 4
 
 def new_profile_id() -> str:
     return uuid.uuid4().hex
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class IdentityService:

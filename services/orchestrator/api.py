@@ -20,11 +20,10 @@ from libs.rpc.server import ServiceBinding
 from services.arbitration.api import explanation_to_proto
 from services.context.api import (
     event_to_proto,
-    outcome_from_proto,
+    outcome_report_from_proto,
     profile_context_to_proto,
     record_to_proto,
 )
-from services.context.model import OutcomeReport
 from services.identity.api import identifiers_from_proto
 from services.orchestrator.model import DecideCommand, Decision, TrackedEvent
 from services.orchestrator.service import DecisionEngine, PrivacyAdmin
@@ -95,15 +94,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
     async def RecordOutcome(
         self, request: decision_pb2.RecordOutcomeRequest, context: Context
     ) -> decision_pb2.RecordOutcomeResponse:
-        result = await self._engine.record_outcome(
-            OutcomeReport(
-                decision_id=request.decision_id,
-                outcome=outcome_from_proto(request.outcome),
-                value=request.value,
-                idempotency_key=request.idempotency_key,
-                occurred_at=timestamp_to_datetime(request.occurred_at),
-            )
-        )
+        result = await self._engine.record_outcome(outcome_report_from_proto(request))
         return decision_pb2.RecordOutcomeResponse(duplicate=result.duplicate)
 
     async def TrackEvents(

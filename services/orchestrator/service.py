@@ -6,10 +6,11 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 import structlog
 
+from libs.clock import utc_now
 from libs.errors import FieldViolation, InvalidArgument, Violations
 from libs.rpc.client import set_deadline
 from services.arbitration.model import ScoredCandidate
@@ -36,10 +37,6 @@ from services.scoring.model import ScoringCandidate
 
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 MAX_CONTEXT_BYTES = 16 * 1024
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def new_decision_id() -> str:
