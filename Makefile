@@ -19,7 +19,7 @@ install: $(STAMP)
 
 ## run: the decision hub, every service in one process, SQLite, demo catalog and model.
 run: $(STAMP)
-	$(BIN)/nextbest serve --target all --demo
+	NEXTBEST_LOG_FORMAT=$${NEXTBEST_LOG_FORMAT:-console} $(BIN)/nextbest serve --target all --demo
 
 ## test: the whole test suite (SQLite always; PostgreSQL when it answers on 127.0.0.1:5432).
 test: $(STAMP)
