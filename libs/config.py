@@ -61,6 +61,32 @@ class Settings(BaseSettings):
     catalog_refresh_s: float = Field(
         2.0, gt=0, description="How often a replica checks for a newer catalog or model."
     )
+    # --- observability
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Prometheus metrics HTTP port; 0 = no metrics endpoint."
+    )
+    tracing: bool = Field(
+        False, description="Export OpenTelemetry traces (configured by the OTEL_* variables)."
+    )
+    # --- security: TLS for this server, mTLS towards peers, bearer tokens
+    tls_cert_file: Path | None = Field(None, description="Server certificate chain (PEM).")
+    tls_key_file: Path | None = Field(None, description="Server private key (PEM).")
+    tls_client_ca_file: Path | None = Field(
+        None, description="CA that signs client certificates; set = clients must present one."
+    )
+    peer_tls_ca_file: Path | None = Field(
+        None, description="CA that signs the peers' certificates; set = TLS towards peers."
+    )
+    peer_tls_cert_file: Path | None = Field(
+        None, description="This service's client certificate towards peers (mTLS)."
+    )
+    peer_tls_key_file: Path | None = Field(None, description="Its private key.")
+    auth_tokens_file: Path | None = Field(
+        None, description="Bearer tokens and their scopes; set = the public API needs a token."
+    )
+    mesh_token: SecretStr | None = Field(
+        None, description="Shared secret internal services accept from mesh peers."
+    )
 
     @property
     def effective_database_url(self) -> str:

@@ -15,7 +15,9 @@ import grpc
 
 from libs.config import Settings, Target
 from libs.logging import get_logger
+from libs.observability import Observability
 from libs.rpc.channels import open_channel
+from libs.rpc.security import channel_security, server_security
 from libs.rpc.server import GrpcServer, ServiceBinding, create_server
 from libs.storage import Database
 from libs.storage.migrate import upgrade
@@ -61,6 +63,7 @@ class BuiltTarget:
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     channels: list[grpc.aio.Channel] = field(default_factory=list)
     database: Database | None = None
+    observability: Observability = field(default_factory=Observability)
 
     async def warm_up(self) -> None:
         """Load the catalog and models and start connecting to peers before serving, so the
@@ -108,7 +111,8 @@ def _local_services(settings: Settings, database: Database, target: Target) -> D
 def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
     """Wire the services of ``settings.target`` and create (not start) its gRPC server."""
     target = settings.target
-    closers: list[Callable[[], Awaitable[None]]] = []
+    observability = Observability.from_settings(settings)
+    closers: list[Callable[[], Awaitable[None]]] = [_stopper(observability)]
     channels: dict[str, grpc.aio.Channel] = {}
     hosted = DomainServices()
     database: Database | None = None
@@ -128,8 +132,13 @@ def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
                 hosted.arbitration,
             )
         else:
+            peer_security = channel_security(settings)
             channels = {
-                name: open_channel(address)
+                name: open_channel(
+                    address,
+                    peer_security.credentials,
+                    [*peer_security.interceptors, *observability.client_interceptors],
+                )
                 for name, address in (
                     ("identity", settings.identity_address),
                     ("context", settings.context_address),
@@ -143,16 +152,33 @@ def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
             scoring = ScoringClient(channels["scoring"])  # type: ignore[assignment]
             arbitration = ArbitrationClient(channels["arbitration"])  # type: ignore[assignment]
         hosted.decisions = DecisionEngine(
-            identity, context, scoring, arbitration, budget_ms=settings.decision_budget_ms
+            identity,
+            context,
+            scoring,
+            arbitration,
+            budget_ms=settings.decision_budget_ms,
+            observer=observability,
         )
         hosted.privacy = PrivacyAdmin(identity, context)
+    security = server_security(settings)
     server, bound = create_server(
         f"{settings.host}:{settings.port if port is None else port}",
         _bindings(hosted),
         reflection_enabled=settings.reflection,
         max_connection_age_s=settings.max_connection_age_s,
+        interceptors=[*security.interceptors, *observability.server_interceptors],
+        credentials=security.credentials,
     )
-    return BuiltTarget(server, bound, hosted, closers, list(channels.values()), database)
+    return BuiltTarget(
+        server, bound, hosted, closers, list(channels.values()), database, observability
+    )
+
+
+def _stopper(observability: Observability) -> Callable[[], Awaitable[None]]:
+    async def stop() -> None:
+        observability.stop()
+
+    return stop
 
 
 def _closer(channel: grpc.aio.Channel) -> Callable[[], Awaitable[None]]:

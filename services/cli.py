@@ -41,6 +41,7 @@ async def _serve(settings: Settings, demo: bool) -> None:
 
         await seed_demo(built.services)
     await built.warm_up()
+    built.observability.start()
     if settings.target == Target.ALL:
         print(
             f"nextbest is serving every service on port {built.port}. Try:\n"

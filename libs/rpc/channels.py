@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import grpc
 
@@ -34,13 +35,20 @@ _SERVICE_CONFIG = json.dumps(
 )
 
 
-def open_channel(target: str) -> grpc.aio.Channel:
-    """An insecure channel with client-side round-robin (``dns:///host:port`` or ``ipv4:a,b``)."""
-    return grpc.aio.insecure_channel(
-        target,
-        options=[
-            ("grpc.service_config", _SERVICE_CONFIG),
-            ("grpc.enable_retries", 1),
-            ("grpc.keepalive_time_ms", 30_000),
-        ],
-    )
+def open_channel(
+    target: str,
+    credentials: grpc.ChannelCredentials | None = None,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+) -> grpc.aio.Channel:
+    """A channel with client-side round-robin (``dns:///host:port`` or ``ipv4:a,b``); TLS
+    when ``credentials`` are given."""
+    options = [
+        ("grpc.service_config", _SERVICE_CONFIG),
+        ("grpc.enable_retries", 1),
+        ("grpc.keepalive_time_ms", 30_000),
+    ]
+    if credentials is not None:
+        return grpc.aio.secure_channel(
+            target, credentials, options=options, interceptors=interceptors
+        )
+    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)

@@ -62,10 +62,16 @@ def create_server(
     reflection_enabled: bool = True,
     max_connection_age_s: float = 300.0,
     max_message_bytes: int = 4 * 1024 * 1024,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[GrpcServer, int]:
-    """Build (not start) a server on ``address``; returns it and the bound port (for port 0)."""
+    """Build (not start) a server on ``address``; returns it and the bound port (for port 0).
+
+    ``interceptors`` run inside the RpcInterceptor, so what they raise is mapped and logged
+    with the request id like any other error; ``credentials`` make the port TLS.
+    """
     server = grpc.aio.server(
-        interceptors=[RpcInterceptor()],
+        interceptors=[RpcInterceptor(), *interceptors],
         options=[
             ("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)),
             ("grpc.max_connection_age_grace_ms", 10_000),
@@ -88,7 +94,11 @@ def create_server(
             ],
             server,
         )
-    port = server.add_insecure_port(address)
+    port = (
+        server.add_secure_port(address, credentials)
+        if credentials is not None
+        else server.add_insecure_port(address)
+    )
     if port == 0:
         raise OSError(f"cannot bind gRPC server to {address}")
     return GrpcServer(server, health_servicer, names), port

@@ -64,3 +64,38 @@ class ArbitrationPort(Protocol):
     async def prioritize(
         self, scored: list[ScoredCandidate], channel: str, *, explain: bool = False
     ) -> Prioritization: ...
+
+
+class DecisionObserver(Protocol):
+    """Told what the orchestrator did (metrics); plain types so libs/ can implement it."""
+
+    def decided(
+        self,
+        *,
+        channel: str,
+        issue: str,
+        action_id: str,
+        degraded_reason: str,
+        elapsed_s: float,
+    ) -> None: ...
+    def outcome_recorded(self, *, action_id: str, outcome: str, duplicate: bool) -> None: ...
+    def events_ingested(self, *, accepted: int, duplicates: int) -> None: ...
+
+
+class NoObserver:
+    def decided(
+        self,
+        *,
+        channel: str,
+        issue: str,
+        action_id: str,
+        degraded_reason: str,
+        elapsed_s: float,
+    ) -> None:
+        pass
+
+    def outcome_recorded(self, *, action_id: str, outcome: str, duplicate: bool) -> None:
+        pass
+
+    def events_ingested(self, *, accepted: int, duplicates: int) -> None:
+        pass

@@ -32,7 +32,14 @@ from services.orchestrator.model import (
     ProfileErasure,
     TrackedEvent,
 )
-from services.orchestrator.ports import ArbitrationPort, ContextPort, IdentityPort, ScoringPort
+from services.orchestrator.ports import (
+    ArbitrationPort,
+    ContextPort,
+    DecisionObserver,
+    IdentityPort,
+    NoObserver,
+    ScoringPort,
+)
 from services.scoring.model import ScoringCandidate
 
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
@@ -82,7 +89,9 @@ class DecisionEngine:
         budget_ms: int = 100,
         clock: Callable[[], datetime] = utc_now,
         new_id: Callable[[], str] = new_decision_id,
+        observer: DecisionObserver | None = None,
     ) -> None:
+        self._observer: DecisionObserver = observer or NoObserver()
         self._identity = identity
         self._context = context
         self._scoring = scoring
@@ -93,10 +102,11 @@ class DecisionEngine:
 
     async def decide(self, command: DecideCommand) -> Decision:
         _validate_decide(command)
+        started = time.monotonic()
         budget = self._budget_s
         if command.time_remaining_s is not None:
             budget = min(budget, command.time_remaining_s)
-        set_deadline(time.monotonic() + budget)
+        set_deadline(started + budget)
         resolution = await self._identity.resolve_profile(command.identifiers)
         structlog.contextvars.bind_contextvars(profile_id=resolution.profile_id)
         profile = await self._context.get_profile_context(resolution.profile_id)
@@ -177,10 +187,21 @@ class DecisionEngine:
         )
         if stored.replayed:
             return Decision.from_payload(stored.record.payload)
+        self._observer.decided(
+            channel=decision.channel,
+            issue=decision.action.issue if decision.action else "",
+            action_id=decision.action.action_id if decision.action else "",
+            degraded_reason=decision.degraded_reason,
+            elapsed_s=time.monotonic() - started,
+        )
         return decision
 
     async def record_outcome(self, report: OutcomeReport) -> OutcomeResult:
-        return await self._context.record_outcome(report)
+        result = await self._context.record_outcome(report)
+        self._observer.outcome_recorded(
+            action_id=result.action_id, outcome=report.outcome.value, duplicate=result.duplicate
+        )
+        return result
 
     async def track_events(self, events: list[TrackedEvent]) -> AppendResult:
         """Resolve each event's identifiers to a profile, then store the batch at once."""
@@ -230,7 +251,9 @@ class DecisionEngine:
                     attributes=event.attributes,
                 )
             )
-        return await self._context.append_events(resolved)
+        appended = await self._context.append_events(resolved)
+        self._observer.events_ingested(accepted=appended.accepted, duplicates=appended.duplicates)
+        return appended
 
 
 class PrivacyAdmin:
