@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 
+from libs.changes import InProcessChangeFeed, change_feed
 from libs.config import Settings, Target
 from libs.logging import get_logger
 from libs.observability import Observability
@@ -64,12 +65,15 @@ class BuiltTarget:
     channels: list[grpc.aio.Channel] = field(default_factory=list)
     database: Database | None = None
     observability: Observability = field(default_factory=Observability)
+    changes: InProcessChangeFeed = field(default_factory=InProcessChangeFeed)
 
     async def warm_up(self) -> None:
         """Load the catalog and models and start connecting to peers before serving, so the
         first decision does not pay for it (and miss its time budget)."""
         if self.database is not None:
             await self.database.warm_up()
+        if self.services.decisions is not None:
+            await self.changes.start()  # WatchDecisions streams listen for changes
         if self.services.arbitration is not None:
             await self.services.arbitration.catalog()
         if self.services.scoring is not None:
@@ -86,7 +90,9 @@ def migrate(settings: Settings) -> None:
     upgrade(settings.effective_database_url, MIGRATIONS)
 
 
-def _local_services(settings: Settings, database: Database, target: Target) -> DomainServices:
+def _local_services(
+    settings: Settings, database: Database, target: Target, changes: InProcessChangeFeed
+) -> DomainServices:
     hosted = DomainServices()
     if target in (Target.ALL, Target.IDENTITY):
         hosted.identity = IdentityService(
@@ -99,11 +105,13 @@ def _local_services(settings: Settings, database: Database, target: Target) -> D
         hosted.scoring = ScoringService(
             lambda write: SqlScoringUnitOfWork(database, write=write),
             refresh_s=settings.catalog_refresh_s,
+            changes=changes,
         )
     if target in (Target.ALL, Target.ARBITRATION):
         hosted.arbitration = ArbitrationService(
             lambda write: SqlArbitrationUnitOfWork(database, write=write),
             refresh_s=settings.catalog_refresh_s,
+            changes=changes,
         )
     return hosted
 
@@ -112,7 +120,9 @@ def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
     """Wire the services of ``settings.target`` and create (not start) its gRPC server."""
     target = settings.target
     observability = Observability.from_settings(settings)
-    closers: list[Callable[[], Awaitable[None]]] = [_stopper(observability)]
+    # Change notifications for WatchDecisions: LISTEN/NOTIFY on PostgreSQL, else in-process.
+    changes = change_feed(settings.effective_database_url)
+    closers: list[Callable[[], Awaitable[None]]] = [_stopper(observability), changes.close]
     channels: dict[str, grpc.aio.Channel] = {}
     hosted = DomainServices()
     database: Database | None = None
@@ -121,7 +131,7 @@ def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
             migrate(settings)
         database = Database(settings.effective_database_url)
         closers.append(database.dispose)
-        hosted = _local_services(settings, database, target)
+        hosted = _local_services(settings, database, target, changes)
     if target in (Target.ALL, Target.ORCHESTRATOR):
         if target == Target.ALL:
             assert hosted.identity and hosted.context and hosted.scoring and hosted.arbitration
@@ -158,6 +168,7 @@ def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
             arbitration,
             budget_ms=settings.decision_budget_ms,
             observer=observability,
+            changes=changes,
         )
         hosted.privacy = PrivacyAdmin(identity, context)
     security = server_security(settings)
@@ -170,7 +181,14 @@ def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
         credentials=security.credentials,
     )
     return BuiltTarget(
-        server, bound, hosted, closers, list(channels.values()), database, observability
+        server,
+        bound,
+        hosted,
+        closers,
+        list(channels.values()),
+        database,
+        observability,
+        changes,
     )
 
 

@@ -104,7 +104,11 @@ def cmd_catalog(args: argparse.Namespace) -> int:
 
             found = stub.GetCatalog(catalog_pb2.GetCatalogRequest(), timeout=30).catalog
             document = catalog_to_document(
-                Catalog(tuple(action_from_proto(a) for a in found.actions), found.min_priority)
+                Catalog(
+                    tuple(action_from_proto(a) for a in found.actions),
+                    found.min_priority,
+                    defaults=dict(found.defaults),
+                )
             )
             print(yaml.safe_dump(document, sort_keys=False), end="")
     return 0

@@ -125,6 +125,27 @@ class LocalDeployment:
                 raise RuntimeError(f"{item.target} exited: {item.log.read_text()[-2000:]}")
         return self.public_address
 
+    async def start_replica(self, target: str, *, timeout_s: float = 90.0) -> str:
+        """One more process for ``target`` (same settings, its own port); returns its address.
+
+        Peers keep the addresses they were started with: a second orchestrator shares the
+        database and the change feed, which is what replicas of it need."""
+        port = free_port()
+        name = f"{target}-{sum(p.target.startswith(target) for p in self.processes) + 1}"
+        log = self.workdir / f"{name}.log"
+        with log.open("wb") as sink:
+            process = subprocess.Popen(  # noqa: ASYNC220 - spawning does not wait
+                [*NEXTBEST, "serve"],
+                env=self.environment(target, port),
+                cwd=self.workdir,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        self.processes.append(Process(name, process, log))
+        self.addresses[name] = f"127.0.0.1:{port}"
+        await wait_serving(self.addresses[name], timeout_s=timeout_s)
+        return self.addresses[name]
+
     def pids(self) -> dict[str, int]:
         return {item.target: item.process.pid for item in self.processes}
 

@@ -101,6 +101,7 @@ def catalog_to_proto(catalog: Catalog) -> catalog_pb2.Catalog:
         actions=[action_to_proto(a) for a in catalog.actions],
         min_priority=catalog.min_priority,
         version=catalog.version,
+        defaults=dict(catalog.defaults),
         applied_at=datetime_to_timestamp(catalog.applied_at),
     )
 
@@ -115,7 +116,6 @@ class ArbitrationServicer(arbitration_pb2_grpc.ArbitrationServiceServicer):
         listed = await self._service.list_candidates(
             request.channel,
             request.placement,
-            profile_context_from_proto(request.profile_context),
             struct_to_dict(request.request_context),
             explain=request.explain,
         )
@@ -123,6 +123,8 @@ class ArbitrationServicer(arbitration_pb2_grpc.ArbitrationServiceServicer):
             candidates=[action_to_proto(a) for a in listed.candidates],
             removed=[explanation_to_proto(r) for r in listed.removed],
             catalog_version=listed.catalog_version,
+            min_priority=listed.min_priority,
+            default_action_id=listed.default_action_id,
         )
 
     async def Prioritize(
@@ -135,6 +137,9 @@ class ArbitrationServicer(arbitration_pb2_grpc.ArbitrationServiceServicer):
             ],
             request.channel,
             explain=request.explain,
+            context=profile_context_from_proto(request.profile_context),
+            request_context=struct_to_dict(request.request_context),
+            placement=request.placement,
         )
         response = arbitration_pb2.PrioritizeResponse(
             ranked=[explanation_to_proto(r) for r in result.ranked],
@@ -168,6 +173,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             {
                 "min_priority": request.catalog.min_priority,
                 "actions": [action_document(a) for a in request.catalog.actions],
+                "defaults": dict(request.catalog.defaults),
             }
         )
         applied = await self._service.apply_catalog(catalog, dry_run=request.dry_run)
@@ -210,7 +216,6 @@ class ArbitrationClient:
         self,
         channel: str,
         placement: str,
-        context: ProfileContext,
         request_context: dict[str, object],
         *,
         explain: bool = False,
@@ -221,7 +226,6 @@ class ArbitrationClient:
             arbitration_pb2.ListCandidatesRequest(
                 channel=channel,
                 placement=placement,
-                profile_context=profile_context_to_proto(context),
                 request_context=dict_to_struct(request_context),
                 explain=explain,
             ),
@@ -230,27 +234,35 @@ class ArbitrationClient:
             tuple(action_from_proto(a) for a in response.candidates),
             tuple(explanation_from_proto(r) for r in response.removed),
             response.catalog_version,
+            response.min_priority,
+            response.default_action_id,
         )
 
     async def prioritize(
-        self, scored: list[ScoredCandidate], channel: str, *, explain: bool = False
+        self,
+        scored: list[ScoredCandidate],
+        channel: str,
+        *,
+        explain: bool = False,
+        context: ProfileContext | None = None,
+        request_context: dict[str, object] | None = None,
+        placement: str = "",
     ) -> Prioritization:
-        response = await call_peer(
-            "arbitration",
-            self._stub.Prioritize,
-            arbitration_pb2.PrioritizeRequest(
-                candidates=[
-                    arbitration_pb2.ScoredCandidate(
-                        action_id=c.action_id,
-                        propensity=c.propensity,
-                        model_version=c.model_version,
-                    )
-                    for c in scored
-                ],
-                channel=channel,
-                explain=explain,
-            ),
+        request = arbitration_pb2.PrioritizeRequest(
+            candidates=[
+                arbitration_pb2.ScoredCandidate(
+                    action_id=c.action_id, propensity=c.propensity, model_version=c.model_version
+                )
+                for c in scored
+            ],
+            channel=channel,
+            explain=explain,
+            request_context=dict_to_struct(request_context or {}),
+            placement=placement,
         )
+        if context is not None:
+            request.profile_context.CopyFrom(profile_context_to_proto(context))
+        response = await call_peer("arbitration", self._stub.Prioritize, request)
         winner = None
         if response.HasField("action"):
             action = response.action

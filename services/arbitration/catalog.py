@@ -16,7 +16,7 @@ from services.arbitration.model import ActionDefinition, Catalog
 
 MAX_ACTIONS = 2000
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
-_CATALOG_KEYS = {"min_priority", "actions"}
+_CATALOG_KEYS = {"min_priority", "actions", "defaults"}
 _ACTION_KEYS = {
     "id",
     "action_id",
@@ -33,10 +33,16 @@ _ACTION_KEYS = {
 }
 
 
-def catalog_version(actions: tuple[ActionDefinition, ...], min_priority: float) -> str:
+def catalog_version(
+    actions: tuple[ActionDefinition, ...], min_priority: float, defaults: dict[str, str]
+) -> str:
     """Content hash: the same catalog applied twice has the same version."""
     body = json.dumps(
-        {"min_priority": min_priority, "actions": [asdict(a) for a in actions]},
+        {
+            "min_priority": min_priority,
+            "actions": [asdict(a) for a in actions],
+            "defaults": defaults,
+        },
         sort_keys=True,
         default=str,
     )
@@ -122,9 +128,32 @@ def parse_catalog(document: Any) -> Catalog:
                 prior_propensity=prior,
             )
         )
+    defaults = _defaults(problems, document.get("defaults", {}), actions)
     problems.raise_if_any()
     frozen = tuple(actions)
-    return Catalog(frozen, min_priority, catalog_version(frozen, min_priority))
+    return Catalog(
+        frozen, min_priority, catalog_version(frozen, min_priority, defaults), defaults=defaults
+    )
+
+
+def _defaults(problems: Violations, raw: Any, actions: list[ActionDefinition]) -> dict[str, str]:
+    """``{"web": action_id, "web/home_hero": action_id}``: each an action offered there."""
+    if not isinstance(raw, dict):
+        problems.add("defaults", "must map a channel (or channel/placement) to an action id")
+        return {}
+    by_id = {action.action_id: action for action in actions}
+    defaults: dict[str, str] = {}
+    for key, action_id in raw.items():
+        where = f"defaults.{key}"
+        channel = str(key).split("/", 1)[0]
+        action = by_id.get(str(action_id))
+        if action is None:
+            problems.add(where, f"{action_id!r} is not an action of this catalog")
+        elif not action.offered_on(channel):
+            problems.add(where, f"{action_id!r} is not offered on {channel!r}")
+        else:
+            defaults[str(key)] = action.action_id
+    return defaults
 
 
 def parse_catalog_yaml(text: str) -> Catalog:
@@ -139,6 +168,7 @@ def catalog_to_document(catalog: Catalog) -> dict[str, Any]:
     """The inverse of parse_catalog (what `nextbest catalog show` prints)."""
     return {
         "min_priority": catalog.min_priority,
+        "defaults": dict(catalog.defaults),
         "actions": [
             {
                 "id": a.action_id,

@@ -35,9 +35,14 @@ class Catalog:
     min_priority: float = 0.0
     version: str = ""
     applied_at: datetime | None = None
+    # Fallback action per "channel" or "channel/placement" (see catalog.proto).
+    defaults: dict[str, str] = field(default_factory=dict)
 
     def action(self, action_id: str) -> ActionDefinition | None:
         return next((a for a in self.actions if a.action_id == action_id), None)
+
+    def default_for(self, channel: str, placement: str) -> str:
+        return self.defaults.get(f"{channel}/{placement}", self.defaults.get(channel, ""))
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,8 @@ class CandidateList:
     candidates: tuple[ActionDefinition, ...]
     removed: tuple[CandidateExplanation, ...]
     catalog_version: str
+    min_priority: float = 0.0
+    default_action_id: str = ""
 
 
 @dataclass(frozen=True)

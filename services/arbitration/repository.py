@@ -54,7 +54,9 @@ class SqlCatalogRepository:
             )
             for row in rows
         )
-        return Catalog(actions, state.min_priority, state.version, state.applied_at)
+        return Catalog(
+            actions, state.min_priority, state.version, state.applied_at, dict(state.defaults or {})
+        )
 
     async def replace(self, catalog: Catalog) -> None:
         """Swap the whole catalog inside the caller's transaction (all or nothing)."""
@@ -84,12 +86,14 @@ class SqlCatalogRepository:
                     id=1,
                     version=catalog.version,
                     min_priority=catalog.min_priority,
+                    defaults=dict(catalog.defaults),
                     applied_at=catalog.applied_at,
                 )
             )
         else:
             state.version = catalog.version
             state.min_priority = catalog.min_priority
+            state.defaults = dict(catalog.defaults)
             state.applied_at = catalog.applied_at
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
+from libs.changes import ALL, ChangePublisher
 from libs.clock import utc_now
 from libs.errors import Violations
 from services.arbitration.model import (
@@ -65,7 +66,9 @@ class ArbitrationService:
         units: UnitOfWorkFactory,
         refresh_s: float = 2.0,
         clock: Callable[[], datetime] = utc_now,
+        changes: ChangePublisher | None = None,
     ) -> None:
+        self._changes = changes
         self._units = units
         self._refresh_s = refresh_s
         self._clock = clock
@@ -91,17 +94,20 @@ class ArbitrationService:
             await uow.commit()
         self._catalog = applied
         self._checked_at = time.monotonic()
+        if self._changes is not None:
+            # Every customer's best action may have changed (WatchDecisions re-decide).
+            await self._changes.publish([ALL])
         return applied
 
     async def list_candidates(
         self,
         channel: str,
         placement: str,
-        context: ProfileContext,
         request_context: dict[str, object],
         *,
         explain: bool = False,
     ) -> CandidateList:
+        """Catalog-level filtering (no customer context: see arbitration.proto)."""
         catalog = await self.catalog()
         candidates: list[ActionDefinition] = []
         removed: list[CandidateExplanation] = []
@@ -118,11 +124,25 @@ class ArbitrationService:
                 )
             else:
                 candidates.append(action)
-        return CandidateList(tuple(candidates), tuple(removed) if explain else (), catalog.version)
+        return CandidateList(
+            tuple(candidates),
+            tuple(removed) if explain else (),
+            catalog.version,
+            catalog.min_priority,
+            catalog.default_for(channel, placement),
+        )
 
     async def prioritize(
-        self, scored: list[ScoredCandidate], channel: str, *, explain: bool = False
+        self,
+        scored: list[ScoredCandidate],
+        channel: str,
+        *,
+        explain: bool = False,
+        context: ProfileContext | None = None,
+        request_context: dict[str, object] | None = None,
+        placement: str = "",
     ) -> Prioritization:
+        """Rank by P x C x V x L; ``context`` is for customer-level policies."""
         catalog = await self.catalog()
         ranked = rank_candidates(catalog, scored)
         best = ranked[0] if ranked else None

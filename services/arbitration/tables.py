@@ -37,4 +37,5 @@ class CatalogStateRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     version: Mapped[str] = mapped_column(String(64))
     min_priority: Mapped[float] = mapped_column(Float)
+    defaults: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     applied_at: Mapped[datetime] = mapped_column(UtcDateTime())

@@ -101,11 +101,14 @@ def generate_training_data(
         -3.4
         + 0.45 * np.minimum(cancel, 10)
         + 0.25 * np.minimum(compare, 10)
-        # Buyers are engaged, not leaving: a retention offer lands worse once they buy.
-        - 0.8 * (purchase > 0)
+        # Buyers are engaged, not leaving: a retention offer lands much worse once they buy.
+        - 2.0 * (purchase > 0)
         - 0.2 * np.minimum(purchase, 5)
     )
-    cross_sell = -3.3 + 0.5 * np.minimum(purchase, 8) - 0.15 * np.minimum(cancel, 10)
+    # A purchase makes an add-on or a bonus relevant at once (story 2 of the brief).
+    cross_sell = (
+        -3.3 + 1.8 * (purchase > 0) + 0.3 * np.minimum(purchase, 8) - 0.05 * np.minimum(cancel, 10)
+    )
     service = -3.2 + 0.55 * np.minimum(support, 8)
     logit = np.select([issue == 0, issue == 1, issue == 2], [retention, cross_sell, service])
     # Browsing is a weak general engagement signal; mobile accepts a bit more than email.

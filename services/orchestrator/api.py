@@ -9,7 +9,6 @@ import grpc
 from nextbest.decision.v1 import decision_pb2, decision_pb2_grpc
 from nextbest.privacy.v1 import privacy_pb2, privacy_pb2_grpc
 
-from libs.errors import Unimplemented
 from libs.rpc.convert import (
     datetime_to_timestamp,
     dict_to_struct,
@@ -120,8 +119,14 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
     async def WatchDecisions(
         self, request: decision_pb2.WatchDecisionsRequest, context: Context
     ) -> AsyncIterator[decision_pb2.WatchDecisionsResponse]:
-        raise Unimplemented("WatchDecisions is not available yet (real-time push is planned)")
-        yield  # pragma: no cover - makes this an async generator, as the stream handler needs
+        command = DecideCommand(
+            identifiers=identifiers_from_proto(request.identifiers),
+            channel=request.channel,
+            placement=request.placement,
+            context=struct_to_dict(request.context),
+        )
+        async for decision in self._engine.watch(command):
+            yield decision_pb2.WatchDecisionsResponse(decision=decision_to_proto(decision))
 
 
 class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):

@@ -56,13 +56,19 @@ class ArbitrationPort(Protocol):
         self,
         channel: str,
         placement: str,
-        context: ProfileContext,
         request_context: dict[str, object],
         *,
         explain: bool = False,
     ) -> CandidateList: ...
     async def prioritize(
-        self, scored: list[ScoredCandidate], channel: str, *, explain: bool = False
+        self,
+        scored: list[ScoredCandidate],
+        channel: str,
+        *,
+        explain: bool = False,
+        context: ProfileContext | None = None,
+        request_context: dict[str, object] | None = None,
+        placement: str = "",
     ) -> Prioritization: ...
 
 

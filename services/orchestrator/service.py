@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import TypeVar
 
 import structlog
 
+from libs.changes import ALL, InProcessChangeFeed
 from libs.clock import utc_now
-from libs.errors import FieldViolation, InvalidArgument, Violations
-from libs.rpc.client import set_deadline
-from services.arbitration.model import ScoredCandidate
+from libs.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Violations
+from libs.logging import get_logger
+from libs.resilience import CircuitBreaker
+from libs.rpc.client import remaining_s, set_deadline
+from services.arbitration.model import CandidateList, Catalog, Prioritization, ScoredCandidate
+from services.arbitration.service import rank_candidates
 from services.context.model import (
     AppendResult,
     DecisionRecord,
     OutcomeReport,
     OutcomeResult,
+    ProfileContext,
     ProfileEvent,
     ProfileExport,
 )
@@ -40,7 +49,12 @@ from services.orchestrator.ports import (
     NoObserver,
     ScoringPort,
 )
-from services.scoring.model import ScoringCandidate
+from services.scoring.model import CandidateScore, ScoringCandidate
+
+T = TypeVar("T")
+ChangeFeed = InProcessChangeFeed
+_CANDIDATE_CACHE_SIZE = 1024
+_log = get_logger("nextbest.orchestrator")
 
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 MAX_CONTEXT_BYTES = 16 * 1024
@@ -78,7 +92,60 @@ def _prefixed(error: InvalidArgument, prefix: str) -> InvalidArgument:
     )
 
 
+def _prioritize_here(
+    listed: CandidateList, scores: list[CandidateScore], command: DecideCommand
+) -> Prioritization:
+    """Arbitration could not prioritise: the catalog's default action for the channel (which
+    the business declared safe to show anyone), else P x V x L ranked here."""
+    catalog = Catalog(listed.candidates, listed.min_priority)
+    ranked = rank_candidates(
+        catalog, [ScoredCandidate(s.action_id, s.propensity, s.model_version) for s in scores]
+    )
+    shown = ranked if command.explain else ()
+    default = catalog.action(listed.default_action_id) if listed.default_action_id else None
+    if default is not None:
+        factors = next((r for r in ranked if r.action_id == default.action_id), None)
+        return Prioritization(
+            default,
+            replace(factors, won=True) if factors else None,
+            shown,
+            listed.min_priority,
+            f"fallback: the default action for {command.channel!r}",
+        )
+    best = ranked[0] if ranked else None
+    if best is None or best.priority < listed.min_priority:
+        return Prioritization(
+            None, best, shown, listed.min_priority, "no action (ranked without arbitration)"
+        )
+    return Prioritization(
+        catalog.action(best.action_id),
+        replace(best, won=True),
+        shown,
+        listed.min_priority,
+        f"{best.action_id} ranked first without arbitration",
+    )
+
+
+@dataclass
+class _Attempt:
+    """What went wrong while deciding (each entry a dependency that did not answer)."""
+
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def degraded_reason(self) -> str:
+        return "; ".join(self.reasons)
+
+
 class DecisionEngine:
+    """Decides with whatever answers in time; falls back for whatever does not.
+
+    Fallbacks (all declared, none invented): an unknown profile -> anonymous; no context ->
+    the request's situational context only; no candidates -> the last candidates seen for the
+    channel and placement; no scores -> each action's prior propensity; no prioritisation ->
+    the catalog's default action for the channel, else P x V x L ranked here.
+    """
+
     def __init__(
         self,
         identity: IdentityPort,
@@ -90,6 +157,9 @@ class DecisionEngine:
         clock: Callable[[], datetime] = utc_now,
         new_id: Callable[[], str] = new_decision_id,
         observer: DecisionObserver | None = None,
+        changes: ChangeFeed | None = None,
+        breaker_failures: int = 3,
+        breaker_open_s: float = 2.0,
     ) -> None:
         self._observer: DecisionObserver = observer or NoObserver()
         self._identity = identity
@@ -99,27 +169,125 @@ class DecisionEngine:
         self._budget_s = budget_ms / 1000
         self._clock = clock
         self._new_id = new_id
+        self._changes = changes or InProcessChangeFeed()
+        self._breakers = {
+            name: CircuitBreaker(name, failure_threshold=breaker_failures, open_s=breaker_open_s)
+            for name in ("identity", "context", "scoring", "arbitration")
+        }
+        # Last candidates per (channel, placement): the fallback when arbitration is down.
+        self._candidates: OrderedDict[tuple[str, str], CandidateList] = OrderedDict()
+
+    def breaker(self, dependency: str) -> CircuitBreaker:
+        return self._breakers[dependency]
+
+    async def _guarded(
+        self, dependency: str, call: Callable[[], Awaitable[T]], attempt: _Attempt
+    ) -> T | None:
+        """The dependency's answer, or None (and a reason) when it fails, is slow or its
+        circuit is open. The caller's own mistakes (bad input...) are raised, not absorbed."""
+        breaker = self._breakers[dependency]
+        if not breaker.allow():
+            attempt.reasons.append(f"{dependency}: circuit open")
+            return None
+        try:
+            async with asyncio.timeout(remaining_s()):
+                result = await call()
+        except (InvalidArgument, NotFound, FailedPrecondition):
+            breaker.success()  # it answered
+            raise
+        except Exception as error:  # down, slow or broken: decide without it
+            breaker.failure()
+            kind = "timeout" if isinstance(error, TimeoutError) else "unavailable"
+            attempt.reasons.append(f"{dependency}: {kind}")
+            _log.warning("dependency failed", dependency=dependency, error=str(error) or kind)
+            return None
+        breaker.success()
+        return result
 
     async def decide(self, command: DecideCommand) -> Decision:
         _validate_decide(command)
+        return await self._decide(command, record=True)
+
+    async def _decide(self, command: DecideCommand, *, record: bool) -> Decision:
         started = time.monotonic()
         budget = self._budget_s
         if command.time_remaining_s is not None:
             budget = min(budget, command.time_remaining_s)
-        set_deadline(started + budget)
-        resolution = await self._identity.resolve_profile(command.identifiers)
-        structlog.contextvars.bind_contextvars(profile_id=resolution.profile_id)
-        profile = await self._context.get_profile_context(resolution.profile_id)
-        listed = await self._arbitration.list_candidates(
-            command.channel,
-            command.placement,
-            profile,
-            command.context,
-            explain=command.explain,
+        # The hops share 80 % of the budget; the rest is kept to record the decision.
+        set_deadline(started + budget * 0.8)
+        attempt = _Attempt()
+        resolution = await self._guarded(
+            "identity", lambda: self._identity.resolve_profile(command.identifiers), attempt
         )
-        scores = []
-        if listed.candidates:
-            scores = await self._scoring.score_candidates(
+        profile_id = resolution.profile_id if resolution else ""
+        structlog.contextvars.bind_contextvars(profile_id=profile_id)
+        # Independent of each other: the customer's context and the channel's candidates.
+        profile, listed = await asyncio.gather(
+            self._guarded(
+                "context", lambda: self._context.get_profile_context(profile_id), attempt
+            ),
+            self._guarded(
+                "arbitration",
+                lambda: self._arbitration.list_candidates(
+                    command.channel,
+                    command.placement,
+                    command.context,
+                    explain=command.explain,
+                ),
+                attempt,
+            ),
+        )
+        profile = profile or ProfileContext(profile_id=profile_id)
+        listed = self._remember(command, listed)
+        scores = await self._scores(command, profile, listed, attempt)
+        result = await self._guarded(
+            "arbitration",
+            lambda: self._arbitration.prioritize(
+                [ScoredCandidate(s.action_id, s.propensity, s.model_version) for s in scores],
+                command.channel,
+                explain=command.explain,
+                context=profile,
+                request_context=command.context,
+                placement=command.placement,
+            ),
+            attempt,
+        )
+        if result is None:
+            result = _prioritize_here(listed, scores, command)
+        decision = self._decision(command, profile_id, listed, result, attempt)
+        if record:
+            decision = await self._record(command, decision, started + budget)
+        self._observer.decided(
+            channel=decision.channel,
+            issue=decision.action.issue if decision.action else "",
+            action_id=decision.action.action_id if decision.action else "",
+            degraded_reason=decision.degraded_reason,
+            elapsed_s=time.monotonic() - started,
+        )
+        return decision
+
+    def _remember(self, command: DecideCommand, listed: CandidateList | None) -> CandidateList:
+        key = (command.channel, command.placement)
+        if listed is not None:
+            self._candidates[key] = listed
+            self._candidates.move_to_end(key)
+            while len(self._candidates) > _CANDIDATE_CACHE_SIZE:
+                self._candidates.popitem(last=False)
+            return listed
+        return self._candidates.get(key) or CandidateList((), (), "")
+
+    async def _scores(
+        self,
+        command: DecideCommand,
+        profile: ProfileContext,
+        listed: CandidateList,
+        attempt: _Attempt,
+    ) -> list[CandidateScore]:
+        if not listed.candidates:
+            return []
+        scores = await self._guarded(
+            "scoring",
+            lambda: self._scoring.score_candidates(
                 profile,
                 command.context,
                 command.channel,
@@ -135,17 +303,29 @@ class DecisionEngine:
                     )
                     for a in listed.candidates
                 ],
-            )
-        result = await self._arbitration.prioritize(
-            [ScoredCandidate(s.action_id, s.propensity, s.model_version) for s in scores],
-            command.channel,
-            explain=command.explain,
+            ),
+            attempt,
         )
+        if scores is None:
+            return [
+                CandidateScore(a.action_id, a.prior_propensity, "", fallback=True)
+                for a in listed.candidates
+            ]
+        return scores
+
+    def _decision(
+        self,
+        command: DecideCommand,
+        profile_id: str,
+        listed: CandidateList,
+        result: Prioritization,
+        attempt: _Attempt,
+    ) -> Decision:
         winner = result.winner
         factors = result.best if winner is not None else None
-        decision = Decision(
+        return Decision(
             decision_id=self._new_id(),
-            profile_id=resolution.profile_id,
+            profile_id=profile_id,
             channel=command.channel,
             placement=command.placement,
             action=DecidedAction(
@@ -164,6 +344,8 @@ class DecisionEngine:
             priority=factors.priority if factors else 0.0,
             model_version=factors.model_version if factors else "",
             decided_at=self._clock(),
+            degraded=bool(attempt.reasons),
+            degraded_reason=attempt.degraded_reason,
             explanation=Explanation(
                 candidates=(*result.ranked, *listed.removed),
                 min_priority=result.min_priority,
@@ -172,36 +354,79 @@ class DecisionEngine:
             if command.explain
             else None,
         )
+
+    async def _record(
+        self, command: DecideCommand, decision: Decision, deadline: float
+    ) -> Decision:
         structlog.contextvars.bind_contextvars(decision_id=decision.decision_id)
-        stored = await self._context.record_decision(
-            DecisionRecord(
-                decision_id=decision.decision_id,
-                request_id=command.request_id,
-                profile_id=decision.profile_id,
-                channel=decision.channel,
-                placement=decision.placement,
-                action_id=decision.action.action_id if decision.action else "",
-                decided_at=decision.decided_at,
-                payload=decision.to_payload(),
-            )
+        set_deadline(deadline)
+        attempt = _Attempt()
+        stored = await self._guarded(
+            "context",
+            lambda: self._context.record_decision(
+                DecisionRecord(
+                    decision_id=decision.decision_id,
+                    request_id=command.request_id,
+                    profile_id=decision.profile_id,
+                    channel=decision.channel,
+                    placement=decision.placement,
+                    action_id=decision.action.action_id if decision.action else "",
+                    decided_at=decision.decided_at,
+                    payload=decision.to_payload(),
+                )
+            ),
+            attempt,
         )
+        if stored is None:
+            # Answer anyway: a channel must not go without; the outcome of this decision
+            # cannot be recorded later, which the reason says.
+            reason = "; ".join(filter(None, [decision.degraded_reason, "decision not recorded"]))
+            return replace(decision, degraded=True, degraded_reason=reason)
         if stored.replayed:
             return Decision.from_payload(stored.record.payload)
-        self._observer.decided(
-            channel=decision.channel,
-            issue=decision.action.issue if decision.action else "",
-            action_id=decision.action.action_id if decision.action else "",
-            degraded_reason=decision.degraded_reason,
-            elapsed_s=time.monotonic() - started,
-        )
         return decision
+
+    async def watch(self, command: DecideCommand) -> AsyncIterator[Decision]:
+        """The current decision now, then a new one each time a change alters the action."""
+        _validate_decide(command)
+        first = await self._decide(replace(command, request_id=""), record=True)
+        yield first
+        shown = first.action.action_id if first.action else ""
+        async with (
+            self._changes.subscribe(first.profile_id or ALL) as mine,
+            self._changes.subscribe(ALL) as everyone,
+        ):
+            while True:
+                waits = {asyncio.ensure_future(mine.wait()), asyncio.ensure_future(everyone.wait())}
+                try:
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for pending in waits:
+                        pending.cancel()
+                command = replace(command, request_id="", time_remaining_s=None)
+                candidate = await self._decide(command, record=False)
+                action = candidate.action.action_id if candidate.action else ""
+                if action == shown or candidate.degraded:
+                    # Nothing changed what is best (or we cannot tell right now).
+                    continue
+                shown = action
+                yield await self._record(command, candidate, time.monotonic() + self._budget_s)
 
     async def record_outcome(self, report: OutcomeReport) -> OutcomeResult:
         result = await self._context.record_outcome(report)
         self._observer.outcome_recorded(
             action_id=result.action_id, outcome=report.outcome.value, duplicate=result.duplicate
         )
+        if not result.duplicate and result.profile_id:
+            await self._announce([result.profile_id])
         return result
+
+    async def _announce(self, profile_ids: list[str]) -> None:
+        """Wake the WatchDecisions streams of these profiles (on every replica)."""
+        try:
+            await self._changes.publish(profile_ids)
+        except Exception as error:  # the write is stored and acknowledged: never fail it now
+            _log.warning("change not announced", error=str(error))
 
     async def track_events(self, events: list[TrackedEvent]) -> AppendResult:
         """Resolve each event's identifiers to a profile, then store the batch at once."""
@@ -229,30 +454,35 @@ class DecisionEngine:
                 bool(event.identifiers), f"{where}.identifiers", "at least one identifier"
             )
         problems.raise_if_any()
-        resolved: list[ProfileEvent] = []
-        for index, event in enumerate(events):
-            try:
-                resolution = await self._identity.resolve_profile(event.identifiers)
-            except InvalidArgument as error:
-                raise _prefixed(error, f"events[{index}]") from None
+        # Independent calls: resolved concurrently (bounded), each error named by its event.
+        limit = asyncio.Semaphore(16)
+
+        async def resolve(index: int, event: TrackedEvent) -> ProfileEvent:
+            async with limit:
+                try:
+                    resolution = await self._identity.resolve_profile(event.identifiers)
+                except InvalidArgument as error:
+                    raise _prefixed(error, f"events[{index}]") from None
             if not resolution.profile_id:
                 raise InvalidArgument(
                     FieldViolation(
                         f"events[{index}].identifiers", "no usable identifier (all placeholders)"
                     )
                 )
-            resolved.append(
-                ProfileEvent(
-                    event_id=event.event_id,
-                    profile_id=resolution.profile_id,
-                    type=event.type,
-                    channel=event.channel,
-                    occurred_at=event.occurred_at or now,
-                    attributes=event.attributes,
-                )
+            return ProfileEvent(
+                event_id=event.event_id,
+                profile_id=resolution.profile_id,
+                type=event.type,
+                channel=event.channel,
+                occurred_at=event.occurred_at or now,
+                attributes=event.attributes,
             )
+
+        resolved = list(await asyncio.gather(*(resolve(i, e) for i, e in enumerate(events))))
         appended = await self._context.append_events(resolved)
         self._observer.events_ingested(accepted=appended.accepted, duplicates=appended.duplicates)
+        if appended.accepted:
+            await self._announce(sorted({event.profile_id for event in resolved}))
         return appended
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -9,6 +10,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from libs.changes import ALL, ChangePublisher
 from libs.clock import utc_now
 from libs.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Violations
 from libs.logging import get_logger
@@ -48,7 +50,9 @@ class ScoringService:
         units: UnitOfWorkFactory,
         refresh_s: float = 2.0,
         clock: Callable[[], datetime] = utc_now,
+        changes: ChangePublisher | None = None,
     ) -> None:
+        self._changes = changes
         self._units = units
         self._refresh_s = refresh_s
         self._clock = clock
@@ -160,6 +164,8 @@ class ScoringService:
         except StorageConflict:
             raise FailedPrecondition(f"model {info.label} was registered concurrently") from None
         self._checked_at = -float("inf")
+        if activate:
+            await self._model_changed()
         return stored or info
 
     async def activate_model(self, name: str, version: str) -> ModelInfo:
@@ -172,7 +178,14 @@ class ScoringService:
             await uow.commit()
             activated = await uow.models.get(name, version)
         self._checked_at = -float("inf")
+        await self._model_changed()
         return activated or replace(found, status=ModelStatus.ACTIVE)
+
+    async def _model_changed(self) -> None:
+        # Other replicas pick the model up within refresh_s; streams re-decide after that.
+        if self._changes is not None:
+            await asyncio.sleep(0)
+            await self._changes.publish([ALL])
 
     async def list_models(self, name: str = "") -> list[ModelInfo]:
         async with self._units(False) as uow:

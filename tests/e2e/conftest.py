@@ -31,6 +31,8 @@ class Hub:
     catalog_address: str
     models_address: str
     channel: grpc.aio.Channel
+    # The processes of the mesh shape (None when embedded).
+    deployment: LocalDeployment | None = None
 
 
 @pytest.fixture(scope="module", params=["embedded", "mesh"])
@@ -87,6 +89,7 @@ async def hub(
                 mesh.addresses["arbitration"],
                 mesh.addresses["scoring"],
                 channel,
+                mesh,
             )
     finally:
         codes = mesh.stop()

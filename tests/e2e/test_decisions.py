@@ -222,17 +222,6 @@ async def test_context_struct_with_odd_values_is_accepted(hub: Hub) -> None:
     assert decision.decision_id
 
 
-async def test_watch_decisions_is_not_implemented_yet(hub: Hub) -> None:
-    call = stub(hub).WatchDecisions(
-        decision_pb2.WatchDecisionsRequest(identifiers=[ident("cookie_id", "c")], channel="web"),
-        timeout=5,
-    )
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        async for _ in call:
-            pass
-    assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
-
-
 async def test_export_then_erase_leaves_nothing(hub: Hub) -> None:
     customer = ident("customer_id", unique("cust"))
     await stub(hub).TrackEvents(

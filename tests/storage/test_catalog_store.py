@@ -68,7 +68,7 @@ async def test_applied_catalog_is_stored_with_a_version(database: Database) -> N
     assert stored.applied_at == applied.applied_at
     loyalty = stored.action("retention_loyalty_discount")
     assert loyalty is not None
-    assert (loyalty.value, loyalty.lever, loyalty.model) == (120.0, 1.0, "demo_propensity")
+    assert (loyalty.value, loyalty.lever, loyalty.model) == (60.0, 1.0, "demo_propensity")
     assert loyalty.channels == ("mobile", "web", "email", "call_center")
     assert loyalty.treatment_for("call_center")["script"].startswith("Offer the 20%")
     assert stored.min_priority == 2.0
@@ -96,7 +96,7 @@ async def test_a_replica_picks_up_a_newly_applied_catalog(database: Database) ->
     assert seen.action("retention_loyalty_discount") is None
     plan_review = seen.action("retention_plan_review")
     assert plan_review is not None and plan_review.value == 75.0
-    listed = await replica.list_candidates("branch", "home", ANYONE, {})
+    listed = await replica.list_candidates("branch", "home", {})
     assert listed.catalog_version == second.version
 
 
@@ -130,7 +130,7 @@ async def test_list_candidates_filters_by_channel_and_disabled_actions(
             action["enabled"] = False
     applied = await service.apply_catalog(catalog_from(document))
 
-    branch = await service.list_candidates("branch", "home", ANYONE, {}, explain=True)
+    branch = await service.list_candidates("branch", "home", {}, explain=True)
 
     assert [a.action_id for a in branch.candidates] == ["retention_plan_review"]
     removed = {r.action_id: r for r in branch.removed}
@@ -147,7 +147,7 @@ async def test_list_candidates_filters_by_channel_and_disabled_actions(
     assert len(branch.candidates) + len(branch.removed) == len(applied.actions)
     assert branch.catalog_version == applied.version
 
-    email = await service.list_candidates("email", "inbox", ANYONE, {})
+    email = await service.list_candidates("email", "inbox", {})
     assert [a.action_id for a in email.candidates] == [
         "retention_loyalty_discount",
         "cross_sell_device_protection",
@@ -161,7 +161,7 @@ async def test_prioritize_picks_the_highest_p_v_l(database: Database) -> None:
     service = arbitration_service(database)
     await service.apply_catalog(demo_catalog())
     scored = [
-        ScoredCandidate("retention_loyalty_discount", 0.04, "demo_propensity:1"),  # 4.8
+        ScoredCandidate("retention_loyalty_discount", 0.08, "demo_propensity:1"),  # 60 x .08 = 4.8
         ScoredCandidate("cross_sell_device_protection", 0.05, "demo_propensity:1"),  # 4.0
         ScoredCandidate("cross_sell_bonus_data", 0.09, "demo_propensity:1"),  # 50 x 1.2 x .09
         ScoredCandidate("service_paperless_billing", 0.9, ""),  # 4.5

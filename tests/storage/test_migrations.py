@@ -18,7 +18,7 @@ def test_schema_matches_models_and_upgrade_is_idempotent(database_url: str) -> N
     finally:
         engine.dispose()
     assert set(metadata.tables) <= tables
-    assert current_revision(database_url, MIGRATIONS) == "0001"
+    assert current_revision(database_url, MIGRATIONS) == "0002"
 
 
 def test_every_table_is_owned_by_one_service() -> None:

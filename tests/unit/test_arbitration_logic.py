@@ -12,7 +12,6 @@ from libs.errors import InvalidArgument
 from services.arbitration.catalog import catalog_to_document, parse_catalog, parse_catalog_yaml
 from services.arbitration.model import ActionDefinition, Catalog, ScoredCandidate
 from services.arbitration.service import ArbitrationService, rank_candidates
-from services.context.model import ProfileContext
 from tests.unit.fakes import FakeCatalogStore, arbitration_units
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -401,10 +400,9 @@ async def test_list_candidates_filters_disabled_and_off_channel_actions() -> Non
             version="v1",
         )
     )
-    profile = ProfileContext("p-1")
 
-    listed = await service.list_candidates("web", "", profile, {}, explain=True)
-    quiet = await service.list_candidates("web", "", profile, {})
+    listed = await service.list_candidates("web", "", {}, explain=True)
+    quiet = await service.list_candidates("web", "", {})
 
     assert [a.action_id for a in listed.candidates] == ["anywhere", "web_only"]
     assert [(r.action_id, r.removed_by) for r in listed.removed] == [

@@ -24,11 +24,15 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class ListCandidatesRequest(_message.Message):
+    """Catalog-level filtering only (channel, placement, enabled), so that the orchestrator can ask
+    for candidates while it fetches the customer's context; customer-level rules apply in
+    Prioritize, which receives that context.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CHANNEL_FIELD_NUMBER: _builtins.int
     PLACEMENT_FIELD_NUMBER: _builtins.int
-    PROFILE_CONTEXT_FIELD_NUMBER: _builtins.int
     REQUEST_CONTEXT_FIELD_NUMBER: _builtins.int
     EXPLAIN_FIELD_NUMBER: _builtins.int
     channel: _builtins.str
@@ -36,21 +40,18 @@ class ListCandidatesRequest(_message.Message):
     explain: _builtins.bool
     """Also return the actions removed and why."""
     @_builtins.property
-    def profile_context(self) -> _context_pb2.ProfileContext: ...
-    @_builtins.property
     def request_context(self) -> _struct_pb2.Struct: ...
     def __init__(
         self,
         *,
         channel: _builtins.str = ...,
         placement: _builtins.str = ...,
-        profile_context: _context_pb2.ProfileContext | None = ...,
         request_context: _struct_pb2.Struct | None = ...,
         explain: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["profile_context", b"profile_context", "request_context", b"request_context"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request_context", b"request_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "explain", b"explain", "placement", b"placement", "profile_context", b"profile_context", "request_context", b"request_context"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "explain", b"explain", "placement", b"placement", "request_context", b"request_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -63,7 +64,15 @@ class ListCandidatesResponse(_message.Message):
     CANDIDATES_FIELD_NUMBER: _builtins.int
     REMOVED_FIELD_NUMBER: _builtins.int
     CATALOG_VERSION_FIELD_NUMBER: _builtins.int
+    MIN_PRIORITY_FIELD_NUMBER: _builtins.int
+    DEFAULT_ACTION_ID_FIELD_NUMBER: _builtins.int
     catalog_version: _builtins.str
+    min_priority: _builtins.float
+    """Below this priority a decision is "no action" (so a caller can rank by itself when
+    Prioritize cannot answer).
+    """
+    default_action_id: _builtins.str
+    """The catalog's declared fallback action for this channel (and placement), if any."""
     @_builtins.property
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[_catalog_pb2.ActionDefinition]: ...
     @_builtins.property
@@ -76,10 +85,12 @@ class ListCandidatesResponse(_message.Message):
         candidates: _abc.Iterable[_catalog_pb2.ActionDefinition] | None = ...,
         removed: _abc.Iterable[_decision_pb2.CandidateExplanation] | None = ...,
         catalog_version: _builtins.str = ...,
+        min_priority: _builtins.float = ...,
+        default_action_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "catalog_version", b"catalog_version", "removed", b"removed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "catalog_version", b"catalog_version", "default_action_id", b"default_action_id", "min_priority", b"min_priority", "removed", b"removed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -117,20 +128,33 @@ class PrioritizeRequest(_message.Message):
     CANDIDATES_FIELD_NUMBER: _builtins.int
     CHANNEL_FIELD_NUMBER: _builtins.int
     EXPLAIN_FIELD_NUMBER: _builtins.int
+    PROFILE_CONTEXT_FIELD_NUMBER: _builtins.int
+    REQUEST_CONTEXT_FIELD_NUMBER: _builtins.int
+    PLACEMENT_FIELD_NUMBER: _builtins.int
     channel: _builtins.str
     explain: _builtins.bool
+    placement: _builtins.str
     @_builtins.property
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScoredCandidate]: ...
+    @_builtins.property
+    def profile_context(self) -> _context_pb2.ProfileContext:
+        """The customer's context, for customer-level policies."""
+
+    @_builtins.property
+    def request_context(self) -> _struct_pb2.Struct: ...
     def __init__(
         self,
         *,
         candidates: _abc.Iterable[Global___ScoredCandidate] | None = ...,
         channel: _builtins.str = ...,
         explain: _builtins.bool = ...,
+        profile_context: _context_pb2.ProfileContext | None = ...,
+        request_context: _struct_pb2.Struct | None = ...,
+        placement: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["profile_context", b"profile_context", "request_context", b"request_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "channel", b"channel", "explain", b"explain"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "channel", b"channel", "explain", b"explain", "placement", b"placement", "profile_context", b"profile_context", "request_context", b"request_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -92,10 +92,31 @@ Global___ActionDefinition: _TypeAlias = ActionDefinition  # noqa: Y015
 class Catalog(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class DefaultsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ACTIONS_FIELD_NUMBER: _builtins.int
     MIN_PRIORITY_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     APPLIED_AT_FIELD_NUMBER: _builtins.int
+    DEFAULTS_FIELD_NUMBER: _builtins.int
     min_priority: _builtins.float
     """Below this priority a decision is "no action"."""
     version: _builtins.str
@@ -104,6 +125,12 @@ class Catalog(_message.Message):
     def actions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActionDefinition]: ...
     @_builtins.property
     def applied_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def defaults(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Fallback action per channel ("web") or channel and placement ("web/home_hero"), used
+        when a decision cannot be prioritised (a dependency is down).
+        """
+
     def __init__(
         self,
         *,
@@ -111,10 +138,11 @@ class Catalog(_message.Message):
         min_priority: _builtins.float = ...,
         version: _builtins.str = ...,
         applied_at: _timestamp_pb2.Timestamp | None = ...,
+        defaults: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["applied_at", b"applied_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "applied_at", b"applied_at", "min_priority", b"min_priority", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "applied_at", b"applied_at", "defaults", b"defaults", "min_priority", b"min_priority", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
