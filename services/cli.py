@@ -248,6 +248,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_faults(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from services.faults import fault_run, format_report
+
+    with tempfile.TemporaryDirectory(prefix="nextbest-faults-") as workdir:
+        database_url = args.database_url or f"sqlite:///{Path(workdir) / 'faults.db'}"
+        report = asyncio.run(
+            fault_run(
+                Path(workdir),
+                database_url,
+                phase_s=args.phase,
+                concurrency=args.concurrency,
+                budget_ms=args.budget_ms,
+            )
+        )
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nextbest",
@@ -314,6 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cmd.add_argument("--profiles", type=int, default=10_000)
     bench_cmd.add_argument("--json", help="write the result here")
     bench_cmd.set_defaults(handler=cmd_bench)
+    faults = commands.add_parser("faults", help="kill and restart replicas under load")
+    faults.add_argument("--database-url", help="PostgreSQL for the mesh (default SQLite)")
+    faults.add_argument("--phase", type=float, default=5.0, help="seconds between faults")
+    faults.add_argument("--concurrency", type=int, default=2)
+    faults.add_argument("--budget-ms", type=int, default=500)
+    faults.add_argument("--json", help="write the report here")
+    faults.set_defaults(handler=cmd_faults)
     return parser
 
 

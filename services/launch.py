@@ -53,14 +53,18 @@ async def wait_serving(address: str, service: str = "", timeout_s: float = 60.0)
 
 @dataclass
 class Process:
+    name: str
     target: str
+    port: int
     process: subprocess.Popen[bytes]
     log: Path
+    args: list[str] = field(default_factory=list)
 
 
 @dataclass
 class LocalDeployment:
-    """``embedded``: one ``--target all`` process; ``mesh``: one process per target."""
+    """``embedded``: one ``--target all`` process; ``mesh``: one process per target (or
+    ``replicas[target]`` of them, which the orchestrator balances round-robin)."""
 
     shape: str
     workdir: Path
@@ -68,6 +72,7 @@ class LocalDeployment:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     addresses: dict[str, str] = field(default_factory=dict)
     processes: list[Process] = field(default_factory=list)
+    replicas: Mapping[str, int] = field(default_factory=dict)
 
     def environment(self, target: str, port: int) -> dict[str, str]:
         env = {
@@ -82,8 +87,11 @@ class LocalDeployment:
             **self.extra_env,
         }
         for peer in PEERS:
-            if peer in self.addresses:
-                env[f"NEXTBEST_{peer.upper()}_ADDRESS"] = f"ipv4:{self.addresses[peer]}"
+            ports = [p.port for p in self.processes if p.target == peer]
+            if ports:
+                # A static list of replicas: gRPC's round_robin skips the ones that are down.
+                addresses = ",".join(f"127.0.0.1:{port}" for port in ports)
+                env[f"NEXTBEST_{peer.upper()}_ADDRESS"] = f"ipv4:{addresses}"
         return env
 
     @property
@@ -93,6 +101,18 @@ class LocalDeployment:
     @property
     def public_address(self) -> str:
         return self.addresses["all" if self.shape == "embedded" else "orchestrator"]
+
+    def _spawn(self, name: str, target: str, port: int, args: list[str]) -> Process:
+        log = self.workdir / f"{name}.log"
+        with log.open("ab") as sink:
+            process = subprocess.Popen(
+                [*NEXTBEST, "serve", *args],
+                env=self.environment(target, port),
+                cwd=self.workdir,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        return Process(name, target, port, process, log, args)
 
     async def start(self, *, demo: bool = True, timeout_s: float = 90.0) -> str:
         """Migrate, start every process, wait for all to be SERVING; returns the public one."""
@@ -106,23 +126,19 @@ class LocalDeployment:
             timeout=120,
         )
         for target in self.targets:
-            port = free_port()
-            env = self.environment(target, port)
-            log = self.workdir / f"{target}.log"
-            with log.open("wb") as sink:
-                process = subprocess.Popen(  # noqa: ASYNC220 - spawning does not wait
-                    [*NEXTBEST, "serve", *(["--demo"] if demo else [])],
-                    env=env,
-                    cwd=self.workdir,
-                    stdout=sink,
-                    stderr=subprocess.STDOUT,
-                )
-            self.processes.append(Process(target, process, log))
-            self.addresses[target] = f"127.0.0.1:{port}"
+            for replica in range(1, self.replicas.get(target, 1) + 1):
+                name = target if replica == 1 else f"{target}-{replica}"
+                # The demo is seeded once (by the first replica), as a real rollout would.
+                args = ["--demo"] if demo and replica == 1 else []
+                item = self._spawn(name, target, free_port(), args)
+                self.processes.append(item)
+                self.addresses[name] = f"127.0.0.1:{item.port}"
+                if replica == 1 and self.replicas.get(target, 1) > 1:
+                    await wait_serving(self.addresses[name], timeout_s=timeout_s)
         for item in self.processes:
-            await wait_serving(self.addresses[item.target], timeout_s=timeout_s)
+            await wait_serving(self.addresses[item.name], timeout_s=timeout_s)
             if item.process.poll() is not None:
-                raise RuntimeError(f"{item.target} exited: {item.log.read_text()[-2000:]}")
+                raise RuntimeError(f"{item.name} exited: {item.log.read_text()[-2000:]}")
         return self.public_address
 
     async def start_replica(self, target: str, *, timeout_s: float = 90.0) -> str:
@@ -130,24 +146,31 @@ class LocalDeployment:
 
         Peers keep the addresses they were started with: a second orchestrator shares the
         database and the change feed, which is what replicas of it need."""
-        port = free_port()
-        name = f"{target}-{sum(p.target.startswith(target) for p in self.processes) + 1}"
-        log = self.workdir / f"{name}.log"
-        with log.open("wb") as sink:
-            process = subprocess.Popen(  # noqa: ASYNC220 - spawning does not wait
-                [*NEXTBEST, "serve"],
-                env=self.environment(target, port),
-                cwd=self.workdir,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-            )
-        self.processes.append(Process(name, process, log))
-        self.addresses[name] = f"127.0.0.1:{port}"
+        name = f"{target}-{sum(p.target == target for p in self.processes) + 1}"
+        item = self._spawn(name, target, free_port(), [])
+        self.processes.append(item)
+        self.addresses[name] = f"127.0.0.1:{item.port}"
         await wait_serving(self.addresses[name], timeout_s=timeout_s)
         return self.addresses[name]
 
+    def process(self, name: str) -> Process:
+        return next(item for item in self.processes if item.name == name)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL: the process gets no chance to drain (a crashed pod)."""
+        item = self.process(name)
+        item.process.kill()
+        item.process.wait(timeout=10)
+
+    async def restart(self, name: str, *, timeout_s: float = 90.0) -> None:
+        """Start the process again on the same port with the same settings."""
+        old = self.process(name)
+        fresh = self._spawn(name, old.target, old.port, [])
+        self.processes[self.processes.index(old)] = fresh
+        await wait_serving(self.addresses[name], timeout_s=timeout_s)
+
     def pids(self) -> dict[str, int]:
-        return {item.target: item.process.pid for item in self.processes}
+        return {item.name: item.process.pid for item in self.processes}
 
     def stop(self) -> dict[str, int]:
         """SIGTERM every process (graceful drain) and return their exit codes."""
@@ -157,8 +180,8 @@ class LocalDeployment:
         codes = {}
         for item in self.processes:
             try:
-                codes[item.target] = item.process.wait(timeout=20)
+                codes[item.name] = item.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 item.process.kill()
-                codes[item.target] = item.process.wait()
+                codes[item.name] = item.process.wait()
         return codes

@@ -46,6 +46,11 @@ def open_channel(
         ("grpc.service_config", _SERVICE_CONFIG),
         ("grpc.enable_retries", 1),
         ("grpc.keepalive_time_ms", 30_000),
+        # Reconnect to a peer that comes back within a second, not gRPC's default of up to
+        # two minutes of backoff (recovery must take seconds, see docs/reliability.md).
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
     ]
     if credentials is not None:
         return grpc.aio.secure_channel(

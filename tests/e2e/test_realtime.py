@@ -150,3 +150,28 @@ async def test_bad_watch_request_names_the_field(hub: Hub) -> None:
             pass
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "identifiers" in (error.value.details() or "")
+
+
+async def test_many_idle_watchers_need_no_thread_each(hub: Hub) -> None:
+    """Hundreds of open streams: no thread per stream, and an event wakes only its own."""
+    if hub.shape != "embedded":
+        pytest.skip("threads are counted in this process: the embedded hub runs here")
+    import threading
+
+    before = threading.active_count()
+    customers = [ident("customer_id", f"idle-{i}-{uuid.uuid4().hex[:6]}") for i in range(300)]
+    watchers = [Watcher(hub.channel, customer) for customer in customers]
+    try:
+        firsts = await asyncio.gather(*(w.next(60) for w in watchers))
+        assert all(first.decision_id for first in firsts)
+        assert threading.active_count() - before < 10
+        await track(
+            hub.channel,
+            events(customers[7], "cancel_page_view", 5)
+            + events(customers[7], "plan_compare_view", 4),
+        )
+        assert (await watchers[7].next()).action.issue == "retention"
+        assert all(w.received.empty() for i, w in enumerate(watchers) if i != 7)
+    finally:
+        for watcher in watchers:
+            watcher.close()
