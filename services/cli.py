@@ -63,14 +63,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from libs.storage.migrate import current_revision
+    from libs.storage.migrate import current_revisions, head_revisions
     from services.app import MIGRATIONS, migrate
 
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
     if args.action == "upgrade":
         migrate(settings)
-    print(f"schema revision: {current_revision(settings.effective_database_url, MIGRATIONS)}")
+    current = current_revisions(settings.effective_database_url)
+    expected = head_revisions(MIGRATIONS)
+    state = "up to date" if current == expected else f"expected {', '.join(expected)}"
+    print(f"schema revision: {', '.join(current) or 'none'} ({state})")
     return 0
 
 

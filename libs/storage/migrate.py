@@ -19,22 +19,31 @@ def alembic_config(database_url: str, script_location: Path) -> Config:
     return config
 
 
-def upgrade(database_url: str, script_location: Path, revision: str = "head") -> None:
-    """Bring the schema to ``revision``; running it twice is a no-op."""
+def upgrade(database_url: str, script_location: Path, revision: str = "heads") -> None:
+    """Bring the schema to ``revision`` (default: every head, so that services may keep
+    their own migration branches); running it twice is a no-op."""
     url = make_url(sync_url(database_url))
     if url.get_backend_name() == "sqlite" and url.database:
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(database_url, script_location), revision)
 
 
-def current_revision(database_url: str, script_location: Path) -> str | None:
+def current_revisions(database_url: str) -> tuple[str, ...]:
+    """The revisions the database is at (one per migration branch)."""
     from alembic.runtime.migration import MigrationContext
     from sqlalchemy import create_engine
 
     engine = create_engine(sync_url(database_url))
     try:
         with engine.connect() as connection:
-            revision: str | None = MigrationContext.configure(connection).get_current_revision()
-            return revision
+            return tuple(sorted(MigrationContext.configure(connection).get_current_heads()))
     finally:
         engine.dispose()
+
+
+def head_revisions(script_location: Path) -> tuple[str, ...]:
+    """The revisions the code expects."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite://", script_location))
+    return tuple(sorted(script.get_heads()))
