@@ -7,7 +7,7 @@ NPM_PREFIX := .tools/node
 BUF := $(NPM_PREFIX)/node_modules/.bin/buf
 BUF_VERSION := 1.75.0
 
-.PHONY: run test lint typecheck proto proto-check buf-lint install bench
+.PHONY: run test lint typecheck proto proto-check buf-lint install bench deploy-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,3 +57,23 @@ buf-lint: $(BUF)
 
 bench: $(STAMP)
 	$(BIN)/nextbest bench --help
+
+## deploy-check: render every kustomization and validate it against Kubernetes $(KUBERNETES_VERSION)
+## (strict schema), lint deploy/Dockerfile, check the Tiltfile and the manifests' properties.
+KUBERNETES_VERSION ?= 1.31.0
+KUSTOMIZATIONS := base overlays/dev overlays/production
+DEPLOY_BUILD := build/deploy
+
+deploy-check: $(STAMP)
+	@mkdir -p $(DEPLOY_BUILD)
+	@set -e; for k in $(KUSTOMIZATIONS); do \
+		out=$(DEPLOY_BUILD)/$$(echo $$k | tr / -).yaml; \
+		kubectl kustomize deploy/kubernetes/$$k > $$out; \
+		echo "== kubernetes-validate $$k ($(KUBERNETES_VERSION), strict)"; \
+		$(BIN)/kubernetes-validate --strict --quiet -k $(KUBERNETES_VERSION) $$out | tee $(DEPLOY_BUILD)/validate.log; \
+		if grep -q . $(DEPLOY_BUILD)/validate.log; then echo "$$k: not valid (see above)"; exit 1; fi; \
+	done
+	@echo "== hadolint deploy/Dockerfile"
+	$(BIN)/hadolint deploy/Dockerfile
+	@echo "== Tiltfile and manifests"
+	NEXTBEST_TEST_REQUIRE_KUBECTL=1 $(BIN)/pytest -q tests/deploy/test_tiltfile.py tests/deploy/test_manifests.py

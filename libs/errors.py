@@ -39,6 +39,14 @@ class Unimplemented(DomainError):
     pass
 
 
+class Unauthenticated(DomainError):
+    """The caller did not prove who it is (no, or an unknown, token or client certificate)."""
+
+
+class PermissionDenied(DomainError):
+    """The caller is known but may not call this (e.g. its token lacks the scope)."""
+
+
 class Violations:
     """Collects field violations while validating a request, then raises them all at once."""
 

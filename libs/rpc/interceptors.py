@@ -8,6 +8,7 @@ with a bare INTERNAL, never a stack trace to the caller.
 
 from __future__ import annotations
 
+import inspect
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -84,7 +85,12 @@ def _wrap_stream(behaviour: Any, method: str) -> Any:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=_request_id(context), rpc=method)
         try:
-            async for response in behaviour(request, context):
+            responses = behaviour(request, context)
+            if inspect.isawaitable(responses):
+                # A handler that writes with context.write() (grpc.health.v1 Watch does).
+                await responses
+                return
+            async for response in responses:
                 yield response
         except grpc.aio.AbortError:
             raise

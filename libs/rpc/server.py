@@ -1,4 +1,5 @@
-"""The one gRPC server bootstrap every target uses: health, reflection, interceptor, shutdown."""
+"""The one gRPC server bootstrap every target uses: health, reflection, interceptor, shutdown,
+and an optional plaintext health-only port for probes."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from libs.rpc.interceptors import RpcInterceptor
 _log = get_logger("nextbest.server")
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# The probe port answers health checks only: small messages, a few calls at a time.
+_PROBE_MAX_MESSAGE_BYTES = 4096
+_PROBE_MAX_CONCURRENT_RPCS = 32
 
 
 @dataclass(frozen=True)
@@ -39,17 +43,52 @@ class GrpcServer:
         self.server = server
         self.health = health_servicer
         self.service_names = list(service_names)
+        self.probe_server: grpc.aio.Server | None = None
+        self.probe_port: int | None = None
+
+    def add_probe_port(self, address: str) -> int:
+        """Also serve ``grpc.health.v1.Health`` alone, in plaintext, on ``address`` (before
+        ``start``); returns the bound port.
+
+        For probes that cannot speak TLS (the kubelet's native gRPC probe): a second server
+        with the same HealthServicer, so it reports exactly what the main port does
+        (NOT_SERVING as soon as the drain begins). It carries no data: no other service,
+        no reflection, no interceptor; it starts and stops with the main server.
+        """
+        if self.probe_server is not None:
+            raise RuntimeError(f"a probe port is already bound ({self.probe_port})")
+        probe = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", _PROBE_MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", _PROBE_MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=_PROBE_MAX_CONCURRENT_RPCS,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, probe)
+        port = probe.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot bind the health probe port to {address}")
+        self.probe_server, self.probe_port = probe, port
+        return port
 
     async def start(self) -> None:
         await self.server.start()
+        if self.probe_server is not None:
+            await self.probe_server.start()
         for name in ["", *self.service_names]:
             await self.health.set(name, _SERVING)
 
     async def stop(self, grace_s: float) -> None:
-        """Report NOT_SERVING first so probes and balancers move away, then drain."""
+        """Report NOT_SERVING first so probes and balancers move away, then drain; the probe
+        port keeps answering (NOT_SERVING) until the drain is over."""
         for name in ["", *self.service_names]:
             await self.health.set(name, _NOT_SERVING)
-        await self.server.stop(grace_s)
+        try:
+            await self.server.stop(grace_s)
+        finally:
+            if self.probe_server is not None:
+                await self.probe_server.stop(0)
 
     async def wait_for_termination(self) -> None:
         await self.server.wait_for_termination()
@@ -113,7 +152,7 @@ async def run_until_signalled(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
-    _log.info("serving", services=server.service_names)
+    _log.info("serving", services=server.service_names, health_probe_port=server.probe_port)
     await stop.wait()
     _log.info("draining", grace_s=grace_s)
     await server.stop(grace_s)
