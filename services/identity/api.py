@@ -10,7 +10,7 @@ from nextbest.identity.v1 import identity_pb2, identity_pb2_grpc
 
 from libs.rpc.client import call_peer
 from libs.rpc.server import ServiceBinding
-from services.identity.model import Identifier, ProfileLookup, Resolution
+from services.identity.model import Identifier, ProfileLookup, Repoint, Resolution
 from services.identity.service import IdentityService
 
 SERVICE_NAME = identity_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name
@@ -39,6 +39,12 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             profile_id=resolution.profile_id,
             created=resolution.created,
             merged_profile_ids=list(resolution.merged_profile_ids),
+            repointed=[
+                identity_pb2.RepointedIdentifier(
+                    identifier_type=r.identifier_type, from_profile_id=r.from_profile_id
+                )
+                for r in resolution.repointed
+            ],
         )
 
     async def LookupProfile(
@@ -82,6 +88,9 @@ class IdentityClient:
             profile_id=response.profile_id,
             created=response.created,
             merged_profile_ids=tuple(response.merged_profile_ids),
+            repointed=tuple(
+                Repoint(r.identifier_type, r.from_profile_id) for r in response.repointed
+            ),
         )
 
     async def lookup_profile(

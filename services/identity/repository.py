@@ -1,25 +1,76 @@
-"""Storage of the identity graph behind a repository and a unit of work."""
+"""Storage of the identity graph behind a repository and a unit of work.
+
+Core statements throughout (resolving a known identifier is the hot path of every Decide).
+Writers lock the profiles they change (``lock_profiles``: SELECT ... FOR UPDATE on
+PostgreSQL; SQLite serialises writers with BEGIN IMMEDIATE), and a unique-key, foreign-key,
+deadlock or serialisation error becomes ``StorageConflict`` so that the service retries.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol, Self, cast
 
-from sqlalchemy import delete, func, or_, select, tuple_, update
+from sqlalchemy import Table, bindparam, delete, insert, or_, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.storage import SqlUnitOfWork, UnitOfWork
+from libs.storage import SqlUnitOfWork, StorageConflict, UnitOfWork
 from libs.storage.session import DbSession
-from services.identity.normalize import KeyedIdentifier
-from services.identity.tables import IdentifierRow, MergeRow, ProfileRow
+from services.identity.model import MergeRecord, RepointRecord, StoredLink
+from services.identity.tables import IdentifierRow, MergeRow, ProfileRow, RepointRow
+
+_profiles = cast(Table, ProfileRow.__table__)
+_identifiers = cast(Table, IdentifierRow.__table__)
+_merges = cast(Table, MergeRow.__table__)
+_repoints = cast(Table, RepointRow.__table__)
+# PostgreSQL: deadlock_detected, serialization_failure -> another writer won; retry.
+_RETRYABLE_SQLSTATES = {"40P01", "40001"}
+# The hot path's one statement, built once: two IN lists on the primary key's columns (an
+# index lookup on both databases), the exact pairs picked out in Python.
+_FIND_LINKS = select(
+    _identifiers.c.id_type,
+    _identifiers.c.id_hash,
+    _identifiers.c.profile_id,
+    _identifiers.c.last_seen,
+).where(
+    _identifiers.c.id_type.in_(bindparam("types", expanding=True)),
+    _identifiers.c.id_hash.in_(bindparam("digests", expanding=True)),
+)
 
 
 class IdentityRepository(Protocol):
-    async def find_links(self, keys: Iterable[KeyedIdentifier]) -> dict[KeyedIdentifier, str]: ...
+    async def find_links(self, pairs: Sequence[tuple[str, str]]) -> list[StoredLink]:
+        """The stored rows among these (type, digest) pairs."""
+        ...
+
+    async def lock_profiles(self, profile_ids: Sequence[str]) -> set[str]:
+        """Lock these profiles for this transaction; returns those that exist and were not
+        merged into another."""
+        ...
+
+    async def holdings(self, profile_ids: Sequence[str]) -> list[StoredLink]:
+        """Every identifier row of these profiles."""
+        ...
+
     async def survivor_of(self, profile_id: str) -> str | None: ...
     async def add_profile(self, profile_id: str, now: datetime) -> None: ...
-    async def link(self, key: KeyedIdentifier, profile_id: str, now: datetime) -> None: ...
-    async def merge(self, survivor: str, merged: str, reason: str, now: datetime) -> None: ...
+    async def link(self, kind: str, digest: str, profile_id: str, now: datetime) -> None: ...
+    async def relink(
+        self, kind: str, stored_digest: str, digest: str, profile_id: str, now: datetime
+    ) -> None:
+        """Point a stored row at ``profile_id`` under ``digest``, seen ``now``."""
+        ...
+
+    async def unlink(self, kind: str, digest: str) -> None: ...
+    async def merge(self, survivor: str, merged: str) -> None:
+        """Move every identifier of ``merged`` to ``survivor``; ``merged`` and the profiles
+        merged into it before now resolve to ``survivor``."""
+        ...
+
+    async def record_merge(self, record: MergeRecord) -> None: ...
+    async def record_repoint(self, record: RepointRecord) -> None: ...
     async def identifier_types(self, profile_id: str) -> list[str]: ...
     async def erase(self, profile_id: str) -> int: ...
 
@@ -29,95 +80,170 @@ class IdentityUnitOfWork(UnitOfWork, Protocol):
     def identity(self) -> IdentityRepository: ...
 
 
+def _conflict(error: DBAPIError) -> StorageConflict | None:
+    if isinstance(error, IntegrityError):
+        return StorageConflict(str(error.orig))
+    if getattr(error.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES:
+        return StorageConflict(str(error.orig))
+    return None
+
+
 class SqlIdentityRepository:
     def __init__(self, session: DbSession) -> None:
         self._session = session
 
-    async def find_links(self, keys: Iterable[KeyedIdentifier]) -> dict[KeyedIdentifier, str]:
-        by_pair = {(key.type, key.digest): key for key in keys}
-        if not by_pair:
-            return {}
-        rows = await self._session.execute(
-            select(IdentifierRow.id_type, IdentifierRow.id_hash, IdentifierRow.profile_id).where(
-                tuple_(IdentifierRow.id_type, IdentifierRow.id_hash).in_(list(by_pair))
+    async def _execute(self, statement: Any, params: Any = None) -> Any:
+        try:
+            return await self._session.execute(statement, params)
+        except DBAPIError as error:
+            conflict = _conflict(error)
+            if conflict is None:
+                raise
+            raise conflict from error
+
+    async def find_links(self, pairs: Sequence[tuple[str, str]]) -> list[StoredLink]:
+        wanted = set(pairs)
+        if not wanted:
+            return []
+        rows = await self._execute(
+            _FIND_LINKS,
+            {
+                "types": sorted({kind for kind, _ in wanted}),
+                "digests": sorted({digest for _, digest in wanted}),
+            },
+        )
+        return [
+            StoredLink(row[0], row[1], row[2], row[3]) for row in rows if (row[0], row[1]) in wanted
+        ]
+
+    async def lock_profiles(self, profile_ids: Sequence[str]) -> set[str]:
+        c = _profiles.c
+        rows = await self._execute(
+            select(c.profile_id, c.merged_into)
+            .where(c.profile_id.in_(sorted(profile_ids)))
+            .order_by(c.profile_id)
+            .with_for_update()
+        )
+        return {row[0] for row in rows if row[1] is None}
+
+    async def holdings(self, profile_ids: Sequence[str]) -> list[StoredLink]:
+        c = _identifiers.c
+        rows = await self._execute(
+            select(c.id_type, c.id_hash, c.profile_id, c.last_seen).where(
+                c.profile_id.in_(sorted(profile_ids))
             )
         )
-        return {by_pair[(row.id_type, row.id_hash)]: row.profile_id for row in rows}
+        return [StoredLink(row[0], row[1], row[2], row[3]) for row in rows]
 
     async def survivor_of(self, profile_id: str) -> str | None:
-        # Merges re-point identifiers, so chains stay short; bounded in case of a cycle.
+        # Merges re-point every merged profile straight at the survivor, so this takes one
+        # step; bounded in case of a cycle.
+        c = _profiles.c
         current = profile_id
         for _ in range(16):
-            merged_into = await self._session.scalar(
-                select(ProfileRow.merged_into).where(ProfileRow.profile_id == current)
-            )
-            row_exists = merged_into is not None or await self._session.scalar(
-                select(func.count()).where(ProfileRow.profile_id == current)
-            )
-            if not row_exists:
+            row = (
+                await self._execute(select(c.merged_into).where(c.profile_id == current))
+            ).first()
+            if row is None:
                 return None
-            if merged_into is None:
+            if row[0] is None:
                 return current
-            current = merged_into
+            current = row[0]
         return current
 
     async def add_profile(self, profile_id: str, now: datetime) -> None:
-        self._session.add(ProfileRow(profile_id=profile_id, created_at=now))
-        # The identifier rows reference it: without a relationship() the ORM does not
-        # order the two inserts, so write the profile first.
-        await self._session.flush()
+        await self._execute(insert(_profiles).values(profile_id=profile_id, created_at=now))
 
-    async def link(self, key: KeyedIdentifier, profile_id: str, now: datetime) -> None:
-        self._session.add(
-            IdentifierRow(
-                id_type=key.type,
-                id_hash=key.digest,
-                profile_id=profile_id,
-                first_seen=now,
-                last_seen=now,
+    async def link(self, kind: str, digest: str, profile_id: str, now: datetime) -> None:
+        await self._execute(
+            insert(_identifiers).values(
+                id_type=kind, id_hash=digest, profile_id=profile_id, first_seen=now, last_seen=now
             )
         )
 
-    async def merge(self, survivor: str, merged: str, reason: str, now: datetime) -> None:
-        await self._session.execute(
-            update(IdentifierRow)
-            .where(IdentifierRow.profile_id == merged)
+    async def relink(
+        self, kind: str, stored_digest: str, digest: str, profile_id: str, now: datetime
+    ) -> None:
+        c = _identifiers.c
+        await self._execute(
+            update(_identifiers)
+            .where(c.id_type == kind, c.id_hash == stored_digest)
+            .values(id_hash=digest, profile_id=profile_id, last_seen=now)
+        )
+
+    async def unlink(self, kind: str, digest: str) -> None:
+        c = _identifiers.c
+        await self._execute(delete(_identifiers).where(c.id_type == kind, c.id_hash == digest))
+
+    async def merge(self, survivor: str, merged: str) -> None:
+        await self._execute(
+            update(_identifiers)
+            .where(_identifiers.c.profile_id == merged)
             .values(profile_id=survivor)
         )
-        await self._session.execute(
-            update(ProfileRow)
-            .where(or_(ProfileRow.profile_id == merged, ProfileRow.merged_into == merged))
+        c = _profiles.c
+        await self._execute(
+            update(_profiles)
+            .where(or_(c.profile_id == merged, c.merged_into == merged))
             .values(merged_into=survivor)
         )
-        self._session.add(
-            MergeRow(survivor_id=survivor, merged_id=merged, reason=reason, merged_at=now)
+
+    async def record_merge(self, record: MergeRecord) -> None:
+        await self._execute(
+            insert(_merges).values(
+                survivor_id=record.survivor_id,
+                merged_id=record.merged_id,
+                identifier_types=",".join(record.identifier_types),
+                reason=record.reason,
+                merged_at=record.at,
+                request_id=record.cause.request_id,
+                rpc=record.cause.rpc,
+            )
+        )
+
+    async def record_repoint(self, record: RepointRecord) -> None:
+        await self._execute(
+            insert(_repoints).values(
+                kind=record.kind,
+                identifier_type=record.identifier_type,
+                from_profile_id=record.from_profile_id,
+                to_profile_id=record.to_profile_id,
+                reason=record.reason,
+                at=record.at,
+                request_id=record.cause.request_id,
+                rpc=record.cause.rpc,
+            )
         )
 
     async def identifier_types(self, profile_id: str) -> list[str]:
-        rows = await self._session.scalars(
-            select(IdentifierRow.id_type)
-            .where(IdentifierRow.profile_id == profile_id)
-            .distinct()
-            .order_by(IdentifierRow.id_type)
+        c = _identifiers.c
+        rows = await self._execute(
+            select(c.id_type).where(c.profile_id == profile_id).distinct().order_by(c.id_type)
         )
-        return list(rows)
+        return [row[0] for row in rows]
 
     async def erase(self, profile_id: str) -> int:
-        merged = list(
-            await self._session.scalars(
-                select(ProfileRow.profile_id).where(ProfileRow.merged_into == profile_id)
+        await self.lock_profiles([profile_id])
+        merged = [
+            row[0]
+            for row in await self._execute(
+                select(_profiles.c.profile_id).where(_profiles.c.merged_into == profile_id)
             )
-        )
+        ]
         every_id = [profile_id, *merged]
-        removed = await self._session.execute(
-            delete(IdentifierRow).where(IdentifierRow.profile_id.in_(every_id))
+        removed = await self._execute(
+            delete(_identifiers).where(_identifiers.c.profile_id.in_(every_id))
         )
-        await self._session.execute(
-            delete(MergeRow).where(
-                or_(MergeRow.survivor_id.in_(every_id), MergeRow.merged_id.in_(every_id))
+        m, r = _merges.c, _repoints.c
+        await self._execute(
+            delete(_merges).where(or_(m.survivor_id.in_(every_id), m.merged_id.in_(every_id)))
+        )
+        await self._execute(
+            delete(_repoints).where(
+                or_(r.from_profile_id.in_(every_id), r.to_profile_id.in_(every_id))
             )
         )
-        await self._session.execute(delete(ProfileRow).where(ProfileRow.profile_id.in_(every_id)))
+        await self._execute(delete(_profiles).where(_profiles.c.profile_id.in_(every_id)))
         return int(getattr(removed, "rowcount", 0) or 0)
 
 
@@ -126,3 +252,12 @@ class SqlIdentityUnitOfWork(SqlUnitOfWork):
 
     def _open(self) -> None:
         self.identity = SqlIdentityRepository(self.session)
+
+    async def __aenter__(self) -> Self:
+        await super().__aenter__()
+        if not self._write and isinstance(self.session, AsyncSession):
+            # PostgreSQL reads in autocommit: no BEGIN and ROLLBACK round trips around the
+            # one SELECT of a resolve (under READ COMMITTED every statement sees its own
+            # snapshot anyway). Measured in docs/benchmarks.md (Identity).
+            await self.session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        return self

@@ -1,10 +1,14 @@
-"""Tables owned by the identity service."""
+"""Tables owned by the identity service.
+
+No table holds an identifier's value: identifiers are HMAC-SHA256 digests, and the audit
+tables name identifier *types* only.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, Integer, String
+from sqlalchemy import ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from libs.storage import Base
@@ -17,7 +21,7 @@ class ProfileRow(Base):
     profile_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     # Set when merged into another profile; the id keeps resolving to the survivor.
-    merged_into: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    merged_into: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
 
 
 class IdentifierRow(Base):
@@ -30,15 +34,47 @@ class IdentifierRow(Base):
         String(32), ForeignKey("identity_profiles.profile_id", ondelete="CASCADE"), index=True
     )
     first_seen: Mapped[datetime] = mapped_column(UtcDateTime())
+    # Refreshed at most once per touch interval; the least recently seen is evicted first.
     last_seen: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class MergeRow(Base):
+    """Every merge: who (request id, RPC), when, why, through which identifier types."""
+
     __tablename__ = "identity_merges"
-    __table_args__ = (Index("ix_identity_merges_survivor", "survivor_id"),)
+    __table_args__ = (
+        Index("ix_identity_merges_survivor", "survivor_id"),
+        Index("ix_identity_merges_merged", "merged_id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     survivor_id: Mapped[str] = mapped_column(String(32))
     merged_id: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str] = mapped_column(String(200))
     merged_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # Comma-separated types of the request's identifiers that pointed at the merged profile.
+    identifier_types: Mapped[str] = mapped_column(String(200), server_default=text("''"))
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    rpc: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+class RepointRow(Base):
+    """Every identifier taken from a profile without merging: re-pointed to another known
+    customer's profile (``kind`` repoint), or evicted over its type's limit (``kind`` evict,
+    no ``to_profile_id``)."""
+
+    __tablename__ = "identity_repoints"
+    __table_args__ = (
+        Index("ix_identity_repoints_from", "from_profile_id"),
+        Index("ix_identity_repoints_to", "to_profile_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    identifier_type: Mapped[str] = mapped_column(String(32))
+    from_profile_id: Mapped[str] = mapped_column(String(32))
+    to_profile_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    reason: Mapped[str] = mapped_column(String(200))
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    rpc: Mapped[str | None] = mapped_column(String(200), nullable=True)

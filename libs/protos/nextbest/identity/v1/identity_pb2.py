@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from nextbest.decision.v1 import decision_pb2 as nextbest_dot_decision_dot_v1_dot_decision__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#nextbest/identity/v1/identity.proto\x12\x14nextbest.identity.v1\x1a#nextbest/decision/v1/decision.proto\"N\n\x15ResolveProfileRequest\x12\x35\n\x0bidentifiers\x18\x01 \x03(\x0b\x32 .nextbest.decision.v1.Identifier\"Y\n\x16ResolveProfileResponse\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x1a\n\x12merged_profile_ids\x18\x03 \x03(\t\"a\n\x14LookupProfileRequest\x12\x35\n\x0bidentifiers\x18\x01 \x03(\x0b\x32 .nextbest.decision.v1.Identifier\x12\x12\n\nprofile_id\x18\x02 \x01(\t\"E\n\x15LookupProfileResponse\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12\x18\n\x10identifier_types\x18\x02 \x03(\t\")\n\x13\x45raseProfileRequest\x12\x12\n\nprofile_id\x18\x01 \x01(\t\"3\n\x14\x45raseProfileResponse\x12\x1b\n\x13identifiers_removed\x18\x01 \x01(\x05\x32\xcf\x02\n\x0fIdentityService\x12k\n\x0eResolveProfile\x12+.nextbest.identity.v1.ResolveProfileRequest\x1a,.nextbest.identity.v1.ResolveProfileResponse\x12h\n\rLookupProfile\x12*.nextbest.identity.v1.LookupProfileRequest\x1a+.nextbest.identity.v1.LookupProfileResponse\x12\x65\n\x0c\x45raseProfile\x12).nextbest.identity.v1.EraseProfileRequest\x1a*.nextbest.identity.v1.EraseProfileResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#nextbest/identity/v1/identity.proto\x12\x14nextbest.identity.v1\x1a#nextbest/decision/v1/decision.proto\"N\n\x15ResolveProfileRequest\x12\x35\n\x0bidentifiers\x18\x01 \x03(\x0b\x32 .nextbest.decision.v1.Identifier\"\x97\x01\n\x16ResolveProfileResponse\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x1a\n\x12merged_profile_ids\x18\x03 \x03(\t\x12<\n\trepointed\x18\x04 \x03(\x0b\x32).nextbest.identity.v1.RepointedIdentifier\"G\n\x13RepointedIdentifier\x12\x17\n\x0fidentifier_type\x18\x01 \x01(\t\x12\x17\n\x0f\x66rom_profile_id\x18\x02 \x01(\t\"a\n\x14LookupProfileRequest\x12\x35\n\x0bidentifiers\x18\x01 \x03(\x0b\x32 .nextbest.decision.v1.Identifier\x12\x12\n\nprofile_id\x18\x02 \x01(\t\"E\n\x15LookupProfileResponse\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12\x18\n\x10identifier_types\x18\x02 \x03(\t\")\n\x13\x45raseProfileRequest\x12\x12\n\nprofile_id\x18\x01 \x01(\t\"3\n\x14\x45raseProfileResponse\x12\x1b\n\x13identifiers_removed\x18\x01 \x01(\x05\x32\xcf\x02\n\x0fIdentityService\x12k\n\x0eResolveProfile\x12+.nextbest.identity.v1.ResolveProfileRequest\x1a,.nextbest.identity.v1.ResolveProfileResponse\x12h\n\rLookupProfile\x12*.nextbest.identity.v1.LookupProfileRequest\x1a+.nextbest.identity.v1.LookupProfileResponse\x12\x65\n\x0c\x45raseProfile\x12).nextbest.identity.v1.EraseProfileRequest\x1a*.nextbest.identity.v1.EraseProfileResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,16 +34,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RESOLVEPROFILEREQUEST']._serialized_start=98
   _globals['_RESOLVEPROFILEREQUEST']._serialized_end=176
-  _globals['_RESOLVEPROFILERESPONSE']._serialized_start=178
-  _globals['_RESOLVEPROFILERESPONSE']._serialized_end=267
-  _globals['_LOOKUPPROFILEREQUEST']._serialized_start=269
-  _globals['_LOOKUPPROFILEREQUEST']._serialized_end=366
-  _globals['_LOOKUPPROFILERESPONSE']._serialized_start=368
-  _globals['_LOOKUPPROFILERESPONSE']._serialized_end=437
-  _globals['_ERASEPROFILEREQUEST']._serialized_start=439
-  _globals['_ERASEPROFILEREQUEST']._serialized_end=480
-  _globals['_ERASEPROFILERESPONSE']._serialized_start=482
-  _globals['_ERASEPROFILERESPONSE']._serialized_end=533
-  _globals['_IDENTITYSERVICE']._serialized_start=536
-  _globals['_IDENTITYSERVICE']._serialized_end=871
+  _globals['_RESOLVEPROFILERESPONSE']._serialized_start=179
+  _globals['_RESOLVEPROFILERESPONSE']._serialized_end=330
+  _globals['_REPOINTEDIDENTIFIER']._serialized_start=332
+  _globals['_REPOINTEDIDENTIFIER']._serialized_end=403
+  _globals['_LOOKUPPROFILEREQUEST']._serialized_start=405
+  _globals['_LOOKUPPROFILEREQUEST']._serialized_end=502
+  _globals['_LOOKUPPROFILERESPONSE']._serialized_start=504
+  _globals['_LOOKUPPROFILERESPONSE']._serialized_end=573
+  _globals['_ERASEPROFILEREQUEST']._serialized_start=575
+  _globals['_ERASEPROFILEREQUEST']._serialized_end=616
+  _globals['_ERASEPROFILERESPONSE']._serialized_start=618
+  _globals['_ERASEPROFILERESPONSE']._serialized_end=669
+  _globals['_IDENTITYSERVICE']._serialized_start=672
+  _globals['_IDENTITYSERVICE']._serialized_end=1007
 # @@protoc_insertion_point(module_scope)

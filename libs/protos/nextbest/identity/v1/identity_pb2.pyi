@@ -48,6 +48,7 @@ class ResolveProfileResponse(_message.Message):
     PROFILE_ID_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
     MERGED_PROFILE_IDS_FIELD_NUMBER: _builtins.int
+    REPOINTED_FIELD_NUMBER: _builtins.int
     profile_id: _builtins.str
     created: _builtins.bool
     """True when no identifier was known and a new profile was created."""
@@ -55,20 +56,51 @@ class ResolveProfileResponse(_message.Message):
     def merged_profile_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Profiles merged into profile_id by this call (their ids keep resolving to it)."""
 
+    @_builtins.property
+    def repointed(self) -> _containers.RepeatedCompositeFieldContainer[Global___RepointedIdentifier]:
+        """Shared identifiers this call took from another known customer's profile instead of
+        merging the two (a family tablet's cookie goes with whoever logged in last).
+        """
+
     def __init__(
         self,
         *,
         profile_id: _builtins.str = ...,
         created: _builtins.bool = ...,
         merged_profile_ids: _abc.Iterable[_builtins.str] | None = ...,
+        repointed: _abc.Iterable[Global___RepointedIdentifier] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "merged_profile_ids", b"merged_profile_ids", "profile_id", b"profile_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "merged_profile_ids", b"merged_profile_ids", "profile_id", b"profile_id", "repointed", b"repointed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResolveProfileResponse: _TypeAlias = ResolveProfileResponse  # noqa: Y015
+
+@_typing.final
+class RepointedIdentifier(_message.Message):
+    """An identifier moved from one profile to another; its value is never returned."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDENTIFIER_TYPE_FIELD_NUMBER: _builtins.int
+    FROM_PROFILE_ID_FIELD_NUMBER: _builtins.int
+    identifier_type: _builtins.str
+    from_profile_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        identifier_type: _builtins.str = ...,
+        from_profile_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_profile_id", b"from_profile_id", "identifier_type", b"identifier_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RepointedIdentifier: _TypeAlias = RepointedIdentifier  # noqa: Y015
 
 @_typing.final
 class LookupProfileRequest(_message.Message):
