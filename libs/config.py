@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "NEXTBEST_"
+_IDENTIFIER_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 class Target(StrEnum):
@@ -25,6 +28,75 @@ class Target(StrEnum):
 
 class ConfigError(Exception):
     """A configuration value is missing or wrong; the message names the variable."""
+
+
+_DURATION = re.compile(r"^([1-9][0-9]*)([mhd])$")
+_DURATION_S = {"m": 60, "h": 3600, "d": 86400}
+
+
+def duration_s(label: str) -> int:
+    """Seconds of a window label such as ``5m``, ``24h`` or ``30d``."""
+    match = _DURATION.match(label)
+    if match is None:
+        raise ValueError(f"{label!r} is not a duration like 5m, 24h or 30d")
+    return int(match.group(1)) * _DURATION_S[match.group(2)]
+
+
+class AggregatesConfig(BaseModel):
+    """The aggregates the context service maintains on write (``NEXTBEST_AGGREGATES``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    windows: tuple[str, ...] = Field(
+        ("1h", "24h", "7d", "30d"),
+        description="Sliding windows of the per-type counts and value sums (5m to 400d).",
+    )
+    event_types: tuple[str, ...] = Field(
+        (), description="Declared event types; empty = any type is accepted."
+    )
+    value_attribute: str = Field("value", description="Numeric attribute summed per type.")
+    last_values: tuple[str, ...] | None = Field(
+        None, description="Attributes whose last value is kept per type; null = every scalar."
+    )
+
+    @field_validator("windows")
+    @classmethod
+    def _windows(cls, windows: tuple[str, ...]) -> tuple[str, ...]:
+        for label in windows:
+            if not 300 <= duration_s(label) <= 400 * 86400:
+                raise ValueError(f"window {label!r} must be between 5m and 400d")
+        if len(set(windows)) != len(windows):
+            raise ValueError("windows must be distinct")
+        return windows
+
+
+def _aggregates(value: Any) -> Any:
+    """``NEXTBEST_AGGREGATES`` holds JSON/YAML inline, or the path of a YAML file."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text and text[0] not in "{[" and "\n" not in text:
+        try:
+            text = Path(text).read_text()
+        except OSError as error:
+            raise ValueError(f"cannot read the aggregates file {value!r}: {error}") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"not valid YAML/JSON: {error}") from None
+
+
+class IdentifierTypeSettings(BaseModel):
+    """Overrides of one identifier type (``NEXTBEST_IDENTITY_TYPES``); what is left out keeps
+    the built-in rule of that type (services/identity/rules.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    priority: int = Field(0, ge=0, le=1000, description="Higher wins the survivor.")
+    limit: int | None = Field(
+        None, ge=1, le=1000, description="Values per profile; 1 = exclusive; null = no limit."
+    )
+    normalize: Literal["email", "phone", "id"] | None = None
 
 
 class Settings(BaseSettings):
@@ -58,12 +130,39 @@ class Settings(BaseSettings):
         SecretStr("nextbest-development-only-key"),
         description="HMAC key for pseudonymised identifiers; set a secret in production.",
     )
+    hash_key_previous: SecretStr | None = Field(
+        None, description="The key before a rotation: still recognised, re-keyed on sight."
+    )
+    phone_region: str = Field(
+        "GB", description="Region (ISO 3166 alpha-2) of phone numbers given without +country."
+    )
+    identity_types: dict[str, IdentifierTypeSettings] = Field(
+        default_factory=dict,
+        description='JSON: {"cookie_id": {"limit": 10}, "loyalty_no": {"priority": 45}}.',
+    )
+    identity_blocked_values: list[str] | None = Field(
+        None, description="JSON list replacing the built-in placeholder values."
+    )
     catalog_refresh_s: float = Field(
         2.0, gt=0, description="How often a replica checks for a newer catalog or model."
+    )
+    # --- context: the aggregates kept on write, the consent default
+    aggregates: Annotated[AggregatesConfig, NoDecode] = Field(
+        default_factory=AggregatesConfig,
+        description="Aggregates kept on write: JSON/YAML inline or the path of a YAML file.",
+    )
+    default_personalization: Literal["none", "basic", "full"] = Field(
+        "full", description="Personalisation level of a customer who never chose one."
     )
     # --- observability
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Prometheus metrics HTTP port; 0 = no metrics endpoint."
+    )
+    health_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Plaintext port serving only grpc.health.v1 (for probes); 0 = none.",
     )
     tracing: bool = Field(
         False, description="Export OpenTelemetry traces (configured by the OTEL_* variables)."
@@ -87,6 +186,31 @@ class Settings(BaseSettings):
     mesh_token: SecretStr | None = Field(
         None, description="Shared secret internal services accept from mesh peers."
     )
+
+    @field_validator("phone_region")
+    @classmethod
+    def _known_region(cls, value: str) -> str:
+        import phonenumbers
+
+        region = value.strip().upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{value!r} is not a region phonenumbers knows (e.g. GB, US, FR)")
+        return region
+
+    @field_validator("identity_types")
+    @classmethod
+    def _type_names(
+        cls, value: dict[str, IdentifierTypeSettings]
+    ) -> dict[str, IdentifierTypeSettings]:
+        for name in value:
+            if not _IDENTIFIER_TYPE.match(name):
+                raise ValueError(f"identifier type {name!r} must match [a-z][a-z0-9_]{{0,31}}")
+        return value
+
+    @field_validator("aggregates", mode="before")
+    @classmethod
+    def _read_aggregates(cls, value: Any) -> Any:
+        return _aggregates(value)
 
     @property
     def effective_database_url(self) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 
 from libs.changes import InProcessChangeFeed, change_feed
-from libs.config import Settings, Target
+from libs.config import ConfigError, Settings, Target
 from libs.logging import get_logger
 from libs.observability import Observability
 from libs.rpc.channels import open_channel
@@ -91,21 +91,30 @@ def migrate(settings: Settings) -> None:
 
 
 def _local_services(
-    settings: Settings, database: Database, target: Target, changes: InProcessChangeFeed
+    settings: Settings,
+    database: Database,
+    target: Target,
+    changes: InProcessChangeFeed,
+    observability: Observability,
 ) -> DomainServices:
     hosted = DomainServices()
     if target in (Target.ALL, Target.IDENTITY):
         hosted.identity = IdentityService(
             lambda write: SqlIdentityUnitOfWork(database, write=write),
-            IdentifierKeyring(settings.hash_key.get_secret_value().encode()),
+            IdentifierKeyring.from_settings(settings),
         )
     if target in (Target.ALL, Target.CONTEXT):
-        hosted.context = ContextService(lambda write: SqlContextUnitOfWork(database, write=write))
+        hosted.context = ContextService(
+            lambda write: SqlContextUnitOfWork(database, write=write),
+            aggregates=settings.aggregates,
+            default_level=settings.default_personalization,
+        )
     if target in (Target.ALL, Target.SCORING):
         hosted.scoring = ScoringService(
             lambda write: SqlScoringUnitOfWork(database, write=write),
             refresh_s=settings.catalog_refresh_s,
             changes=changes,
+            on_inference=observability.inference_observer,
         )
     if target in (Target.ALL, Target.ARBITRATION):
         hosted.arbitration = ArbitrationService(
@@ -129,9 +138,9 @@ def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
     if target != Target.ORCHESTRATOR:
         if settings.migrate_on_start:
             migrate(settings)
-        database = Database(settings.effective_database_url)
+        database = Database(settings.effective_database_url, on_engine=observability.engine_hook)
         closers.append(database.dispose)
-        hosted = _local_services(settings, database, target, changes)
+        hosted = _local_services(settings, database, target, changes, observability)
     if target in (Target.ALL, Target.ORCHESTRATOR):
         if target == Target.ALL:
             assert hosted.identity and hosted.context and hosted.scoring and hosted.arbitration
@@ -169,17 +178,21 @@ def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
             budget_ms=settings.decision_budget_ms,
             observer=observability,
             changes=changes,
+            event_types=settings.aggregates.event_types,
         )
-        hosted.privacy = PrivacyAdmin(identity, context)
+        hosted.privacy = PrivacyAdmin(identity, context, changes=changes)
     security = server_security(settings)
     server, bound = create_server(
         f"{settings.host}:{settings.port if port is None else port}",
         _bindings(hosted),
         reflection_enabled=settings.reflection,
         max_connection_age_s=settings.max_connection_age_s,
-        interceptors=[*security.interceptors, *observability.server_interceptors],
+        # Observability outside authentication: rejected calls are traced and counted too.
+        interceptors=[*observability.server_interceptors, *security.interceptors],
         credentials=security.credentials,
     )
+    if settings.health_port:
+        _add_probe_port(server, settings)
     return BuiltTarget(
         server,
         bound,
@@ -190,6 +203,17 @@ def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
         observability,
         changes,
     )
+
+
+def _add_probe_port(server: GrpcServer, settings: Settings) -> None:
+    """The plaintext health-only port for probes that cannot speak TLS (the kubelet's)."""
+    address = f"{settings.host}:{settings.health_port}"
+    try:
+        server.add_probe_port(address)
+    except (OSError, RuntimeError) as error:
+        raise ConfigError(
+            f"NEXTBEST_HEALTH_PORT: cannot serve health checks on {address}: {error}"
+        ) from None
 
 
 def _stopper(observability: Observability) -> Callable[[], Awaitable[None]]:

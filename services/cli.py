@@ -16,6 +16,7 @@ from google.protobuf import json_format
 
 from libs.config import ConfigError, Settings, Target, load_settings
 from libs.logging import configure_logging
+from services.cli_connection import add_connection_arguments, connect, rpc_hint, serve_hint
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -43,15 +44,7 @@ async def _serve(settings: Settings, demo: bool) -> None:
     await built.warm_up()
     built.observability.start()
     if settings.target == Target.ALL:
-        print(
-            f"nextbest is serving every service on port {built.port}. Try:\n"
-            f"  grpcurl -plaintext localhost:{built.port} list\n"
-            f'  grpcurl -plaintext -d \'{{"identifiers":[{{"type":"cookie_id",'
-            f'"value":"c-123"}}],"channel":"web","explain":true}}\' '
-            f"localhost:{built.port} nextbest.decision.v1.DecisionService/Decide",
-            file=sys.stderr,
-            flush=True,
-        )
+        print(serve_hint(settings, built.port), file=sys.stderr, flush=True)
     await run_until_signalled(built.server, settings.shutdown_grace_s, built.close)
 
 
@@ -88,7 +81,7 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     from services.arbitration.catalog import catalog_to_document, parse_catalog_yaml
 
     settings = _settings(args)
-    with grpc.insecure_channel(_address(args, settings)) as channel:
+    with connect(args, _address(args, settings)) as channel:
         stub = catalog_pb2_grpc.CatalogServiceStub(channel)
         if args.action == "apply":
             # Validated here first, with the same rules as the server, for a quick message.
@@ -121,7 +114,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     from nextbest.scoring.v1 import model_pb2, model_pb2_grpc
 
     settings = _settings(args)
-    with grpc.insecure_channel(_address(args, settings)) as channel:
+    with connect(args, _address(args, settings)) as channel:
         stub = model_pb2_grpc.ModelServiceStub(channel)
         if args.action == "register":
             features = json.loads(Path(args.features).read_text())
@@ -174,7 +167,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
     for item in args.id:
         kind, _, value = item.partition("=")
         identifiers.append(decision_pb2.Identifier(type=kind, value=value))
-    with grpc.insecure_channel(_address(args, settings)) as channel:
+    with connect(args, _address(args, settings)) as channel:
         response = decision_pb2_grpc.DecisionServiceStub(channel).Decide(
             decision_pb2.DecideRequest(
                 identifiers=identifiers,
@@ -251,6 +244,52 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_ingest(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from services.context import bench as ingest_bench
+
+    options: dict[str, Any] = {
+        "batch": args.batch,
+        "concurrency": args.concurrency,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "profiles": args.profiles,
+        "events_per_profile": args.events_per_profile,
+    }
+    if args.shape:
+        with tempfile.TemporaryDirectory(prefix="nextbest-ingest-") as workdir:
+            database_url = args.database_url or f"sqlite:///{Path(workdir) / 'ingest.db'}"
+            result = asyncio.run(
+                ingest_bench.run_shape(args.shape, Path(workdir), database_url, **options)
+            )
+    else:
+        result = asyncio.run(ingest_bench.run(_address(args, _settings(args)), **options))
+    print(ingest_bench.format_report(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def cmd_bench_identity(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from services.app import MIGRATIONS
+    from services.identity import bench as identity_bench
+
+    with tempfile.TemporaryDirectory(prefix="nextbest-bench-identity-") as workdir:
+        database_url = args.database_url or f"sqlite:///{Path(workdir) / 'identity.db'}"
+        result = identity_bench.run(
+            database_url, args.profiles, args.samples, MIGRATIONS, reuse=args.reuse
+        )
+    print(identity_bench.format_report(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def cmd_faults(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -296,13 +335,17 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--address", help="host:port of the server (default localhost:PORT)")
         return sub
 
-    catalog = with_address(commands.add_parser("catalog", help="the action catalog"))
+    catalog = add_connection_arguments(
+        with_address(commands.add_parser("catalog", help="the action catalog"))
+    )
     catalog.add_argument("action", choices=["apply", "show"])
     catalog.add_argument("-f", "--file", help="catalog YAML (apply)")
     catalog.add_argument("--dry-run", action="store_true", help="validate only")
     catalog.set_defaults(handler=cmd_catalog)
 
-    models = with_address(commands.add_parser("models", help="the ONNX model registry"))
+    models = add_connection_arguments(
+        with_address(commands.add_parser("models", help="the ONNX model registry"))
+    )
     models.add_argument("action", choices=["register", "activate", "list"])
     models.add_argument("--name")
     models.add_argument("--version")
@@ -316,7 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo-model")
     demo.set_defaults(handler=cmd_demo)
 
-    decide = with_address(commands.add_parser("decide", help="ask for one decision"))
+    decide = add_connection_arguments(
+        with_address(commands.add_parser("decide", help="ask for one decision"))
+    )
     decide.add_argument("--id", action="append", required=True, help="type=value, repeatable")
     decide.add_argument("--channel", required=True)
     decide.add_argument("--placement", default="")
@@ -339,6 +384,38 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cmd.add_argument("--profiles", type=int, default=10_000)
     bench_cmd.add_argument("--json", help="write the result here")
     bench_cmd.set_defaults(handler=cmd_bench)
+    ingest = with_address(
+        commands.add_parser("bench-ingest", help="TrackEvents throughput (durable, batched)")
+    )
+    ingest.add_argument(
+        "--shape",
+        choices=["embedded", "mesh"],
+        help="start this shape on loopback and bench it (else bench --address)",
+    )
+    ingest.add_argument("--database-url", help="with --shape: database (default SQLite)")
+    ingest.add_argument("--batch", type=int, default=500, help="events per TrackEvents call")
+    ingest.add_argument("--concurrency", type=int, default=2, help="batches in flight")
+    ingest.add_argument("--duration", type=float, default=10.0, help="measured seconds")
+    ingest.add_argument("--warmup", type=float, default=2.0)
+    ingest.add_argument("--profiles", type=int, default=10_000, help="distinct visitors")
+    ingest.add_argument(
+        "--events-per-profile", type=int, default=5, help="events of one visitor in a batch"
+    )
+    ingest.add_argument("--json", help="write the result here")
+    ingest.set_defaults(handler=cmd_bench_ingest)
+    bench_identity = commands.add_parser(
+        "bench-identity", help="resolve latency over N bulk-loaded profiles (3 ids each)"
+    )
+    bench_identity.add_argument("--profiles", type=int, default=1_000_000)
+    bench_identity.add_argument(
+        "--database-url", help="an empty database (default: a temporary SQLite file)"
+    )
+    bench_identity.add_argument("--samples", type=int, default=20_000, help="per scenario")
+    bench_identity.add_argument(
+        "--reuse", action="store_true", help="use the profiles a previous run left there"
+    )
+    bench_identity.add_argument("--json", help="write the result here")
+    bench_identity.set_defaults(handler=cmd_bench_identity)
     faults = commands.add_parser("faults", help="kill and restart replicas under load")
     faults.add_argument("--database-url", help="PostgreSQL for the mesh (default SQLite)")
     faults.add_argument("--phase", type=float, default=5.0, help="seconds between faults")
@@ -359,6 +436,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except grpc.RpcError as error:
         print(f"nextbest: {error.code().name}: {error.details()}", file=sys.stderr)
+        hint = rpc_hint(error.code(), args)
+        if hint:
+            print(f"nextbest: {hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

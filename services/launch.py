@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,10 +32,21 @@ def free_port() -> int:
         return port
 
 
-async def wait_serving(address: str, service: str = "", timeout_s: float = 60.0) -> None:
-    """Wait until the health service reports SERVING (as a Kubernetes probe would)."""
+async def wait_serving(
+    address: str,
+    service: str = "",
+    timeout_s: float = 60.0,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> None:
+    """Wait until the health service reports SERVING (as a Kubernetes probe would); over
+    TLS when ``credentials`` are given."""
     deadline = time.monotonic() + timeout_s
-    async with grpc.aio.insecure_channel(address) as channel:
+    channel = (
+        grpc.aio.secure_channel(address, credentials)
+        if credentials is not None
+        else grpc.aio.insecure_channel(address)
+    )
+    async with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             try:
@@ -73,6 +84,13 @@ class LocalDeployment:
     addresses: dict[str, str] = field(default_factory=dict)
     processes: list[Process] = field(default_factory=list)
     replicas: Mapping[str, int] = field(default_factory=dict)
+    # Variables of one target only (e.g. the client CA of the internal services' mTLS).
+    target_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # How the health checks connect when the targets serve TLS (None = plaintext).
+    health_credentials: grpc.ChannelCredentials | None = None
+    # The `nextbest` arguments of one target's processes, as its Deployment's `args` give
+    # them (e.g. ["serve", "--target", "scoring", "--demo"]); default: `serve` [--demo].
+    target_args: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
     def environment(self, target: str, port: int) -> dict[str, str]:
         env = {
@@ -85,6 +103,7 @@ class LocalDeployment:
             "NEXTBEST_LOG_FORMAT": "json",
             "NEXTBEST_LOG_LEVEL": "warning",
             **self.extra_env,
+            **self.target_env.get(target, {}),
         }
         for peer in PEERS:
             ports = [p.port for p in self.processes if p.target == peer]
@@ -106,7 +125,7 @@ class LocalDeployment:
         log = self.workdir / f"{name}.log"
         with log.open("ab") as sink:
             process = subprocess.Popen(
-                [*NEXTBEST, "serve", *args],
+                [*NEXTBEST, *self.target_args.get(target, ["serve", *args])],
                 env=self.environment(target, port),
                 cwd=self.workdir,
                 stdout=sink,
@@ -134,9 +153,15 @@ class LocalDeployment:
                 self.processes.append(item)
                 self.addresses[name] = f"127.0.0.1:{item.port}"
                 if replica == 1 and self.replicas.get(target, 1) > 1:
-                    await wait_serving(self.addresses[name], timeout_s=timeout_s)
+                    await wait_serving(
+                        self.addresses[name],
+                        timeout_s=timeout_s,
+                        credentials=self.health_credentials,
+                    )
         for item in self.processes:
-            await wait_serving(self.addresses[item.name], timeout_s=timeout_s)
+            await wait_serving(
+                self.addresses[item.name], timeout_s=timeout_s, credentials=self.health_credentials
+            )
             if item.process.poll() is not None:
                 raise RuntimeError(f"{item.name} exited: {item.log.read_text()[-2000:]}")
         return self.public_address
@@ -150,7 +175,9 @@ class LocalDeployment:
         item = self._spawn(name, target, free_port(), [])
         self.processes.append(item)
         self.addresses[name] = f"127.0.0.1:{item.port}"
-        await wait_serving(self.addresses[name], timeout_s=timeout_s)
+        await wait_serving(
+            self.addresses[name], timeout_s=timeout_s, credentials=self.health_credentials
+        )
         return self.addresses[name]
 
     def process(self, name: str) -> Process:
@@ -167,7 +194,9 @@ class LocalDeployment:
         old = self.process(name)
         fresh = self._spawn(name, old.target, old.port, [])
         self.processes[self.processes.index(old)] = fresh
-        await wait_serving(self.addresses[name], timeout_s=timeout_s)
+        await wait_serving(
+            self.addresses[name], timeout_s=timeout_s, credentials=self.health_credentials
+        )
 
     def pids(self) -> dict[str, int]:
         return {item.name: item.process.pid for item in self.processes}

@@ -2,15 +2,37 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import math
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
-    result: dict[str, Any] = json_format.MessageToDict(message)
-    return result
+    """The Struct as plain Python (what json_format.MessageToDict gives, about twice as
+    fast: events carry one each). NaN and infinity raise ValueError, as there."""
+    return {key: _value(value) for key, value in message.fields.items()}
+
+
+def _value(message: struct_pb2.Value) -> Any:
+    kind = message.WhichOneof("kind")
+    if kind == "string_value":
+        return message.string_value
+    if kind == "number_value":
+        number = message.number_value
+        if math.isinf(number) or math.isnan(number):
+            raise ValueError(f"{number} is not a JSON number")
+        return number
+    if kind == "bool_value":
+        return message.bool_value
+    if kind == "struct_value":
+        return struct_to_dict(message.struct_value)
+    if kind == "list_value":
+        return [_value(item) for item in message.list_value.values]
+    return None
 
 
 def dict_to_struct(values: dict[str, Any] | None) -> struct_pb2.Struct:
@@ -22,9 +44,11 @@ def dict_to_struct(values: dict[str, Any] | None) -> struct_pb2.Struct:
 
 def timestamp_to_datetime(message: timestamp_pb2.Timestamp) -> datetime | None:
     """None when unset (seconds and nanos both zero)."""
-    if message.seconds == 0 and message.nanos == 0:
+    seconds, nanos = message.seconds, message.nanos
+    if seconds == 0 and nanos == 0:
         return None
-    return message.ToDatetime(tzinfo=UTC)
+    # What Timestamp.ToDatetime(tzinfo=UTC) gives (microsecond precision), faster.
+    return _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
 
 
 def datetime_to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine, MetaData, create_engine, event
@@ -76,7 +77,8 @@ class Database:
     deferred BEGIN and run beside the writer (WAL).
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, on_engine: Callable[[Engine], None] | None = None) -> None:
+        """``on_engine`` is called with each engine created (e.g. to attach metrics)."""
         self.url = async_url(url)
         self.is_sqlite = make_url(self.url).get_backend_name() == "sqlite"
         self._sqlite_write: Engine | None = None
@@ -90,6 +92,10 @@ class Database:
         else:
             self._async = create_async_engine(self.url, pool_size=10, max_overflow=10)
             self._async_sessions = async_sessionmaker(self._async, expire_on_commit=False)
+        if on_engine is not None:
+            for engine in (self._sqlite_write, self._sqlite_read, self._async):
+                if engine is not None:
+                    on_engine(engine.sync_engine if isinstance(engine, AsyncEngine) else engine)
 
     @property
     def async_engine(self) -> AsyncEngine | None:

@@ -10,9 +10,10 @@ keeps the native asyncio driver (psycopg 3), where waiting on the network must n
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from sqlalchemy.engine import Result, ScalarResult
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 
@@ -69,3 +70,13 @@ class BlockingSession:
 
     async def close(self) -> None:
         self._session.close()
+
+
+async def exec_driver_sql(session: DbSession, sql: str, parameters: Any = None) -> Result[Any]:
+    """Run SQL as written, straight through the DB-API driver, inside the session's
+    transaction: no compilation, no per-row type processing. For hot bulk paths only; the
+    caller writes the dialect's SQL and hands over values the driver understands."""
+    if isinstance(session, BlockingSession):
+        return session._session.connection().exec_driver_sql(sql, parameters)
+    connection = await cast(AsyncSession, session).connection()
+    return await connection.exec_driver_sql(sql, parameters)

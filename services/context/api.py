@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, cast
 
 import grpc
@@ -19,16 +20,25 @@ from libs.rpc.convert import (
 from libs.rpc.server import ServiceBinding
 from services.context.model import (
     AppendResult,
+    AttributeChange,
+    ChannelActivity,
+    Consent,
+    ConsentChange,
     DecisionRecord,
     EventCounter,
     InteractionSummary,
     Outcome,
+    OutcomeRecord,
     OutcomeReport,
     OutcomeResult,
+    PersonalizationLevel,
+    Prediction,
     ProfileContext,
     ProfileEvent,
     ProfileExport,
+    PurposeConsent,
     RecordedDecision,
+    WindowAggregate,
 )
 from services.context.service import ContextService
 
@@ -44,6 +54,144 @@ OUTCOME_FROM_PROTO = {
     decision_pb2.OUTCOME_CONVERT: Outcome.CONVERT,
 }
 OUTCOME_TO_PROTO = {value: key for key, value in OUTCOME_FROM_PROTO.items()}
+LEVEL_FROM_PROTO = {
+    context_pb2.PERSONALIZATION_LEVEL_NONE: PersonalizationLevel.NONE,
+    context_pb2.PERSONALIZATION_LEVEL_BASIC: PersonalizationLevel.BASIC,
+    context_pb2.PERSONALIZATION_LEVEL_FULL: PersonalizationLevel.FULL,
+}
+LEVEL_TO_PROTO = {value: key for key, value in LEVEL_FROM_PROTO.items()}
+
+
+def level_from_proto(value: int, field: str = "level") -> PersonalizationLevel | None:
+    """None for UNSPECIFIED ("leave it as it is")."""
+    if value == context_pb2.PERSONALIZATION_LEVEL_UNSPECIFIED:
+        return None
+    level = LEVEL_FROM_PROTO.get(cast(context_pb2.PersonalizationLevel.ValueType, value))
+    if level is None:
+        raise InvalidArgument(FieldViolation(field, f"unknown personalisation level {value}"))
+    return level
+
+
+def checked_struct(message: Any, field: str) -> dict[str, Any]:
+    """A Struct from the caller as a dict; NaN or infinity is the caller's mistake."""
+    try:
+        return struct_to_dict(message)
+    except ValueError as error:
+        raise InvalidArgument(
+            FieldViolation(field, f"not representable as JSON: {error}")
+        ) from None
+
+
+def checked_time(message: Any, field: str) -> datetime | None:
+    """A Timestamp from the caller (None when unset); out of range is the caller's mistake."""
+    if not 0 <= message.nanos < 1_000_000_000:
+        raise InvalidArgument(FieldViolation(field, "nanos must be within [0, 1e9)"))
+    try:
+        return timestamp_to_datetime(message)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(FieldViolation(field, "not a valid timestamp")) from None
+
+
+def _required_time(message: Any, field: str) -> Any:
+    at = checked_time(message, field)
+    if at is None:
+        raise InvalidArgument(FieldViolation(field, "required"))
+    return at
+
+
+def prediction_to_proto(prediction: Prediction) -> context_pb2.Prediction:
+    return context_pb2.Prediction(
+        name=prediction.name,
+        value=prediction.value,
+        version=prediction.version,
+        predicted_at=datetime_to_timestamp(prediction.predicted_at),
+    )
+
+
+def predictions_from_proto(
+    messages: Any, default_at: Any = None, field: str = "predictions"
+) -> list[Prediction]:
+    """``default_at`` stamps predictions sent without a time (None: the time is required)."""
+    predictions = []
+    for index, message in enumerate(messages):
+        at = checked_time(message.predicted_at, f"{field}[{index}].predicted_at") or default_at
+        if at is None:
+            raise InvalidArgument(FieldViolation(f"{field}[{index}].predicted_at", "required"))
+        predictions.append(Prediction(message.name, message.value, message.version, at))
+    return predictions
+
+
+def consent_to_proto(consent: Consent) -> context_pb2.Consent:
+    return context_pb2.Consent(
+        level=LEVEL_TO_PROTO[consent.level],
+        source=consent.source,
+        updated_at=datetime_to_timestamp(consent.updated_at),
+        purposes=[
+            context_pb2.PurposeConsent(
+                purpose=p.purpose,
+                granted=p.granted,
+                source=p.source,
+                updated_at=datetime_to_timestamp(p.updated_at),
+            )
+            for p in consent.purposes
+        ],
+    )
+
+
+def consent_from_proto(message: context_pb2.Consent) -> Consent:
+    return Consent(
+        level=level_from_proto(message.level) or PersonalizationLevel.FULL,
+        source=message.source,
+        updated_at=timestamp_to_datetime(message.updated_at),
+        purposes=tuple(
+            PurposeConsent(
+                p.purpose, p.granted, p.source, _required_time(p.updated_at, "purposes.updated_at")
+            )
+            for p in message.purposes
+        ),
+    )
+
+
+def consent_change_from_proto(request: Any) -> ConsentChange:
+    """From a SetConsentRequest (context's or privacy's: the same fields)."""
+    return ConsentChange(
+        level=level_from_proto(request.level),
+        purposes=tuple((p.purpose, p.granted) for p in request.purposes),
+        source=request.source,
+        at=checked_time(request.occurred_at, "occurred_at"),
+    )
+
+
+def attribute_change_from_proto(request: Any, at: Any = None) -> AttributeChange:
+    return AttributeChange(
+        set=checked_struct(request.attributes, "attributes"),
+        remove=tuple(request.remove_keys),
+        at=at,
+    )
+
+
+def outcome_record_to_proto(record: OutcomeRecord) -> context_pb2.OutcomeRecord:
+    return context_pb2.OutcomeRecord(
+        idempotency_key=record.idempotency_key,
+        decision_id=record.decision_id,
+        action_id=record.action_id,
+        channel=record.channel,
+        outcome=OUTCOME_TO_PROTO[record.outcome],
+        value=record.value,
+        occurred_at=datetime_to_timestamp(record.occurred_at),
+    )
+
+
+def outcome_record_from_proto(message: context_pb2.OutcomeRecord) -> OutcomeRecord:
+    return OutcomeRecord(
+        idempotency_key=message.idempotency_key,
+        decision_id=message.decision_id,
+        action_id=message.action_id,
+        channel=message.channel,
+        outcome=outcome_from_proto(message.outcome),
+        value=message.value,
+        occurred_at=_required_time(message.occurred_at, "outcomes.occurred_at"),
+    )
 
 
 def outcome_from_proto(value: int, field: str = "outcome") -> Outcome:
@@ -76,8 +224,32 @@ def profile_context_to_proto(context: ProfileContext) -> context_pb2.ProfileCont
                 count=c.count,
                 value_sum=c.value_sum,
                 last_occurred_at=datetime_to_timestamp(c.last_occurred_at),
+                first_occurred_at=datetime_to_timestamp(c.first_occurred_at),
+                last_values=dict_to_struct(c.last_values),
             )
             for c in context.counters.values()
+        ],
+        windows=[
+            context_pb2.WindowAggregate(
+                event_type=w.event_type, window=w.window, count=w.count, value_sum=w.value_sum
+            )
+            for per_type in context.windows.values()
+            for w in per_type.values()
+        ],
+        channels=[
+            context_pb2.ChannelActivity(
+                channel=c.channel,
+                first_seen_at=datetime_to_timestamp(c.first_seen_at),
+                last_seen_at=datetime_to_timestamp(c.last_seen_at),
+                events=c.events,
+            )
+            for c in context.channels.values()
+        ],
+        predictions=[prediction_to_proto(p) for p in context.predictions.values()],
+        personalization=LEVEL_TO_PROTO[context.personalization],
+        consents=[
+            context_pb2.PurposeConsent(purpose=purpose, granted=granted)
+            for purpose, granted in sorted(context.consents.items())
         ],
         interactions=[
             context_pb2.InteractionSummary(
@@ -97,15 +269,39 @@ def profile_context_to_proto(context: ProfileContext) -> context_pb2.ProfileCont
 
 
 def profile_context_from_proto(message: context_pb2.ProfileContext) -> ProfileContext:
+    windows: dict[str, dict[str, WindowAggregate]] = {}
+    for w in message.windows:
+        windows.setdefault(w.window, {})[w.event_type] = WindowAggregate(
+            w.event_type, w.window, w.count, w.value_sum
+        )
     return ProfileContext(
         profile_id=message.profile_id,
         attributes=struct_to_dict(message.attributes),
         counters={
             c.event_type: EventCounter(
-                c.event_type, c.count, c.value_sum, timestamp_to_datetime(c.last_occurred_at)
+                c.event_type,
+                c.count,
+                c.value_sum,
+                timestamp_to_datetime(c.last_occurred_at),
+                timestamp_to_datetime(c.first_occurred_at),
+                struct_to_dict(c.last_values),
             )
             for c in message.counters
         },
+        windows=windows,
+        channels={
+            c.channel: ChannelActivity(
+                c.channel,
+                _required_time(c.first_seen_at, "channels.first_seen_at"),
+                _required_time(c.last_seen_at, "channels.last_seen_at"),
+                c.events,
+            )
+            for c in message.channels
+        },
+        predictions={p.name: p for p in predictions_from_proto(message.predictions)},
+        # An older server sends no level: it returned everything it held.
+        personalization=level_from_proto(message.personalization) or PersonalizationLevel.FULL,
+        consents={c.purpose: c.granted for c in message.consents},
         interactions=tuple(
             InteractionSummary(
                 action_id=i.action_id,
@@ -135,16 +331,14 @@ def event_to_proto(event: ProfileEvent) -> context_pb2.ProfileEvent:
 
 
 def event_from_proto(message: context_pb2.ProfileEvent, index: int) -> ProfileEvent:
-    occurred_at = timestamp_to_datetime(message.occurred_at)
-    if occurred_at is None:
-        raise InvalidArgument(FieldViolation(f"events[{index}].occurred_at", "required"))
+    occurred_at = _required_time(message.occurred_at, f"events[{index}].occurred_at")
     return ProfileEvent(
         event_id=message.event_id,
         profile_id=message.profile_id,
         type=message.type,
         channel=message.channel,
         occurred_at=occurred_at,
-        attributes=struct_to_dict(message.attributes),
+        attributes=checked_struct(message.attributes, f"events[{index}].attributes"),
     )
 
 
@@ -158,6 +352,7 @@ def record_to_proto(record: DecisionRecord) -> context_pb2.DecisionRecord:
         action_id=record.action_id,
         decided_at=datetime_to_timestamp(record.decided_at),
         payload=dict_to_struct(record.payload),
+        predictions=[prediction_to_proto(p) for p in record.predictions],
     )
 
 
@@ -174,6 +369,7 @@ def record_from_proto(message: context_pb2.DecisionRecord) -> DecisionRecord:
         action_id=message.action_id,
         decided_at=decided_at,
         payload=struct_to_dict(message.payload),
+        predictions=tuple(predictions_from_proto(message.predictions, field="record.predictions")),
     )
 
 
@@ -220,6 +416,8 @@ class ContextServicer(context_pb2_grpc.ContextServiceServicer):
             context=profile_context_to_proto(export.context),
             events=[event_to_proto(event) for event in export.events],
             decisions=[record_to_proto(record) for record in export.decisions],
+            outcomes=[outcome_record_to_proto(outcome) for outcome in export.outcomes],
+            consent=consent_to_proto(export.consent),
         )
 
     async def EraseProfile(
@@ -227,6 +425,45 @@ class ContextServicer(context_pb2_grpc.ContextServiceServicer):
     ) -> context_pb2.EraseProfileResponse:
         removed = await self._service.erase_profile(request.profile_id)
         return context_pb2.EraseProfileResponse(rows_removed=removed)
+
+    async def MergeProfiles(
+        self, request: context_pb2.MergeProfilesRequest, context: Context
+    ) -> context_pb2.MergeProfilesResponse:
+        moved = await self._service.merge_profiles(
+            request.survivor_profile_id, list(request.merged_profile_ids)
+        )
+        return context_pb2.MergeProfilesResponse(rows_moved=moved)
+
+    async def SetAttributes(
+        self, request: context_pb2.SetAttributesRequest, context: Context
+    ) -> context_pb2.SetAttributesResponse:
+        attributes = await self._service.set_attributes(
+            request.profile_id,
+            attribute_change_from_proto(request, checked_time(request.updated_at, "updated_at")),
+        )
+        return context_pb2.SetAttributesResponse(attributes=dict_to_struct(attributes))
+
+    async def SetPredictions(
+        self, request: context_pb2.SetPredictionsRequest, context: Context
+    ) -> context_pb2.SetPredictionsResponse:
+        recorded = await self._service.set_predictions(
+            request.profile_id, predictions_from_proto(request.predictions)
+        )
+        return context_pb2.SetPredictionsResponse(recorded=recorded)
+
+    async def SetConsent(
+        self, request: context_pb2.SetConsentRequest, context: Context
+    ) -> context_pb2.SetConsentResponse:
+        consent = await self._service.set_consent(
+            request.profile_id, consent_change_from_proto(request)
+        )
+        return context_pb2.SetConsentResponse(consent=consent_to_proto(consent))
+
+    async def GetConsent(
+        self, request: context_pb2.GetConsentRequest, context: Context
+    ) -> context_pb2.GetConsentResponse:
+        consent = await self._service.get_consent(request.profile_id)
+        return context_pb2.GetConsentResponse(consent=consent_to_proto(consent))
 
 
 def context_binding(service: ContextService) -> ServiceBinding:
@@ -291,6 +528,8 @@ class ContextClient:
             profile_context_from_proto(response.context),
             tuple(event_from_proto(e, i) for i, e in enumerate(response.events)),
             tuple(record_from_proto(r) for r in response.decisions),
+            tuple(outcome_record_from_proto(o) for o in response.outcomes),
+            consent_from_proto(response.consent),
         )
 
     async def erase_profile(self, profile_id: str) -> int:
@@ -300,3 +539,63 @@ class ContextClient:
             context_pb2.EraseProfileRequest(profile_id=profile_id),
         )
         return response.rows_removed
+
+    async def merge_profiles(self, survivor_id: str, merged_ids: list[str]) -> int:
+        response = await call_peer(
+            "context",
+            self._stub.MergeProfiles,
+            context_pb2.MergeProfilesRequest(
+                survivor_profile_id=survivor_id, merged_profile_ids=merged_ids
+            ),
+        )
+        return response.rows_moved
+
+    async def set_attributes(self, profile_id: str, change: AttributeChange) -> dict[str, Any]:
+        response = await call_peer(
+            "context",
+            self._stub.SetAttributes,
+            context_pb2.SetAttributesRequest(
+                profile_id=profile_id,
+                attributes=dict_to_struct(change.set),
+                remove_keys=list(change.remove),
+                updated_at=datetime_to_timestamp(change.at),
+            ),
+        )
+        return struct_to_dict(response.attributes)
+
+    async def set_predictions(self, profile_id: str, predictions: list[Prediction]) -> int:
+        response = await call_peer(
+            "context",
+            self._stub.SetPredictions,
+            context_pb2.SetPredictionsRequest(
+                profile_id=profile_id, predictions=[prediction_to_proto(p) for p in predictions]
+            ),
+        )
+        return response.recorded
+
+    async def set_consent(self, profile_id: str, change: ConsentChange) -> Consent:
+        response = await call_peer(
+            "context",
+            self._stub.SetConsent,
+            context_pb2.SetConsentRequest(
+                profile_id=profile_id,
+                level=LEVEL_TO_PROTO[change.level]
+                if change.level
+                else context_pb2.PERSONALIZATION_LEVEL_UNSPECIFIED,
+                purposes=[
+                    context_pb2.PurposeConsent(purpose=purpose, granted=granted)
+                    for purpose, granted in change.purposes
+                ],
+                source=change.source,
+                occurred_at=datetime_to_timestamp(change.at),
+            ),
+        )
+        return consent_from_proto(response.consent)
+
+    async def get_consent(self, profile_id: str) -> Consent:
+        response = await call_peer(
+            "context",
+            self._stub.GetConsent,
+            context_pb2.GetConsentRequest(profile_id=profile_id),
+        )
+        return consent_from_proto(response.consent)

@@ -1,47 +1,269 @@
-"""Storage of the customer's memory behind a repository and a unit of work."""
+"""Storage of the customer's memory behind a repository and a unit of work.
+
+The write path of ingestion is bulk Core statements in one transaction per batch: one
+INSERT of the events (ON CONFLICT DO NOTHING RETURNING event_id: the ids that come back are
+the new ones, so an event re-sent, or sent concurrently by two callers, is counted once),
+then one executemany upsert per aggregate table, the batch already folded per key in memory
+(services/context/aggregates.py). Rows are written in key order, so that concurrent batches
+on PostgreSQL lock the rows they share in the same order and never deadlock.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from datetime import datetime
+import itertools
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import case, delete, literal, select
+from sqlalchemy import (
+    BindParameter,
+    String,
+    Table,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from libs.storage import SqlUnitOfWork, StorageConflict, UnitOfWork
-from libs.storage.session import DbSession
+from libs.storage.session import DbSession, exec_driver_sql
 from libs.storage.types import UtcDateTime
-from libs.storage.upsert import upsert
+from libs.storage.upsert import upsert, upsert_many
+from services.context.aggregates import AggregatePlan, BatchAggregates
 from services.context.model import (
+    PERSONALIZATION,
+    AttributeChange,
+    ChannelActivity,
+    Consent,
+    ConsentChange,
     DecisionRecord,
     EventCounter,
     InteractionSummary,
+    Outcome,
+    OutcomeRecord,
+    PersonalizationLevel,
+    Prediction,
     ProfileContext,
     ProfileEvent,
+    PurposeConsent,
 )
 from services.context.tables import (
     AttributesRow,
+    BucketRow,
+    ChannelRow,
+    ConsentRow,
     CounterRow,
     DecisionRow,
     EventRow,
     InteractionRow,
+    MergedProfileRow,
     OutcomeRow,
+    PredictionRow,
 )
 
 INTERACTION_FIELDS = ("decisions", "impressions", "clicks", "accepts", "rejects", "conversions")
 
 
+def _table(row: Any) -> Table:
+    table: Table = row.__table__
+    return table
+
+
+EVENTS = _table(EventRow)
+COUNTERS = _table(CounterRow)
+BUCKETS = _table(BucketRow)
+CHANNELS = _table(ChannelRow)
+ATTRIBUTES = _table(AttributesRow)
+PREDICTIONS = _table(PredictionRow)
+CONSENTS = _table(ConsentRow)
+MERGES = _table(MergedProfileRow)
+INTERACTIONS = _table(InteractionRow)
+DECISIONS = _table(DecisionRow)
+OUTCOMES = _table(OutcomeRow)
+# Every table holding rows of a profile in a profile_id column (MERGES aside).
+PROFILE_TABLES = (
+    EVENTS,
+    COUNTERS,
+    BUCKETS,
+    CHANNELS,
+    ATTRIBUTES,
+    PREDICTIONS,
+    CONSENTS,
+    DECISIONS,
+    INTERACTIONS,
+    OUTCOMES,
+)
+_LEVEL_RANK = {"none": 0, "basic": 1, "full": 2}
+_ROWS_PER_STATEMENT = 400
+
+
+class _Bulk:
+    """The statements of the ingestion path, written for each dialect and run through the
+    driver (libs.storage.session.exec_driver_sql): one statement per table and batch,
+    without SQLAlchemy's per-row parameter processing, which cost more than the database
+    itself. SQLite: a multi-row VALUES (at most _ROWS_PER_STATEMENT rows). PostgreSQL: the
+    rows as one JSON document, ``SELECT * FROM json_to_recordset(%s::json)``: a short
+    constant statement prepared once, one parameter serialised by the json module's C
+    encoder (a long VALUES list is re-parsed by psycopg on every call, and arrays of text
+    are escaped in Python). Values are converted here as SQLAlchemy's column types would
+    (UTC text for SQLite timestamps, JSON text), so the ORM reads them back unchanged."""
+
+    def __init__(self, postgres: bool) -> None:
+        self.postgres = postgres
+        self._statements: dict[tuple[str, int], str] = {}
+        mark = "%s" if postgres else "?"
+        self.read_buckets = (
+            "SELECT event_type, width_s, bucket_start, count, value_sum FROM context_buckets"
+            f" WHERE profile_id = {mark} AND bucket_start >= {mark}"
+        )
+
+    def time(self, value: datetime | None) -> Any:
+        if value is None:
+            return None
+        if self.postgres:
+            return value.isoformat()
+        if value.tzinfo is not UTC:
+            value = value.astimezone(UTC)
+        return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+    def json(self, value: Any) -> Any:
+        """A JSON column's value: text for SQLite, the object inside PostgreSQL's document."""
+        return value if self.postgres else json.dumps(value)
+
+    def statement(self, name: str, head: str, types: Sequence[str], tail: str, rows: int) -> str:
+        """``types``: PostgreSQL's type of each column of ``head``, in order."""
+        key = (name, 0 if self.postgres else rows)
+        found = self._statements.get(key)
+        if found is None:
+            if self.postgres:
+                columns = ", ".join(f"c{n} {kind}" for n, kind in enumerate(types))
+                found = f"{head} SELECT * FROM json_to_recordset(%s::json) AS x({columns}) {tail}"
+            else:
+                group = "(" + ", ".join("?" for _ in types) + ")"
+                found = f"{head} VALUES {', '.join([group] * rows)} {tail}"
+            self._statements[key] = found
+        return found
+
+    def parameters(self, rows: Sequence[Sequence[Any]]) -> tuple[Any, ...]:
+        if self.postgres:  # one JSON document: [{"c0": ..., "c1": ...}, ...]
+            names = [f"c{n}" for n in range(len(rows[0]))] if rows else []
+            return (json.dumps([dict(zip(names, row, strict=True)) for row in rows]),)
+        return tuple(itertools.chain.from_iterable(rows))
+
+
+_COUNTERS_HEAD = (
+    "INSERT INTO context_counters AS t (profile_id, event_type, count, value_sum,"
+    " first_occurred_at, last_occurred_at, last_values)"
+)
+_COUNTERS_TYPES = ("text", "text", "int", "float8", "timestamptz", "timestamptz", "json")
+_COUNTERS_TAIL = (
+    "ON CONFLICT (profile_id, event_type) DO UPDATE SET"
+    " count = t.count + excluded.count,"
+    " value_sum = t.value_sum + excluded.value_sum,"
+    " first_occurred_at = CASE WHEN t.first_occurred_at IS NULL"
+    " OR excluded.first_occurred_at < t.first_occurred_at"
+    " THEN excluded.first_occurred_at ELSE t.first_occurred_at END,"
+    " last_occurred_at = CASE WHEN t.last_occurred_at IS NULL"
+    " OR excluded.last_occurred_at > t.last_occurred_at"
+    " THEN excluded.last_occurred_at ELSE t.last_occurred_at END,"
+    # Late events must not replace the values of a later one.
+    " last_values = CASE WHEN t.last_occurred_at IS NULL"
+    " OR excluded.last_occurred_at >= t.last_occurred_at"
+    " THEN excluded.last_values ELSE t.last_values END"
+)
+_BUCKETS_HEAD = (
+    "INSERT INTO context_buckets AS t (profile_id, event_type, width_s, bucket_start,"
+    " count, value_sum)"
+)
+_BUCKETS_TYPES = ("text", "text", "int", "bigint", "int", "float8")
+_BUCKETS_TAIL = (
+    "ON CONFLICT (profile_id, event_type, width_s, bucket_start) DO UPDATE SET"
+    " count = t.count + excluded.count, value_sum = t.value_sum + excluded.value_sum"
+)
+_CHANNELS_HEAD = (
+    "INSERT INTO context_channels AS t (profile_id, channel, first_seen_at, last_seen_at, events)"
+)
+_CHANNELS_TYPES = ("text", "text", "timestamptz", "timestamptz", "int")
+_CHANNELS_TAIL = (
+    "ON CONFLICT (profile_id, channel) DO UPDATE SET"
+    " events = t.events + excluded.events,"
+    " first_seen_at = CASE WHEN excluded.first_seen_at < t.first_seen_at"
+    " THEN excluded.first_seen_at ELSE t.first_seen_at END,"
+    " last_seen_at = CASE WHEN excluded.last_seen_at > t.last_seen_at"
+    " THEN excluded.last_seen_at ELSE t.last_seen_at END"
+)
+_EVENTS_HEAD = (
+    "INSERT INTO context_events (event_id, profile_id, type, channel, occurred_at,"
+    " received_at, attributes)"
+)
+_EVENTS_TYPES = ("text", "text", "text", "text", "timestamptz", "timestamptz", "json")
+_EVENTS_TAIL = "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+_BULK = {False: _Bulk(False), True: _Bulk(True)}
+# The reads of every decision, built once (building a statement costs more than running it).
+_PROFILE: BindParameter[str] = bindparam("profile_id", type_=String())
+_READ_CONSENTS = select(
+    CONSENTS.c.purpose,
+    CONSENTS.c.granted,
+    CONSENTS.c.level,
+    CONSENTS.c.source,
+    CONSENTS.c.updated_at,
+).where(CONSENTS.c.profile_id == _PROFILE)
+_READ_COUNTERS = select(
+    COUNTERS.c.event_type,
+    COUNTERS.c.count,
+    COUNTERS.c.value_sum,
+    COUNTERS.c.last_occurred_at,
+    COUNTERS.c.first_occurred_at,
+    COUNTERS.c.last_values,
+).where(COUNTERS.c.profile_id == _PROFILE)
+_READ_CHANNELS = select(
+    CHANNELS.c.channel, CHANNELS.c.first_seen_at, CHANNELS.c.last_seen_at, CHANNELS.c.events
+).where(CHANNELS.c.profile_id == _PROFILE)
+_READ_INTERACTIONS = select(
+    INTERACTIONS.c.action_id,
+    INTERACTIONS.c.channel,
+    *(INTERACTIONS.c[name] for name in INTERACTION_FIELDS),
+    INTERACTIONS.c.last_contact_at,
+).where(INTERACTIONS.c.profile_id == _PROFILE)
+_READ_ATTRIBUTES = select(ATTRIBUTES.c.attributes).where(ATTRIBUTES.c.profile_id == _PROFILE)
+_READ_PREDICTIONS = select(
+    PREDICTIONS.c.name, PREDICTIONS.c.value, PREDICTIONS.c.version, PREDICTIONS.c.predicted_at
+).where(PREDICTIONS.c.profile_id == _PROFILE)
+
+
 class ContextRepository(Protocol):
-    async def existing_event_ids(self, event_ids: Iterable[str]) -> set[str]: ...
-    async def add_event(self, event: ProfileEvent, received_at: datetime) -> None: ...
-    async def bump_counter(
-        self, profile_id: str, event_type: str, count: int, value: float, at: datetime
+    async def redirects(self, profile_ids: Iterable[str]) -> dict[str, str]: ...
+    async def add_events(
+        self, events: Sequence[ProfileEvent], received_at: datetime
+    ) -> set[str]: ...
+    async def add_aggregates(self, batch: BatchAggregates, plan: AggregatePlan) -> None: ...
+    async def change_attributes(
+        self, changes: dict[str, list[AttributeChange]]
+    ) -> dict[str, dict[str, Any]]: ...
+    async def prune_buckets(
+        self, profile_ids: Sequence[str], plan: AggregatePlan, now: datetime
     ) -> None: ...
-    async def merge_attributes(
-        self, profile_id: str, attributes: dict[str, Any], at: datetime
-    ) -> None: ...
-    async def profile_context(self, profile_id: str) -> ProfileContext: ...
+    async def profile_context(
+        self,
+        profile_id: str,
+        plan: AggregatePlan,
+        now: datetime,
+        default_level: PersonalizationLevel,
+        *,
+        everything: bool = False,
+    ) -> ProfileContext: ...
+    async def consent(self, profile_id: str, default_level: PersonalizationLevel) -> Consent: ...
+    async def set_consent(self, profile_id: str, change: ConsentChange, at: datetime) -> None: ...
+    async def set_predictions(self, profile_id: str, predictions: Sequence[Prediction]) -> None: ...
     async def decision_by_request(self, request_id: str) -> DecisionRecord | None: ...
     async def decision(self, decision_id: str) -> DecisionRecord | None: ...
     async def add_decision(self, record: DecisionRecord) -> None: ...
@@ -59,6 +281,10 @@ class ContextRepository(Protocol):
     ) -> None: ...
     async def events(self, profile_id: str) -> list[ProfileEvent]: ...
     async def decisions(self, profile_id: str) -> list[DecisionRecord]: ...
+    async def outcomes(self, profile_id: str) -> list[OutcomeRecord]: ...
+    async def merge(
+        self, survivor: str, merged: Sequence[str], plan: AggregatePlan, now: datetime
+    ) -> int: ...
     async def erase(self, profile_id: str) -> int: ...
 
 
@@ -67,7 +293,7 @@ class ContextUnitOfWork(UnitOfWork, Protocol):
     def context(self) -> ContextRepository: ...
 
 
-def _record(row: DecisionRow) -> DecisionRecord:
+def _record(row: Any) -> DecisionRecord:
     return DecisionRecord(
         decision_id=row.decision_id,
         request_id=row.request_id or "",
@@ -80,9 +306,98 @@ def _record(row: DecisionRow) -> DecisionRecord:
     )
 
 
+def _later(column: Any, candidate: Any) -> Any:
+    """The later of a stored timestamp and a new one (NULL-safe)."""
+    return case((column.is_(None), candidate), (candidate > column, candidate), else_=column)
+
+
+def _earlier(column: Any, candidate: Any) -> Any:
+    return case((column.is_(None), candidate), (candidate < column, candidate), else_=column)
+
+
+def _rowcount(result: Any) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def consent_from_rows(rows: Iterable[Any], default_level: PersonalizationLevel) -> Consent:
+    level, source, updated_at = default_level, "", None
+    purposes: list[PurposeConsent] = []
+    for row in rows:
+        if row.purpose == PERSONALIZATION:
+            level = PersonalizationLevel(row.level or default_level.value)
+            source, updated_at = row.source, row.updated_at
+        else:
+            purposes.append(PurposeConsent(row.purpose, row.granted, row.source, row.updated_at))
+    purposes.sort(key=lambda p: p.purpose)
+    return Consent(level, source, updated_at, tuple(purposes))
+
+
+def _counter_updates(t: Table) -> Callable[[Any], dict[str, Any]]:
+    def updates(ex: Any) -> dict[str, Any]:
+        newer = or_(t.c.last_occurred_at.is_(None), ex.last_occurred_at >= t.c.last_occurred_at)
+        return {
+            "count": t.c.count + ex.count,
+            "value_sum": t.c.value_sum + ex.value_sum,
+            "first_occurred_at": _earlier(t.c.first_occurred_at, ex.first_occurred_at),
+            "last_occurred_at": _later(t.c.last_occurred_at, ex.last_occurred_at),
+            # Late events must not replace the values of a later one.
+            "last_values": case((newer, ex.last_values), else_=t.c.last_values),
+        }
+
+    return updates
+
+
+def _sum_updates(t: Table, *columns: str) -> Callable[[Any], dict[str, Any]]:
+    return lambda ex: {name: t.c[name] + ex[name] for name in columns}
+
+
+def _channel_updates(ex: Any) -> dict[str, Any]:
+    t = CHANNELS
+    return {
+        "events": t.c.events + ex.events,
+        "first_seen_at": _earlier(t.c.first_seen_at, ex.first_seen_at),
+        "last_seen_at": _later(t.c.last_seen_at, ex.last_seen_at),
+    }
+
+
+def _interaction_updates(ex: Any) -> dict[str, Any]:
+    t = INTERACTIONS
+    return {
+        **{name: t.c[name] + ex[name] for name in INTERACTION_FIELDS},
+        "last_contact_at": _later(t.c.last_contact_at, ex.last_contact_at),
+    }
+
+
+def _newest_wins(t: Table, column: str) -> Callable[[Any], Any]:
+    return lambda ex: ex[column] >= t.c[column]
+
+
 class SqlContextRepository:
     def __init__(self, session: DbSession) -> None:
         self._session = session
+        dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+        self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self._bulk = _BULK[dialect == "postgresql"]
+
+    async def _bulk_write(
+        self,
+        name: str,
+        head: str,
+        types: Sequence[str],
+        tail: str,
+        rows: Sequence[Sequence[Any]],
+    ) -> list[Any]:
+        """Write ``rows`` (one statement per _ROWS_PER_STATEMENT); what they return."""
+        returned: list[Any] = []
+        bulk = self._bulk
+        step = len(rows) if bulk.postgres else _ROWS_PER_STATEMENT
+        for start in range(0, len(rows), max(step, 1)):
+            chunk = rows[start : start + step]
+            sql = bulk.statement(name, head, types, tail, len(chunk))
+            result = await exec_driver_sql(self._session, sql, bulk.parameters(chunk))
+            if "RETURNING" in sql:
+                returned.extend(row[0] for row in result)
+        return returned
 
     async def _flush(self) -> None:
         """Insert pending rows now: a concurrent duplicate must surface as StorageConflict
@@ -92,86 +407,187 @@ class SqlContextRepository:
         except IntegrityError as error:
             raise StorageConflict(str(error.orig)) from error
 
-    async def existing_event_ids(self, event_ids: Iterable[str]) -> set[str]:
-        ids = list(event_ids)
+    # ------------------------------------------------------------------ ingestion
+
+    async def redirects(self, profile_ids: Iterable[str]) -> dict[str, str]:
+        """Merged-away profile ids among these, and the survivor each moved to."""
+        ids = sorted(set(profile_ids))
         if not ids:
-            return set()
-        found = await self._session.scalars(
-            select(EventRow.event_id).where(EventRow.event_id.in_(ids))
+            return {}
+        rows = await self._session.execute(
+            select(MERGES.c.merged_id, MERGES.c.survivor_id).where(MERGES.c.merged_id.in_(ids))
         )
-        return set(found)
+        return {row.merged_id: row.survivor_id for row in rows}
 
-    async def add_event(self, event: ProfileEvent, received_at: datetime) -> None:
-        self._session.add(
-            EventRow(
-                event_id=event.event_id,
-                profile_id=event.profile_id,
-                type=event.type,
-                channel=event.channel,
-                occurred_at=event.occurred_at,
-                received_at=received_at,
-                attributes=event.attributes,
+    async def add_events(self, events: Sequence[ProfileEvent], received_at: datetime) -> set[str]:
+        """Store the events not stored yet; returns the ids that were new."""
+        bulk = self._bulk
+        received = bulk.time(received_at)
+        rows = [
+            (
+                event.event_id,
+                event.profile_id,
+                event.type,
+                event.channel,
+                bulk.time(event.occurred_at),
+                received,
+                bulk.json(event.attributes),
             )
-        )
-        await self._flush()
-
-    async def bump_counter(
-        self, profile_id: str, event_type: str, count: int, value: float, at: datetime
-    ) -> None:
-        table = CounterRow.__table__
-        await upsert(
-            self._session,
-            table,  # type: ignore[arg-type]
-            {
-                "profile_id": profile_id,
-                "event_type": event_type,
-                "count": count,
-                "value_sum": value,
-                "last_occurred_at": at,
-            },
-            ["profile_id", "event_type"],
-            {
-                "count": table.c.count + count,
-                "value_sum": table.c.value_sum + value,
-                # Late events must not move "last occurrence" backwards.
-                "last_occurred_at": case(
-                    (
-                        table.c.last_occurred_at > literal(at, UtcDateTime()),
-                        table.c.last_occurred_at,
-                    ),
-                    else_=literal(at, UtcDateTime()),
-                ),
-            },
+            for event in sorted(events, key=lambda e: e.event_id)
+        ]
+        return set(
+            await self._bulk_write("events", _EVENTS_HEAD, _EVENTS_TYPES, _EVENTS_TAIL, rows)
         )
 
-    async def merge_attributes(
-        self, profile_id: str, attributes: dict[str, Any], at: datetime
-    ) -> None:
-        row = await self._session.get(AttributesRow, profile_id)
-        if row is None:
-            self._session.add(
-                AttributesRow(profile_id=profile_id, attributes=dict(attributes), updated_at=at)
-            )
-        else:
-            row.attributes = {**row.attributes, **attributes}
-            row.updated_at = at
-
-    async def profile_context(self, profile_id: str) -> ProfileContext:
-        counters = await self._session.scalars(
-            select(CounterRow).where(CounterRow.profile_id == profile_id)
-        )
-        attributes = await self._session.get(AttributesRow, profile_id)
-        interactions = await self._session.scalars(
-            select(InteractionRow).where(InteractionRow.profile_id == profile_id)
-        )
-        return ProfileContext(
-            profile_id=profile_id,
-            attributes=dict(attributes.attributes) if attributes else {},
-            counters={
-                row.event_type: EventCounter(
-                    row.event_type, row.count, row.value_sum, row.last_occurred_at
+    async def add_aggregates(self, batch: BatchAggregates, plan: AggregatePlan) -> None:
+        """Add a batch's folded aggregates: one statement per table (and 400 rows)."""
+        time, to_json = self._bulk.time, self._bulk.json
+        await self._bulk_write(
+            "counters",
+            _COUNTERS_HEAD,
+            _COUNTERS_TYPES,
+            _COUNTERS_TAIL,
+            [
+                (
+                    profile_id,
+                    event_type,
+                    delta.count,
+                    delta.value_sum,
+                    time(delta.first),
+                    time(delta.last),
+                    to_json(plan.last_values(delta.last_attributes)),
                 )
-                for row in counters
+                for (profile_id, event_type), delta in sorted(batch.counters.items())
+            ],
+        )
+        await self._bulk_write(
+            "buckets",
+            _BUCKETS_HEAD,
+            _BUCKETS_TYPES,
+            _BUCKETS_TAIL,
+            [row for row in batch.bucket_rows()],
+        )
+        await self._bulk_write(
+            "channels",
+            _CHANNELS_HEAD,
+            _CHANNELS_TYPES,
+            _CHANNELS_TAIL,
+            [
+                (profile_id, channel, time(seen.first), time(seen.last), seen.events)
+                for (profile_id, channel), seen in sorted(batch.channels.items())
+            ],
+        )
+
+    async def change_attributes(
+        self, changes: dict[str, list[AttributeChange]]
+    ) -> dict[str, dict[str, Any]]:
+        """Apply attribute changes per profile; per attribute the latest change wins, so a
+        late update never overwrites a newer value. Returns the resulting attributes."""
+        if not changes:
+            return {}
+        ids = sorted(changes)
+        query = select(
+            ATTRIBUTES.c.profile_id,
+            ATTRIBUTES.c.attributes,
+            ATTRIBUTES.c.attribute_times,
+            ATTRIBUTES.c.updated_at,
+        ).where(ATTRIBUTES.c.profile_id.in_(ids))
+        rows = {row.profile_id: row for row in await self._session.execute(query.with_for_update())}
+        result: dict[str, dict[str, Any]] = {}
+        for profile_id in ids:
+            row = rows.get(profile_id)
+            attributes: dict[str, Any] = dict(row.attributes) if row else {}
+            times: dict[str, str] = dict(row.attribute_times or {}) if row else {}
+            updated_at = row.updated_at if row else None
+            for change in sorted(changes[profile_id], key=lambda c: c.at or datetime.min):
+                assert change.at is not None
+                stamp = change.at.isoformat()
+                for key, value in change.set.items():
+                    if key not in times or times[key] <= stamp:
+                        attributes[key], times[key] = value, stamp
+                for key in change.remove:
+                    if key not in times or times[key] <= stamp:
+                        attributes.pop(key, None)
+                        times.pop(key, None)
+                if updated_at is None or change.at > updated_at:
+                    updated_at = change.at
+            values = {"attributes": attributes, "attribute_times": times, "updated_at": updated_at}
+            if row is not None:
+                await self._session.execute(
+                    update(ATTRIBUTES).where(ATTRIBUTES.c.profile_id == profile_id).values(values)
+                )
+            else:
+                inserted = await self._session.scalar(
+                    self._insert(ATTRIBUTES)
+                    .values(profile_id=profile_id, **values)
+                    .on_conflict_do_nothing(index_elements=["profile_id"])
+                    .returning(ATTRIBUTES.c.profile_id)
+                )
+                if inserted is None:  # a concurrent first update: redo with its row
+                    raise StorageConflict(f"attributes of {profile_id} created concurrently")
+            result[profile_id] = attributes
+        return result
+
+    async def prune_buckets(
+        self, profile_ids: Sequence[str], plan: AggregatePlan, now: datetime
+    ) -> None:
+        """Delete the buckets of these profiles that no configured window reads any more."""
+        if not profile_ids:
+            return
+        cutoffs = plan.cutoffs(now)
+        stale = or_(
+            BUCKETS.c.width_s.not_in(list(cutoffs)),
+            *(
+                and_(BUCKETS.c.width_s == width, BUCKETS.c.bucket_start < cutoff)
+                for width, cutoff in cutoffs.items()
+            ),
+        )
+        await self._session.execute(
+            delete(BUCKETS).where(BUCKETS.c.profile_id.in_(sorted(profile_ids)), stale)
+        )
+
+    # ------------------------------------------------------------------ reading
+
+    async def profile_context(
+        self,
+        profile_id: str,
+        plan: AggregatePlan,
+        now: datetime,
+        default_level: PersonalizationLevel,
+        *,
+        everything: bool = False,
+    ) -> ProfileContext:
+        """What a decision may use of the profile (``everything``: all that is stored)."""
+        consent = await self.consent(profile_id, default_level)
+        level = consent.level
+        consents = {p.purpose: p.granted for p in consent.purposes}
+        if level == PersonalizationLevel.NONE and not everything:
+            return ProfileContext(profile_id, personalization=level, consents=consents)
+        key = {"profile_id": profile_id}
+        counters = await self._session.execute(_READ_COUNTERS, key)
+        # Plain numbers only: straight from the driver (this is the read of every decision).
+        buckets = await exec_driver_sql(
+            self._session,
+            self._bulk.read_buckets,
+            (profile_id, plan.oldest_read(now)),
+        )
+        channels = await self._session.execute(_READ_CHANNELS, key)
+        interactions = await self._session.execute(_READ_INTERACTIONS, key)
+        context = ProfileContext(
+            profile_id=profile_id,
+            # (Rows are tuples: row.count would be tuple.count, hence the unpacking.)
+            counters={
+                event_type: EventCounter(
+                    event_type, count, value_sum, last, first, dict(last_values or {})
+                )
+                for event_type, count, value_sum, last, first, last_values in map(tuple, counters)
+            },
+            windows=plan.window_sums(buckets.fetchall(), now),
+            channels={
+                row.channel: ChannelActivity(
+                    row.channel, row.first_seen_at, row.last_seen_at, row.events
+                )
+                for row in channels
             },
             interactions=tuple(
                 InteractionSummary(
@@ -182,7 +598,89 @@ class SqlContextRepository:
                 )
                 for row in interactions
             ),
+            personalization=level,
+            consents=consents,
         )
+        if level == PersonalizationLevel.FULL or everything:
+            attributes = (await self._session.execute(_READ_ATTRIBUTES, key)).scalar()
+            predictions = await self._session.execute(_READ_PREDICTIONS, key)
+            context = replace(
+                context,
+                attributes=dict(attributes or {}),
+                predictions={
+                    row.name: Prediction(row.name, row.value, row.version, row.predicted_at)
+                    for row in predictions
+                },
+            )
+        return context if everything else context.honouring_consent()
+
+    async def consent(self, profile_id: str, default_level: PersonalizationLevel) -> Consent:
+        rows = await self._session.execute(_READ_CONSENTS, {"profile_id": profile_id})
+        return consent_from_rows(rows, default_level)
+
+    async def set_consent(self, profile_id: str, change: ConsentChange, at: datetime) -> None:
+        """Record the customer's choices; a change older than the stored one is ignored."""
+        rows: list[dict[str, Any]] = []
+        if change.level is not None:
+            rows.append(
+                {
+                    "profile_id": profile_id,
+                    "purpose": PERSONALIZATION,
+                    "granted": change.level != PersonalizationLevel.NONE,
+                    "level": change.level.value,
+                    "source": change.source,
+                    "updated_at": at,
+                }
+            )
+        for purpose, granted in sorted(change.purposes):
+            rows.append(
+                {
+                    "profile_id": profile_id,
+                    "purpose": purpose,
+                    "granted": granted,
+                    "level": None,
+                    "source": change.source,
+                    "updated_at": at,
+                }
+            )
+        await self._upsert_consents(sorted(rows, key=lambda r: r["purpose"]))
+
+    async def _upsert_consents(self, rows: Sequence[dict[str, Any]]) -> None:
+        await upsert_many(
+            self._session,
+            CONSENTS,
+            rows,
+            ["profile_id", "purpose"],
+            lambda ex: {
+                "granted": ex.granted,
+                "level": ex.level,
+                "source": ex.source,
+                "updated_at": ex.updated_at,
+            },
+            where=_newest_wins(CONSENTS, "updated_at"),
+        )
+
+    async def set_predictions(self, profile_id: str, predictions: Sequence[Prediction]) -> None:
+        """Keep each model's latest output (an older one than stored is ignored)."""
+        await upsert_many(
+            self._session,
+            PREDICTIONS,
+            [
+                {
+                    "profile_id": profile_id,
+                    "name": p.name,
+                    "value": p.value,
+                    "version": p.version,
+                    "predicted_at": p.predicted_at,
+                }
+                for p in sorted(predictions, key=lambda p: p.name)
+            ],
+            ["profile_id", "name"],
+            lambda ex: {"value": ex.value, "version": ex.version, "predicted_at": ex.predicted_at},
+            where=_newest_wins(PREDICTIONS, "predicted_at"),
+        )
+
+    # ------------------------------------------------------------------ decisions, outcomes
 
     async def decision_by_request(self, request_id: str) -> DecisionRecord | None:
         row = await self._session.scalar(
@@ -217,7 +715,7 @@ class SqlContextRepository:
         field: str,
         contact_at: datetime | None,
     ) -> None:
-        table = InteractionRow.__table__
+        table = INTERACTIONS
         values: dict[str, Any] = {
             "profile_id": profile_id,
             "action_id": action_id,
@@ -232,13 +730,7 @@ class SqlContextRepository:
             updates["last_contact_at"] = case(
                 (table.c.last_contact_at > at, table.c.last_contact_at), else_=at
             )
-        await upsert(
-            self._session,
-            table,  # type: ignore[arg-type]
-            values,
-            ["profile_id", "action_id", "channel"],
-            updates,
-        )
+        await upsert(self._session, table, values, ["profile_id", "action_id", "channel"], updates)
 
     async def outcome_exists(self, key: str) -> bool:
         return await self._session.get(OutcomeRow, key) is not None
@@ -260,6 +752,8 @@ class SqlContextRepository:
         )
         await self._flush()
 
+    # ------------------------------------------------------------------ export
+
     async def events(self, profile_id: str) -> list[ProfileEvent]:
         rows = await self._session.scalars(
             select(EventRow).where(EventRow.profile_id == profile_id).order_by(EventRow.occurred_at)
@@ -279,14 +773,178 @@ class SqlContextRepository:
         )
         return [_record(row) for row in rows]
 
-    async def erase(self, profile_id: str) -> int:
-        removed = 0
-        for table in (EventRow, CounterRow, AttributesRow, DecisionRow, InteractionRow, OutcomeRow):
-            result = await self._session.execute(
-                delete(table).where(table.profile_id == profile_id)
+    async def outcomes(self, profile_id: str) -> list[OutcomeRecord]:
+        rows = await self._session.scalars(
+            select(OutcomeRow)
+            .where(OutcomeRow.profile_id == profile_id)
+            .order_by(OutcomeRow.occurred_at, OutcomeRow.idempotency_key)
+        )
+        return [
+            OutcomeRecord(
+                row.idempotency_key,
+                row.decision_id,
+                row.action_id,
+                row.channel,
+                Outcome(row.outcome),
+                row.value,
+                row.occurred_at,
             )
-            removed += int(getattr(result, "rowcount", 0) or 0)
-        return removed
+            for row in rows
+        ]
+
+    # ------------------------------------------------------------------ merge, erase
+
+    async def merge(
+        self, survivor: str, merged: Sequence[str], plan: AggregatePlan, now: datetime
+    ) -> int:
+        """Move everything of the ``merged`` profiles to ``survivor``; returns rows moved.
+
+        Rows keyed by their own id (events, decisions, outcomes) are re-pointed; rows keyed
+        by profile and something else are combined into the survivor's: counts add up,
+        first/last occurrences widen, and for attributes, predictions and consent the most
+        recent value wins. Running it again finds nothing left to move."""
+        merged = sorted(set(merged) - {survivor})
+        if not merged:
+            return 0
+        # Redirects first: a write still naming a merged profile lands on the survivor.
+        await upsert_many(
+            self._session,
+            MERGES,
+            [{"merged_id": m, "survivor_id": survivor, "merged_at": now} for m in merged],
+            ["merged_id"],
+            lambda ex: {"survivor_id": ex.survivor_id, "merged_at": ex.merged_at},
+        )
+        await self._session.execute(
+            update(MERGES).where(MERGES.c.survivor_id.in_(merged)).values(survivor_id=survivor)
+        )
+        moved = 0
+        for table in (EVENTS, DECISIONS, OUTCOMES):
+            result = await self._session.execute(
+                update(table).where(table.c.profile_id.in_(merged)).values(profile_id=survivor)
+            )
+            moved += _rowcount(result)
+        moved += await self._combine(
+            COUNTERS, merged, survivor, ["profile_id", "event_type"], _counter_updates(COUNTERS)
+        )
+        moved += await self._combine(
+            BUCKETS,
+            merged,
+            survivor,
+            ["profile_id", "event_type", "width_s", "bucket_start"],
+            _sum_updates(BUCKETS, "count", "value_sum"),
+        )
+        moved += await self._combine(
+            CHANNELS, merged, survivor, ["profile_id", "channel"], _channel_updates
+        )
+        moved += await self._combine(
+            INTERACTIONS,
+            merged,
+            survivor,
+            ["profile_id", "action_id", "channel"],
+            _interaction_updates,
+        )
+        moved += await self._combine(
+            PREDICTIONS,
+            merged,
+            survivor,
+            ["profile_id", "name"],
+            lambda ex: {"value": ex.value, "version": ex.version, "predicted_at": ex.predicted_at},
+            where=_newest_wins(PREDICTIONS, "predicted_at"),
+        )
+        moved += await self._combine_consents(merged, survivor)
+        moved += await self._combine_attributes(merged, survivor)
+        return moved
+
+    async def _take(self, table: Table, merged: Sequence[str]) -> list[dict[str, Any]]:
+        """The merged profiles' rows of ``table`` (locked), deleted."""
+        rows = [
+            dict(row._mapping)
+            for row in await self._session.execute(
+                select(table).where(table.c.profile_id.in_(merged)).with_for_update()
+            )
+        ]
+        if rows:
+            await self._session.execute(delete(table).where(table.c.profile_id.in_(merged)))
+        return rows
+
+    async def _combine(
+        self,
+        table: Table,
+        merged: Sequence[str],
+        survivor: str,
+        keys: list[str],
+        updates: Callable[[Any], dict[str, Any]],
+        *,
+        where: Callable[[Any], Any] | None = None,
+    ) -> int:
+        rows = await self._take(table, merged)
+        # Several merged profiles may hold the same key: one upsert per row, in key order.
+        for row in sorted(rows, key=lambda r: tuple(str(r[k]) for k in keys)):
+            await upsert_many(
+                self._session, table, [{**row, "profile_id": survivor}], keys, updates, where=where
+            )
+        return len(rows)
+
+    async def _combine_consents(self, merged: Sequence[str], survivor: str) -> int:
+        rows = await self._take(CONSENTS, merged)
+        # Same moment: the more restrictive choice wins.
+        rows.sort(
+            key=lambda r: (
+                r["purpose"],
+                r["updated_at"],
+                -_LEVEL_RANK.get(r["level"] or "", 0),
+                not r["granted"],
+            )
+        )
+        for row in rows:
+            await self._upsert_consents([{**row, "profile_id": survivor}])
+        return len(rows)
+
+    async def _combine_attributes(self, merged: Sequence[str], survivor: str) -> int:
+        rows = await self._take(ATTRIBUTES, merged)
+        changes: list[AttributeChange] = []
+        for row in rows:
+            times = row["attribute_times"] or {}
+            for key, value in row["attributes"].items():
+                stamp = times.get(key)
+                at = datetime.fromisoformat(stamp) if stamp else row["updated_at"]
+                changes.append(AttributeChange({key: value}, at=at))
+        if changes:
+            await self.change_attributes({survivor: changes})
+        return len(rows)
+
+    async def erase(self, profile_id: str) -> int:
+        """Delete every row of the profile (and of profiles merged into it)."""
+        every_id = [
+            profile_id,
+            *await self._session.scalars(
+                select(MERGES.c.merged_id).where(MERGES.c.survivor_id == profile_id)
+            ),
+        ]
+        removed = 0
+        for table in PROFILE_TABLES:
+            result = await self._session.execute(
+                delete(table).where(table.c.profile_id.in_(every_id))
+            )
+            removed += _rowcount(result)
+        result = await self._session.execute(
+            delete(MERGES).where(
+                or_(MERGES.c.survivor_id.in_(every_id), MERGES.c.merged_id.in_(every_id))
+            )
+        )
+        return removed + _rowcount(result)
+
+    async def count_rows(self, profile_id: str) -> int:
+        """Rows held on the profile in every context table (for tests and checks)."""
+        total = 0
+        for table in PROFILE_TABLES:
+            total += int(
+                await self._session.scalar(
+                    select(func.count()).select_from(table).where(table.c.profile_id == profile_id)
+                )
+                or 0
+            )
+        return total
 
 
 class SqlContextUnitOfWork(SqlUnitOfWork):

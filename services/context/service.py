@@ -1,22 +1,33 @@
-"""Context domain logic: idempotent ingestion, aggregates on write, interaction history."""
+"""Context domain logic: idempotent ingestion, aggregates on write, interaction history,
+profile attributes, predictions, consent, merges, export and erasure."""
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from libs.clock import utc_now
+from libs.config import AggregatesConfig
 from libs.errors import NotFound, Violations
 from libs.storage import StorageConflict
+from services.context.aggregates import PRUNE_EVERY, AggregatePlan, BatchAggregates
 from services.context.model import (
+    PERSONALIZATION,
     AppendResult,
+    AttributeChange,
+    Consent,
+    ConsentChange,
     DecisionRecord,
     Outcome,
     OutcomeReport,
     OutcomeResult,
+    PersonalizationLevel,
+    Prediction,
     ProfileContext,
     ProfileEvent,
     ProfileExport,
@@ -30,8 +41,15 @@ MAX_EVENTS_PER_BATCH = 1000
 MAX_ATTRIBUTES_BYTES = 16 * 1024
 MAX_FUTURE_SKEW = timedelta(hours=1)
 OLDEST_EVENT = timedelta(days=3650)
+MAX_PROFILE_ID = 32
+MAX_MERGED = 100
+MAX_PREDICTIONS = 100
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$")
-# Events of this type set profile attributes (relationship and personal context).
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")
+_PURPOSE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
+_PRUNED_REMEMBERED = 100_000
+# Events of this type set profile attributes (relationship and personal context); it is
+# always accepted, whatever event types the configuration declares.
 PROFILE_UPDATE_EVENT = "profile_update"
 _INTERACTION_FIELD = {
     Outcome.IMPRESSION: "impressions",
@@ -43,6 +61,27 @@ _INTERACTION_FIELD = {
 }
 
 
+_VALID_NAMES: set[str] = set()
+
+
+def _valid_name(name: str) -> bool:
+    """``_NAME.match`` remembered for the (few) event types seen, a check per event."""
+    if name in _VALID_NAMES:
+        return True
+    if not _NAME.match(name):
+        return False
+    if len(_VALID_NAMES) < 10_000:
+        _VALID_NAMES.add(name)
+    return True
+
+
+def _check_time(problems: Violations, field: str, at: datetime | None, now: datetime) -> None:
+    if at is None:
+        return
+    problems.require(at <= now + MAX_FUTURE_SKEW, field, "more than 1 hour in the future")
+    problems.require(at >= now - OLDEST_EVENT, field, "more than 10 years in the past")
+
+
 def check_event_fields(
     problems: Violations,
     where: str,
@@ -52,26 +91,19 @@ def check_event_fields(
     occurred_at: datetime | None,
     attributes: dict[str, Any],
     now: datetime,
+    *,
+    event_types: frozenset[str] = frozenset(),
 ) -> None:
-    """Validate one event, naming ``where`` (e.g. ``events[3]``) in every violation."""
+    """Validate one event, naming ``where`` (e.g. ``events[3]``) in every violation.
+
+    ``event_types``: the declared types (configuration); empty = any well-formed type."""
     problems.require(0 < len(event_id) <= 128, f"{where}.event_id", "required, 1-128 characters")
-    problems.require(
-        bool(_NAME.match(event_type)),
-        f"{where}.type",
-        "required, a name of at most 64 letters, digits, _ . : -",
-    )
+    if not _valid_name(event_type):
+        problems.add(f"{where}.type", "required, a name of at most 64 letters, digits, _ . : -")
+    elif event_types and event_type not in event_types and event_type != PROFILE_UPDATE_EVENT:
+        problems.add(f"{where}.type", f"{event_type!r} is not a declared event type")
     problems.require(len(channel) <= 64, f"{where}.channel", "at most 64 characters")
-    if occurred_at is not None:
-        problems.require(
-            occurred_at <= now + MAX_FUTURE_SKEW,
-            f"{where}.occurred_at",
-            "more than 1 hour in the future",
-        )
-        problems.require(
-            occurred_at >= now - OLDEST_EVENT,
-            f"{where}.occurred_at",
-            "more than 10 years in the past",
-        )
+    _check_time(problems, f"{where}.occurred_at", occurred_at, now)
     problems.require(
         len(repr(attributes)) <= MAX_ATTRIBUTES_BYTES,
         f"{where}.attributes",
@@ -79,23 +111,125 @@ def check_event_fields(
     )
 
 
-def _numeric_value(attributes: dict[str, Any]) -> float:
-    value = attributes.get("value")
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return 0.0
+def check_attribute_change(problems: Violations, change: AttributeChange, now: datetime) -> None:
+    problems.require(
+        bool(change.set or change.remove),
+        "attributes",
+        "set at least one attribute or name one in remove_keys",
+    )
+    for key in change.set:
+        problems.require(
+            bool(_KEY.match(key)),
+            "attributes",
+            f"key {key[:80]!r} is not a name of at most 64 letters, digits, _ . : -",
+        )
+    problems.require(
+        len(repr(change.set)) <= MAX_ATTRIBUTES_BYTES,
+        "attributes",
+        f"larger than {MAX_ATTRIBUTES_BYTES} bytes",
+    )
+    for index, key in enumerate(change.remove):
+        field = f"remove_keys[{index}]"
+        problems.require(bool(_KEY.match(key)), field, "not an attribute name")
+        problems.require(key not in change.set, field, "both set and removed")
+    _check_time(problems, "updated_at", change.at, now)
+
+
+def check_consent_change(problems: Violations, change: ConsentChange, now: datetime) -> None:
+    problems.require(
+        change.level is not None or bool(change.purposes),
+        "level",
+        "set a personalisation level or at least one purpose",
+    )
+    problems.require(0 < len(change.source) <= 128, "source", "required, 1-128 characters")
+    seen: set[str] = set()
+    for index, (purpose, _) in enumerate(change.purposes):
+        field = f"purposes[{index}].purpose"
+        if purpose == PERSONALIZATION:
+            problems.add(field, "personalisation is chosen with level (none, basic, full)")
+        elif not _PURPOSE.match(purpose):
+            problems.add(field, "required, a lower-case name of at most 64 characters")
+        elif purpose in seen:
+            problems.add(field, f"{purpose!r} given twice")
+        seen.add(purpose)
+    _check_time(problems, "occurred_at", change.at, now)
+
+
+def check_predictions(
+    problems: Violations, predictions: Sequence[Prediction], now: datetime
+) -> None:
+    problems.require(
+        0 < len(predictions) <= MAX_PREDICTIONS,
+        "predictions",
+        f"between 1 and {MAX_PREDICTIONS} predictions",
+    )
+    seen: set[str] = set()
+    for index, prediction in enumerate(predictions):
+        where = f"predictions[{index}]"
+        if not _NAME.match(prediction.name):
+            problems.add(f"{where}.name", "required, a name of at most 64 letters, digits, _ . : -")
+        elif prediction.name in seen:
+            problems.add(f"{where}.name", f"{prediction.name!r} given twice")
+        seen.add(prediction.name)
+        problems.require(math.isfinite(prediction.value), f"{where}.value", "a finite number")
+        problems.require(len(prediction.version) <= 128, f"{where}.version", "at most 128 chars")
+        _check_time(problems, f"{where}.predicted_at", prediction.predicted_at, now)
+
+
+def _check_profile_id(problems: Violations, field: str, profile_id: str) -> None:
+    problems.require(
+        0 < len(profile_id) <= MAX_PROFILE_ID, field, f"required, at most {MAX_PROFILE_ID} chars"
+    )
 
 
 class ContextService:
-    def __init__(self, units: UnitOfWorkFactory, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        units: UnitOfWorkFactory,
+        clock: Callable[[], datetime] = utc_now,
+        *,
+        aggregates: AggregatesConfig | None = None,
+        default_level: PersonalizationLevel | str = PersonalizationLevel.FULL,
+    ) -> None:
         self._units = units
         self._clock = clock
+        self._plan = AggregatePlan(aggregates)
+        self._default_level = PersonalizationLevel(default_level)
+        # When each profile's old buckets were last pruned by this process.
+        self._pruned: OrderedDict[str, datetime] = OrderedDict()
+
+    @property
+    def plan(self) -> AggregatePlan:
+        return self._plan
+
+    async def _retrying(self, work: Callable[[], Any]) -> Any:
+        """Run a write again when a concurrent writer got there first."""
+        for attempt in range(3):
+            try:
+                return await work()
+            except StorageConflict:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------ reading
 
     async def get_profile_context(self, profile_id: str) -> ProfileContext:
+        """What a decision may use: only what the customer's consent allows."""
         if not profile_id:
             return ProfileContext(profile_id="")
         async with self._units(False) as uow:
-            return await uow.context.profile_context(profile_id)
+            return await uow.context.profile_context(
+                profile_id, self._plan, self._clock(), self._default_level
+            )
+
+    async def get_consent(self, profile_id: str) -> Consent:
+        if not profile_id:
+            return Consent(self._default_level)
+        async with self._units(False) as uow:
+            return await uow.context.consent(profile_id, self._default_level)
+
+    # ------------------------------------------------------------------ events
 
     async def append_events(self, events: list[ProfileEvent]) -> AppendResult:
         """Store new events and update aggregates in one transaction; re-sent ids count once."""
@@ -116,40 +250,134 @@ class ContextService:
                 event.occurred_at,
                 event.attributes,
                 now,
+                event_types=self._plan.event_types,
             )
             problems.require(bool(event.profile_id), f"events[{index}].profile_id", "required")
         problems.raise_if_any()
         unique = list({event.event_id: event for event in events}.values())
-        for attempt in range(3):
-            try:
-                return await self._append(unique, len(events), now)
-            except StorageConflict:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        result: AppendResult = await self._retrying(lambda: self._append(unique, len(events), now))
+        return result
 
     async def _append(self, events: list[ProfileEvent], sent: int, now: datetime) -> AppendResult:
+        plan = self._plan
         async with self._units(True) as uow:
-            known = await uow.context.existing_event_ids(event.event_id for event in events)
-            fresh = [event for event in events if event.event_id not in known]
-            for event in fresh:
-                await uow.context.add_event(event, now)
-                await uow.context.bump_counter(
-                    event.profile_id,
-                    event.type,
-                    1,
-                    _numeric_value(event.attributes),
-                    event.occurred_at,
+            # A profile merged away a moment ago: its events go to the survivor.
+            moved = await uow.context.redirects(event.profile_id for event in events)
+            if moved:
+                events = [
+                    replace(e, profile_id=moved[e.profile_id]) if e.profile_id in moved else e
+                    for e in events
+                ]
+            new_ids = await uow.context.add_events(events, now)
+            batch = BatchAggregates(plan, now)
+            attributes: dict[str, list[AttributeChange]] = {}
+            for event in events:
+                if event.event_id not in new_ids:
+                    continue
+                batch.add_event(
+                    event.profile_id, event.type, event.channel, event.occurred_at, event.attributes
                 )
                 if event.type == PROFILE_UPDATE_EVENT and event.attributes:
-                    await uow.context.merge_attributes(
-                        event.profile_id, event.attributes, event.occurred_at
+                    attributes.setdefault(event.profile_id, []).append(
+                        AttributeChange(event.attributes, at=event.occurred_at)
                     )
+            await uow.context.add_aggregates(batch, plan)
+            await uow.context.change_attributes(attributes)
+            prune = self._due_for_pruning({profile for profile, _ in batch.counters}, now)
+            await uow.context.prune_buckets(prune, plan, now)
             await uow.commit()
-        return AppendResult(accepted=len(fresh), duplicates=sent - len(fresh))
+        self._pruned_now(prune, now)
+        return AppendResult(accepted=len(new_ids), duplicates=sent - len(new_ids))
+
+    def _due_for_pruning(self, profile_ids: Iterable[str], now: datetime) -> list[str]:
+        return sorted(
+            profile_id
+            for profile_id in profile_ids
+            if (last := self._pruned.get(profile_id)) is None or now - last >= PRUNE_EVERY
+        )
+
+    def _pruned_now(self, profile_ids: Iterable[str], now: datetime) -> None:
+        for profile_id in profile_ids:
+            self._pruned[profile_id] = now
+            self._pruned.move_to_end(profile_id)
+        while len(self._pruned) > _PRUNED_REMEMBERED:
+            self._pruned.popitem(last=False)
+
+    # ------------------------------------------------------------------ profile data
+
+    async def set_attributes(self, profile_id: str, change: AttributeChange) -> dict[str, Any]:
+        """Set and remove profile attributes (the admin API); returns all attributes now."""
+        now = self._clock()
+        problems = Violations()
+        _check_profile_id(problems, "profile_id", profile_id)
+        check_attribute_change(problems, change, now)
+        problems.raise_if_any()
+        stamped = change if change.at is not None else replace(change, at=now)
+
+        async def work() -> dict[str, Any]:
+            async with self._units(True) as uow:
+                moved = await uow.context.redirects([profile_id])
+                profile = moved.get(profile_id, profile_id)
+                result = await uow.context.change_attributes({profile: [stamped]})
+                await uow.commit()
+            return result[profile]
+
+        attributes: dict[str, Any] = await self._retrying(work)
+        return attributes
+
+    async def set_predictions(self, profile_id: str, predictions: Sequence[Prediction]) -> int:
+        """Keep the latest model outputs for a profile (e.g. a churn score computed in batch)."""
+        problems = Violations()
+        _check_profile_id(problems, "profile_id", profile_id)
+        check_predictions(problems, predictions, self._clock())
+        problems.raise_if_any()
+        async with self._units(True) as uow:
+            await uow.context.set_predictions(profile_id, predictions)
+            await uow.commit()
+        return len(predictions)
+
+    async def set_consent(self, profile_id: str, change: ConsentChange) -> Consent:
+        """Record the customer's choice (level and/or purposes); returns her consent now.
+
+        A change older than the one stored (``change.at``) is ignored, so a delayed message
+        never overrides a later choice."""
+        now = self._clock()
+        problems = Violations()
+        _check_profile_id(problems, "profile_id", profile_id)
+        check_consent_change(problems, change, now)
+        problems.raise_if_any()
+        async with self._units(True) as uow:
+            await uow.context.set_consent(profile_id, change, change.at or now)
+            await uow.commit()
+        return await self.get_consent(profile_id)
+
+    async def merge_profiles(self, survivor_id: str, merged_ids: Sequence[str]) -> int:
+        """Move the context of profiles merged by identity to the survivor (idempotent)."""
+        problems = Violations()
+        _check_profile_id(problems, "survivor_profile_id", survivor_id)
+        problems.require(
+            0 < len(merged_ids) <= MAX_MERGED,
+            "merged_profile_ids",
+            f"between 1 and {MAX_MERGED} profile ids",
+        )
+        for index, merged in enumerate(merged_ids):
+            _check_profile_id(problems, f"merged_profile_ids[{index}]", merged)
+        problems.raise_if_any()
+
+        async def work() -> int:
+            async with self._units(True) as uow:
+                moved = await uow.context.merge(survivor_id, merged_ids, self._plan, self._clock())
+                await uow.commit()
+            return moved
+
+        moved: int = await self._retrying(work)
+        return moved
+
+    # ------------------------------------------------------------------ decisions
 
     async def record_decision(self, record: DecisionRecord) -> RecordedDecision:
-        """Store a decision once; the same request_id returns the decision stored first."""
+        """Store a decision once; the same request_id returns the decision stored first.
+        The models' outputs it carries are kept as the profile's latest predictions."""
         if record.request_id:
             async with self._units(False) as uow:
                 earlier = await uow.context.decision_by_request(record.request_id)
@@ -162,6 +390,8 @@ class ContextService:
                     await uow.context.bump_interaction(
                         record.profile_id, record.action_id, record.channel, "decisions", None
                     )
+                if record.predictions and record.profile_id:
+                    await uow.context.set_predictions(record.profile_id, record.predictions)
                 await uow.commit()
         except StorageConflict:
             async with self._units(False) as uow:
@@ -205,12 +435,19 @@ class ContextService:
             return OutcomeResult(True, "", "")
         return OutcomeResult(False, record.profile_id, record.action_id)
 
+    # ------------------------------------------------------------------ privacy
+
     async def export_profile(self, profile_id: str) -> ProfileExport:
+        """Everything held on the profile, whatever her consent lets decisions use."""
         async with self._units(False) as uow:
-            context = await uow.context.profile_context(profile_id)
+            context = await uow.context.profile_context(
+                profile_id, self._plan, self._clock(), self._default_level, everything=True
+            )
             events = await uow.context.events(profile_id)
             decisions = await uow.context.decisions(profile_id)
-        return ProfileExport(context, tuple(events), tuple(decisions))
+            outcomes = await uow.context.outcomes(profile_id)
+            consent = await uow.context.consent(profile_id, self._default_level)
+        return ProfileExport(context, tuple(events), tuple(decisions), tuple(outcomes), consent)
 
     async def erase_profile(self, profile_id: str) -> int:
         async with self._units(True) as uow:

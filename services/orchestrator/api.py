@@ -2,33 +2,42 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from typing import Any
 
 import grpc
+from nextbest.context.v1 import profile_pb2, profile_pb2_grpc
 from nextbest.decision.v1 import decision_pb2, decision_pb2_grpc
 from nextbest.privacy.v1 import privacy_pb2, privacy_pb2_grpc
 
+from libs.clock import utc_now
 from libs.rpc.convert import (
     datetime_to_timestamp,
     dict_to_struct,
-    struct_to_dict,
-    timestamp_to_datetime,
 )
 from libs.rpc.server import ServiceBinding
 from services.arbitration.api import explanation_to_proto
 from services.context.api import (
+    checked_struct,
+    checked_time,
+    consent_change_from_proto,
+    consent_to_proto,
     event_to_proto,
+    outcome_record_to_proto,
     outcome_report_from_proto,
+    predictions_from_proto,
     profile_context_to_proto,
     record_to_proto,
 )
+from services.context.model import AttributeChange
 from services.identity.api import identifiers_from_proto
 from services.orchestrator.model import DecideCommand, Decision, TrackedEvent
 from services.orchestrator.service import DecisionEngine, PrivacyAdmin
 
 DECISION_SERVICE = decision_pb2.DESCRIPTOR.services_by_name["DecisionService"].full_name
 PRIVACY_SERVICE = privacy_pb2.DESCRIPTOR.services_by_name["PrivacyService"].full_name
+PROFILE_SERVICE = profile_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -82,7 +91,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
                 identifiers=identifiers_from_proto(request.identifiers),
                 channel=request.channel,
                 placement=request.placement,
-                context=struct_to_dict(request.context),
+                context=checked_struct(request.context, "context"),
                 request_id=request.request_id,
                 explain=request.explain,
                 time_remaining_s=context.time_remaining(),
@@ -106,10 +115,10 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
                     identifiers=identifiers_from_proto(event.identifiers),
                     type=event.type,
                     channel=event.channel,
-                    occurred_at=timestamp_to_datetime(event.occurred_at),
-                    attributes=struct_to_dict(event.attributes),
+                    occurred_at=checked_time(event.occurred_at, f"events[{index}].occurred_at"),
+                    attributes=checked_struct(event.attributes, f"events[{index}].attributes"),
                 )
-                for event in request.events
+                for index, event in enumerate(request.events)
             ]
         )
         return decision_pb2.TrackEventsResponse(
@@ -123,7 +132,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
             identifiers=identifiers_from_proto(request.identifiers),
             channel=request.channel,
             placement=request.placement,
-            context=struct_to_dict(request.context),
+            context=checked_struct(request.context, "context"),
         )
         async for decision in self._engine.watch(command):
             yield decision_pb2.WatchDecisionsResponse(decision=decision_to_proto(decision))
@@ -146,6 +155,8 @@ class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
             response.context.CopyFrom(profile_context_to_proto(export.context))
             response.events.extend(event_to_proto(event) for event in export.events)
             response.decisions.extend(record_to_proto(record) for record in export.decisions)
+            response.outcomes.extend(outcome_record_to_proto(o) for o in export.outcomes)
+            response.consent.CopyFrom(consent_to_proto(export.consent))
         return response
 
     async def EraseProfile(
@@ -158,10 +169,70 @@ class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
             rows_removed=erased.rows_removed,
         )
 
+    async def SetConsent(
+        self, request: privacy_pb2.SetConsentRequest, context: Context
+    ) -> privacy_pb2.SetConsentResponse:
+        profile_id, consent = await self._admin.set_consent(
+            identifiers_from_proto(request.identifiers), consent_change_from_proto(request)
+        )
+        return privacy_pb2.SetConsentResponse(
+            profile_id=profile_id, consent=consent_to_proto(consent)
+        )
+
+    async def GetConsent(
+        self, request: privacy_pb2.GetConsentRequest, context: Context
+    ) -> privacy_pb2.GetConsentResponse:
+        profile_id, consent = await self._admin.get_consent(
+            identifiers_from_proto(request.identifiers)
+        )
+        return privacy_pb2.GetConsentResponse(
+            profile_id=profile_id, consent=consent_to_proto(consent)
+        )
+
+
+class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
+    def __init__(self, admin: PrivacyAdmin, clock: Callable[[], datetime] = utc_now) -> None:
+        self._admin = admin
+        self._clock = clock
+
+    async def SetProfileAttributes(
+        self, request: profile_pb2.SetProfileAttributesRequest, context: Context
+    ) -> profile_pb2.SetProfileAttributesResponse:
+        profile_id, attributes = await self._admin.set_attributes(
+            identifiers_from_proto(request.identifiers),
+            AttributeChange(
+                set=checked_struct(request.attributes, "attributes"),
+                remove=tuple(request.remove_keys),
+            ),
+        )
+        return profile_pb2.SetProfileAttributesResponse(
+            profile_id=profile_id, attributes=dict_to_struct(attributes)
+        )
+
+    async def SetProfilePredictions(
+        self, request: profile_pb2.SetProfilePredictionsRequest, context: Context
+    ) -> profile_pb2.SetProfilePredictionsResponse:
+        profile_id, recorded = await self._admin.set_predictions(
+            identifiers_from_proto(request.identifiers),
+            predictions_from_proto(request.predictions, default_at=self._clock()),
+        )
+        return profile_pb2.SetProfilePredictionsResponse(profile_id=profile_id, recorded=recorded)
+
+    async def GetProfile(
+        self, request: profile_pb2.GetProfileRequest, context: Context
+    ) -> profile_pb2.GetProfileResponse:
+        profile_id, found = await self._admin.get_profile(
+            identifiers_from_proto(request.identifiers)
+        )
+        return profile_pb2.GetProfileResponse(
+            profile_id=profile_id, context=profile_context_to_proto(found)
+        )
+
 
 def orchestrator_bindings(engine: DecisionEngine, privacy: PrivacyAdmin) -> list[ServiceBinding]:
     decisions = DecisionServicer(engine)
     privacy_servicer = PrivacyServicer(privacy)
+    profile_servicer = ProfileServicer(privacy)
     return [
         ServiceBinding(
             DECISION_SERVICE,
@@ -173,6 +244,12 @@ def orchestrator_bindings(engine: DecisionEngine, privacy: PrivacyAdmin) -> list
             PRIVACY_SERVICE,
             lambda server: privacy_pb2_grpc.add_PrivacyServiceServicer_to_server(
                 privacy_servicer, server
+            ),
+        ),
+        ServiceBinding(
+            PROFILE_SERVICE,
+            lambda server: profile_pb2_grpc.add_ProfileServiceServicer_to_server(
+                profile_servicer, server
             ),
         ),
     ]

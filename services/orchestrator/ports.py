@@ -7,14 +7,18 @@ in-process calls, no serialisation); in the mesh shape the gRPC clients of each 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from services.arbitration.model import CandidateList, Prioritization, ScoredCandidate
 from services.context.model import (
     AppendResult,
+    AttributeChange,
+    Consent,
+    ConsentChange,
     DecisionRecord,
     OutcomeReport,
     OutcomeResult,
+    Prediction,
     ProfileContext,
     ProfileEvent,
     ProfileExport,
@@ -32,6 +36,18 @@ class IdentityPort(Protocol):
     async def erase_profile(self, profile_id: str) -> int: ...
 
 
+@runtime_checkable
+class BatchIdentityPort(Protocol):
+    """Optional: an identity that resolves many identifier sets in one call (TrackEvents
+    uses it when the identity port has it). The result holds one Resolution per set, in
+    order, each as ``resolve_profile`` would give it; an InvalidArgument names the set by
+    its index: ``[3].identifiers[0].value``."""
+
+    async def resolve_profiles(
+        self, identifier_sets: Sequence[list[Identifier]]
+    ) -> list[Resolution]: ...
+
+
 class ContextPort(Protocol):
     async def get_profile_context(self, profile_id: str) -> ProfileContext: ...
     async def append_events(self, events: list[ProfileEvent]) -> AppendResult: ...
@@ -39,6 +55,11 @@ class ContextPort(Protocol):
     async def record_outcome(self, report: OutcomeReport) -> OutcomeResult: ...
     async def export_profile(self, profile_id: str) -> ProfileExport: ...
     async def erase_profile(self, profile_id: str) -> int: ...
+    async def merge_profiles(self, survivor_id: str, merged_ids: list[str]) -> int: ...
+    async def set_attributes(self, profile_id: str, change: AttributeChange) -> dict[str, Any]: ...
+    async def set_predictions(self, profile_id: str, predictions: list[Prediction]) -> int: ...
+    async def set_consent(self, profile_id: str, change: ConsentChange) -> Consent: ...
+    async def get_consent(self, profile_id: str) -> Consent: ...
 
 
 class ScoringPort(Protocol):

@@ -7,14 +7,14 @@ import re
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TypeVar
 
 import structlog
 
-from libs.changes import ALL, InProcessChangeFeed
+from libs.changes import ALL, ChangePublisher, InProcessChangeFeed
 from libs.clock import utc_now
 from libs.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Violations
 from libs.logging import get_logger
@@ -23,16 +23,28 @@ from libs.rpc.client import remaining_s, set_deadline
 from services.arbitration.model import CandidateList, Catalog, Prioritization, ScoredCandidate
 from services.arbitration.service import rank_candidates
 from services.context.model import (
+    PROFILING,
     AppendResult,
+    AttributeChange,
+    Consent,
+    ConsentChange,
     DecisionRecord,
     OutcomeReport,
     OutcomeResult,
+    PersonalizationLevel,
+    Prediction,
     ProfileContext,
     ProfileEvent,
     ProfileExport,
 )
-from services.context.service import MAX_EVENTS_PER_BATCH, check_event_fields
-from services.identity.model import Identifier
+from services.context.service import (
+    MAX_EVENTS_PER_BATCH,
+    check_attribute_change,
+    check_consent_change,
+    check_event_fields,
+    check_predictions,
+)
+from services.identity.model import Identifier, Resolution
 from services.orchestrator.model import (
     DecideCommand,
     DecidedAction,
@@ -43,6 +55,7 @@ from services.orchestrator.model import (
 )
 from services.orchestrator.ports import (
     ArbitrationPort,
+    BatchIdentityPort,
     ContextPort,
     DecisionObserver,
     IdentityPort,
@@ -89,6 +102,32 @@ def _validate_decide(command: DecideCommand) -> None:
 def _prefixed(error: InvalidArgument, prefix: str) -> InvalidArgument:
     return InvalidArgument(
         [FieldViolation(f"{prefix}.{v.field}", v.description) for v in error.violations]
+    )
+
+
+def _predictions(
+    profile: ProfileContext, listed: CandidateList, scores: list[CandidateScore], at: datetime
+) -> tuple[Prediction, ...]:
+    """Per model, the best propensity it gave the customer in this decision: kept by the
+    context as her latest prediction of that model (feature ``prediction:<model>``), when
+    her consent allows predictions (level full, profiling not refused)."""
+    if (
+        not profile.profile_id
+        or profile.personalization != PersonalizationLevel.FULL
+        or profile.consents.get(PROFILING) is False
+    ):
+        return ()
+    model_of = {action.action_id: action.model for action in listed.candidates}
+    best: dict[str, CandidateScore] = {}
+    for score in scores:
+        if score.fallback or not score.model_version:
+            continue
+        model = model_of.get(score.action_id) or score.model_version.partition(":")[0]
+        if model not in best or score.propensity > best[model].propensity:
+            best[model] = score
+    return tuple(
+        Prediction(model, score.propensity, score.model_version, at)
+        for model, score in sorted(best.items())
     )
 
 
@@ -160,7 +199,10 @@ class DecisionEngine:
         changes: ChangeFeed | None = None,
         breaker_failures: int = 3,
         breaker_open_s: float = 2.0,
+        event_types: Iterable[str] = (),
     ) -> None:
+        # Declared event types (configuration): others are refused before anything is resolved.
+        self._event_types = frozenset(event_types)
         self._observer: DecisionObserver = observer or NoObserver()
         self._identity = identity
         self._context = context
@@ -221,6 +263,15 @@ class DecisionEngine:
         )
         profile_id = resolution.profile_id if resolution else ""
         structlog.contextvars.bind_contextvars(profile_id=profile_id)
+        if resolution is not None and resolution.merged_profile_ids:
+            # Identity just merged profiles (e.g. a login joins two anonymous cookies): their
+            # history moves to the survivor first, so this decision already sees it.
+            merged = list(resolution.merged_profile_ids)
+            moved = await self._guarded(
+                "context", lambda: self._context.merge_profiles(profile_id, merged), attempt
+            )
+            if moved is not None:
+                await self._announce([profile_id, *merged])
         # Independent of each other: the customer's context and the channel's candidates.
         profile, listed = await asyncio.gather(
             self._guarded(
@@ -237,7 +288,9 @@ class DecisionEngine:
                 attempt,
             ),
         )
-        profile = profile or ProfileContext(profile_id=profile_id)
+        # Only what the customer's consent allows reaches scoring and arbitration (the
+        # context service filters already; this holds whichever context answered).
+        profile = (profile or ProfileContext(profile_id=profile_id)).honouring_consent()
         listed = self._remember(command, listed)
         scores = await self._scores(command, profile, listed, attempt)
         result = await self._guarded(
@@ -256,7 +309,12 @@ class DecisionEngine:
             result = _prioritize_here(listed, scores, command)
         decision = self._decision(command, profile_id, listed, result, attempt)
         if record:
-            decision = await self._record(command, decision, started + budget)
+            predictions = (
+                ()
+                if attempt.reasons
+                else _predictions(profile, listed, scores, decision.decided_at)
+            )
+            decision = await self._record(command, decision, started + budget, predictions)
         self._observer.decided(
             channel=decision.channel,
             issue=decision.action.issue if decision.action else "",
@@ -356,7 +414,11 @@ class DecisionEngine:
         )
 
     async def _record(
-        self, command: DecideCommand, decision: Decision, deadline: float
+        self,
+        command: DecideCommand,
+        decision: Decision,
+        deadline: float,
+        predictions: tuple[Prediction, ...] = (),
     ) -> Decision:
         structlog.contextvars.bind_contextvars(decision_id=decision.decision_id)
         set_deadline(deadline)
@@ -373,6 +435,7 @@ class DecisionEngine:
                     action_id=decision.action.action_id if decision.action else "",
                     decided_at=decision.decided_at,
                     payload=decision.to_payload(),
+                    predictions=predictions,
                 )
             ),
             attempt,
@@ -429,7 +492,10 @@ class DecisionEngine:
             _log.warning("change not announced", error=str(error))
 
     async def track_events(self, events: list[TrackedEvent]) -> AppendResult:
-        """Resolve each event's identifiers to a profile, then store the batch at once."""
+        """Resolve each event's identifiers to a profile, then store the batch at once.
+
+        Events carrying the same identifiers are resolved once per batch; profiles that
+        identity merges meanwhile have their context moved to the survivor first."""
         now = self._clock()
         problems = Violations()
         problems.require(bool(events), "events", "at least one event")
@@ -449,49 +515,184 @@ class DecisionEngine:
                 event.occurred_at,
                 event.attributes,
                 now,
+                event_types=self._event_types,
             )
             problems.require(
                 bool(event.identifiers), f"{where}.identifiers", "at least one identifier"
             )
         problems.raise_if_any()
-        # Independent calls: resolved concurrently (bounded), each error named by its event.
-        limit = asyncio.Semaphore(16)
-
-        async def resolve(index: int, event: TrackedEvent) -> ProfileEvent:
-            async with limit:
-                try:
-                    resolution = await self._identity.resolve_profile(event.identifiers)
-                except InvalidArgument as error:
-                    raise _prefixed(error, f"events[{index}]") from None
+        # One resolution per distinct set of identifiers (the first event naming it names
+        # the errors).
+        set_of = [tuple(sorted((i.type, i.value) for i in e.identifiers)) for e in events]
+        first_index: dict[tuple[tuple[str, str], ...], int] = {}
+        for index, key in enumerate(set_of):
+            first_index.setdefault(key, index)
+        keys = list(first_index)
+        resolutions = dict(
+            zip(keys, await self._resolve_sets(events, [first_index[k] for k in keys]), strict=True)
+        )
+        for key, resolution in resolutions.items():
             if not resolution.profile_id:
                 raise InvalidArgument(
                     FieldViolation(
-                        f"events[{index}].identifiers", "no usable identifier (all placeholders)"
+                        f"events[{first_index[key]}].identifiers",
+                        "no usable identifier (all placeholders)",
                     )
                 )
-            return ProfileEvent(
+        touched: set[str] = set()
+        for resolution in resolutions.values():
+            touched.add(resolution.profile_id)
+            if resolution.merged_profile_ids:
+                await self._context.merge_profiles(
+                    resolution.profile_id, list(resolution.merged_profile_ids)
+                )
+                touched.update(resolution.merged_profile_ids)
+        resolved = [
+            ProfileEvent(
                 event_id=event.event_id,
-                profile_id=resolution.profile_id,
+                profile_id=resolutions[key].profile_id,
                 type=event.type,
                 channel=event.channel,
                 occurred_at=event.occurred_at or now,
                 attributes=event.attributes,
             )
-
-        resolved = list(await asyncio.gather(*(resolve(i, e) for i, e in enumerate(events))))
+            for event, key in zip(events, set_of, strict=True)
+        ]
         appended = await self._context.append_events(resolved)
         self._observer.events_ingested(accepted=appended.accepted, duplicates=appended.duplicates)
         if appended.accepted:
-            await self._announce(sorted({event.profile_id for event in resolved}))
+            await self._announce(sorted(touched))
         return appended
+
+    async def _resolve_sets(
+        self, events: list[TrackedEvent], indexes: list[int]
+    ) -> list[Resolution]:
+        """Resolve the identifiers of ``events[i]`` for each i: in one call when identity
+        offers batches (BatchIdentityPort), else concurrently (bounded), one call each."""
+        if isinstance(self._identity, BatchIdentityPort):
+            try:
+                return await self._identity.resolve_profiles(
+                    [events[i].identifiers for i in indexes]
+                )
+            except InvalidArgument as error:
+                raise InvalidArgument(
+                    [_renamed_set(v, indexes) for v in error.violations]
+                ) from None
+        limit = asyncio.Semaphore(16)
+
+        async def resolve(index: int) -> Resolution:
+            async with limit:
+                try:
+                    return await self._identity.resolve_profile(events[index].identifiers)
+                except InvalidArgument as error:
+                    raise _prefixed(error, f"events[{index}]") from None
+
+        return list(await asyncio.gather(*(resolve(i) for i in indexes)))
+
+
+def _renamed_set(violation: FieldViolation, indexes: list[int]) -> FieldViolation:
+    """``[k].identifiers[0].value`` of a batch resolution -> ``events[i].identifiers...``."""
+    head, sep, rest = violation.field.partition("]")
+    if sep and head.startswith("[") and head[1:].isdigit() and int(head[1:]) < len(indexes):
+        return FieldViolation(f"events[{indexes[int(head[1:])]}]{rest}", violation.description)
+    return violation
+
+
+async def _publish(changes: ChangePublisher | None, keys: list[str]) -> None:
+    """Wake the WatchDecisions streams of these profiles; never fail a stored write."""
+    if changes is None:
+        return
+    try:
+        await changes.publish(keys)
+    except Exception as error:
+        _log.warning("change not announced", error=str(error))
 
 
 class PrivacyAdmin:
-    """Data subject rights across the services that hold data on a customer."""
+    """The customer's data by her identifiers, across the services that hold it: data
+    subject rights (export, erasure), consent, and the profile admin (attributes,
+    predictions, what a decision sees)."""
 
-    def __init__(self, identity: IdentityPort, context: ContextPort) -> None:
+    def __init__(
+        self,
+        identity: IdentityPort,
+        context: ContextPort,
+        *,
+        changes: ChangePublisher | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
         self._identity = identity
         self._context = context
+        self._changes = changes
+        self._clock = clock
+
+    async def _resolve(self, identifiers: list[Identifier]) -> str:
+        """The customer's profile, created for identifiers never seen (moves merged ones)."""
+        resolution = await self._identity.resolve_profile(identifiers)
+        if not resolution.profile_id:
+            raise InvalidArgument(
+                FieldViolation("identifiers", "no usable identifier (all placeholders)")
+            )
+        if resolution.merged_profile_ids:
+            await self._context.merge_profiles(
+                resolution.profile_id, list(resolution.merged_profile_ids)
+            )
+        return resolution.profile_id
+
+    async def _lookup(self, identifiers: list[Identifier]) -> str:
+        """The customer's profile if known ("" otherwise); creates nothing."""
+        if not identifiers:
+            raise InvalidArgument(FieldViolation("identifiers", "at least one identifier"))
+        found = await self._identity.lookup_profile(identifiers)
+        return found.profile_id or ""
+
+    async def set_consent(
+        self, identifiers: list[Identifier], change: ConsentChange
+    ) -> tuple[str, Consent]:
+        problems = Violations()
+        problems.require(bool(identifiers), "identifiers", "at least one identifier")
+        check_consent_change(problems, change, self._clock())
+        problems.raise_if_any()
+        profile_id = await self._resolve(identifiers)
+        consent = await self._context.set_consent(profile_id, change)
+        # What she lets decisions use changed: her watching channels get a new decision.
+        await _publish(self._changes, [profile_id])
+        return profile_id, consent
+
+    async def get_consent(self, identifiers: list[Identifier]) -> tuple[str, Consent]:
+        profile_id = await self._lookup(identifiers)
+        return profile_id, await self._context.get_consent(profile_id)
+
+    async def set_attributes(
+        self, identifiers: list[Identifier], change: AttributeChange
+    ) -> tuple[str, dict[str, object]]:
+        problems = Violations()
+        problems.require(bool(identifiers), "identifiers", "at least one identifier")
+        check_attribute_change(problems, change, self._clock())
+        problems.raise_if_any()
+        profile_id = await self._resolve(identifiers)
+        attributes = await self._context.set_attributes(profile_id, change)
+        await _publish(self._changes, [profile_id])
+        return profile_id, attributes
+
+    async def set_predictions(
+        self, identifiers: list[Identifier], predictions: list[Prediction]
+    ) -> tuple[str, int]:
+        problems = Violations()
+        problems.require(bool(identifiers), "identifiers", "at least one identifier")
+        check_predictions(problems, predictions, self._clock())
+        problems.raise_if_any()
+        profile_id = await self._resolve(identifiers)
+        recorded = await self._context.set_predictions(profile_id, predictions)
+        await _publish(self._changes, [profile_id])
+        return profile_id, recorded
+
+    async def get_profile(self, identifiers: list[Identifier]) -> tuple[str, ProfileContext]:
+        """The context a decision would use for the customer now (honours her consent)."""
+        profile_id = await self._lookup(identifiers)
+        if not profile_id:
+            return "", ProfileContext(profile_id="")
+        return profile_id, await self._context.get_profile_context(profile_id)
 
     async def export_profile(
         self, identifiers: list[Identifier]
@@ -507,7 +708,9 @@ class PrivacyAdmin:
         if found.profile_id is None:
             return ProfileErasure("", 0, 0)
         # Context first: if identity went first and context failed, the data would be
-        # orphaned with no identifier left to find it again.
+        # orphaned with no identifier left to find it again. Then once more after identity,
+        # for an event that was resolved to the profile just before its identifiers went.
         rows = await self._context.erase_profile(found.profile_id)
         identifiers_removed = await self._identity.erase_profile(found.profile_id)
+        rows += await self._context.erase_profile(found.profile_id)
         return ProfileErasure(found.profile_id, identifiers_removed, rows)

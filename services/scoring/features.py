@@ -3,6 +3,10 @@
 Feature names (declared with the model, in the order of its input columns):
 
 - ``event_count:<type>`` / ``event_value_sum:<type>``: aggregates of the customer's events
+- ``event_count_<window>:<type>`` / ``event_value_sum_<window>:<type>``: the same over a
+  configured sliding window (``event_count_24h:page_view``; windows: NEXTBEST_AGGREGATES)
+- ``hours_since_last:<type>``: hours since the customer's latest event of that type
+- ``prediction:<name>``: the latest output of a model for the customer (``prediction:churn``)
 - ``attribute:<key>``: a numeric (or boolean) profile attribute
 - ``request:<key>``: a numeric (or boolean) value of the request's situational context
 - ``channel=<name>``: 1 when the request comes from that channel
@@ -23,6 +27,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from libs.clock import utc_now
+from libs.config import duration_s
 from libs.errors import FieldViolation, InvalidArgument
 from services.context.model import ProfileContext
 from services.scoring.model import FeatureSpec, ScoringCandidate
@@ -48,6 +54,23 @@ def _number(value: Any) -> float | None:
     return None
 
 
+def _hours_since(context: ProfileContext, event_type: str) -> float | None:
+    counter = context.counters.get(event_type)
+    if counter is None or counter.last_occurred_at is None:
+        return None
+    return max(0.0, (utc_now() - counter.last_occurred_at).total_seconds() / 3600)
+
+
+def _window(name: str, label: str) -> str:
+    try:
+        duration_s(label)
+    except ValueError:
+        raise InvalidArgument(
+            FieldViolation("features", f"{name!r}: {label!r} is not a window like 1h, 24h, 7d")
+        ) from None
+    return label
+
+
 def _extractor(name: str) -> Extractor:
     kind, sep, arg = name.partition(":")
     if sep:
@@ -57,6 +80,16 @@ def _extractor(name: str) -> Extractor:
             return lambda s, c: (
                 s.context.counters[arg].value_sum if arg in s.context.counters else None
             )
+        if kind.startswith("event_count_"):
+            window = _window(name, kind.removeprefix("event_count_"))
+            return lambda s, c: float(w.count) if (w := s.context.window(window, arg)) else 0.0
+        if kind.startswith("event_value_sum_"):
+            window = _window(name, kind.removeprefix("event_value_sum_"))
+            return lambda s, c: w.value_sum if (w := s.context.window(window, arg)) else None
+        if kind == "hours_since_last":
+            return lambda s, c: _hours_since(s.context, arg)
+        if kind == "prediction":
+            return lambda s, c: p.value if (p := s.context.predictions.get(arg)) else None
         if kind == "attribute":
             return lambda s, c: _number(s.context.attributes.get(arg))
         if kind == "request":

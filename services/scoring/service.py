@@ -28,6 +28,8 @@ from services.scoring.repository import ScoringUnitOfWork
 from services.scoring.runtime import LoadedModel, ModelValidationError, checksum, load_model
 
 UnitOfWorkFactory = Callable[[bool], ScoringUnitOfWork]
+# Told (model name, version, seconds) of each batched model run (metrics).
+InferenceObserver = Callable[[str, str, float], None]
 MAX_MODEL_BYTES = 64 * 1024 * 1024
 MAX_FEATURES = 512
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
@@ -51,8 +53,10 @@ class ScoringService:
         refresh_s: float = 2.0,
         clock: Callable[[], datetime] = utc_now,
         changes: ChangePublisher | None = None,
+        on_inference: InferenceObserver | None = None,
     ) -> None:
         self._changes = changes
+        self._on_inference = on_inference
         self._units = units
         self._refresh_s = refresh_s
         self._clock = clock
@@ -105,7 +109,12 @@ class ScoringService:
                     scores[index] = CandidateScore(c.action_id, c.prior_propensity, "", True)
                 continue
             group = [candidates[index] for index in indexes]
-            propensities = entry.model.predict(entry.features.matrix(scoring_input, group))
+            matrix = entry.features.matrix(scoring_input, group)
+            started = time.perf_counter()
+            propensities = entry.model.predict(matrix)
+            if self._on_inference is not None:
+                elapsed_s = time.perf_counter() - started
+                self._on_inference(entry.info.name, entry.info.version, elapsed_s)
             for index, propensity in zip(indexes, propensities, strict=True):
                 scores[index] = CandidateScore(
                     candidates[index].action_id, float(propensity), entry.info.label

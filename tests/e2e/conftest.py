@@ -33,6 +33,8 @@ class Hub:
     channel: grpc.aio.Channel
     # The processes of the mesh shape (None when embedded).
     deployment: LocalDeployment | None = None
+    # The database every service of the hub uses (for tests that inspect what is stored).
+    database_url: str = ""
 
 
 @pytest.fixture(scope="module", params=["embedded", "mesh"])
@@ -59,7 +61,14 @@ async def hub(
         await built.server.start()
         address = f"127.0.0.1:{built.port}"
         async with grpc.aio.insecure_channel(address) as channel:
-            yield Hub("embedded", address, address, address, channel)
+            yield Hub(
+                "embedded",
+                address,
+                address,
+                address,
+                channel,
+                database_url=settings.effective_database_url,
+            )
         await built.server.stop(0)
         await built.close()
         return
@@ -90,6 +99,7 @@ async def hub(
                 mesh.addresses["scoring"],
                 channel,
                 mesh,
+                database_url,
             )
     finally:
         codes = mesh.stop()

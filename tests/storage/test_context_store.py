@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,15 +14,19 @@ from sqlalchemy import func, select
 from libs.errors import InvalidArgument, NotFound
 from libs.storage import Database, SqlUnitOfWork
 from services.context.model import (
+    ConsentChange,
     DecisionRecord,
     InteractionSummary,
     Outcome,
     OutcomeReport,
+    PersonalizationLevel,
+    Prediction,
     ProfileEvent,
 )
 from services.context.repository import SqlContextUnitOfWork
 from services.context.service import ContextService
 from services.tables import metadata
+from tests.storage.scan import rows_mentioning
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -79,7 +85,12 @@ def interaction(
 
 
 def context_tables() -> list[Any]:
-    return [table for name, table in metadata.tables.items() if name.startswith("context_")]
+    """The context tables keyed by profile (context_merges holds merged/survivor ids)."""
+    return [
+        table
+        for name, table in metadata.tables.items()
+        if name.startswith("context_") and "profile_id" in table.c
+    ]
 
 
 async def rows_of_profile(database: Database, profile_id: str) -> dict[str, int]:
@@ -331,9 +342,12 @@ async def test_export_profile_returns_events_and_decisions(database: Database) -
     assert exported.context.counters["purchase"].value_sum == 20
 
 
-async def test_erase_profile_leaves_no_row_of_that_profile(database: Database) -> None:
+async def test_erase_profile_leaves_no_row_of_that_profile(
+    database: Database, database_url: str
+) -> None:
     service = context_service(database)
-    for profile_id in ("p1", "p2"):
+    ann, bob, ann_cookie = (uuid.uuid4().hex[:24] for _ in range(3))
+    for profile_id in (ann, bob, ann_cookie):
         await service.append_events(
             [
                 event(f"{profile_id}-e1", "page_view", profile_id=profile_id),
@@ -341,23 +355,37 @@ async def test_erase_profile_leaves_no_row_of_that_profile(database: Database) -
             ]
         )
         await service.record_decision(
-            decision(f"{profile_id}-d", request_id=f"{profile_id}-r", profile_id=profile_id)
+            replace(
+                decision(f"{profile_id}-d", request_id=f"{profile_id}-r", profile_id=profile_id),
+                predictions=(Prediction("churn", 0.4, "churn:1", NOW),),
+            )
         )
         await service.record_outcome(outcome(f"{profile_id}-d", Outcome.IMPRESSION))
-    before = await rows_of_profile(database, "p1")
+        await service.set_consent(
+            profile_id,
+            ConsentChange(PersonalizationLevel.FULL, (("marketing_email", True),), "web"),
+        )
+    await service.merge_profiles(ann, [ann_cookie])  # context_merges now names ann too
+    before = await rows_of_profile(database, ann)
     assert set(before) == {table.name for table in context_tables()}
     assert all(count > 0 for count in before.values()), before
+    assert await asyncio.to_thread(rows_mentioning, database_url, ann_cookie)
 
-    removed = await service.erase_profile("p1")
+    removed = await service.erase_profile(ann)
 
-    assert removed == sum(before.values())
-    assert await rows_of_profile(database, "p1") == dict.fromkeys(before, 0)
-    assert await rows_of_profile(database, "p2") == before  # the other customer keeps hers
-    exported = await service.export_profile("p1")
-    assert exported.events == () and exported.decisions == ()
+    assert removed == sum(before.values()) + 1  # and the merge redirect
+    assert await rows_of_profile(database, ann) == dict.fromkeys(before, 0)
+    # No row of any table of any service names her, nor the profile merged into her.
+    assert await asyncio.to_thread(rows_mentioning, database_url, ann) == {}
+    assert await asyncio.to_thread(rows_mentioning, database_url, ann_cookie) == {}
+    assert await asyncio.to_thread(rows_mentioning, database_url, bob)  # bob keeps his
+    assert (await rows_of_profile(database, bob))["context_consents"] == 2
+    exported = await service.export_profile(ann)
+    assert exported.events == () and exported.decisions == () and exported.outcomes == ()
     assert exported.context.counters == {} and exported.context.attributes == {}
+    assert exported.consent.updated_at is None
     # The erased request id no longer replays the old decision.
-    fresh = await service.record_decision(decision("p1-d2", request_id="p1-r"))
+    fresh = await service.record_decision(decision("ann-d2", request_id=f"{ann}-r"))
     assert not fresh.replayed
 
 

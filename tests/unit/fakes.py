@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from libs.errors import InvalidArgument, NotFound
@@ -21,16 +21,28 @@ from services.arbitration.repository import ArbitrationUnitOfWork, CatalogReposi
 from services.arbitration.service import UnitOfWorkFactory as ArbitrationUnits
 from services.context.model import (
     AppendResult,
+    AttributeChange,
+    Consent,
+    ConsentChange,
     DecisionRecord,
     OutcomeReport,
     OutcomeResult,
+    Prediction,
     ProfileContext,
     ProfileEvent,
     ProfileExport,
+    PurposeConsent,
     RecordedDecision,
 )
-from services.identity.model import Identifier, ProfileLookup, Resolution
-from services.identity.normalize import BLOCKED_VALUES, KeyedIdentifier
+from services.identity.model import (
+    Identifier,
+    MergeRecord,
+    ProfileLookup,
+    RepointRecord,
+    Resolution,
+    StoredLink,
+)
+from services.identity.normalize import BLOCKED_VALUES
 from services.identity.repository import IdentityRepository, IdentityUnitOfWork
 from services.identity.service import UnitOfWorkFactory as IdentityUnits
 from services.scoring.model import CandidateScore, ScoringCandidate
@@ -113,6 +125,8 @@ class FakeContext:
         self.by_request: dict[str, DecisionRecord] = {}
         self.outcomes: dict[str, OutcomeReport] = {}
         self.appended: list[list[ProfileEvent]] = []
+        self.merges: list[tuple[str, tuple[str, ...]]] = []
+        self.consent_changes: list[tuple[str, ConsentChange]] = []
 
     async def get_profile_context(self, profile_id: str) -> ProfileContext:
         self.journal.append("context.get_profile_context")
@@ -171,6 +185,63 @@ class FakeContext:
             self.by_request.pop(record.request_id, None)
             rows += 1
         return rows
+
+    async def merge_profiles(self, survivor_id: str, merged_ids: list[str]) -> int:
+        self.journal.append("context.merge_profiles")
+        self.merges.append((survivor_id, tuple(merged_ids)))
+        moved = 0
+        for event_id, event in list(self.events.items()):
+            if event.profile_id in merged_ids:
+                self.events[event_id] = replace(event, profile_id=survivor_id)
+                moved += 1
+        return moved
+
+    def _context(self, profile_id: str) -> ProfileContext:
+        return self.contexts.get(profile_id, ProfileContext(profile_id=profile_id))
+
+    async def set_attributes(self, profile_id: str, change: AttributeChange) -> dict[str, Any]:
+        self.journal.append("context.set_attributes")
+        context = self._context(profile_id)
+        attributes = {**context.attributes, **change.set}
+        for key in change.remove:
+            attributes.pop(key, None)
+        self.contexts[profile_id] = replace(context, attributes=attributes)
+        return attributes
+
+    async def set_predictions(self, profile_id: str, predictions: list[Prediction]) -> int:
+        self.journal.append("context.set_predictions")
+        context = self._context(profile_id)
+        self.contexts[profile_id] = replace(
+            context, predictions={**context.predictions, **{p.name: p for p in predictions}}
+        )
+        return len(predictions)
+
+    async def set_consent(self, profile_id: str, change: ConsentChange) -> Consent:
+        self.journal.append("context.set_consent")
+        context = self._context(profile_id)
+        self.contexts[profile_id] = replace(
+            context,
+            personalization=change.level or context.personalization,
+            consents={**context.consents, **dict(change.purposes)},
+        )
+        self.consent_changes.append((profile_id, change))
+        return await self.get_consent(profile_id)
+
+    async def get_consent(self, profile_id: str) -> Consent:
+        self.journal.append("context.get_consent")
+        context = self._context(profile_id)
+        mine = [c for p, c in self.consent_changes if p == profile_id]
+        source = mine[-1].source if mine else ""
+        at = (mine[-1].at or datetime(2026, 1, 1, tzinfo=UTC)) if mine else None
+        return Consent(
+            context.personalization,
+            source,
+            at,
+            tuple(
+                PurposeConsent(purpose, granted, source, at or datetime(2026, 1, 1, tzinfo=UTC))
+                for purpose, granted in sorted(context.consents.items())
+            ),
+        )
 
 
 class FakeScoring:
@@ -275,28 +346,38 @@ def arbitration_units(store: FakeCatalogStore) -> ArbitrationUnits:
 
 @dataclass
 class FakeIdentityStore:
-    """What the identity tables would hold: links by (type, digest), profiles, merges."""
+    """What the identity tables would hold: links by (type, digest), profiles, audit rows."""
 
     links: dict[tuple[str, str], str] = field(default_factory=dict)
+    # (type, digest) -> when the identifier was last seen
+    seen: dict[tuple[str, str], datetime] = field(default_factory=dict)
     # profile id -> the profile it was merged into (None while it survives)
     profiles: dict[str, str | None] = field(default_factory=dict)
-    merges: list[tuple[str, str, str]] = field(default_factory=list)
+    merges: list[MergeRecord] = field(default_factory=list)
+    repoints: list[RepointRecord] = field(default_factory=list)
     commits: int = 0
     # Make the next N write commits fail as a concurrent writer would (unique constraint).
     conflicts: int = 0
+    locked: list[list[str]] = field(default_factory=list)
 
 
 class FakeIdentityRepository:
     def __init__(self, state: FakeIdentityStore) -> None:
         self._state = state
 
-    async def find_links(self, keys: Iterable[KeyedIdentifier]) -> dict[KeyedIdentifier, str]:
-        found = {}
-        for key in keys:
-            owner = self._state.links.get((key.type, key.digest))
-            if owner is not None:
-                found[key] = owner
-        return found
+    def _row(self, pair: tuple[str, str]) -> StoredLink:
+        return StoredLink(pair[0], pair[1], self._state.links[pair], self._state.seen[pair])
+
+    async def find_links(self, pairs: Sequence[tuple[str, str]]) -> list[StoredLink]:
+        return [self._row(pair) for pair in dict.fromkeys(pairs) if pair in self._state.links]
+
+    async def lock_profiles(self, profile_ids: Sequence[str]) -> set[str]:
+        self._state.locked.append(sorted(profile_ids))
+        return {p for p in profile_ids if p in self._state.profiles and not self._state.profiles[p]}
+
+    async def holdings(self, profile_ids: Sequence[str]) -> list[StoredLink]:
+        wanted = set(profile_ids)
+        return [self._row(pair) for pair, owner in self._state.links.items() if owner in wanted]
 
     async def survivor_of(self, profile_id: str) -> str | None:
         current = profile_id
@@ -313,19 +394,41 @@ class FakeIdentityRepository:
         assert profile_id not in self._state.profiles, "profile ids are unique"
         self._state.profiles[profile_id] = None
 
-    async def link(self, key: KeyedIdentifier, profile_id: str, now: datetime) -> None:
+    async def link(self, kind: str, digest: str, profile_id: str, now: datetime) -> None:
         assert profile_id in self._state.profiles, "links reference an existing profile"
-        assert (key.type, key.digest) not in self._state.links, "(type, digest) is unique"
-        self._state.links[(key.type, key.digest)] = profile_id
+        assert (kind, digest) not in self._state.links, "(type, digest) is unique"
+        self._state.links[(kind, digest)] = profile_id
+        self._state.seen[(kind, digest)] = now
 
-    async def merge(self, survivor: str, merged: str, reason: str, now: datetime) -> None:
+    async def relink(
+        self, kind: str, stored_digest: str, digest: str, profile_id: str, now: datetime
+    ) -> None:
+        assert profile_id in self._state.profiles, "links reference an existing profile"
+        if (kind, stored_digest) not in self._state.links:
+            return
+        del self._state.links[(kind, stored_digest)]
+        del self._state.seen[(kind, stored_digest)]
+        assert (kind, digest) not in self._state.links, "(type, digest) is unique"
+        self._state.links[(kind, digest)] = profile_id
+        self._state.seen[(kind, digest)] = now
+
+    async def unlink(self, kind: str, digest: str) -> None:
+        self._state.links.pop((kind, digest), None)
+        self._state.seen.pop((kind, digest), None)
+
+    async def merge(self, survivor: str, merged: str) -> None:
         for pair, owner in list(self._state.links.items()):
             if owner == merged:
                 self._state.links[pair] = survivor
         for profile, into in list(self._state.profiles.items()):
             if profile == merged or into == merged:
                 self._state.profiles[profile] = survivor
-        self._state.merges.append((survivor, merged, reason))
+
+    async def record_merge(self, record: MergeRecord) -> None:
+        self._state.merges.append(record)
+
+    async def record_repoint(self, record: RepointRecord) -> None:
+        self._state.repoints.append(record)
 
     async def identifier_types(self, profile_id: str) -> list[str]:
         return sorted(
@@ -340,8 +443,16 @@ class FakeIdentityRepository:
         removed = [pair for pair, owner in self._state.links.items() if owner in every_id]
         for pair in removed:
             del self._state.links[pair]
+            del self._state.seen[pair]
         self._state.merges = [
-            m for m in self._state.merges if m[0] not in every_id and m[1] not in every_id
+            m
+            for m in self._state.merges
+            if m.survivor_id not in every_id and m.merged_id not in every_id
+        ]
+        self._state.repoints = [
+            r
+            for r in self._state.repoints
+            if r.from_profile_id not in every_id and r.to_profile_id not in every_id
         ]
         for profile in every_id:
             self._state.profiles.pop(profile, None)
@@ -369,8 +480,11 @@ class FakeIdentityUnitOfWork:
             self._store.conflicts -= 1
             raise StorageConflict("duplicate key (simulated concurrent writer)")
         self._store.links = self._working.links
+        self._store.seen = self._working.seen
         self._store.profiles = self._working.profiles
         self._store.merges = self._working.merges
+        self._store.repoints = self._working.repoints
+        self._store.locked = self._working.locked
         self._store.commits += 1
 
 

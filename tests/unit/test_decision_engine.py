@@ -419,10 +419,12 @@ async def test_erase_profile_erases_context_before_identity_and_returns_counts()
     erased = await PrivacyAdmin(identity, context).erase_profile(ANN)
 
     assert erased == ProfileErasure("p-ann", identifiers_removed=2, rows_removed=3)
+    # Context again last: an event resolved just before the identifiers went is caught.
     assert journal == [
         "identity.lookup_profile",
         "context.erase_profile",
         "identity.erase_profile",
+        "context.erase_profile",
     ]
     assert context.events == {} and context.decisions == {}
     assert set(identity.profiles.values()) == {"p-bob"}

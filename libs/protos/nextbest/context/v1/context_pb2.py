@@ -27,47 +27,81 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from nextbest.decision.v1 import decision_pb2 as nextbest_dot_decision_dot_v1_dot_decision__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!nextbest/context/v1/context.proto\x12\x13nextbest.context.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#nextbest/decision/v1/decision.proto\"\xc5\x01\n\x0eProfileContext\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12+\n\nattributes\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x33\n\x08\x63ounters\x18\x03 \x03(\x0b\x32!.nextbest.context.v1.EventCounter\x12=\n\x0cinteractions\x18\x04 \x03(\x0b\x32\'.nextbest.context.v1.InteractionSummary\"z\n\x0c\x45ventCounter\x12\x12\n\nevent_type\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x11\n\tvalue_sum\x18\x03 \x01(\x01\x12\x34\n\x10last_occurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdc\x01\n\x12InteractionSummary\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x11\n\tdecisions\x18\x03 \x01(\x03\x12\x13\n\x0bimpressions\x18\x04 \x01(\x03\x12\x0e\n\x06\x63licks\x18\x05 \x01(\x03\x12\x0f\n\x07\x61\x63\x63\x65pts\x18\x06 \x01(\x03\x12\x0f\n\x07rejects\x18\x07 \x01(\x03\x12\x13\n\x0b\x63onversions\x18\x08 \x01(\x03\x12\x33\n\x0flast_contact_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\".\n\x18GetProfileContextRequest\x12\x12\n\nprofile_id\x18\x01 \x01(\t\"Q\n\x19GetProfileContextResponse\x12\x34\n\x07\x63ontext\x18\x01 \x01(\x0b\x32#.nextbest.context.v1.ProfileContext\"\xb1\x01\n\x0cProfileEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nprofile_id\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\nattributes\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"H\n\x13\x41ppendEventsRequest\x12\x31\n\x06\x65vents\x18\x01 \x03(\x0b\x32!.nextbest.context.v1.ProfileEvent\"<\n\x14\x41ppendEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\"\xde\x01\n\x0e\x44\x65\x63isionRecord\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x12\n\nprofile_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\x11\n\tplacement\x18\x05 \x01(\t\x12\x11\n\taction_id\x18\x06 \x01(\t\x12.\n\ndecided_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07payload\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\"L\n\x15RecordDecisionRequest\x12\x33\n\x06record\x18\x01 \x01(\x0b\x32#.nextbest.context.v1.DecisionRecord\"_\n\x16RecordDecisionResponse\x12\x33\n\x06record\x18\x01 \x01(\x0b\x32#.nextbest.context.v1.DecisionRecord\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"\xb4\x01\n\x14RecordOutcomeRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12.\n\x07outcome\x18\x02 \x01(\x0e\x32\x1d.nextbest.decision.v1.Outcome\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x15RecordOutcomeResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\x12\x12\n\nprofile_id\x18\x02 \x01(\t\x12\x11\n\taction_id\x18\x03 \x01(\t\"*\n\x14\x45xportProfileRequest\x12\x12\n\nprofile_id\x18\x01 \x01(\t\"\xb8\x01\n\x15\x45xportProfileResponse\x12\x34\n\x07\x63ontext\x18\x01 \x01(\x0b\x32#.nextbest.context.v1.ProfileContext\x12\x31\n\x06\x65vents\x18\x02 \x03(\x0b\x32!.nextbest.context.v1.ProfileEvent\x12\x36\n\tdecisions\x18\x03 \x03(\x0b\x32#.nextbest.context.v1.DecisionRecord\")\n\x13\x45raseProfileRequest\x12\x12\n\nprofile_id\x18\x01 \x01(\t\",\n\x14\x45raseProfileResponse\x12\x14\n\x0crows_removed\x18\x01 \x01(\x05\x32\x89\x05\n\x0e\x43ontextService\x12r\n\x11GetProfileContext\x12-.nextbest.context.v1.GetProfileContextRequest\x1a..nextbest.context.v1.GetProfileContextResponse\x12\x63\n\x0c\x41ppendEvents\x12(.nextbest.context.v1.AppendEventsRequest\x1a).nextbest.context.v1.AppendEventsResponse\x12i\n\x0eRecordDecision\x12*.nextbest.context.v1.RecordDecisionRequest\x1a+.nextbest.context.v1.RecordDecisionResponse\x12\x66\n\rRecordOutcome\x12).nextbest.context.v1.RecordOutcomeRequest\x1a*.nextbest.context.v1.RecordOutcomeResponse\x12\x66\n\rExportProfile\x12).nextbest.context.v1.ExportProfileRequest\x1a*.nextbest.context.v1.ExportProfileResponse\x12\x63\n\x0c\x45raseProfile\x12(.nextbest.context.v1.EraseProfileRequest\x1a).nextbest.context.v1.EraseProfileResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!nextbest/context/v1/context.proto\x12\x13nextbest.context.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#nextbest/decision/v1/decision.proto\"\xe5\x03\n\x0eProfileContext\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12+\n\nattributes\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x33\n\x08\x63ounters\x18\x03 \x03(\x0b\x32!.nextbest.context.v1.EventCounter\x12=\n\x0cinteractions\x18\x04 \x03(\x0b\x32\'.nextbest.context.v1.InteractionSummary\x12\x35\n\x07windows\x18\x05 \x03(\x0b\x32$.nextbest.context.v1.WindowAggregate\x12\x36\n\x08\x63hannels\x18\x06 \x03(\x0b\x32$.nextbest.context.v1.ChannelActivity\x12\x34\n\x0bpredictions\x18\x07 \x03(\x0b\x32\x1f.nextbest.context.v1.Prediction\x12\x42\n\x0fpersonalization\x18\x08 \x01(\x0e\x32).nextbest.context.v1.PersonalizationLevel\x12\x35\n\x08\x63onsents\x18\t \x03(\x0b\x32#.nextbest.context.v1.PurposeConsent\"W\n\x0fWindowAggregate\x12\x12\n\nevent_type\x18\x01 \x01(\t\x12\x0e\n\x06window\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\x12\x11\n\tvalue_sum\x18\x04 \x01(\x01\"\x97\x01\n\x0f\x43hannelActivity\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x31\n\rfirst_seen_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_seen_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x65vents\x18\x04 \x01(\x03\"l\n\nPrediction\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x30\n\x0cpredicted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"r\n\x0ePurposeConsent\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\x0f\n\x07granted\x18\x02 \x01(\x08\x12\x0e\n\x06source\x18\x03 \x01(\t\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xba\x01\n\x07\x43onsent\x12\x38\n\x05level\x18\x01 \x01(\x0e\x32).nextbest.context.v1.PersonalizationLevel\x12\x0e\n\x06source\x18\x02 \x01(\t\x12.\n\nupdated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x08purposes\x18\x04 \x03(\x0b\x32#.nextbest.context.v1.PurposeConsent\"\xdf\x01\n\x0c\x45ventCounter\x12\x12\n\nevent_type\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x11\n\tvalue_sum\x18\x03 \x01(\x01\x12\x34\n\x10last_occurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11\x66irst_occurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x0blast_values\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xdc\x01\n\x12InteractionSummary\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x11\n\tdecisions\x18\x03 \x01(\x03\x12\x13\n\x0bimpressions\x18\x04 \x01(\x03\x12\x0e\n\x06\x63licks\x18\x05 \x01(\x03\x12\x0f\n\x07\x61\x63\x63\x65pts\x18\x06 \x01(\x03\x12\x0f\n\x07rejects\x18\x07 \x01(\x03\x12\x13\n\x0b\x63onversions\x18\x08 \x01(\x03\x12\x33\n\x0flast_contact_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\".\n\x18GetProfileContextRequest\x12\x12\n\nprofile_id\x18\x01 \x01(\t\"Q\n\x19GetProfileContextResponse\x12\x34\n\x07\x63ontext\x18\x01 \x01(\x0b\x32#.nextbest.context.v1.ProfileContext\"\xb1\x01\n\x0cProfileEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nprofile_id\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\nattributes\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"H\n\x13\x41ppendEventsRequest\x12\x31\n\x06\x65vents\x18\x01 \x03(\x0b\x32!.nextbest.context.v1.ProfileEvent\"<\n\x14\x41ppendEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\"\x94\x02\n\x0e\x44\x65\x63isionRecord\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x12\n\nprofile_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12\x11\n\tplacement\x18\x05 \x01(\t\x12\x11\n\taction_id\x18\x06 \x01(\t\x12.\n\ndecided_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07payload\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x34\n\x0bpredictions\x18\t \x03(\x0b\x32\x1f.nextbest.context.v1.Prediction\"L\n\x15RecordDecisionRequest\x12\x33\n\x06record\x18\x01 \x01(\x0b\x32#.nextbest.context.v1.DecisionRecord\"_\n\x16RecordDecisionResponse\x12\x33\n\x06record\x18\x01 \x01(\x0b\x32#.nextbest.context.v1.DecisionRecord\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"\xb4\x01\n\x14RecordOutcomeRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12.\n\x07outcome\x18\x02 \x01(\x0e\x32\x1d.nextbest.decision.v1.Outcome\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x15RecordOutcomeResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\x12\x12\n\nprofile_id\x18\x02 \x01(\t\x12\x11\n\taction_id\x18\x03 \x01(\t\"*\n\x14\x45xportProfileRequest\x12\x12\n\nprofile_id\x18\x01 \x01(\t\"\x9d\x02\n\x15\x45xportProfileResponse\x12\x34\n\x07\x63ontext\x18\x01 \x01(\x0b\x32#.nextbest.context.v1.ProfileContext\x12\x31\n\x06\x65vents\x18\x02 \x03(\x0b\x32!.nextbest.context.v1.ProfileEvent\x12\x36\n\tdecisions\x18\x03 \x03(\x0b\x32#.nextbest.context.v1.DecisionRecord\x12\x34\n\x08outcomes\x18\x04 \x03(\x0b\x32\".nextbest.context.v1.OutcomeRecord\x12-\n\x07\x63onsent\x18\x05 \x01(\x0b\x32\x1c.nextbest.context.v1.Consent\"\xd1\x01\n\rOutcomeRecord\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12\x11\n\taction_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12.\n\x07outcome\x18\x05 \x01(\x0e\x32\x1d.nextbest.decision.v1.Outcome\x12\r\n\x05value\x18\x06 \x01(\x01\x12/\n\x0boccurred_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\")\n\x13\x45raseProfileRequest\x12\x12\n\nprofile_id\x18\x01 \x01(\t\",\n\x14\x45raseProfileResponse\x12\x14\n\x0crows_removed\x18\x01 \x01(\x05\"O\n\x14MergeProfilesRequest\x12\x1b\n\x13survivor_profile_id\x18\x01 \x01(\t\x12\x1a\n\x12merged_profile_ids\x18\x02 \x03(\t\"+\n\x15MergeProfilesResponse\x12\x12\n\nrows_moved\x18\x01 \x01(\x05\"\x9c\x01\n\x14SetAttributesRequest\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12+\n\nattributes\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0bremove_keys\x18\x03 \x03(\t\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"D\n\x15SetAttributesResponse\x12+\n\nattributes\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\"a\n\x15SetPredictionsRequest\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12\x34\n\x0bpredictions\x18\x02 \x03(\x0b\x32\x1f.nextbest.context.v1.Prediction\"*\n\x16SetPredictionsResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x05\"\xd9\x01\n\x11SetConsentRequest\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12\x38\n\x05level\x18\x02 \x01(\x0e\x32).nextbest.context.v1.PersonalizationLevel\x12\x35\n\x08purposes\x18\x03 \x03(\x0b\x32#.nextbest.context.v1.PurposeConsent\x12\x0e\n\x06source\x18\x04 \x01(\t\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x12SetConsentResponse\x12-\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x1c.nextbest.context.v1.Consent\"\'\n\x11GetConsentRequest\x12\x12\n\nprofile_id\x18\x01 \x01(\t\"C\n\x12GetConsentResponse\x12-\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x1c.nextbest.context.v1.Consent*\x9e\x01\n\x14PersonalizationLevel\x12%\n!PERSONALIZATION_LEVEL_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPERSONALIZATION_LEVEL_NONE\x10\x01\x12\x1f\n\x1bPERSONALIZATION_LEVEL_BASIC\x10\x02\x12\x1e\n\x1aPERSONALIZATION_LEVEL_FULL\x10\x03\x32\x82\t\n\x0e\x43ontextService\x12r\n\x11GetProfileContext\x12-.nextbest.context.v1.GetProfileContextRequest\x1a..nextbest.context.v1.GetProfileContextResponse\x12\x63\n\x0c\x41ppendEvents\x12(.nextbest.context.v1.AppendEventsRequest\x1a).nextbest.context.v1.AppendEventsResponse\x12i\n\x0eRecordDecision\x12*.nextbest.context.v1.RecordDecisionRequest\x1a+.nextbest.context.v1.RecordDecisionResponse\x12\x66\n\rRecordOutcome\x12).nextbest.context.v1.RecordOutcomeRequest\x1a*.nextbest.context.v1.RecordOutcomeResponse\x12\x66\n\rExportProfile\x12).nextbest.context.v1.ExportProfileRequest\x1a*.nextbest.context.v1.ExportProfileResponse\x12\x63\n\x0c\x45raseProfile\x12(.nextbest.context.v1.EraseProfileRequest\x1a).nextbest.context.v1.EraseProfileResponse\x12\x66\n\rMergeProfiles\x12).nextbest.context.v1.MergeProfilesRequest\x1a*.nextbest.context.v1.MergeProfilesResponse\x12\x66\n\rSetAttributes\x12).nextbest.context.v1.SetAttributesRequest\x1a*.nextbest.context.v1.SetAttributesResponse\x12i\n\x0eSetPredictions\x12*.nextbest.context.v1.SetPredictionsRequest\x1a+.nextbest.context.v1.SetPredictionsResponse\x12]\n\nSetConsent\x12&.nextbest.context.v1.SetConsentRequest\x1a\'.nextbest.context.v1.SetConsentResponse\x12]\n\nGetConsent\x12&.nextbest.context.v1.GetConsentRequest\x1a\'.nextbest.context.v1.GetConsentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nextbest.context.v1.context_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PERSONALIZATIONLEVEL']._serialized_start=4451
+  _globals['_PERSONALIZATIONLEVEL']._serialized_end=4609
   _globals['_PROFILECONTEXT']._serialized_start=159
-  _globals['_PROFILECONTEXT']._serialized_end=356
-  _globals['_EVENTCOUNTER']._serialized_start=358
-  _globals['_EVENTCOUNTER']._serialized_end=480
-  _globals['_INTERACTIONSUMMARY']._serialized_start=483
-  _globals['_INTERACTIONSUMMARY']._serialized_end=703
-  _globals['_GETPROFILECONTEXTREQUEST']._serialized_start=705
-  _globals['_GETPROFILECONTEXTREQUEST']._serialized_end=751
-  _globals['_GETPROFILECONTEXTRESPONSE']._serialized_start=753
-  _globals['_GETPROFILECONTEXTRESPONSE']._serialized_end=834
-  _globals['_PROFILEEVENT']._serialized_start=837
-  _globals['_PROFILEEVENT']._serialized_end=1014
-  _globals['_APPENDEVENTSREQUEST']._serialized_start=1016
-  _globals['_APPENDEVENTSREQUEST']._serialized_end=1088
-  _globals['_APPENDEVENTSRESPONSE']._serialized_start=1090
-  _globals['_APPENDEVENTSRESPONSE']._serialized_end=1150
-  _globals['_DECISIONRECORD']._serialized_start=1153
-  _globals['_DECISIONRECORD']._serialized_end=1375
-  _globals['_RECORDDECISIONREQUEST']._serialized_start=1377
-  _globals['_RECORDDECISIONREQUEST']._serialized_end=1453
-  _globals['_RECORDDECISIONRESPONSE']._serialized_start=1455
-  _globals['_RECORDDECISIONRESPONSE']._serialized_end=1550
-  _globals['_RECORDOUTCOMEREQUEST']._serialized_start=1553
-  _globals['_RECORDOUTCOMEREQUEST']._serialized_end=1733
-  _globals['_RECORDOUTCOMERESPONSE']._serialized_start=1735
-  _globals['_RECORDOUTCOMERESPONSE']._serialized_end=1816
-  _globals['_EXPORTPROFILEREQUEST']._serialized_start=1818
-  _globals['_EXPORTPROFILEREQUEST']._serialized_end=1860
-  _globals['_EXPORTPROFILERESPONSE']._serialized_start=1863
-  _globals['_EXPORTPROFILERESPONSE']._serialized_end=2047
-  _globals['_ERASEPROFILEREQUEST']._serialized_start=2049
-  _globals['_ERASEPROFILEREQUEST']._serialized_end=2090
-  _globals['_ERASEPROFILERESPONSE']._serialized_start=2092
-  _globals['_ERASEPROFILERESPONSE']._serialized_end=2136
-  _globals['_CONTEXTSERVICE']._serialized_start=2139
-  _globals['_CONTEXTSERVICE']._serialized_end=2788
+  _globals['_PROFILECONTEXT']._serialized_end=644
+  _globals['_WINDOWAGGREGATE']._serialized_start=646
+  _globals['_WINDOWAGGREGATE']._serialized_end=733
+  _globals['_CHANNELACTIVITY']._serialized_start=736
+  _globals['_CHANNELACTIVITY']._serialized_end=887
+  _globals['_PREDICTION']._serialized_start=889
+  _globals['_PREDICTION']._serialized_end=997
+  _globals['_PURPOSECONSENT']._serialized_start=999
+  _globals['_PURPOSECONSENT']._serialized_end=1113
+  _globals['_CONSENT']._serialized_start=1116
+  _globals['_CONSENT']._serialized_end=1302
+  _globals['_EVENTCOUNTER']._serialized_start=1305
+  _globals['_EVENTCOUNTER']._serialized_end=1528
+  _globals['_INTERACTIONSUMMARY']._serialized_start=1531
+  _globals['_INTERACTIONSUMMARY']._serialized_end=1751
+  _globals['_GETPROFILECONTEXTREQUEST']._serialized_start=1753
+  _globals['_GETPROFILECONTEXTREQUEST']._serialized_end=1799
+  _globals['_GETPROFILECONTEXTRESPONSE']._serialized_start=1801
+  _globals['_GETPROFILECONTEXTRESPONSE']._serialized_end=1882
+  _globals['_PROFILEEVENT']._serialized_start=1885
+  _globals['_PROFILEEVENT']._serialized_end=2062
+  _globals['_APPENDEVENTSREQUEST']._serialized_start=2064
+  _globals['_APPENDEVENTSREQUEST']._serialized_end=2136
+  _globals['_APPENDEVENTSRESPONSE']._serialized_start=2138
+  _globals['_APPENDEVENTSRESPONSE']._serialized_end=2198
+  _globals['_DECISIONRECORD']._serialized_start=2201
+  _globals['_DECISIONRECORD']._serialized_end=2477
+  _globals['_RECORDDECISIONREQUEST']._serialized_start=2479
+  _globals['_RECORDDECISIONREQUEST']._serialized_end=2555
+  _globals['_RECORDDECISIONRESPONSE']._serialized_start=2557
+  _globals['_RECORDDECISIONRESPONSE']._serialized_end=2652
+  _globals['_RECORDOUTCOMEREQUEST']._serialized_start=2655
+  _globals['_RECORDOUTCOMEREQUEST']._serialized_end=2835
+  _globals['_RECORDOUTCOMERESPONSE']._serialized_start=2837
+  _globals['_RECORDOUTCOMERESPONSE']._serialized_end=2918
+  _globals['_EXPORTPROFILEREQUEST']._serialized_start=2920
+  _globals['_EXPORTPROFILEREQUEST']._serialized_end=2962
+  _globals['_EXPORTPROFILERESPONSE']._serialized_start=2965
+  _globals['_EXPORTPROFILERESPONSE']._serialized_end=3250
+  _globals['_OUTCOMERECORD']._serialized_start=3253
+  _globals['_OUTCOMERECORD']._serialized_end=3462
+  _globals['_ERASEPROFILEREQUEST']._serialized_start=3464
+  _globals['_ERASEPROFILEREQUEST']._serialized_end=3505
+  _globals['_ERASEPROFILERESPONSE']._serialized_start=3507
+  _globals['_ERASEPROFILERESPONSE']._serialized_end=3551
+  _globals['_MERGEPROFILESREQUEST']._serialized_start=3553
+  _globals['_MERGEPROFILESREQUEST']._serialized_end=3632
+  _globals['_MERGEPROFILESRESPONSE']._serialized_start=3634
+  _globals['_MERGEPROFILESRESPONSE']._serialized_end=3677
+  _globals['_SETATTRIBUTESREQUEST']._serialized_start=3680
+  _globals['_SETATTRIBUTESREQUEST']._serialized_end=3836
+  _globals['_SETATTRIBUTESRESPONSE']._serialized_start=3838
+  _globals['_SETATTRIBUTESRESPONSE']._serialized_end=3906
+  _globals['_SETPREDICTIONSREQUEST']._serialized_start=3908
+  _globals['_SETPREDICTIONSREQUEST']._serialized_end=4005
+  _globals['_SETPREDICTIONSRESPONSE']._serialized_start=4007
+  _globals['_SETPREDICTIONSRESPONSE']._serialized_end=4049
+  _globals['_SETCONSENTREQUEST']._serialized_start=4052
+  _globals['_SETCONSENTREQUEST']._serialized_end=4269
+  _globals['_SETCONSENTRESPONSE']._serialized_start=4271
+  _globals['_SETCONSENTRESPONSE']._serialized_end=4338
+  _globals['_GETCONSENTREQUEST']._serialized_start=4340
+  _globals['_GETCONSENTREQUEST']._serialized_end=4379
+  _globals['_GETCONSENTRESPONSE']._serialized_start=4381
+  _globals['_GETCONSENTRESPONSE']._serialized_end=4448
+  _globals['_CONTEXTSERVICE']._serialized_start=4612
+  _globals['_CONTEXTSERVICE']._serialized_end=5766
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from nextbest.decision.v1 import decision_pb2 as _decision_pb2
 import builtins as _builtins
 import sys
@@ -21,6 +22,34 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _PersonalizationLevel:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PersonalizationLevelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PersonalizationLevel.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PERSONALIZATION_LEVEL_UNSPECIFIED: _PersonalizationLevel.ValueType  # 0
+    """Not set (in a request: leave the level as it is)."""
+    PERSONALIZATION_LEVEL_NONE: _PersonalizationLevel.ValueType  # 1
+    """Only the situational context of the request: nothing stored is used."""
+    PERSONALIZATION_LEVEL_BASIC: _PersonalizationLevel.ValueType  # 2
+    """Behavioural aggregates and interaction history; no attributes, no predictions."""
+    PERSONALIZATION_LEVEL_FULL: _PersonalizationLevel.ValueType  # 3
+    """Everything (predictions only while the "profiling" purpose is not refused)."""
+
+class PersonalizationLevel(_PersonalizationLevel, metaclass=_PersonalizationLevelEnumTypeWrapper):
+    """How personalised the customer wants her decisions; every decision honours it."""
+
+PERSONALIZATION_LEVEL_UNSPECIFIED: PersonalizationLevel.ValueType  # 0
+"""Not set (in a request: leave the level as it is)."""
+PERSONALIZATION_LEVEL_NONE: PersonalizationLevel.ValueType  # 1
+"""Only the situational context of the request: nothing stored is used."""
+PERSONALIZATION_LEVEL_BASIC: PersonalizationLevel.ValueType  # 2
+"""Behavioural aggregates and interaction history; no attributes, no predictions."""
+PERSONALIZATION_LEVEL_FULL: PersonalizationLevel.ValueType  # 3
+"""Everything (predictions only while the "profiling" purpose is not refused)."""
+Global___PersonalizationLevel: _TypeAlias = PersonalizationLevel  # noqa: Y015
+
 @_typing.final
 class ProfileContext(_message.Message):
     """A profile's context as seen by decisioning."""
@@ -31,7 +60,14 @@ class ProfileContext(_message.Message):
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
     COUNTERS_FIELD_NUMBER: _builtins.int
     INTERACTIONS_FIELD_NUMBER: _builtins.int
+    WINDOWS_FIELD_NUMBER: _builtins.int
+    CHANNELS_FIELD_NUMBER: _builtins.int
+    PREDICTIONS_FIELD_NUMBER: _builtins.int
+    PERSONALIZATION_FIELD_NUMBER: _builtins.int
+    CONSENTS_FIELD_NUMBER: _builtins.int
     profile_id: _builtins.str
+    personalization: Global___PersonalizationLevel.ValueType
+    """The level the customer chose; the parts above are only those it allows."""
     @_builtins.property
     def attributes(self) -> _struct_pb2.Struct:
         """Relationship and personal attributes (latest value per key)."""
@@ -40,6 +76,22 @@ class ProfileContext(_message.Message):
     def counters(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventCounter]: ...
     @_builtins.property
     def interactions(self) -> _containers.RepeatedCompositeFieldContainer[Global___InteractionSummary]: ...
+    @_builtins.property
+    def windows(self) -> _containers.RepeatedCompositeFieldContainer[Global___WindowAggregate]:
+        """Per event type and configured sliding window (1h, 24h, 7d, 30d...), ending now."""
+
+    @_builtins.property
+    def channels(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChannelActivity]:
+        """First and last seen per channel."""
+
+    @_builtins.property
+    def predictions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Prediction]:
+        """The latest output of each model for the profile."""
+
+    @_builtins.property
+    def consents(self) -> _containers.RepeatedCompositeFieldContainer[Global___PurposeConsent]:
+        """Purposes the customer decided on (marketing_email, profiling...)."""
+
     def __init__(
         self,
         *,
@@ -47,14 +99,181 @@ class ProfileContext(_message.Message):
         attributes: _struct_pb2.Struct | None = ...,
         counters: _abc.Iterable[Global___EventCounter] | None = ...,
         interactions: _abc.Iterable[Global___InteractionSummary] | None = ...,
+        windows: _abc.Iterable[Global___WindowAggregate] | None = ...,
+        channels: _abc.Iterable[Global___ChannelActivity] | None = ...,
+        predictions: _abc.Iterable[Global___Prediction] | None = ...,
+        personalization: Global___PersonalizationLevel.ValueType = ...,
+        consents: _abc.Iterable[Global___PurposeConsent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "counters", b"counters", "interactions", b"interactions", "profile_id", b"profile_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "channels", b"channels", "consents", b"consents", "counters", b"counters", "interactions", b"interactions", "personalization", b"personalization", "predictions", b"predictions", "profile_id", b"profile_id", "windows", b"windows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ProfileContext: _TypeAlias = ProfileContext  # noqa: Y015
+
+@_typing.final
+class WindowAggregate(_message.Message):
+    """Events of one type within a sliding window ending now (estimated to a fraction of one
+    bucket at the window's start: 5 minutes for 1h, 1 hour for 24h, 1 day for 7d and 30d).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    VALUE_SUM_FIELD_NUMBER: _builtins.int
+    event_type: _builtins.str
+    window: _builtins.str
+    """The configured window label: "1h", "24h", "7d", "30d"..."""
+    count: _builtins.int
+    value_sum: _builtins.float
+    def __init__(
+        self,
+        *,
+        event_type: _builtins.str = ...,
+        window: _builtins.str = ...,
+        count: _builtins.int = ...,
+        value_sum: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "event_type", b"event_type", "value_sum", b"value_sum", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WindowAggregate: _TypeAlias = WindowAggregate  # noqa: Y015
+
+@_typing.final
+class ChannelActivity(_message.Message):
+    """Activity of the profile on one channel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    FIRST_SEEN_AT_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_AT_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    channel: _builtins.str
+    events: _builtins.int
+    @_builtins.property
+    def first_seen_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_seen_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        channel: _builtins.str = ...,
+        first_seen_at: _timestamp_pb2.Timestamp | None = ...,
+        last_seen_at: _timestamp_pb2.Timestamp | None = ...,
+        events: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_seen_at", b"first_seen_at", "last_seen_at", b"last_seen_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "events", b"events", "first_seen_at", b"first_seen_at", "last_seen_at", b"last_seen_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChannelActivity: _TypeAlias = ChannelActivity  # noqa: Y015
+
+@_typing.final
+class Prediction(_message.Message):
+    """The latest output of a model for a profile (e.g. churn_risk)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    PREDICTED_AT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Model or score name; a feature reads it as "prediction:<name>"."""
+    value: _builtins.float
+    version: _builtins.str
+    @_builtins.property
+    def predicted_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        value: _builtins.float = ...,
+        version: _builtins.str = ...,
+        predicted_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["predicted_at", b"predicted_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "predicted_at", b"predicted_at", "value", b"value", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Prediction: _TypeAlias = Prediction  # noqa: Y015
+
+@_typing.final
+class PurposeConsent(_message.Message):
+    """Consent for one purpose."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    GRANTED_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    purpose: _builtins.str
+    granted: _builtins.bool
+    source: _builtins.str
+    """Where the customer said so (preference_centre, call_center, cookie_banner...)."""
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        purpose: _builtins.str = ...,
+        granted: _builtins.bool = ...,
+        source: _builtins.str = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["granted", b"granted", "purpose", b"purpose", "source", b"source", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurposeConsent: _TypeAlias = PurposeConsent  # noqa: Y015
+
+@_typing.final
+class Consent(_message.Message):
+    """The customer's consent as stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEVEL_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    PURPOSES_FIELD_NUMBER: _builtins.int
+    level: Global___PersonalizationLevel.ValueType
+    source: _builtins.str
+    """Where and when she chose the level (empty / unset while she never did)."""
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def purposes(self) -> _containers.RepeatedCompositeFieldContainer[Global___PurposeConsent]: ...
+    def __init__(
+        self,
+        *,
+        level: Global___PersonalizationLevel.ValueType = ...,
+        source: _builtins.str = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        purposes: _abc.Iterable[Global___PurposeConsent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["level", b"level", "purposes", b"purposes", "source", b"source", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Consent: _TypeAlias = Consent  # noqa: Y015
 
 @_typing.final
 class EventCounter(_message.Message):
@@ -66,12 +285,20 @@ class EventCounter(_message.Message):
     COUNT_FIELD_NUMBER: _builtins.int
     VALUE_SUM_FIELD_NUMBER: _builtins.int
     LAST_OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    FIRST_OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    LAST_VALUES_FIELD_NUMBER: _builtins.int
     event_type: _builtins.str
     count: _builtins.int
     value_sum: _builtins.float
     """Sum of the numeric "value" attribute of the events, when present."""
     @_builtins.property
     def last_occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def first_occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_values(self) -> _struct_pb2.Struct:
+        """Attribute values of the latest event of this type."""
+
     def __init__(
         self,
         *,
@@ -79,10 +306,12 @@ class EventCounter(_message.Message):
         count: _builtins.int = ...,
         value_sum: _builtins.float = ...,
         last_occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        first_occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        last_values: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_occurred_at", b"last_occurred_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_occurred_at", b"first_occurred_at", "last_occurred_at", b"last_occurred_at", "last_values", b"last_values"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "event_type", b"event_type", "last_occurred_at", b"last_occurred_at", "value_sum", b"value_sum"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "event_type", b"event_type", "first_occurred_at", b"first_occurred_at", "last_occurred_at", b"last_occurred_at", "last_values", b"last_values", "value_sum", b"value_sum"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -267,6 +496,7 @@ class DecisionRecord(_message.Message):
     ACTION_ID_FIELD_NUMBER: _builtins.int
     DECIDED_AT_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
+    PREDICTIONS_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     request_id: _builtins.str
     """When set, a decision already recorded under this request id is returned instead."""
@@ -281,6 +511,10 @@ class DecisionRecord(_message.Message):
     def payload(self) -> _struct_pb2.Struct:
         """The whole decision as the orchestrator returned it (factors, explanation...)."""
 
+    @_builtins.property
+    def predictions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Prediction]:
+        """Model outputs of this decision, kept as the profile's latest predictions."""
+
     def __init__(
         self,
         *,
@@ -292,10 +526,11 @@ class DecisionRecord(_message.Message):
         action_id: _builtins.str = ...,
         decided_at: _timestamp_pb2.Timestamp | None = ...,
         payload: _struct_pb2.Struct | None = ...,
+        predictions: _abc.Iterable[Global___Prediction] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "payload", b"payload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "channel", b"channel", "decided_at", b"decided_at", "decision_id", b"decision_id", "payload", b"payload", "placement", b"placement", "profile_id", b"profile_id", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "channel", b"channel", "decided_at", b"decided_at", "decision_id", b"decision_id", "payload", b"payload", "placement", b"placement", "predictions", b"predictions", "profile_id", b"profile_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -430,26 +665,76 @@ class ExportProfileResponse(_message.Message):
     CONTEXT_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
     DECISIONS_FIELD_NUMBER: _builtins.int
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    CONSENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def context(self) -> Global___ProfileContext: ...
+    def context(self) -> Global___ProfileContext:
+        """Everything stored, whatever the consent lets decisions use."""
+
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProfileEvent]: ...
     @_builtins.property
     def decisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___DecisionRecord]: ...
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutcomeRecord]: ...
+    @_builtins.property
+    def consent(self) -> Global___Consent: ...
     def __init__(
         self,
         *,
         context: Global___ProfileContext | None = ...,
         events: _abc.Iterable[Global___ProfileEvent] | None = ...,
         decisions: _abc.Iterable[Global___DecisionRecord] | None = ...,
+        outcomes: _abc.Iterable[Global___OutcomeRecord] | None = ...,
+        consent: Global___Consent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent", "context", b"context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "decisions", b"decisions", "events", b"events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent", "context", b"context", "decisions", b"decisions", "events", b"events", "outcomes", b"outcomes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportProfileResponse: _TypeAlias = ExportProfileResponse  # noqa: Y015
+
+@_typing.final
+class OutcomeRecord(_message.Message):
+    """An outcome as stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    DECISION_ID_FIELD_NUMBER: _builtins.int
+    ACTION_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    decision_id: _builtins.str
+    action_id: _builtins.str
+    channel: _builtins.str
+    outcome: _decision_pb2.Outcome.ValueType
+    value: _builtins.float
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        decision_id: _builtins.str = ...,
+        action_id: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        outcome: _decision_pb2.Outcome.ValueType = ...,
+        value: _builtins.float = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "channel", b"channel", "decision_id", b"decision_id", "idempotency_key", b"idempotency_key", "occurred_at", b"occurred_at", "outcome", b"outcome", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutcomeRecord: _TypeAlias = OutcomeRecord  # noqa: Y015
 
 @_typing.final
 class EraseProfileRequest(_message.Message):
@@ -488,3 +773,248 @@ class EraseProfileResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EraseProfileResponse: _TypeAlias = EraseProfileResponse  # noqa: Y015
+
+@_typing.final
+class MergeProfilesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SURVIVOR_PROFILE_ID_FIELD_NUMBER: _builtins.int
+    MERGED_PROFILE_IDS_FIELD_NUMBER: _builtins.int
+    survivor_profile_id: _builtins.str
+    """The profile identity kept."""
+    @_builtins.property
+    def merged_profile_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The profiles identity merged into it (ResolveProfileResponse.merged_profile_ids)."""
+
+    def __init__(
+        self,
+        *,
+        survivor_profile_id: _builtins.str = ...,
+        merged_profile_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["merged_profile_ids", b"merged_profile_ids", "survivor_profile_id", b"survivor_profile_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MergeProfilesRequest: _TypeAlias = MergeProfilesRequest  # noqa: Y015
+
+@_typing.final
+class MergeProfilesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_MOVED_FIELD_NUMBER: _builtins.int
+    rows_moved: _builtins.int
+    """Rows moved or combined (0 when run again)."""
+    def __init__(
+        self,
+        *,
+        rows_moved: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows_moved", b"rows_moved"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MergeProfilesResponse: _TypeAlias = MergeProfilesResponse  # noqa: Y015
+
+@_typing.final
+class SetAttributesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROFILE_ID_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    REMOVE_KEYS_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    profile_id: _builtins.str
+    @_builtins.property
+    def attributes(self) -> _struct_pb2.Struct:
+        """Attributes to set (latest value per key)."""
+
+    @_builtins.property
+    def remove_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Attributes to remove."""
+
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When the change happened (default: now); an older change never overwrites a newer one."""
+
+    def __init__(
+        self,
+        *,
+        profile_id: _builtins.str = ...,
+        attributes: _struct_pb2.Struct | None = ...,
+        remove_keys: _abc.Iterable[_builtins.str] | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "profile_id", b"profile_id", "remove_keys", b"remove_keys", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAttributesRequest: _TypeAlias = SetAttributesRequest  # noqa: Y015
+
+@_typing.final
+class SetAttributesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def attributes(self) -> _struct_pb2.Struct:
+        """The profile's attributes after the change."""
+
+    def __init__(
+        self,
+        *,
+        attributes: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAttributesResponse: _TypeAlias = SetAttributesResponse  # noqa: Y015
+
+@_typing.final
+class SetPredictionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROFILE_ID_FIELD_NUMBER: _builtins.int
+    PREDICTIONS_FIELD_NUMBER: _builtins.int
+    profile_id: _builtins.str
+    @_builtins.property
+    def predictions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Prediction]: ...
+    def __init__(
+        self,
+        *,
+        profile_id: _builtins.str = ...,
+        predictions: _abc.Iterable[Global___Prediction] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["predictions", b"predictions", "profile_id", b"profile_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPredictionsRequest: _TypeAlias = SetPredictionsRequest  # noqa: Y015
+
+@_typing.final
+class SetPredictionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDED_FIELD_NUMBER: _builtins.int
+    recorded: _builtins.int
+    def __init__(
+        self,
+        *,
+        recorded: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recorded", b"recorded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPredictionsResponse: _TypeAlias = SetPredictionsResponse  # noqa: Y015
+
+@_typing.final
+class SetConsentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROFILE_ID_FIELD_NUMBER: _builtins.int
+    LEVEL_FIELD_NUMBER: _builtins.int
+    PURPOSES_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    profile_id: _builtins.str
+    level: Global___PersonalizationLevel.ValueType
+    """UNSPECIFIED = leave the level as it is."""
+    source: _builtins.str
+    """Where the customer said so (required)."""
+    @_builtins.property
+    def purposes(self) -> _containers.RepeatedCompositeFieldContainer[Global___PurposeConsent]:
+        """Purposes decided on now (granted or refused); "personalization" is set with level."""
+
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When she said so (default: now); an older choice never overrides a newer one."""
+
+    def __init__(
+        self,
+        *,
+        profile_id: _builtins.str = ...,
+        level: Global___PersonalizationLevel.ValueType = ...,
+        purposes: _abc.Iterable[Global___PurposeConsent] | None = ...,
+        source: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["level", b"level", "occurred_at", b"occurred_at", "profile_id", b"profile_id", "purposes", b"purposes", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetConsentRequest: _TypeAlias = SetConsentRequest  # noqa: Y015
+
+@_typing.final
+class SetConsentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def consent(self) -> Global___Consent: ...
+    def __init__(
+        self,
+        *,
+        consent: Global___Consent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetConsentResponse: _TypeAlias = SetConsentResponse  # noqa: Y015
+
+@_typing.final
+class GetConsentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROFILE_ID_FIELD_NUMBER: _builtins.int
+    profile_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        profile_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["profile_id", b"profile_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConsentRequest: _TypeAlias = GetConsentRequest  # noqa: Y015
+
+@_typing.final
+class GetConsentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def consent(self) -> Global___Consent: ...
+    def __init__(
+        self,
+        *,
+        consent: Global___Consent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConsentResponse: _TypeAlias = GetConsentResponse  # noqa: Y015

@@ -65,6 +65,31 @@ class ContextServiceStub:
                 request_serializer=nextbest_dot_context_dot_v1_dot_context__pb2.EraseProfileRequest.SerializeToString,
                 response_deserializer=nextbest_dot_context_dot_v1_dot_context__pb2.EraseProfileResponse.FromString,
                 _registered_method=True)
+        self.MergeProfiles = channel.unary_unary(
+                '/nextbest.context.v1.ContextService/MergeProfiles',
+                request_serializer=nextbest_dot_context_dot_v1_dot_context__pb2.MergeProfilesRequest.SerializeToString,
+                response_deserializer=nextbest_dot_context_dot_v1_dot_context__pb2.MergeProfilesResponse.FromString,
+                _registered_method=True)
+        self.SetAttributes = channel.unary_unary(
+                '/nextbest.context.v1.ContextService/SetAttributes',
+                request_serializer=nextbest_dot_context_dot_v1_dot_context__pb2.SetAttributesRequest.SerializeToString,
+                response_deserializer=nextbest_dot_context_dot_v1_dot_context__pb2.SetAttributesResponse.FromString,
+                _registered_method=True)
+        self.SetPredictions = channel.unary_unary(
+                '/nextbest.context.v1.ContextService/SetPredictions',
+                request_serializer=nextbest_dot_context_dot_v1_dot_context__pb2.SetPredictionsRequest.SerializeToString,
+                response_deserializer=nextbest_dot_context_dot_v1_dot_context__pb2.SetPredictionsResponse.FromString,
+                _registered_method=True)
+        self.SetConsent = channel.unary_unary(
+                '/nextbest.context.v1.ContextService/SetConsent',
+                request_serializer=nextbest_dot_context_dot_v1_dot_context__pb2.SetConsentRequest.SerializeToString,
+                response_deserializer=nextbest_dot_context_dot_v1_dot_context__pb2.SetConsentResponse.FromString,
+                _registered_method=True)
+        self.GetConsent = channel.unary_unary(
+                '/nextbest.context.v1.ContextService/GetConsent',
+                request_serializer=nextbest_dot_context_dot_v1_dot_context__pb2.GetConsentRequest.SerializeToString,
+                response_deserializer=nextbest_dot_context_dot_v1_dot_context__pb2.GetConsentResponse.FromString,
+                _registered_method=True)
 
 
 class ContextServiceServicer:
@@ -113,6 +138,41 @@ class ContextServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MergeProfiles(self, request, context):
+        """Move the context of profiles identity merged into a survivor; idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAttributes(self, request, context):
+        """Set or remove profile attributes (relationship and personal context).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPredictions(self, request, context):
+        """Keep the latest outputs of models for a profile (predictions as context).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetConsent(self, request, context):
+        """Record the customer's consent: personalisation level and/or purposes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConsent(self, request, context):
+        """The customer's consent (the configured default level when she never chose).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ContextServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +205,31 @@ def add_ContextServiceServicer_to_server(servicer, server):
                     servicer.EraseProfile,
                     request_deserializer=nextbest_dot_context_dot_v1_dot_context__pb2.EraseProfileRequest.FromString,
                     response_serializer=nextbest_dot_context_dot_v1_dot_context__pb2.EraseProfileResponse.SerializeToString,
+            ),
+            'MergeProfiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.MergeProfiles,
+                    request_deserializer=nextbest_dot_context_dot_v1_dot_context__pb2.MergeProfilesRequest.FromString,
+                    response_serializer=nextbest_dot_context_dot_v1_dot_context__pb2.MergeProfilesResponse.SerializeToString,
+            ),
+            'SetAttributes': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAttributes,
+                    request_deserializer=nextbest_dot_context_dot_v1_dot_context__pb2.SetAttributesRequest.FromString,
+                    response_serializer=nextbest_dot_context_dot_v1_dot_context__pb2.SetAttributesResponse.SerializeToString,
+            ),
+            'SetPredictions': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPredictions,
+                    request_deserializer=nextbest_dot_context_dot_v1_dot_context__pb2.SetPredictionsRequest.FromString,
+                    response_serializer=nextbest_dot_context_dot_v1_dot_context__pb2.SetPredictionsResponse.SerializeToString,
+            ),
+            'SetConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetConsent,
+                    request_deserializer=nextbest_dot_context_dot_v1_dot_context__pb2.SetConsentRequest.FromString,
+                    response_serializer=nextbest_dot_context_dot_v1_dot_context__pb2.SetConsentResponse.SerializeToString,
+            ),
+            'GetConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConsent,
+                    request_deserializer=nextbest_dot_context_dot_v1_dot_context__pb2.GetConsentRequest.FromString,
+                    response_serializer=nextbest_dot_context_dot_v1_dot_context__pb2.GetConsentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +395,141 @@ class ContextService:
             '/nextbest.context.v1.ContextService/EraseProfile',
             nextbest_dot_context_dot_v1_dot_context__pb2.EraseProfileRequest.SerializeToString,
             nextbest_dot_context_dot_v1_dot_context__pb2.EraseProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MergeProfiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nextbest.context.v1.ContextService/MergeProfiles',
+            nextbest_dot_context_dot_v1_dot_context__pb2.MergeProfilesRequest.SerializeToString,
+            nextbest_dot_context_dot_v1_dot_context__pb2.MergeProfilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAttributes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nextbest.context.v1.ContextService/SetAttributes',
+            nextbest_dot_context_dot_v1_dot_context__pb2.SetAttributesRequest.SerializeToString,
+            nextbest_dot_context_dot_v1_dot_context__pb2.SetAttributesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPredictions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nextbest.context.v1.ContextService/SetPredictions',
+            nextbest_dot_context_dot_v1_dot_context__pb2.SetPredictionsRequest.SerializeToString,
+            nextbest_dot_context_dot_v1_dot_context__pb2.SetPredictionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nextbest.context.v1.ContextService/SetConsent',
+            nextbest_dot_context_dot_v1_dot_context__pb2.SetConsentRequest.SerializeToString,
+            nextbest_dot_context_dot_v1_dot_context__pb2.SetConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nextbest.context.v1.ContextService/GetConsent',
+            nextbest_dot_context_dot_v1_dot_context__pb2.GetConsentRequest.SerializeToString,
+            nextbest_dot_context_dot_v1_dot_context__pb2.GetConsentResponse.FromString,
             options,
             channel_credentials,
             insecure,

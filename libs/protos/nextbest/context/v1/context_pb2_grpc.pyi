@@ -45,6 +45,16 @@ class ContextServiceStub:
     """Everything held on a profile (data subject access)."""
     EraseProfile: _grpc.UnaryUnaryMultiCallable[_context_pb2.EraseProfileRequest, _context_pb2.EraseProfileResponse]
     """Delete everything held on a profile."""
+    MergeProfiles: _grpc.UnaryUnaryMultiCallable[_context_pb2.MergeProfilesRequest, _context_pb2.MergeProfilesResponse]
+    """Move the context of profiles identity merged into a survivor; idempotent."""
+    SetAttributes: _grpc.UnaryUnaryMultiCallable[_context_pb2.SetAttributesRequest, _context_pb2.SetAttributesResponse]
+    """Set or remove profile attributes (relationship and personal context)."""
+    SetPredictions: _grpc.UnaryUnaryMultiCallable[_context_pb2.SetPredictionsRequest, _context_pb2.SetPredictionsResponse]
+    """Keep the latest outputs of models for a profile (predictions as context)."""
+    SetConsent: _grpc.UnaryUnaryMultiCallable[_context_pb2.SetConsentRequest, _context_pb2.SetConsentResponse]
+    """Record the customer's consent: personalisation level and/or purposes."""
+    GetConsent: _grpc.UnaryUnaryMultiCallable[_context_pb2.GetConsentRequest, _context_pb2.GetConsentResponse]
+    """The customer's consent (the configured default level when she never chose)."""
 
 @_typing.type_check_only
 class ContextServiceAsyncStub(ContextServiceStub):
@@ -63,6 +73,16 @@ class ContextServiceAsyncStub(ContextServiceStub):
     """Everything held on a profile (data subject access)."""
     EraseProfile: _aio.UnaryUnaryMultiCallable[_context_pb2.EraseProfileRequest, _context_pb2.EraseProfileResponse]  # type: ignore[assignment]
     """Delete everything held on a profile."""
+    MergeProfiles: _aio.UnaryUnaryMultiCallable[_context_pb2.MergeProfilesRequest, _context_pb2.MergeProfilesResponse]  # type: ignore[assignment]
+    """Move the context of profiles identity merged into a survivor; idempotent."""
+    SetAttributes: _aio.UnaryUnaryMultiCallable[_context_pb2.SetAttributesRequest, _context_pb2.SetAttributesResponse]  # type: ignore[assignment]
+    """Set or remove profile attributes (relationship and personal context)."""
+    SetPredictions: _aio.UnaryUnaryMultiCallable[_context_pb2.SetPredictionsRequest, _context_pb2.SetPredictionsResponse]  # type: ignore[assignment]
+    """Keep the latest outputs of models for a profile (predictions as context)."""
+    SetConsent: _aio.UnaryUnaryMultiCallable[_context_pb2.SetConsentRequest, _context_pb2.SetConsentResponse]  # type: ignore[assignment]
+    """Record the customer's consent: personalisation level and/or purposes."""
+    GetConsent: _aio.UnaryUnaryMultiCallable[_context_pb2.GetConsentRequest, _context_pb2.GetConsentResponse]  # type: ignore[assignment]
+    """The customer's consent (the configured default level when she never chose)."""
 
 class ContextServiceServicer(metaclass=_abc_1.ABCMeta):
     """Internal: the customer's memory (profile attributes, events, interaction history)."""
@@ -114,5 +134,45 @@ class ContextServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_context_pb2.EraseProfileResponse, _abc.Awaitable[_context_pb2.EraseProfileResponse]]:
         """Delete everything held on a profile."""
+
+    @_abc_1.abstractmethod
+    def MergeProfiles(
+        self,
+        request: _context_pb2.MergeProfilesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_context_pb2.MergeProfilesResponse, _abc.Awaitable[_context_pb2.MergeProfilesResponse]]:
+        """Move the context of profiles identity merged into a survivor; idempotent."""
+
+    @_abc_1.abstractmethod
+    def SetAttributes(
+        self,
+        request: _context_pb2.SetAttributesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_context_pb2.SetAttributesResponse, _abc.Awaitable[_context_pb2.SetAttributesResponse]]:
+        """Set or remove profile attributes (relationship and personal context)."""
+
+    @_abc_1.abstractmethod
+    def SetPredictions(
+        self,
+        request: _context_pb2.SetPredictionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_context_pb2.SetPredictionsResponse, _abc.Awaitable[_context_pb2.SetPredictionsResponse]]:
+        """Keep the latest outputs of models for a profile (predictions as context)."""
+
+    @_abc_1.abstractmethod
+    def SetConsent(
+        self,
+        request: _context_pb2.SetConsentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_context_pb2.SetConsentResponse, _abc.Awaitable[_context_pb2.SetConsentResponse]]:
+        """Record the customer's consent: personalisation level and/or purposes."""
+
+    @_abc_1.abstractmethod
+    def GetConsent(
+        self,
+        request: _context_pb2.GetConsentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_context_pb2.GetConsentResponse, _abc.Awaitable[_context_pb2.GetConsentResponse]]:
+        """The customer's consent (the configured default level when she never chose)."""
 
 def add_ContextServiceServicer_to_server(servicer: ContextServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

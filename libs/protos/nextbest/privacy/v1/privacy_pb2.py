@@ -22,25 +22,34 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from nextbest.context.v1 import context_pb2 as nextbest_dot_context_dot_v1_dot_context__pb2
 from nextbest.decision.v1 import decision_pb2 as nextbest_dot_decision_dot_v1_dot_decision__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!nextbest/privacy/v1/privacy.proto\x12\x13nextbest.privacy.v1\x1a!nextbest/context/v1/context.proto\x1a#nextbest/decision/v1/decision.proto\"M\n\x14\x45xportProfileRequest\x12\x35\n\x0bidentifiers\x18\x01 \x03(\x0b\x32 .nextbest.decision.v1.Identifier\"\xe6\x01\n\x15\x45xportProfileResponse\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12\x18\n\x10identifier_types\x18\x02 \x03(\t\x12\x34\n\x07\x63ontext\x18\x03 \x01(\x0b\x32#.nextbest.context.v1.ProfileContext\x12\x31\n\x06\x65vents\x18\x04 \x03(\x0b\x32!.nextbest.context.v1.ProfileEvent\x12\x36\n\tdecisions\x18\x05 \x03(\x0b\x32#.nextbest.context.v1.DecisionRecord\"L\n\x13\x45raseProfileRequest\x12\x35\n\x0bidentifiers\x18\x01 \x03(\x0b\x32 .nextbest.decision.v1.Identifier\"]\n\x14\x45raseProfileResponse\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12\x1b\n\x13identifiers_removed\x18\x02 \x01(\x05\x12\x14\n\x0crows_removed\x18\x03 \x01(\x05\x32\xdd\x01\n\x0ePrivacyService\x12\x66\n\rExportProfile\x12).nextbest.privacy.v1.ExportProfileRequest\x1a*.nextbest.privacy.v1.ExportProfileResponse\x12\x63\n\x0c\x45raseProfile\x12(.nextbest.privacy.v1.EraseProfileRequest\x1a).nextbest.privacy.v1.EraseProfileResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!nextbest/privacy/v1/privacy.proto\x12\x13nextbest.privacy.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!nextbest/context/v1/context.proto\x1a#nextbest/decision/v1/decision.proto\"M\n\x14\x45xportProfileRequest\x12\x35\n\x0bidentifiers\x18\x01 \x03(\x0b\x32 .nextbest.decision.v1.Identifier\"\xcb\x02\n\x15\x45xportProfileResponse\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12\x18\n\x10identifier_types\x18\x02 \x03(\t\x12\x34\n\x07\x63ontext\x18\x03 \x01(\x0b\x32#.nextbest.context.v1.ProfileContext\x12\x31\n\x06\x65vents\x18\x04 \x03(\x0b\x32!.nextbest.context.v1.ProfileEvent\x12\x36\n\tdecisions\x18\x05 \x03(\x0b\x32#.nextbest.context.v1.DecisionRecord\x12\x34\n\x08outcomes\x18\x06 \x03(\x0b\x32\".nextbest.context.v1.OutcomeRecord\x12-\n\x07\x63onsent\x18\x07 \x01(\x0b\x32\x1c.nextbest.context.v1.Consent\"L\n\x13\x45raseProfileRequest\x12\x35\n\x0bidentifiers\x18\x01 \x03(\x0b\x32 .nextbest.decision.v1.Identifier\"]\n\x14\x45raseProfileResponse\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12\x1b\n\x13identifiers_removed\x18\x02 \x01(\x05\x12\x14\n\x0crows_removed\x18\x03 \x01(\x05\"\xfc\x01\n\x11SetConsentRequest\x12\x35\n\x0bidentifiers\x18\x01 \x03(\x0b\x32 .nextbest.decision.v1.Identifier\x12\x38\n\x05level\x18\x02 \x01(\x0e\x32).nextbest.context.v1.PersonalizationLevel\x12\x35\n\x08purposes\x18\x03 \x03(\x0b\x32#.nextbest.context.v1.PurposeConsent\x12\x0e\n\x06source\x18\x04 \x01(\t\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"W\n\x12SetConsentResponse\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12-\n\x07\x63onsent\x18\x02 \x01(\x0b\x32\x1c.nextbest.context.v1.Consent\"J\n\x11GetConsentRequest\x12\x35\n\x0bidentifiers\x18\x01 \x03(\x0b\x32 .nextbest.decision.v1.Identifier\"W\n\x12GetConsentResponse\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12-\n\x07\x63onsent\x18\x02 \x01(\x0b\x32\x1c.nextbest.context.v1.Consent2\x9b\x03\n\x0ePrivacyService\x12\x66\n\rExportProfile\x12).nextbest.privacy.v1.ExportProfileRequest\x1a*.nextbest.privacy.v1.ExportProfileResponse\x12\x63\n\x0c\x45raseProfile\x12(.nextbest.privacy.v1.EraseProfileRequest\x1a).nextbest.privacy.v1.EraseProfileResponse\x12]\n\nSetConsent\x12&.nextbest.privacy.v1.SetConsentRequest\x1a\'.nextbest.privacy.v1.SetConsentResponse\x12]\n\nGetConsent\x12&.nextbest.privacy.v1.GetConsentRequest\x1a\'.nextbest.privacy.v1.GetConsentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nextbest.privacy.v1.privacy_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EXPORTPROFILEREQUEST']._serialized_start=130
-  _globals['_EXPORTPROFILEREQUEST']._serialized_end=207
-  _globals['_EXPORTPROFILERESPONSE']._serialized_start=210
-  _globals['_EXPORTPROFILERESPONSE']._serialized_end=440
-  _globals['_ERASEPROFILEREQUEST']._serialized_start=442
-  _globals['_ERASEPROFILEREQUEST']._serialized_end=518
-  _globals['_ERASEPROFILERESPONSE']._serialized_start=520
-  _globals['_ERASEPROFILERESPONSE']._serialized_end=613
-  _globals['_PRIVACYSERVICE']._serialized_start=616
-  _globals['_PRIVACYSERVICE']._serialized_end=837
+  _globals['_EXPORTPROFILEREQUEST']._serialized_start=163
+  _globals['_EXPORTPROFILEREQUEST']._serialized_end=240
+  _globals['_EXPORTPROFILERESPONSE']._serialized_start=243
+  _globals['_EXPORTPROFILERESPONSE']._serialized_end=574
+  _globals['_ERASEPROFILEREQUEST']._serialized_start=576
+  _globals['_ERASEPROFILEREQUEST']._serialized_end=652
+  _globals['_ERASEPROFILERESPONSE']._serialized_start=654
+  _globals['_ERASEPROFILERESPONSE']._serialized_end=747
+  _globals['_SETCONSENTREQUEST']._serialized_start=750
+  _globals['_SETCONSENTREQUEST']._serialized_end=1002
+  _globals['_SETCONSENTRESPONSE']._serialized_start=1004
+  _globals['_SETCONSENTRESPONSE']._serialized_end=1091
+  _globals['_GETCONSENTREQUEST']._serialized_start=1093
+  _globals['_GETCONSENTREQUEST']._serialized_end=1167
+  _globals['_GETCONSENTRESPONSE']._serialized_start=1169
+  _globals['_GETCONSENTRESPONSE']._serialized_end=1256
+  _globals['_PRIVACYSERVICE']._serialized_start=1259
+  _globals['_PRIVACYSERVICE']._serialized_end=1670
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from nextbest.context.v1 import context_pb2 as _context_pb2
 from nextbest.decision.v1 import decision_pb2 as _decision_pb2
@@ -49,6 +50,8 @@ class ExportProfileResponse(_message.Message):
     CONTEXT_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
     DECISIONS_FIELD_NUMBER: _builtins.int
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    CONSENT_FIELD_NUMBER: _builtins.int
     profile_id: _builtins.str
     @_builtins.property
     def identifier_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -58,6 +61,10 @@ class ExportProfileResponse(_message.Message):
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_context_pb2.ProfileEvent]: ...
     @_builtins.property
     def decisions(self) -> _containers.RepeatedCompositeFieldContainer[_context_pb2.DecisionRecord]: ...
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[_context_pb2.OutcomeRecord]: ...
+    @_builtins.property
+    def consent(self) -> _context_pb2.Consent: ...
     def __init__(
         self,
         *,
@@ -66,10 +73,12 @@ class ExportProfileResponse(_message.Message):
         context: _context_pb2.ProfileContext | None = ...,
         events: _abc.Iterable[_context_pb2.ProfileEvent] | None = ...,
         decisions: _abc.Iterable[_context_pb2.DecisionRecord] | None = ...,
+        outcomes: _abc.Iterable[_context_pb2.OutcomeRecord] | None = ...,
+        consent: _context_pb2.Consent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent", "context", b"context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "decisions", b"decisions", "events", b"events", "identifier_types", b"identifier_types", "profile_id", b"profile_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent", "context", b"context", "decisions", b"decisions", "events", b"events", "identifier_types", b"identifier_types", "outcomes", b"outcomes", "profile_id", b"profile_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -120,3 +129,112 @@ class EraseProfileResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EraseProfileResponse: _TypeAlias = EraseProfileResponse  # noqa: Y015
+
+@_typing.final
+class SetConsentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDENTIFIERS_FIELD_NUMBER: _builtins.int
+    LEVEL_FIELD_NUMBER: _builtins.int
+    PURPOSES_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    level: _context_pb2.PersonalizationLevel.ValueType
+    """UNSPECIFIED = leave the level as it is."""
+    source: _builtins.str
+    """Where the customer said so: preference_centre, call_center, cookie_banner... (required)."""
+    @_builtins.property
+    def identifiers(self) -> _containers.RepeatedCompositeFieldContainer[_decision_pb2.Identifier]:
+        """The customer (a new profile is created for identifiers never seen)."""
+
+    @_builtins.property
+    def purposes(self) -> _containers.RepeatedCompositeFieldContainer[_context_pb2.PurposeConsent]:
+        """Purposes decided on now (marketing_email, profiling...); "personalization" is the level."""
+
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When she said so (default: now)."""
+
+    def __init__(
+        self,
+        *,
+        identifiers: _abc.Iterable[_decision_pb2.Identifier] | None = ...,
+        level: _context_pb2.PersonalizationLevel.ValueType = ...,
+        purposes: _abc.Iterable[_context_pb2.PurposeConsent] | None = ...,
+        source: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identifiers", b"identifiers", "level", b"level", "occurred_at", b"occurred_at", "purposes", b"purposes", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetConsentRequest: _TypeAlias = SetConsentRequest  # noqa: Y015
+
+@_typing.final
+class SetConsentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROFILE_ID_FIELD_NUMBER: _builtins.int
+    CONSENT_FIELD_NUMBER: _builtins.int
+    profile_id: _builtins.str
+    @_builtins.property
+    def consent(self) -> _context_pb2.Consent: ...
+    def __init__(
+        self,
+        *,
+        profile_id: _builtins.str = ...,
+        consent: _context_pb2.Consent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent", "profile_id", b"profile_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetConsentResponse: _TypeAlias = SetConsentResponse  # noqa: Y015
+
+@_typing.final
+class GetConsentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDENTIFIERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def identifiers(self) -> _containers.RepeatedCompositeFieldContainer[_decision_pb2.Identifier]: ...
+    def __init__(
+        self,
+        *,
+        identifiers: _abc.Iterable[_decision_pb2.Identifier] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identifiers", b"identifiers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConsentRequest: _TypeAlias = GetConsentRequest  # noqa: Y015
+
+@_typing.final
+class GetConsentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROFILE_ID_FIELD_NUMBER: _builtins.int
+    CONSENT_FIELD_NUMBER: _builtins.int
+    profile_id: _builtins.str
+    """Empty when the identifiers are not known (consent then shows the default level)."""
+    @_builtins.property
+    def consent(self) -> _context_pb2.Consent: ...
+    def __init__(
+        self,
+        *,
+        profile_id: _builtins.str = ...,
+        consent: _context_pb2.Consent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent", "profile_id", b"profile_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConsentResponse: _TypeAlias = GetConsentResponse  # noqa: Y015

@@ -45,6 +45,16 @@ class PrivacyServiceStub:
                 request_serializer=nextbest_dot_privacy_dot_v1_dot_privacy__pb2.EraseProfileRequest.SerializeToString,
                 response_deserializer=nextbest_dot_privacy_dot_v1_dot_privacy__pb2.EraseProfileResponse.FromString,
                 _registered_method=True)
+        self.SetConsent = channel.unary_unary(
+                '/nextbest.privacy.v1.PrivacyService/SetConsent',
+                request_serializer=nextbest_dot_privacy_dot_v1_dot_privacy__pb2.SetConsentRequest.SerializeToString,
+                response_deserializer=nextbest_dot_privacy_dot_v1_dot_privacy__pb2.SetConsentResponse.FromString,
+                _registered_method=True)
+        self.GetConsent = channel.unary_unary(
+                '/nextbest.privacy.v1.PrivacyService/GetConsent',
+                request_serializer=nextbest_dot_privacy_dot_v1_dot_privacy__pb2.GetConsentRequest.SerializeToString,
+                response_deserializer=nextbest_dot_privacy_dot_v1_dot_privacy__pb2.GetConsentResponse.FromString,
+                _registered_method=True)
 
 
 class PrivacyServiceServicer:
@@ -65,6 +75,21 @@ class PrivacyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetConsent(self, request, context):
+        """Record the customer's consent (personalisation level and/or purposes); wakes her
+        WatchDecisions streams, since it may change what is best.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConsent(self, request, context):
+        """The customer's consent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PrivacyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +102,16 @@ def add_PrivacyServiceServicer_to_server(servicer, server):
                     servicer.EraseProfile,
                     request_deserializer=nextbest_dot_privacy_dot_v1_dot_privacy__pb2.EraseProfileRequest.FromString,
                     response_serializer=nextbest_dot_privacy_dot_v1_dot_privacy__pb2.EraseProfileResponse.SerializeToString,
+            ),
+            'SetConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetConsent,
+                    request_deserializer=nextbest_dot_privacy_dot_v1_dot_privacy__pb2.SetConsentRequest.FromString,
+                    response_serializer=nextbest_dot_privacy_dot_v1_dot_privacy__pb2.SetConsentResponse.SerializeToString,
+            ),
+            'GetConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConsent,
+                    request_deserializer=nextbest_dot_privacy_dot_v1_dot_privacy__pb2.GetConsentRequest.FromString,
+                    response_serializer=nextbest_dot_privacy_dot_v1_dot_privacy__pb2.GetConsentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +169,60 @@ class PrivacyService:
             '/nextbest.privacy.v1.PrivacyService/EraseProfile',
             nextbest_dot_privacy_dot_v1_dot_privacy__pb2.EraseProfileRequest.SerializeToString,
             nextbest_dot_privacy_dot_v1_dot_privacy__pb2.EraseProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nextbest.privacy.v1.PrivacyService/SetConsent',
+            nextbest_dot_privacy_dot_v1_dot_privacy__pb2.SetConsentRequest.SerializeToString,
+            nextbest_dot_privacy_dot_v1_dot_privacy__pb2.SetConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nextbest.privacy.v1.PrivacyService/GetConsent',
+            nextbest_dot_privacy_dot_v1_dot_privacy__pb2.GetConsentRequest.SerializeToString,
+            nextbest_dot_privacy_dot_v1_dot_privacy__pb2.GetConsentResponse.FromString,
             options,
             channel_credentials,
             insecure,

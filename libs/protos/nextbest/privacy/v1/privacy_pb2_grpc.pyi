@@ -37,6 +37,12 @@ class PrivacyServiceStub:
     """Everything held on the customer known by these identifiers."""
     EraseProfile: _grpc.UnaryUnaryMultiCallable[_privacy_pb2.EraseProfileRequest, _privacy_pb2.EraseProfileResponse]
     """Delete everything held on the customer, in every service."""
+    SetConsent: _grpc.UnaryUnaryMultiCallable[_privacy_pb2.SetConsentRequest, _privacy_pb2.SetConsentResponse]
+    """Record the customer's consent (personalisation level and/or purposes); wakes her
+    WatchDecisions streams, since it may change what is best.
+    """
+    GetConsent: _grpc.UnaryUnaryMultiCallable[_privacy_pb2.GetConsentRequest, _privacy_pb2.GetConsentResponse]
+    """The customer's consent."""
 
 @_typing.type_check_only
 class PrivacyServiceAsyncStub(PrivacyServiceStub):
@@ -47,6 +53,12 @@ class PrivacyServiceAsyncStub(PrivacyServiceStub):
     """Everything held on the customer known by these identifiers."""
     EraseProfile: _aio.UnaryUnaryMultiCallable[_privacy_pb2.EraseProfileRequest, _privacy_pb2.EraseProfileResponse]  # type: ignore[assignment]
     """Delete everything held on the customer, in every service."""
+    SetConsent: _aio.UnaryUnaryMultiCallable[_privacy_pb2.SetConsentRequest, _privacy_pb2.SetConsentResponse]  # type: ignore[assignment]
+    """Record the customer's consent (personalisation level and/or purposes); wakes her
+    WatchDecisions streams, since it may change what is best.
+    """
+    GetConsent: _aio.UnaryUnaryMultiCallable[_privacy_pb2.GetConsentRequest, _privacy_pb2.GetConsentResponse]  # type: ignore[assignment]
+    """The customer's consent."""
 
 class PrivacyServiceServicer(metaclass=_abc_1.ABCMeta):
     """Admin: data subject rights over everything nextbest holds on a customer."""
@@ -66,5 +78,23 @@ class PrivacyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_privacy_pb2.EraseProfileResponse, _abc.Awaitable[_privacy_pb2.EraseProfileResponse]]:
         """Delete everything held on the customer, in every service."""
+
+    @_abc_1.abstractmethod
+    def SetConsent(
+        self,
+        request: _privacy_pb2.SetConsentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_privacy_pb2.SetConsentResponse, _abc.Awaitable[_privacy_pb2.SetConsentResponse]]:
+        """Record the customer's consent (personalisation level and/or purposes); wakes her
+        WatchDecisions streams, since it may change what is best.
+        """
+
+    @_abc_1.abstractmethod
+    def GetConsent(
+        self,
+        request: _privacy_pb2.GetConsentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_privacy_pb2.GetConsentResponse, _abc.Awaitable[_privacy_pb2.GetConsentResponse]]:
+        """The customer's consent."""
 
 def add_PrivacyServiceServicer_to_server(servicer: PrivacyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
