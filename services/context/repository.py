@@ -25,7 +25,6 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
-    func,
     literal,
     or_,
     select,
@@ -933,18 +932,6 @@ class SqlContextRepository:
             )
         )
         return removed + _rowcount(result)
-
-    async def count_rows(self, profile_id: str) -> int:
-        """Rows held on the profile in every context table (for tests and checks)."""
-        total = 0
-        for table in PROFILE_TABLES:
-            total += int(
-                await self._session.scalar(
-                    select(func.count()).select_from(table).where(table.c.profile_id == profile_id)
-                )
-                or 0
-            )
-        return total
 
 
 class SqlContextUnitOfWork(SqlUnitOfWork):

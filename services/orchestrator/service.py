@@ -459,6 +459,9 @@ class DecisionEngine:
             self._changes.subscribe(first.profile_id or ALL) as mine,
             self._changes.subscribe(ALL) as everyone,
         ):
+            # A change between the first decision and the subscription would be missed:
+            # look once more now (nothing is pushed if the action is still the same).
+            mine.notify()
             while True:
                 waits = {asyncio.ensure_future(mine.wait()), asyncio.ensure_future(everyone.wait())}
                 try:
