@@ -135,6 +135,19 @@ class InteractionSummary:
 
 
 @dataclass(frozen=True)
+class Contact:
+    """One recent contact with the customer about an action: a decision that served it
+    (``kind`` = "decision") or an outcome she reported (an ``Outcome`` value). The input of
+    contact policies (at most N per window, suppression after a reject, cool-down after an
+    accept), across channels."""
+
+    action_id: str
+    channel: str
+    kind: str
+    occurred_at: datetime
+
+
+@dataclass(frozen=True)
 class ProfileContext:
     """What a decision may know of a profile; empty for an anonymous or unknown one.
 
@@ -152,6 +165,8 @@ class ProfileContext:
     personalization: PersonalizationLevel = PersonalizationLevel.FULL
     # Purposes the customer decided on (purpose -> granted); absent = never asked.
     consents: dict[str, bool] = field(default_factory=dict)
+    # Recent contacts, newest first, within the contact history window (bounded).
+    contacts: tuple[Contact, ...] = ()
 
     def event_count(self, event_type: str) -> int:
         counter = self.counters.get(event_type)
