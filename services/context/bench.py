@@ -26,6 +26,7 @@ import platform
 import random
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -180,6 +181,22 @@ async def ingest(
     return result, accepted, duplicates, sent
 
 
+def process_cpu_s(pids: list[int]) -> float | None:
+    """User + system CPU seconds these processes used so far (Linux /proc; None elsewhere)."""
+    total = 0.0
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        for pid in pids:
+            with open(f"/proc/{pid}/stat") as stat:
+                # Fields after the command name (which may hold spaces): utime is the 14th
+                # field of the line, stime the 15th.
+                fields = stat.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    except (OSError, ValueError, IndexError):
+        return None
+    return total
+
+
 def stored_events(database_url: str) -> int:
     from sqlalchemy import create_engine, func, select
 
@@ -203,11 +220,16 @@ async def run(
     warmup_s: float,
     profiles: int,
     events_per_profile: int,
+    server_cpu: Callable[[], float | None] | None = None,
 ) -> dict[str, Any]:
+    """``server_cpu``: the CPU seconds the server's processes used so far (when the
+    benchmark started them): reported per acknowledged event, a figure that other load on
+    the machine does not change the way it changes events/s."""
     templates = event_templates(profiles, events_per_profile, now=datetime.now(UTC))
     started = time.monotonic()
     primed = await prime(address, templates)
     prime_s = time.monotonic() - started
+    cpu_before = server_cpu() if server_cpu is not None else None
     result, accepted, duplicates, sent = await ingest(
         address,
         templates=templates,
@@ -215,6 +237,10 @@ async def run(
         concurrency=concurrency,
         duration_s=duration_s,
         warmup_s=warmup_s,
+    )
+    cpu_after = server_cpu() if server_cpu is not None else None
+    server_cpu_s = (
+        cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else None
     )
     return {
         "target": address,
@@ -239,6 +265,9 @@ async def run(
         "acknowledged": accepted + primed,
         "sent": sent + primed,
         "duplicates": duplicates,
+        # Server CPU (warm-up included) per event acknowledged after priming.
+        "server_cpu_s": server_cpu_s,
+        "events_per_server_cpu_s": accepted / server_cpu_s if server_cpu_s else None,
     }
 
 
@@ -249,7 +278,8 @@ async def run_shape(shape: str, workdir: Any, database_url: str, **options: Any)
     deployment = LocalDeployment(shape, workdir, database_url)
     try:
         address = await deployment.start(demo=True)
-        result = await run(address, **options)
+        pids = list(deployment.pids().values())
+        result = await run(address, server_cpu=lambda: process_cpu_s(pids), **options)
     finally:
         codes = deployment.stop()
     result["shape"] = shape
@@ -274,6 +304,12 @@ def format_report(result: dict[str, Any]) -> str:
         f"p95 {batches['p95_ms']:.1f} ms   p99 {batches['p99_ms']:.1f} ms   "
         f"errors {batches['errors']}   duplicates {result['duplicates']}",
     ]
+    if result.get("events_per_server_cpu_s"):
+        lines.append(
+            f"server processes: {result['server_cpu_s']:.1f} CPU-s, "
+            f"{result['events_per_server_cpu_s']:,.0f} events per CPU-second"
+            " (database server not included)"
+        )
     if "stored" in result:
         # Every acknowledged event stored, none twice; calls cancelled at the end of the run
         # may have been stored unacknowledged (a retry would find them).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -25,6 +26,31 @@ def identifiers_to_proto(items: list[Identifier]) -> list[decision_pb2.Identifie
     return [decision_pb2.Identifier(type=item.type, value=item.value) for item in items]
 
 
+def resolution_to_proto(resolution: Resolution) -> identity_pb2.ResolveProfileResponse:
+    return identity_pb2.ResolveProfileResponse(
+        profile_id=resolution.profile_id,
+        created=resolution.created,
+        merged_profile_ids=list(resolution.merged_profile_ids),
+        repointed=[
+            identity_pb2.RepointedIdentifier(
+                identifier_type=r.identifier_type, from_profile_id=r.from_profile_id
+            )
+            for r in resolution.repointed
+        ],
+        unsettled_merged_profile_ids=list(resolution.unsettled_merged_ids),
+    )
+
+
+def resolution_from_proto(response: identity_pb2.ResolveProfileResponse) -> Resolution:
+    return Resolution(
+        profile_id=response.profile_id,
+        created=response.created,
+        merged_profile_ids=tuple(response.merged_profile_ids),
+        repointed=tuple(Repoint(r.identifier_type, r.from_profile_id) for r in response.repointed),
+        unsettled_merged_ids=tuple(response.unsettled_merged_profile_ids),
+    )
+
+
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     def __init__(self, service: IdentityService) -> None:
         self._service = service
@@ -35,17 +61,25 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         resolution = await self._service.resolve_profile(
             identifiers_from_proto(request.identifiers)
         )
-        return identity_pb2.ResolveProfileResponse(
-            profile_id=resolution.profile_id,
-            created=resolution.created,
-            merged_profile_ids=list(resolution.merged_profile_ids),
-            repointed=[
-                identity_pb2.RepointedIdentifier(
-                    identifier_type=r.identifier_type, from_profile_id=r.from_profile_id
-                )
-                for r in resolution.repointed
-            ],
+        return resolution_to_proto(resolution)
+
+    async def ResolveProfiles(
+        self, request: identity_pb2.ResolveProfilesRequest, context: Context
+    ) -> identity_pb2.ResolveProfilesResponse:
+        resolutions = await self._service.resolve_profiles(
+            [identifiers_from_proto(item.identifiers) for item in request.identifier_sets]
         )
+        return identity_pb2.ResolveProfilesResponse(
+            resolutions=[resolution_to_proto(resolution) for resolution in resolutions]
+        )
+
+    async def SettleMerges(
+        self, request: identity_pb2.SettleMergesRequest, context: Context
+    ) -> identity_pb2.SettleMergesResponse:
+        settled = await self._service.settle_merges(
+            request.survivor_profile_id, list(request.merged_profile_ids)
+        )
+        return identity_pb2.SettleMergesResponse(settled=settled)
 
     async def LookupProfile(
         self, request: identity_pb2.LookupProfileRequest, context: Context
@@ -84,14 +118,32 @@ class IdentityClient:
             self._stub.ResolveProfile,
             identity_pb2.ResolveProfileRequest(identifiers=identifiers_to_proto(identifiers)),
         )
-        return Resolution(
-            profile_id=response.profile_id,
-            created=response.created,
-            merged_profile_ids=tuple(response.merged_profile_ids),
-            repointed=tuple(
-                Repoint(r.identifier_type, r.from_profile_id) for r in response.repointed
+        return resolution_from_proto(response)
+
+    async def resolve_profiles(
+        self, identifier_sets: Sequence[list[Identifier]]
+    ) -> list[Resolution]:
+        response = await call_peer(
+            "identity",
+            self._stub.ResolveProfiles,
+            identity_pb2.ResolveProfilesRequest(
+                identifier_sets=[
+                    identity_pb2.IdentifierSet(identifiers=identifiers_to_proto(identifiers))
+                    for identifiers in identifier_sets
+                ]
             ),
         )
+        return [resolution_from_proto(item) for item in response.resolutions]
+
+    async def settle_merges(self, survivor_id: str, merged_ids: Sequence[str]) -> int:
+        response = await call_peer(
+            "identity",
+            self._stub.SettleMerges,
+            identity_pb2.SettleMergesRequest(
+                survivor_profile_id=survivor_id, merged_profile_ids=list(merged_ids)
+            ),
+        )
+        return response.settled
 
     async def lookup_profile(
         self, identifiers: list[Identifier], profile_id: str = ""

@@ -26,6 +26,10 @@ class Resolution:
     created: bool = False
     merged_profile_ids: tuple[str, ...] = field(default_factory=tuple)
     repointed: tuple[Repoint, ...] = field(default_factory=tuple)
+    # Profiles merged into profile_id by earlier calls whose context is not confirmed moved
+    # yet (those of merged_profile_ids are unsettled too): the caller moves the context of
+    # both (idempotent) and settles them (IdentityService.settle_merges).
+    unsettled_merged_ids: tuple[str, ...] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,8 @@ class StoredLink:
     digest: str
     profile_id: str
     last_seen: datetime
+    # The profile has merges whose context is not confirmed moved (see Resolution).
+    unsettled: bool = False
 
 
 @dataclass(frozen=True)

@@ -12,28 +12,40 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol, Self, cast
 
-from sqlalchemy import Table, bindparam, delete, insert, or_, select, update
+from sqlalchemy import Table, bindparam, delete, exists, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.storage import SqlUnitOfWork, StorageConflict, UnitOfWork
 from libs.storage.session import DbSession
 from services.identity.model import MergeRecord, RepointRecord, StoredLink
-from services.identity.tables import IdentifierRow, MergeRow, ProfileRow, RepointRow
+from services.identity.tables import (
+    IdentifierRow,
+    MergeRow,
+    ProfileRow,
+    RepointRow,
+    UnsettledMergeRow,
+)
 
 _profiles = cast(Table, ProfileRow.__table__)
 _identifiers = cast(Table, IdentifierRow.__table__)
 _merges = cast(Table, MergeRow.__table__)
 _repoints = cast(Table, RepointRow.__table__)
+_unsettled = cast(Table, UnsettledMergeRow.__table__)
 # PostgreSQL: deadlock_detected, serialization_failure -> another writer won; retry.
 _RETRYABLE_SQLSTATES = {"40P01", "40001"}
 # The hot path's one statement, built once: two IN lists on the primary key's columns (an
-# index lookup on both databases), the exact pairs picked out in Python.
+# index lookup on both databases), the exact pairs picked out in Python; whether the profile
+# has unsettled merges is one more index probe per row (almost always: none).
 _FIND_LINKS = select(
     _identifiers.c.id_type,
     _identifiers.c.id_hash,
     _identifiers.c.profile_id,
     _identifiers.c.last_seen,
+    exists()
+    .where(_unsettled.c.survivor_id == _identifiers.c.profile_id)
+    .correlate(_identifiers)
+    .label("unsettled"),
 ).where(
     _identifiers.c.id_type.in_(bindparam("types", expanding=True)),
     _identifiers.c.id_hash.in_(bindparam("digests", expanding=True)),
@@ -64,9 +76,31 @@ class IdentityRepository(Protocol):
         ...
 
     async def unlink(self, kind: str, digest: str) -> None: ...
-    async def merge(self, survivor: str, merged: str) -> None:
+    async def merge(self, survivor: str, merged: str, now: datetime) -> None:
         """Move every identifier of ``merged`` to ``survivor``; ``merged`` and the profiles
-        merged into it before now resolve to ``survivor``."""
+        merged into it before now resolve to ``survivor``. The merge is unsettled (its
+        context not moved yet), and so are the unsettled merges into ``merged``."""
+        ...
+
+    async def add_profiles(self, profile_ids: Sequence[str], now: datetime) -> None:
+        """New profiles, in one statement."""
+        ...
+
+    async def link_many(self, links: Sequence[tuple[str, str, str]], now: datetime) -> None:
+        """New identifier rows ``(type, digest, profile_id)``, in one statement; one that
+        exists already is a StorageConflict."""
+        ...
+
+    async def touch(self, pairs: Sequence[tuple[str, str]], now: datetime) -> None:
+        """Mark these stored identifiers seen ``now``."""
+        ...
+
+    async def unsettled_merges(self, survivors: Sequence[str]) -> dict[str, list[str]]:
+        """Per survivor (of these), the merged profiles whose context is not moved yet."""
+        ...
+
+    async def settle(self, survivor: str, merged: Sequence[str]) -> int:
+        """These merges into ``survivor`` are settled; returns how many were not yet."""
         ...
 
     async def record_merge(self, record: MergeRecord) -> None: ...
@@ -113,7 +147,9 @@ class SqlIdentityRepository:
             },
         )
         return [
-            StoredLink(row[0], row[1], row[2], row[3]) for row in rows if (row[0], row[1]) in wanted
+            StoredLink(row[0], row[1], row[2], row[3], bool(row[4]))
+            for row in rows
+            if (row[0], row[1]) in wanted
         ]
 
     async def lock_profiles(self, profile_ids: Sequence[str]) -> set[str]:
@@ -175,7 +211,7 @@ class SqlIdentityRepository:
         c = _identifiers.c
         await self._execute(delete(_identifiers).where(c.id_type == kind, c.id_hash == digest))
 
-    async def merge(self, survivor: str, merged: str) -> None:
+    async def merge(self, survivor: str, merged: str, now: datetime) -> None:
         await self._execute(
             update(_identifiers)
             .where(_identifiers.c.profile_id == merged)
@@ -187,6 +223,72 @@ class SqlIdentityRepository:
             .where(or_(c.profile_id == merged, c.merged_into == merged))
             .values(merged_into=survivor)
         )
+        u = _unsettled.c
+        await self._execute(
+            update(_unsettled).where(u.survivor_id == merged).values(survivor_id=survivor)
+        )
+        await self._execute(
+            insert(_unsettled).values(merged_id=merged, survivor_id=survivor, merged_at=now)
+        )
+
+    async def add_profiles(self, profile_ids: Sequence[str], now: datetime) -> None:
+        if profile_ids:
+            await self._execute(
+                insert(_profiles),
+                [{"profile_id": p, "created_at": now} for p in sorted(profile_ids)],
+            )
+
+    async def link_many(self, links: Sequence[tuple[str, str, str]], now: datetime) -> None:
+        if links:
+            # Key order: concurrent writers on PostgreSQL wait on the unique index in the same
+            # order (a conflict, not a deadlock).
+            await self._execute(
+                insert(_identifiers),
+                [
+                    {
+                        "id_type": kind,
+                        "id_hash": digest,
+                        "profile_id": profile_id,
+                        "first_seen": now,
+                        "last_seen": now,
+                    }
+                    for kind, digest, profile_id in sorted(links)
+                ],
+            )
+
+    async def touch(self, pairs: Sequence[tuple[str, str]], now: datetime) -> None:
+        if not pairs:
+            return
+        c = _identifiers.c
+        # A digest is an HMAC of type and value: the digests alone pick the rows.
+        await self._execute(
+            update(_identifiers)
+            .where(c.id_hash.in_(sorted({digest for _, digest in pairs})))
+            .values(last_seen=now)
+        )
+
+    async def unsettled_merges(self, survivors: Sequence[str]) -> dict[str, list[str]]:
+        if not survivors:
+            return {}
+        u = _unsettled.c
+        rows = await self._execute(
+            select(u.survivor_id, u.merged_id)
+            .where(u.survivor_id.in_(sorted(set(survivors))))
+            .order_by(u.survivor_id, u.merged_id)
+        )
+        found: dict[str, list[str]] = {}
+        for survivor, merged in rows:
+            found.setdefault(survivor, []).append(merged)
+        return found
+
+    async def settle(self, survivor: str, merged: Sequence[str]) -> int:
+        if not merged:
+            return 0
+        u = _unsettled.c
+        result = await self._execute(
+            delete(_unsettled).where(u.survivor_id == survivor, u.merged_id.in_(sorted(merged)))
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
 
     async def record_merge(self, record: MergeRecord) -> None:
         await self._execute(
@@ -242,6 +344,10 @@ class SqlIdentityRepository:
             delete(_repoints).where(
                 or_(r.from_profile_id.in_(every_id), r.to_profile_id.in_(every_id))
             )
+        )
+        u = _unsettled.c
+        await self._execute(
+            delete(_unsettled).where(or_(u.survivor_id.in_(every_id), u.merged_id.in_(every_id)))
         )
         await self._execute(delete(_profiles).where(_profiles.c.profile_id.in_(every_id)))
         return int(getattr(removed, "rowcount", 0) or 0)

@@ -5,6 +5,20 @@ Resolving known identifiers is a single read (the hot path of every Decide). Any
 stored under the previous hash key, a stale last_seen -- is decided by
 ``services.identity.stitching.plan_stitch`` and applied in one write transaction that locks
 the profiles it changes; a concurrent writer that got there first makes it start again.
+
+Batches (``resolve_profiles``, the distinct identifier sets of a TrackEvents call) give the
+results resolving each set in order would give, with a handful of statements: one read of
+every identifier of every set; sets wholly known on one profile are answered from it, sets
+wholly unknown become new profiles, and stale ``last_seen`` values are refreshed, all in one
+bulk write; only a set that needs the full logic (a merge, a re-point, a re-key, a new
+identifier for a known profile) is stitched on its own, after the bulk write of the sets
+before it. A set whose identifiers or profiles an earlier stitch changed is stitched too,
+so that it sees the change. A concurrent batch that created the same identifiers first
+(unique key) makes the bulk write's sets resolve one by one, which finds them.
+
+Merges are *unsettled* until the caller confirms the merged profiles' context moved to the
+survivor (``settle_merges``); every resolution to the survivor carries them meanwhile, so a
+merge made while the context service was down is completed by the next request.
 """
 
 from __future__ import annotations
@@ -13,11 +27,13 @@ import asyncio
 import random
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 
 import structlog
 
 from libs.clock import utc_now
+from libs.errors import InvalidArgument, Violations
 from libs.logging import get_logger
 from libs.storage import StorageConflict
 from services.identity.model import (
@@ -38,6 +54,9 @@ UnitOfWorkFactory = Callable[[bool], IdentityUnitOfWork]
 """Called with ``write=True`` for a unit of work that may write."""
 
 _ATTEMPTS = 8
+MAX_IDENTIFIER_SETS = 1000
+MAX_SETTLED = 100
+MAX_PROFILE_ID = 32
 _log = get_logger("nextbest.identity")
 
 MERGE_REASON = "identifiers seen together"
@@ -77,16 +96,25 @@ class IdentityService:
 
     async def resolve_profile(self, identifiers: list[Identifier]) -> Resolution:
         """One profile for identifiers seen together; empty id when all are placeholders."""
-        keys = self._keyring.prepare(identifiers)
+        return await self._resolve_keys(self._keyring.prepare(identifiers))
+
+    async def _resolve_keys(self, keys: list[KeyedIdentifier]) -> Resolution:
         if not keys:
             return Resolution(profile_id="")
         # Fast path: every identifier stored under the current key, on one profile, seen
         # recently -> read only.
         async with self._units(False) as uow:
             stored = await uow.identity.find_links(_pairs(keys))
-        settled = self._settled(keys, stored)
-        if settled is not None:
-            return Resolution(profile_id=settled)
+            settled = self._settled(keys, stored)
+            if settled is not None:
+                unsettled: list[str] = []
+                if any(row.unsettled for row in stored):
+                    found = await uow.identity.unsettled_merges([settled])
+                    unsettled = found.get(settled, [])
+                return Resolution(profile_id=settled, unsettled_merged_ids=tuple(unsettled))
+        return await self._stitch_retrying(keys)
+
+    async def _stitch_retrying(self, keys: list[KeyedIdentifier]) -> Resolution:
         for attempt in range(_ATTEMPTS):
             try:
                 return await self._stitch(keys)
@@ -98,17 +126,74 @@ class IdentityService:
         raise AssertionError("unreachable")
 
     def _settled(self, keys: list[KeyedIdentifier], stored: list[StoredLink]) -> str | None:
+        profile_id, stale = self._known(keys, stored)
+        return profile_id if profile_id is not None and not stale else None
+
+    def _known(
+        self, keys: list[KeyedIdentifier], stored: list[StoredLink]
+    ) -> tuple[str | None, list[tuple[str, str]]]:
+        """The profile when every key is stored under the current digest on one profile
+        (else None), and the keys among them not seen within the touch interval."""
         if len(stored) != len(keys):
-            return None
+            return None, []
         profiles = {row.profile_id for row in stored}
         if len(profiles) != 1:
-            return None
+            return None, []
         current = {(key.type, key.digest) for key in keys}
         fresh_after = self._clock() - self._rules.touch_interval
+        stale: list[tuple[str, str]] = []
         for row in stored:
-            if (row.type, row.digest) not in current or row.last_seen < fresh_after:
-                return None
-        return profiles.pop()
+            if (row.type, row.digest) not in current:
+                return None, []
+            if row.last_seen < fresh_after:
+                stale.append((row.type, row.digest))
+        return profiles.pop(), stale
+
+    async def resolve_profiles(
+        self, identifier_sets: Sequence[list[Identifier]]
+    ) -> list[Resolution]:
+        """``resolve_profile`` for each set, in order, with a few statements for the whole
+        batch (see the module's docstring). Errors name the set: ``[3].identifiers[0].value``."""
+        problems = Violations()
+        problems.require(
+            len(identifier_sets) <= MAX_IDENTIFIER_SETS,
+            "identifier_sets",
+            f"at most {MAX_IDENTIFIER_SETS} identifier sets",
+        )
+        keyed: list[list[KeyedIdentifier]] = []
+        for index, identifiers in enumerate(identifier_sets[:MAX_IDENTIFIER_SETS]):
+            try:
+                keyed.append(self._keyring.prepare(identifiers, field=f"[{index}].identifiers"))
+            except InvalidArgument as error:
+                problems.items.extend(error.violations)
+        problems.raise_if_any()
+        return await _Batch(self, keyed).resolve()
+
+    async def settle_merges(self, survivor_id: str, merged_ids: Sequence[str]) -> int:
+        """The context of ``merged_ids`` moved to ``survivor_id``: stop reporting them
+        (idempotent); returns how many were still unsettled."""
+        problems = Violations()
+        problems.require(
+            0 < len(survivor_id) <= MAX_PROFILE_ID,
+            "survivor_profile_id",
+            f"required, at most {MAX_PROFILE_ID} characters",
+        )
+        problems.require(
+            0 < len(merged_ids) <= MAX_SETTLED,
+            "merged_profile_ids",
+            f"between 1 and {MAX_SETTLED} profile ids",
+        )
+        for index, merged in enumerate(merged_ids):
+            problems.require(
+                0 < len(merged) <= MAX_PROFILE_ID,
+                f"merged_profile_ids[{index}]",
+                f"required, at most {MAX_PROFILE_ID} characters",
+            )
+        problems.raise_if_any()
+        async with self._units(True) as uow:
+            settled = await uow.identity.settle(survivor_id, list(merged_ids))
+            await uow.commit()
+        return settled
 
     async def _stitch(self, keys: list[KeyedIdentifier]) -> Resolution:
         now = self._clock()
@@ -136,7 +221,7 @@ class IdentityService:
             if created:
                 await graph.add_profile(survivor, now)
             for merged, types in plan.merged:
-                await graph.merge(survivor, merged)
+                await graph.merge(survivor, merged, now)
                 await graph.record_merge(
                     MergeRecord(survivor, merged, types, MERGE_REASON, cause, now)
                 )
@@ -167,6 +252,11 @@ class IdentityService:
                         now,
                     )
                 )
+            unsettled: list[str] = []
+            if plan.merged or any(row.unsettled and row.profile_id == survivor for row in stored):
+                found = await graph.unsettled_merges([survivor])
+                just_merged = {merged for merged, _ in plan.merged}
+                unsettled = [m for m in found.get(survivor, []) if m not in just_merged]
             await uow.commit()
         repointed = tuple(Repoint(kind, source) for kind, source in plan.repointed)
         merged_ids = tuple(merged for merged, _ in plan.merged)
@@ -183,6 +273,7 @@ class IdentityService:
             created=created,
             merged_profile_ids=merged_ids,
             repointed=repointed,
+            unsettled_merged_ids=tuple(unsettled),
         )
 
     async def lookup_profile(
@@ -215,3 +306,116 @@ class IdentityService:
             removed = await uow.identity.erase(profile_id)
             await uow.commit()
         return removed
+
+
+class _Batch:
+    """One ``resolve_profiles`` call: the sets in order, answered in bulk where the first
+    read still holds, stitched one by one where it may not."""
+
+    def __init__(self, service: IdentityService, keyed: list[list[KeyedIdentifier]]) -> None:
+        self._service = service
+        self._keyed = keyed
+        self._results: list[Resolution | None] = [None] * len(keyed)
+        # Identifiers and profiles a write of this batch changed (or will): a later set
+        # involving them cannot be answered from the first read.
+        self._dirty_keys: set[tuple[str, str]] = set()
+        self._dirty_profiles: set[str] = set()
+        # Waiting for the bulk write: sets creating a profile (index, new id), stale keys.
+        self._creating: list[tuple[int, str]] = []
+        self._touching: list[int] = []
+        self._stale: list[tuple[str, str]] = []
+        # Sets answered from the first read whose profile has unsettled merges.
+        self._unsettled: dict[int, str] = {}
+
+    async def resolve(self) -> list[Resolution]:
+        service = self._service
+        every_pair = sorted({pair for keys in self._keyed for pair in _pairs(keys)})
+        stored: list[StoredLink] = []
+        if every_pair:
+            async with service._units(False) as uow:
+                stored = await uow.identity.find_links(every_pair)
+        by_pair = {(row.type, row.digest): row for row in stored}
+        for index, keys in enumerate(self._keyed):
+            if not keys:
+                self._results[index] = Resolution(profile_id="")
+                continue
+            pairs = _pairs(keys)
+            rows = [by_pair[pair] for pair in pairs if pair in by_pair]
+            if not any(pair in self._dirty_keys for pair in pairs) and not any(
+                row.profile_id in self._dirty_profiles for row in rows
+            ):
+                if not rows:
+                    self._creating.append((index, service._new_id()))
+                    self._dirty_keys.update(pairs)
+                    continue
+                profile_id, stale = service._known(keys, rows)
+                if profile_id is not None:
+                    self._results[index] = Resolution(profile_id=profile_id)
+                    if any(row.unsettled for row in rows):
+                        self._unsettled[index] = profile_id
+                    if stale:
+                        self._touching.append(index)
+                        self._stale.extend(stale)
+                    continue
+            # The full logic, on what is stored now (the bulk writes before it included).
+            await self._write_pending()
+            resolution = await service._resolve_keys(keys)
+            self._results[index] = resolution
+            self._dirty_keys.update(pairs)
+            self._dirty_profiles.update(
+                [
+                    resolution.profile_id,
+                    *resolution.merged_profile_ids,
+                    *(r.from_profile_id for r in resolution.repointed),
+                    *(row.profile_id for row in rows),
+                ]
+            )
+        await self._write_pending()
+        await self._add_unsettled()
+        results = [r for r in self._results if r is not None]
+        assert len(results) == len(self._keyed)
+        return results
+
+    async def _write_pending(self) -> None:
+        """New profiles with their identifiers and refreshed last_seen values, in one
+        transaction; if a concurrent writer linked one of them first, those sets resolve
+        one by one instead (which finds what it linked)."""
+        creating, touching, stale = self._creating, self._touching, self._stale
+        if not creating and not stale:
+            return
+        self._creating, self._touching, self._stale = [], [], []
+        service = self._service
+        now = service._clock()
+        try:
+            async with service._units(True) as uow:
+                graph = uow.identity
+                await graph.add_profiles([profile_id for _, profile_id in creating], now)
+                await graph.link_many(
+                    [
+                        (key.type, key.digest, profile_id)
+                        for index, profile_id in creating
+                        for key in self._keyed[index]
+                    ],
+                    now,
+                )
+                await graph.touch(stale, now)
+                await uow.commit()
+        except StorageConflict:
+            for index in sorted([i for i, _ in creating] + touching):
+                self._results[index] = await service._resolve_keys(self._keyed[index])
+                self._unsettled.pop(index, None)
+            return
+        for index, profile_id in creating:
+            self._results[index] = Resolution(profile_id=profile_id, created=True)
+
+    async def _add_unsettled(self) -> None:
+        if not self._unsettled:
+            return
+        async with self._service._units(False) as uow:
+            found = await uow.identity.unsettled_merges(sorted(set(self._unsettled.values())))
+        for index, profile_id in self._unsettled.items():
+            result = self._results[index]
+            if result is not None and found.get(profile_id):
+                self._results[index] = replace(
+                    result, unsettled_merged_ids=tuple(found[profile_id])
+                )

@@ -78,3 +78,20 @@ class RepointRow(Base):
     at: Mapped[datetime] = mapped_column(UtcDateTime())
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     rpc: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+class UnsettledMergeRow(Base):
+    """A merge whose context has not been confirmed moved to the survivor yet.
+
+    Identity keeps it until the orchestrator, having moved the merged profile's context
+    (``ContextService.MergeProfiles``, idempotent), settles it; until then every resolution
+    to the survivor reports it, so a merge made while the context service was down is
+    retried by the next request instead of leaving the history on the merged-away profile.
+    When the survivor is itself merged, its unsettled merges follow the new survivor.
+    """
+
+    __tablename__ = "identity_unsettled_merges"
+
+    merged_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    survivor_id: Mapped[str] = mapped_column(String(32), index=True)
+    merged_at: Mapped[datetime] = mapped_column(UtcDateTime())

@@ -48,6 +48,15 @@ class BatchIdentityPort(Protocol):
     ) -> list[Resolution]: ...
 
 
+@runtime_checkable
+class SettlingIdentityPort(Protocol):
+    """Optional: an identity that keeps merges unsettled until told their context moved
+    (``Resolution.unsettled_merged_ids``); the orchestrator settles them after a successful
+    ``ContextPort.merge_profiles``."""
+
+    async def settle_merges(self, survivor_id: str, merged_ids: Sequence[str]) -> int: ...
+
+
 class ContextPort(Protocol):
     async def get_profile_context(self, profile_id: str) -> ProfileContext: ...
     async def append_events(self, events: list[ProfileEvent]) -> AppendResult: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from nextbest.decision.v1 import decision_pb2 as nextbest_dot_decision_dot_v1_dot_decision__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#nextbest/identity/v1/identity.proto\x12\x14nextbest.identity.v1\x1a#nextbest/decision/v1/decision.proto\"N\n\x15ResolveProfileRequest\x12\x35\n\x0bidentifiers\x18\x01 \x03(\x0b\x32 .nextbest.decision.v1.Identifier\"\x97\x01\n\x16ResolveProfileResponse\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x1a\n\x12merged_profile_ids\x18\x03 \x03(\t\x12<\n\trepointed\x18\x04 \x03(\x0b\x32).nextbest.identity.v1.RepointedIdentifier\"G\n\x13RepointedIdentifier\x12\x17\n\x0fidentifier_type\x18\x01 \x01(\t\x12\x17\n\x0f\x66rom_profile_id\x18\x02 \x01(\t\"a\n\x14LookupProfileRequest\x12\x35\n\x0bidentifiers\x18\x01 \x03(\x0b\x32 .nextbest.decision.v1.Identifier\x12\x12\n\nprofile_id\x18\x02 \x01(\t\"E\n\x15LookupProfileResponse\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12\x18\n\x10identifier_types\x18\x02 \x03(\t\")\n\x13\x45raseProfileRequest\x12\x12\n\nprofile_id\x18\x01 \x01(\t\"3\n\x14\x45raseProfileResponse\x12\x1b\n\x13identifiers_removed\x18\x01 \x01(\x05\x32\xcf\x02\n\x0fIdentityService\x12k\n\x0eResolveProfile\x12+.nextbest.identity.v1.ResolveProfileRequest\x1a,.nextbest.identity.v1.ResolveProfileResponse\x12h\n\rLookupProfile\x12*.nextbest.identity.v1.LookupProfileRequest\x1a+.nextbest.identity.v1.LookupProfileResponse\x12\x65\n\x0c\x45raseProfile\x12).nextbest.identity.v1.EraseProfileRequest\x1a*.nextbest.identity.v1.EraseProfileResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#nextbest/identity/v1/identity.proto\x12\x14nextbest.identity.v1\x1a#nextbest/decision/v1/decision.proto\"N\n\x15ResolveProfileRequest\x12\x35\n\x0bidentifiers\x18\x01 \x03(\x0b\x32 .nextbest.decision.v1.Identifier\"\xbd\x01\n\x16ResolveProfileResponse\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x1a\n\x12merged_profile_ids\x18\x03 \x03(\t\x12<\n\trepointed\x18\x04 \x03(\x0b\x32).nextbest.identity.v1.RepointedIdentifier\x12$\n\x1cunsettled_merged_profile_ids\x18\x05 \x03(\t\"V\n\x16ResolveProfilesRequest\x12<\n\x0fidentifier_sets\x18\x01 \x03(\x0b\x32#.nextbest.identity.v1.IdentifierSet\"F\n\rIdentifierSet\x12\x35\n\x0bidentifiers\x18\x01 \x03(\x0b\x32 .nextbest.decision.v1.Identifier\"\\\n\x17ResolveProfilesResponse\x12\x41\n\x0bresolutions\x18\x01 \x03(\x0b\x32,.nextbest.identity.v1.ResolveProfileResponse\"N\n\x13SettleMergesRequest\x12\x1b\n\x13survivor_profile_id\x18\x01 \x01(\t\x12\x1a\n\x12merged_profile_ids\x18\x02 \x03(\t\"\'\n\x14SettleMergesResponse\x12\x0f\n\x07settled\x18\x01 \x01(\x05\"G\n\x13RepointedIdentifier\x12\x17\n\x0fidentifier_type\x18\x01 \x01(\t\x12\x17\n\x0f\x66rom_profile_id\x18\x02 \x01(\t\"a\n\x14LookupProfileRequest\x12\x35\n\x0bidentifiers\x18\x01 \x03(\x0b\x32 .nextbest.decision.v1.Identifier\x12\x12\n\nprofile_id\x18\x02 \x01(\t\"E\n\x15LookupProfileResponse\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12\x18\n\x10identifier_types\x18\x02 \x03(\t\")\n\x13\x45raseProfileRequest\x12\x12\n\nprofile_id\x18\x01 \x01(\t\"3\n\x14\x45raseProfileResponse\x12\x1b\n\x13identifiers_removed\x18\x01 \x01(\x05\x32\xa6\x04\n\x0fIdentityService\x12k\n\x0eResolveProfile\x12+.nextbest.identity.v1.ResolveProfileRequest\x1a,.nextbest.identity.v1.ResolveProfileResponse\x12n\n\x0fResolveProfiles\x12,.nextbest.identity.v1.ResolveProfilesRequest\x1a-.nextbest.identity.v1.ResolveProfilesResponse\x12\x65\n\x0cSettleMerges\x12).nextbest.identity.v1.SettleMergesRequest\x1a*.nextbest.identity.v1.SettleMergesResponse\x12h\n\rLookupProfile\x12*.nextbest.identity.v1.LookupProfileRequest\x1a+.nextbest.identity.v1.LookupProfileResponse\x12\x65\n\x0c\x45raseProfile\x12).nextbest.identity.v1.EraseProfileRequest\x1a*.nextbest.identity.v1.EraseProfileResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,17 +35,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESOLVEPROFILEREQUEST']._serialized_start=98
   _globals['_RESOLVEPROFILEREQUEST']._serialized_end=176
   _globals['_RESOLVEPROFILERESPONSE']._serialized_start=179
-  _globals['_RESOLVEPROFILERESPONSE']._serialized_end=330
-  _globals['_REPOINTEDIDENTIFIER']._serialized_start=332
-  _globals['_REPOINTEDIDENTIFIER']._serialized_end=403
-  _globals['_LOOKUPPROFILEREQUEST']._serialized_start=405
-  _globals['_LOOKUPPROFILEREQUEST']._serialized_end=502
-  _globals['_LOOKUPPROFILERESPONSE']._serialized_start=504
-  _globals['_LOOKUPPROFILERESPONSE']._serialized_end=573
-  _globals['_ERASEPROFILEREQUEST']._serialized_start=575
-  _globals['_ERASEPROFILEREQUEST']._serialized_end=616
-  _globals['_ERASEPROFILERESPONSE']._serialized_start=618
-  _globals['_ERASEPROFILERESPONSE']._serialized_end=669
-  _globals['_IDENTITYSERVICE']._serialized_start=672
-  _globals['_IDENTITYSERVICE']._serialized_end=1007
+  _globals['_RESOLVEPROFILERESPONSE']._serialized_end=368
+  _globals['_RESOLVEPROFILESREQUEST']._serialized_start=370
+  _globals['_RESOLVEPROFILESREQUEST']._serialized_end=456
+  _globals['_IDENTIFIERSET']._serialized_start=458
+  _globals['_IDENTIFIERSET']._serialized_end=528
+  _globals['_RESOLVEPROFILESRESPONSE']._serialized_start=530
+  _globals['_RESOLVEPROFILESRESPONSE']._serialized_end=622
+  _globals['_SETTLEMERGESREQUEST']._serialized_start=624
+  _globals['_SETTLEMERGESREQUEST']._serialized_end=702
+  _globals['_SETTLEMERGESRESPONSE']._serialized_start=704
+  _globals['_SETTLEMERGESRESPONSE']._serialized_end=743
+  _globals['_REPOINTEDIDENTIFIER']._serialized_start=745
+  _globals['_REPOINTEDIDENTIFIER']._serialized_end=816
+  _globals['_LOOKUPPROFILEREQUEST']._serialized_start=818
+  _globals['_LOOKUPPROFILEREQUEST']._serialized_end=915
+  _globals['_LOOKUPPROFILERESPONSE']._serialized_start=917
+  _globals['_LOOKUPPROFILERESPONSE']._serialized_end=986
+  _globals['_ERASEPROFILEREQUEST']._serialized_start=988
+  _globals['_ERASEPROFILEREQUEST']._serialized_end=1029
+  _globals['_ERASEPROFILERESPONSE']._serialized_start=1031
+  _globals['_ERASEPROFILERESPONSE']._serialized_end=1082
+  _globals['_IDENTITYSERVICE']._serialized_start=1085
+  _globals['_IDENTITYSERVICE']._serialized_end=1635
 # @@protoc_insertion_point(module_scope)

@@ -49,6 +49,7 @@ class ResolveProfileResponse(_message.Message):
     CREATED_FIELD_NUMBER: _builtins.int
     MERGED_PROFILE_IDS_FIELD_NUMBER: _builtins.int
     REPOINTED_FIELD_NUMBER: _builtins.int
+    UNSETTLED_MERGED_PROFILE_IDS_FIELD_NUMBER: _builtins.int
     profile_id: _builtins.str
     created: _builtins.bool
     """True when no identifier was known and a new profile was created."""
@@ -62,6 +63,14 @@ class ResolveProfileResponse(_message.Message):
         merging the two (a family tablet's cookie goes with whoever logged in last).
         """
 
+    @_builtins.property
+    def unsettled_merged_profile_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Profiles merged into profile_id by earlier calls whose context has not been confirmed
+        moved yet (those of merged_profile_ids are unsettled too until SettleMerges): move the
+        context of both (ContextService.MergeProfiles, idempotent), then settle them. Lets a
+        merge survive a context service that was down when it happened.
+        """
+
     def __init__(
         self,
         *,
@@ -69,14 +78,126 @@ class ResolveProfileResponse(_message.Message):
         created: _builtins.bool = ...,
         merged_profile_ids: _abc.Iterable[_builtins.str] | None = ...,
         repointed: _abc.Iterable[Global___RepointedIdentifier] | None = ...,
+        unsettled_merged_profile_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "merged_profile_ids", b"merged_profile_ids", "profile_id", b"profile_id", "repointed", b"repointed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "merged_profile_ids", b"merged_profile_ids", "profile_id", b"profile_id", "repointed", b"repointed", "unsettled_merged_profile_ids", b"unsettled_merged_profile_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResolveProfileResponse: _TypeAlias = ResolveProfileResponse  # noqa: Y015
+
+@_typing.final
+class ResolveProfilesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDENTIFIER_SETS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def identifier_sets(self) -> _containers.RepeatedCompositeFieldContainer[Global___IdentifierSet]:
+        """Identifier sets, each seen together (one event's identifiers); at most 1000."""
+
+    def __init__(
+        self,
+        *,
+        identifier_sets: _abc.Iterable[Global___IdentifierSet] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identifier_sets", b"identifier_sets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveProfilesRequest: _TypeAlias = ResolveProfilesRequest  # noqa: Y015
+
+@_typing.final
+class IdentifierSet(_message.Message):
+    """Identifiers seen together."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDENTIFIERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def identifiers(self) -> _containers.RepeatedCompositeFieldContainer[_decision_pb2.Identifier]: ...
+    def __init__(
+        self,
+        *,
+        identifiers: _abc.Iterable[_decision_pb2.Identifier] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identifiers", b"identifiers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IdentifierSet: _TypeAlias = IdentifierSet  # noqa: Y015
+
+@_typing.final
+class ResolveProfilesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESOLUTIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def resolutions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResolveProfileResponse]:
+        """One per identifier set, in the order of the request."""
+
+    def __init__(
+        self,
+        *,
+        resolutions: _abc.Iterable[Global___ResolveProfileResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resolutions", b"resolutions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveProfilesResponse: _TypeAlias = ResolveProfilesResponse  # noqa: Y015
+
+@_typing.final
+class SettleMergesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SURVIVOR_PROFILE_ID_FIELD_NUMBER: _builtins.int
+    MERGED_PROFILE_IDS_FIELD_NUMBER: _builtins.int
+    survivor_profile_id: _builtins.str
+    @_builtins.property
+    def merged_profile_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Merged profiles whose context now is the survivor's."""
+
+    def __init__(
+        self,
+        *,
+        survivor_profile_id: _builtins.str = ...,
+        merged_profile_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["merged_profile_ids", b"merged_profile_ids", "survivor_profile_id", b"survivor_profile_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettleMergesRequest: _TypeAlias = SettleMergesRequest  # noqa: Y015
+
+@_typing.final
+class SettleMergesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTLED_FIELD_NUMBER: _builtins.int
+    settled: _builtins.int
+    """How many merges were still unsettled and are settled now."""
+    def __init__(
+        self,
+        *,
+        settled: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settled", b"settled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettleMergesResponse: _TypeAlias = SettleMergesResponse  # noqa: Y015
 
 @_typing.final
 class RepointedIdentifier(_message.Message):

@@ -40,6 +40,16 @@ class IdentityServiceStub:
                 request_serializer=nextbest_dot_identity_dot_v1_dot_identity__pb2.ResolveProfileRequest.SerializeToString,
                 response_deserializer=nextbest_dot_identity_dot_v1_dot_identity__pb2.ResolveProfileResponse.FromString,
                 _registered_method=True)
+        self.ResolveProfiles = channel.unary_unary(
+                '/nextbest.identity.v1.IdentityService/ResolveProfiles',
+                request_serializer=nextbest_dot_identity_dot_v1_dot_identity__pb2.ResolveProfilesRequest.SerializeToString,
+                response_deserializer=nextbest_dot_identity_dot_v1_dot_identity__pb2.ResolveProfilesResponse.FromString,
+                _registered_method=True)
+        self.SettleMerges = channel.unary_unary(
+                '/nextbest.identity.v1.IdentityService/SettleMerges',
+                request_serializer=nextbest_dot_identity_dot_v1_dot_identity__pb2.SettleMergesRequest.SerializeToString,
+                response_deserializer=nextbest_dot_identity_dot_v1_dot_identity__pb2.SettleMergesResponse.FromString,
+                _registered_method=True)
         self.LookupProfile = channel.unary_unary(
                 '/nextbest.identity.v1.IdentityService/LookupProfile',
                 request_serializer=nextbest_dot_identity_dot_v1_dot_identity__pb2.LookupProfileRequest.SerializeToString,
@@ -58,6 +68,22 @@ class IdentityServiceServicer:
 
     def ResolveProfile(self, request, context):
         """Resolve identifiers seen together to one profile, creating and linking as needed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveProfiles(self, request, context):
+        """Resolve many identifier sets at once (the distinct sets of a TrackEvents batch), each
+        as ResolveProfile would, in order; errors name the set: "[3].identifiers[0].value".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SettleMerges(self, request, context):
+        """Confirm that the context of merged profiles moved to their survivor: they stop being
+        reported in unsettled_merged_profile_ids (idempotent).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -84,6 +110,16 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.ResolveProfile,
                     request_deserializer=nextbest_dot_identity_dot_v1_dot_identity__pb2.ResolveProfileRequest.FromString,
                     response_serializer=nextbest_dot_identity_dot_v1_dot_identity__pb2.ResolveProfileResponse.SerializeToString,
+            ),
+            'ResolveProfiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveProfiles,
+                    request_deserializer=nextbest_dot_identity_dot_v1_dot_identity__pb2.ResolveProfilesRequest.FromString,
+                    response_serializer=nextbest_dot_identity_dot_v1_dot_identity__pb2.ResolveProfilesResponse.SerializeToString,
+            ),
+            'SettleMerges': grpc.unary_unary_rpc_method_handler(
+                    servicer.SettleMerges,
+                    request_deserializer=nextbest_dot_identity_dot_v1_dot_identity__pb2.SettleMergesRequest.FromString,
+                    response_serializer=nextbest_dot_identity_dot_v1_dot_identity__pb2.SettleMergesResponse.SerializeToString,
             ),
             'LookupProfile': grpc.unary_unary_rpc_method_handler(
                     servicer.LookupProfile,
@@ -124,6 +160,60 @@ class IdentityService:
             '/nextbest.identity.v1.IdentityService/ResolveProfile',
             nextbest_dot_identity_dot_v1_dot_identity__pb2.ResolveProfileRequest.SerializeToString,
             nextbest_dot_identity_dot_v1_dot_identity__pb2.ResolveProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveProfiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nextbest.identity.v1.IdentityService/ResolveProfiles',
+            nextbest_dot_identity_dot_v1_dot_identity__pb2.ResolveProfilesRequest.SerializeToString,
+            nextbest_dot_identity_dot_v1_dot_identity__pb2.ResolveProfilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SettleMerges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nextbest.identity.v1.IdentityService/SettleMerges',
+            nextbest_dot_identity_dot_v1_dot_identity__pb2.SettleMergesRequest.SerializeToString,
+            nextbest_dot_identity_dot_v1_dot_identity__pb2.SettleMergesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,6 +35,14 @@ class IdentityServiceStub:
     def __new__(cls, channel: _aio.Channel) -> IdentityServiceAsyncStub: ...
     ResolveProfile: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ResolveProfileRequest, _identity_pb2.ResolveProfileResponse]
     """Resolve identifiers seen together to one profile, creating and linking as needed."""
+    ResolveProfiles: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ResolveProfilesRequest, _identity_pb2.ResolveProfilesResponse]
+    """Resolve many identifier sets at once (the distinct sets of a TrackEvents batch), each
+    as ResolveProfile would, in order; errors name the set: "[3].identifiers[0].value".
+    """
+    SettleMerges: _grpc.UnaryUnaryMultiCallable[_identity_pb2.SettleMergesRequest, _identity_pb2.SettleMergesResponse]
+    """Confirm that the context of merged profiles moved to their survivor: they stop being
+    reported in unsettled_merged_profile_ids (idempotent).
+    """
     LookupProfile: _grpc.UnaryUnaryMultiCallable[_identity_pb2.LookupProfileRequest, _identity_pb2.LookupProfileResponse]
     """Resolve without creating or linking anything (for read-only callers such as export)."""
     EraseProfile: _grpc.UnaryUnaryMultiCallable[_identity_pb2.EraseProfileRequest, _identity_pb2.EraseProfileResponse]
@@ -47,6 +55,14 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ResolveProfile: _aio.UnaryUnaryMultiCallable[_identity_pb2.ResolveProfileRequest, _identity_pb2.ResolveProfileResponse]  # type: ignore[assignment]
     """Resolve identifiers seen together to one profile, creating and linking as needed."""
+    ResolveProfiles: _aio.UnaryUnaryMultiCallable[_identity_pb2.ResolveProfilesRequest, _identity_pb2.ResolveProfilesResponse]  # type: ignore[assignment]
+    """Resolve many identifier sets at once (the distinct sets of a TrackEvents batch), each
+    as ResolveProfile would, in order; errors name the set: "[3].identifiers[0].value".
+    """
+    SettleMerges: _aio.UnaryUnaryMultiCallable[_identity_pb2.SettleMergesRequest, _identity_pb2.SettleMergesResponse]  # type: ignore[assignment]
+    """Confirm that the context of merged profiles moved to their survivor: they stop being
+    reported in unsettled_merged_profile_ids (idempotent).
+    """
     LookupProfile: _aio.UnaryUnaryMultiCallable[_identity_pb2.LookupProfileRequest, _identity_pb2.LookupProfileResponse]  # type: ignore[assignment]
     """Resolve without creating or linking anything (for read-only callers such as export)."""
     EraseProfile: _aio.UnaryUnaryMultiCallable[_identity_pb2.EraseProfileRequest, _identity_pb2.EraseProfileResponse]  # type: ignore[assignment]
@@ -62,6 +78,26 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.ResolveProfileResponse, _abc.Awaitable[_identity_pb2.ResolveProfileResponse]]:
         """Resolve identifiers seen together to one profile, creating and linking as needed."""
+
+    @_abc_1.abstractmethod
+    def ResolveProfiles(
+        self,
+        request: _identity_pb2.ResolveProfilesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.ResolveProfilesResponse, _abc.Awaitable[_identity_pb2.ResolveProfilesResponse]]:
+        """Resolve many identifier sets at once (the distinct sets of a TrackEvents batch), each
+        as ResolveProfile would, in order; errors name the set: "[3].identifiers[0].value".
+        """
+
+    @_abc_1.abstractmethod
+    def SettleMerges(
+        self,
+        request: _identity_pb2.SettleMergesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.SettleMergesResponse, _abc.Awaitable[_identity_pb2.SettleMergesResponse]]:
+        """Confirm that the context of merged profiles moved to their survivor: they stop being
+        reported in unsettled_merged_profile_ids (idempotent).
+        """
 
     @_abc_1.abstractmethod
     def LookupProfile(
