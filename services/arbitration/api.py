@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, fields
 from typing import Any
 
@@ -13,7 +14,7 @@ from nextbest.decision.v1 import decision_pb2
 from libs.rpc.client import call_peer
 from libs.rpc.convert import datetime_to_timestamp, dict_to_struct, struct_to_dict
 from libs.rpc.server import ServiceBinding
-from services.arbitration.catalog import parse_catalog
+from services.arbitration.catalog import catalog_to_document, parse_catalog, parse_catalog_yaml
 from services.arbitration.model import (
     ActionDefinition,
     CandidateExplanation,
@@ -23,7 +24,11 @@ from services.arbitration.model import (
     ScoredCandidate,
 )
 from services.arbitration.service import ArbitrationService
-from services.context.api import profile_context_from_proto, profile_context_to_proto
+from services.context.api import (
+    checked_struct,
+    profile_context_from_proto,
+    profile_context_to_proto,
+)
 from services.context.model import ProfileContext
 
 ARBITRATION_SERVICE = arbitration_pb2.DESCRIPTOR.services_by_name["ArbitrationService"].full_name
@@ -47,7 +52,7 @@ def action_to_proto(action: ActionDefinition) -> catalog_pb2.ActionDefinition:
     )
 
 
-def action_document(message: catalog_pb2.ActionDefinition) -> dict[str, Any]:
+def action_document(message: catalog_pb2.ActionDefinition, where: str = "action") -> dict[str, Any]:
     """A message as the plain document parse_catalog validates (same rules as YAML)."""
     document: dict[str, Any] = {
         "id": message.action_id,
@@ -58,7 +63,7 @@ def action_document(message: catalog_pb2.ActionDefinition) -> dict[str, Any]:
         "value": message.value,
         "model": message.model,
         "enabled": not message.disabled,
-        "treatments": struct_to_dict(message.treatments),
+        "treatments": checked_struct(message.treatments, f"{where}.treatments"),
     }
     if message.HasField("lever"):
         document["lever"] = message.lever
@@ -116,7 +121,7 @@ class ArbitrationServicer(arbitration_pb2_grpc.ArbitrationServiceServicer):
         listed = await self._service.list_candidates(
             request.channel,
             request.placement,
-            struct_to_dict(request.request_context),
+            checked_struct(request.request_context, "request_context"),
             explain=request.explain,
         )
         return arbitration_pb2.ListCandidatesResponse(
@@ -138,13 +143,15 @@ class ArbitrationServicer(arbitration_pb2_grpc.ArbitrationServiceServicer):
             request.channel,
             explain=request.explain,
             context=profile_context_from_proto(request.profile_context),
-            request_context=struct_to_dict(request.request_context),
+            request_context=checked_struct(request.request_context, "request_context"),
             placement=request.placement,
         )
         response = arbitration_pb2.PrioritizeResponse(
             ranked=[explanation_to_proto(r) for r in result.ranked],
             min_priority=result.min_priority,
             summary=result.summary,
+            selection_probability=result.selection_probability,
+            exploration=result.exploration,
         )
         if result.winner is not None:
             winner = result.winner
@@ -169,13 +176,20 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     async def ApplyCatalog(
         self, request: catalog_pb2.ApplyCatalogRequest, context: Context
     ) -> catalog_pb2.ApplyCatalogResponse:
-        catalog = parse_catalog(
-            {
-                "min_priority": request.catalog.min_priority,
-                "actions": [action_document(a) for a in request.catalog.actions],
-                "defaults": dict(request.catalog.defaults),
-            }
-        )
+        if request.document:
+            # The whole document (policies, issues...), validated by the same rules as YAML.
+            catalog = parse_catalog_yaml(request.document)
+        else:
+            catalog = parse_catalog(
+                {
+                    "min_priority": request.catalog.min_priority,
+                    "actions": [
+                        action_document(a, f"catalog.actions[{i}]")
+                        for i, a in enumerate(request.catalog.actions)
+                    ],
+                    "defaults": dict(request.catalog.defaults),
+                }
+            )
         applied = await self._service.apply_catalog(catalog, dry_run=request.dry_run)
         return catalog_pb2.ApplyCatalogResponse(
             version=applied.version, action_count=len(applied.actions)
@@ -184,9 +198,9 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     async def GetCatalog(
         self, request: catalog_pb2.GetCatalogRequest, context: Context
     ) -> catalog_pb2.GetCatalogResponse:
-        return catalog_pb2.GetCatalogResponse(
-            catalog=catalog_to_proto(await self._service.catalog())
-        )
+        catalog = await self._service.catalog()
+        document = json.dumps(catalog_to_document(catalog)) if catalog.actions else ""
+        return catalog_pb2.GetCatalogResponse(catalog=catalog_to_proto(catalog), document=document)
 
 
 def arbitration_bindings(service: ArbitrationService) -> list[ServiceBinding]:
@@ -281,4 +295,6 @@ class ArbitrationClient:
             ranked=tuple(explanation_from_proto(r) for r in response.ranked),
             min_priority=response.min_priority,
             summary=response.summary,
+            selection_probability=response.selection_probability,
+            exploration=response.exploration,
         )

@@ -4,7 +4,44 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any
+
+from services.arbitration.contact import ContactPolicy
+from services.arbitration.policies import Rule, action_variable
+from services.arbitration.volume import VolumeConstraint
+
+
+@dataclass(frozen=True)
+class Factors:
+    """Which factors of Priority = P x C x V x L count for an issue (one off counts as 1)."""
+
+    propensity: bool = True
+    context_weight: bool = True
+    value: bool = True
+    lever: bool = True
+
+    def off(self) -> tuple[str, ...]:
+        return tuple(
+            name
+            for name, on in (
+                ("propensity", self.propensity),
+                ("context_weight", self.context_weight),
+                ("value", self.value),
+                ("lever", self.lever),
+            )
+            if not on
+        )
+
+
+@dataclass(frozen=True)
+class Exploration:
+    """How the served action is chosen among the contenders (see exploration.py)."""
+
+    policy: str = "greedy"
+    epsilon: float = 0.0
+    pseudo_count: float = 100.0
+    draws: int = 200
 
 
 @dataclass(frozen=True)
@@ -20,6 +57,20 @@ class ActionDefinition:
     enabled: bool = True
     treatments: dict[str, Any] = field(default_factory=dict)
     prior_propensity: float = 0.05
+    # Offered only within [valid_from, valid_until) when set.
+    valid_from: datetime | None = None
+    valid_until: datetime | None = None
+    # Consent purposes the customer must have granted (see docs/catalog.md).
+    consent: tuple[str, ...] = ()
+    # Effective engagement policies of every level, in evaluation order (kind, then
+    # catalog -> issue -> group -> action); all must hold.
+    rules: tuple[Rule, ...] = ()
+    # C: the action's expression, else its issue's; None = 1.
+    context_weight_rule: Rule | None = None
+    factors: Factors = field(default_factory=Factors)
+    # Effective contact policies and volume constraints (catalog, issue, group, action).
+    contact_policies: tuple[ContactPolicy, ...] = ()
+    volume: tuple[VolumeConstraint, ...] = ()
 
     def offered_on(self, channel: str) -> bool:
         return not self.channels or channel in self.channels
@@ -27,6 +78,29 @@ class ActionDefinition:
     def treatment_for(self, channel: str) -> dict[str, Any]:
         chosen = self.treatments.get(channel, self.treatments.get("default", {}))
         return dict(chosen) if isinstance(chosen, dict) else {}
+
+    def validity_problem(self, now: datetime) -> str:
+        """Why the action is outside its validity window now ("" when inside)."""
+        if self.valid_from is not None and now < self.valid_from:
+            return f"valid from {self.valid_from.isoformat()}"
+        if self.valid_until is not None and now >= self.valid_until:
+            return f"expired at {self.valid_until.isoformat()}"
+        return ""
+
+    @cached_property
+    def cel_value(self) -> dict[str, Any]:
+        """The ``action`` variable of CEL expressions."""
+        return {
+            "id": self.action_id,
+            "name": self.name,
+            "issue": self.issue,
+            "group": self.group,
+            "value": self.value,
+            "lever": self.lever,
+            "channels": list(self.channels),
+            "model": self.model,
+            "prior_propensity": self.prior_propensity,
+        }
 
 
 @dataclass(frozen=True)
@@ -37,9 +111,33 @@ class Catalog:
     applied_at: datetime | None = None
     # Fallback action per "channel" or "channel/placement" (see catalog.proto).
     defaults: dict[str, str] = field(default_factory=dict)
+    exploration: Exploration = field(default_factory=Exploration)
+    # The validated, normalised document (what is stored, and what `catalog show` prints);
+    # empty for a catalog built in code.
+    document: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # Fields of the CEL ``customer`` and ``action`` variables some rule reads (None = all).
+    customer_fields: frozenset[str] | None = field(default=frozenset(), compare=False)
+    action_fields: frozenset[str] | None = field(default=frozenset(), compare=False)
 
     def action(self, action_id: str) -> ActionDefinition | None:
-        return next((a for a in self.actions if a.action_id == action_id), None)
+        return self._by_id.get(action_id)
+
+    @cached_property
+    def _by_id(self) -> dict[str, ActionDefinition]:
+        return {a.action_id: a for a in self.actions}
+
+    @cached_property
+    def _cel_actions(self) -> dict[str, dict[str, Any]]:
+        return {a.action_id: action_variable(a.cel_value, self.action_fields) for a in self.actions}
+
+    def cel_action(self, action_id: str) -> dict[str, Any]:
+        """The CEL ``action`` variable of an action: only the fields some rule reads."""
+        return self._cel_actions[action_id]
+
+    @cached_property
+    def issue_of(self) -> dict[str, tuple[str, str]]:
+        """Every action's (issue, group), for contact policies of a group or issue scope."""
+        return {a.action_id: (a.issue, a.group) for a in self.actions}
 
     def default_for(self, channel: str, placement: str) -> str:
         return self.defaults.get(f"{channel}/{placement}", self.defaults.get(channel, ""))
@@ -79,10 +177,14 @@ class ScoredCandidate:
 
 @dataclass(frozen=True)
 class Prioritization:
-    """The winner (None = "no action") and every scored candidate in rank order."""
+    """The winner (None = "no action") and every candidate: ranked ones in rank order, then
+    those a policy removed (when explaining)."""
 
     winner: ActionDefinition | None
     best: CandidateExplanation | None
     ranked: tuple[CandidateExplanation, ...]
     min_priority: float
     summary: str
+    # Probability that the served action (or "no action") was chosen under ``exploration``.
+    selection_probability: float = 1.0
+    exploration: str = "greedy"

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Protocol
 
-from sqlalchemy import delete, select
+from sqlalchemy import Table, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from libs.storage import SqlUnitOfWork, UnitOfWork
 from libs.storage.session import DbSession
+from services.arbitration.catalog import catalog_to_document, parse_catalog
 from services.arbitration.model import ActionDefinition, Catalog
-from services.arbitration.tables import ActionRow, CatalogStateRow
+from services.arbitration.tables import ActionRow, CatalogStateRow, VolumeCounterRow
+from services.arbitration.volume import VolumeClaim, VolumeRepository
+
+VOLUME: Table = VolumeCounterRow.__table__  # type: ignore[assignment]
 
 
 class CatalogRepository(Protocol):
@@ -21,6 +27,9 @@ class CatalogRepository(Protocol):
 class ArbitrationUnitOfWork(UnitOfWork, Protocol):
     @property
     def catalog(self) -> CatalogRepository: ...
+
+    @property
+    def volume(self) -> VolumeRepository: ...
 
 
 class SqlCatalogRepository:
@@ -34,9 +43,14 @@ class SqlCatalogRepository:
         return version
 
     async def load(self) -> Catalog | None:
+        """The stored document re-parsed (CEL compiled again) on every replica; a catalog
+        stored before documents were kept is rebuilt from its rows."""
         state = await self._session.get(CatalogStateRow, 1)
         if state is None:
             return None
+        if state.document is not None:
+            parsed = parse_catalog(state.document)
+            return replace(parsed, version=state.version, applied_at=state.applied_at)
         rows = await self._session.scalars(select(ActionRow).order_by(ActionRow.position))
         actions = tuple(
             ActionDefinition(
@@ -79,6 +93,7 @@ class SqlCatalogRepository:
                     prior_propensity=action.prior_propensity,
                 )
             )
+        document = catalog_to_document(catalog)
         state = await self._session.get(CatalogStateRow, 1)
         if state is None:
             self._session.add(
@@ -88,6 +103,7 @@ class SqlCatalogRepository:
                     min_priority=catalog.min_priority,
                     defaults=dict(catalog.defaults),
                     applied_at=catalog.applied_at,
+                    document=document,
                 )
             )
         else:
@@ -95,10 +111,54 @@ class SqlCatalogRepository:
             state.min_priority = catalog.min_priority
             state.defaults = dict(catalog.defaults)
             state.applied_at = catalog.applied_at
+            state.document = document
+
+
+class SqlVolumeRepository:
+    """The counters of volume constraints (see services/arbitration/volume.py)."""
+
+    def __init__(self, session: DbSession) -> None:
+        self._session = session
+
+    async def _take(self, claim: VolumeClaim) -> bool:
+        result = await self._session.execute(
+            update(VOLUME)
+            .where(
+                VOLUME.c.key == claim.key,
+                VOLUME.c.period_start == claim.period_start,
+                VOLUME.c.used < claim.cap,
+            )
+            .values(used=VOLUME.c.used + 1)
+        )
+        return int(getattr(result, "rowcount", 0) or 0) == 1
+
+    async def reserve(self, claim: VolumeClaim) -> bool:
+        if await self._take(claim):
+            return True
+        dialect = self._session.bind.dialect.name if self._session.bind is not None else ""
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        created = await self._session.scalar(
+            insert(VOLUME)
+            .values(key=claim.key, period_start=claim.period_start, used=1)
+            .on_conflict_do_nothing(index_elements=["key", "period_start"])
+            .returning(VOLUME.c.key)
+        )
+        if created is not None:
+            # The first use of a new period: the counter's earlier periods are done.
+            await self._session.execute(
+                delete(VOLUME).where(
+                    VOLUME.c.key == claim.key, VOLUME.c.period_start < claim.period_start
+                )
+            )
+            return True
+        # The row exists: full, or a concurrent first use inserted it since our update.
+        return await self._take(claim)
 
 
 class SqlArbitrationUnitOfWork(SqlUnitOfWork):
     catalog: SqlCatalogRepository
+    volume: SqlVolumeRepository
 
     def _open(self) -> None:
         self.catalog = SqlCatalogRepository(self.session)
+        self.volume = SqlVolumeRepository(self.session)

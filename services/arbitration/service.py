@@ -1,15 +1,30 @@
-"""Arbitration domain logic: which actions may be offered, and which one wins."""
+"""Arbitration domain logic: which actions may be offered, and which one wins.
+
+A decision goes through ``prioritize`` in a fixed order, so the explanation of a removed
+candidate is stable: validity window, consent (``consent:<purpose>``), engagement policies
+(every ``eligibility``, then every ``applicability``, then every ``suitability`` rule, each
+from the catalog, issue, group then action level: ``eligibility@issue:retention``), contact
+policies (``contact:<name>``), the context weight expression; then Priority = P x C x V x L
+(factors switched off for the issue count as 1), ranking (priority desc, then action id),
+the minimum priority ("no action" below it) and the choice of the served action among the
+contenders (``select_winner``: exploration; volume constraints extend it).
+"""
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import datetime
 
 from libs.changes import ALL, ChangePublisher
 from libs.clock import utc_now
-from libs.errors import Violations
+from libs.errors import InvalidArgument, Violations
+from libs.logging import get_logger
+from services.arbitration.contact import ContactHistory, contact_block
+from services.arbitration.exploration import Selection, select
 from services.arbitration.model import (
     ActionDefinition,
     CandidateExplanation,
@@ -18,44 +33,104 @@ from services.arbitration.model import (
     Prioritization,
     ScoredCandidate,
 )
+from services.arbitration.policies import PolicyEvaluation, customer_variable
 from services.arbitration.repository import ArbitrationUnitOfWork
-from services.context.model import ProfileContext
+from services.arbitration.volume import VolumeGate, choose_with_volume
+from services.context.model import PERSONALIZATION, PersonalizationLevel, ProfileContext
 
 UnitOfWorkFactory = Callable[[bool], ArbitrationUnitOfWork]
 EMPTY_CATALOG = Catalog(actions=(), min_priority=0.0, version="")
+_log = get_logger("nextbest.arbitration")
+
+
+def checked_candidates(
+    catalog: Catalog, scored: list[ScoredCandidate]
+) -> list[tuple[ActionDefinition, ScoredCandidate]]:
+    """Each scored candidate with its action; unknown ids and bad propensities refused."""
+    problems = Violations()
+    found: list[tuple[ActionDefinition, ScoredCandidate]] = []
+    for index, candidate in enumerate(scored):
+        action = catalog.action(candidate.action_id)
+        if action is None:
+            problems.add(f"candidates[{index}].action_id", "not in the catalog")
+        elif not 0.0 <= candidate.propensity <= 1.0:
+            problems.add(f"candidates[{index}].propensity", "must be within [0, 1]")
+        else:
+            found.append((action, candidate))
+    problems.raise_if_any()
+    return found
+
+
+def priority_factors(
+    action: ActionDefinition, candidate: ScoredCandidate, context_weight: float = 1.0
+) -> CandidateExplanation:
+    """P, C, V, L as they enter the product: a factor switched off for the issue is 1 (the
+    reason says so, with the value it would have had)."""
+    switches = action.factors
+    propensity = candidate.propensity if switches.propensity else 1.0
+    weight = context_weight if switches.context_weight else 1.0
+    value = action.value if switches.value else 1.0
+    lever = action.lever if switches.lever else 1.0
+    off = switches.off()
+    reason = ""
+    if off:
+        was = {
+            "propensity": candidate.propensity,
+            "context_weight": context_weight,
+            "value": action.value,
+            "lever": action.lever,
+        }
+        listed = ", ".join(f"{name} (would be {was[name]:.4g})" for name in off)
+        reason = f"switched off for issue {action.issue}: {listed}"
+    return CandidateExplanation(
+        action_id=action.action_id,
+        eligible=True,
+        reason=reason,
+        propensity=propensity,
+        context_weight=weight,
+        value=value,
+        lever=lever,
+        priority=propensity * weight * value * lever,
+        model_version=candidate.model_version,
+    )
+
+
+def ranked_in_order(items: Iterable[CandidateExplanation]) -> tuple[CandidateExplanation, ...]:
+    """Best first: priority descending, then action id (deterministic ties)."""
+    ordered = sorted(items, key=lambda f: (-f.priority, f.action_id))
+    return tuple(replace(f, rank=rank) for rank, f in enumerate(ordered, start=1))
 
 
 def rank_candidates(
     catalog: Catalog, scored: list[ScoredCandidate]
 ) -> tuple[CandidateExplanation, ...]:
-    """Priority = P x C x V x L for each candidate, best first; ties by action id."""
-    problems = Violations()
-    factors: list[CandidateExplanation] = []
-    for index, candidate in enumerate(scored):
-        action = catalog.action(candidate.action_id)
-        if action is None:
-            problems.add(f"candidates[{index}].action_id", "not in the catalog")
+    """Priority = P x C x V x L with C = 1 (no customer context), best first; what the
+    orchestrator ranks by itself when arbitration cannot answer."""
+    return ranked_in_order(
+        priority_factors(action, candidate)
+        for action, candidate in checked_candidates(catalog, scored)
+    )
+
+
+def consent_problem(action: ActionDefinition, profile: ProfileContext) -> tuple[str, str] | None:
+    """The first purpose the action needs that the customer has not granted. A purpose is
+    granted only by an explicit yes (refused and never asked both block: these are opt-in
+    purposes such as marketing_email); ``personalization`` is her level (basic or full)."""
+    for purpose in action.consent:
+        if purpose == PERSONALIZATION:
+            if profile.personalization == PersonalizationLevel.NONE:
+                return f"consent:{purpose}", "personalization level is none"
             continue
-        if not 0.0 <= candidate.propensity <= 1.0:
-            problems.add(f"candidates[{index}].propensity", "must be within [0, 1]")
-            continue
-        context_weight = 1.0
-        priority = candidate.propensity * context_weight * action.value * action.lever
-        factors.append(
-            CandidateExplanation(
-                action_id=action.action_id,
-                eligible=True,
-                propensity=candidate.propensity,
-                context_weight=context_weight,
-                value=action.value,
-                lever=action.lever,
-                priority=priority,
-                model_version=candidate.model_version,
-            )
-        )
-    problems.raise_if_any()
-    factors.sort(key=lambda f: (-f.priority, f.action_id))
-    return tuple(replace(f, rank=rank) for rank, f in enumerate(factors, start=1))
+        granted = profile.consents.get(purpose)
+        if granted is not True:
+            said = "refused" if granted is False else "never given"
+            return f"consent:{purpose}", f"consent to {purpose} {said}"
+    return None
+
+
+def _removals(removed: list[CandidateExplanation]) -> str:
+    counts = Counter(r.removed_by for r in removed)
+    return ", ".join(f"{name} x{count}" for name, count in sorted(counts.items()))
 
 
 class ArbitrationService:
@@ -67,11 +142,16 @@ class ArbitrationService:
         refresh_s: float = 2.0,
         clock: Callable[[], datetime] = utc_now,
         changes: ChangePublisher | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self._changes = changes
         self._units = units
         self._refresh_s = refresh_s
         self._clock = clock
+        # Exploration's only source of randomness (seeded in tests).
+        self._random = rng or random.Random()
+        # Units of volume constraints, shared by every replica through the database.
+        self._volume = VolumeGate(units)
         self._catalog = EMPTY_CATALOG
         self._checked_at = -float("inf")
 
@@ -80,7 +160,11 @@ class ArbitrationService:
             async with self._units(False) as uow:
                 version = await uow.catalog.version()
                 if version is not None and version != self._catalog.version:
-                    self._catalog = await uow.catalog.load() or EMPTY_CATALOG
+                    try:
+                        self._catalog = await uow.catalog.load() or EMPTY_CATALOG
+                    except InvalidArgument as error:
+                        # Stored by a release with other rules: keep serving what we have.
+                        _log.error("stored catalog refused", version=version, error=str(error))
             self._checked_at = time.monotonic()
         return self._catalog
 
@@ -109,6 +193,7 @@ class ArbitrationService:
     ) -> CandidateList:
         """Catalog-level filtering (no customer context: see arbitration.proto)."""
         catalog = await self.catalog()
+        now = self._clock()
         candidates: list[ActionDefinition] = []
         removed: list[CandidateExplanation] = []
         for action in catalog.actions:
@@ -122,6 +207,8 @@ class ArbitrationService:
                         action.action_id, False, "channels", f"not offered on {channel!r}"
                     )
                 )
+            elif problem := action.validity_problem(now):
+                removed.append(CandidateExplanation(action.action_id, False, "validity", problem))
             else:
                 candidates.append(action)
         return CandidateList(
@@ -142,28 +229,163 @@ class ArbitrationService:
         request_context: dict[str, object] | None = None,
         placement: str = "",
     ) -> Prioritization:
-        """Rank by P x C x V x L; ``context`` is for customer-level policies."""
+        """Customer-level filters, P x C x V x L, minimum priority, then the served action."""
         catalog = await self.catalog()
-        ranked = rank_candidates(catalog, scored)
-        best = ranked[0] if ranked else None
-        if best is None:
-            summary = "no action: no action in the catalog is available on this channel"
-            winner = None
-        elif best.priority < catalog.min_priority:
-            summary = (
-                f"no action: the best candidate {best.action_id} has priority "
-                f"{best.priority:.4g}, below the minimum {catalog.min_priority:.4g}"
+        candidates = checked_candidates(catalog, scored)
+        now = self._clock()
+        profile = context or ProfileContext(profile_id="")
+        evaluation: PolicyEvaluation | None = None
+        history: ContactHistory | None = None
+        kept: list[CandidateExplanation] = []
+        removed: list[CandidateExplanation] = []
+        for action, candidate in candidates:
+            removal: tuple[str, str] | None = None
+            weight = 1.0
+            if problem := action.validity_problem(now):
+                removal = ("validity", problem)
+            elif action.consent:
+                removal = consent_problem(action, profile)
+            needs_cel = action.rules or (
+                action.context_weight_rule is not None and action.factors.context_weight
             )
-            winner = None
+            if removal is None and needs_cel and evaluation is None:
+                evaluation = PolicyEvaluation(
+                    customer_variable(profile, catalog.customer_fields),
+                    {**(request_context or {}), "channel": channel, "placement": placement},
+                    now,
+                )
+            if removal is None and evaluation is not None:
+                for rule in action.rules:
+                    reason = evaluation.blocked(
+                        rule, action.action_id, catalog.cel_action(action.action_id)
+                    )
+                    if reason is not None:
+                        removal = (rule.name, reason)
+                        break
+            if removal is None and action.contact_policies:
+                if history is None:  # the contacts indexed once for every candidate
+                    history = ContactHistory(profile.contacts, catalog.issue_of)
+                blocked = contact_block(
+                    action.contact_policies,
+                    action_id=action.action_id,
+                    issue=action.issue,
+                    group=action.group,
+                    issue_of=catalog.issue_of,
+                    contacts=profile.contacts,
+                    channel=channel,
+                    now=now,
+                    history=history,
+                )
+                if blocked is not None:
+                    removal = (f"contact:{blocked[0]}", blocked[1])
+            weighting = action.context_weight_rule
+            if removal is None and weighting is not None and action.factors.context_weight:
+                assert evaluation is not None
+                weight, error = evaluation.weight(
+                    weighting, action.action_id, catalog.cel_action(action.action_id)
+                )
+                if error:
+                    removal = (weighting.name, error)
+            factors = priority_factors(action, candidate, weight)
+            if removal is None:
+                kept.append(factors)
+            else:
+                removed.append(
+                    replace(
+                        factors,
+                        eligible=False,
+                        removed_by=removal[0],
+                        reason=removal[1],
+                        priority=0.0,
+                    )
+                )
+        ranked = ranked_in_order(kept)
+        contenders = tuple(r for r in ranked if r.priority >= catalog.min_priority)
+        capped: list[CandidateExplanation] = []
+        selection = await self.select_winner(
+            catalog, contenders, channel=channel, now=now, capped=capped
+        )
+        if capped:  # explained as removed (volume:<name>), no longer ranked
+            gone = {c.action_id for c in capped}
+            ranked = ranked_in_order(r for r in ranked if r.action_id not in gone)
+            removed.extend(capped)
+            if selection.winner is not None:
+                served = selection.winner.action_id
+                winner = next(r for r in ranked if r.action_id == served)
+                selection = replace(selection, winner=winner)
+        return self._outcome(catalog, ranked, removed, selection, explain, bool(scored))
+
+    async def select_winner(
+        self,
+        catalog: Catalog,
+        contenders: tuple[CandidateExplanation, ...],
+        *,
+        channel: str,
+        now: datetime,
+        capped: list[CandidateExplanation] | None = None,
+    ) -> Selection:
+        """The one place the served action is chosen among ``contenders`` (eligible, at or
+        above the minimum priority, best first): the catalog's exploration policy decides,
+        with the probability it had. A pick whose volume constraint is full is removed
+        (added to ``capped``) and the policy chooses again among the rest
+        (services/arbitration/volume.py)."""
+
+        def choose(remaining: tuple[CandidateExplanation, ...]) -> Selection:
+            sampled = []
+            for contender in remaining:
+                action = catalog.action(contender.action_id)
+                sampled.append(action.factors.propensity if action is not None else True)
+            return select(catalog.exploration, remaining, self._random, sampled)
+
+        selection, refused = await choose_with_volume(
+            self._volume, contenders, choose, catalog.action, now
+        )
+        if capped is not None:
+            capped.extend(refused)
+        return selection
+
+    def _outcome(
+        self,
+        catalog: Catalog,
+        ranked: tuple[CandidateExplanation, ...],
+        removed: list[CandidateExplanation],
+        selection: Selection,
+        explain: bool,
+        anything_scored: bool,
+    ) -> Prioritization:
+        served = selection.winner
+        best = ranked[0] if ranked else None
+        if served is None:
+            if not anything_scored:
+                summary = "no action: no action in the catalog is available on this channel"
+            elif best is None:
+                summary = f"no action: every candidate was removed ({_removals(removed)})"
+            else:
+                summary = (
+                    f"no action: the best candidate {best.action_id} has priority "
+                    f"{best.priority:.4g}, below the minimum {catalog.min_priority:.4g}"
+                )
+                if removed:
+                    summary += f"; removed: {_removals(removed)}"
         else:
-            summary = f"{best.action_id} has the highest priority ({best.priority:.4g})"
-            winner = catalog.action(best.action_id)
-            ranked = (replace(best, won=True), *ranked[1:])
-            best = ranked[0]
+            marked = replace(served, won=True)
+            ranked = tuple(marked if r.action_id == served.action_id else r for r in ranked)
+            best = marked
+            if selection.explored:
+                top = ranked[0]
+                summary = (
+                    f"{served.action_id} served by exploration ({selection.policy}, "
+                    f"probability {selection.probability:.3g}); the highest priority was "
+                    f"{top.action_id} ({top.priority:.4g})"
+                )
+            else:
+                summary = f"{served.action_id} has the highest priority ({served.priority:.4g})"
         return Prioritization(
-            winner=winner,
+            winner=catalog.action(served.action_id) if served is not None else None,
             best=best,
-            ranked=ranked if explain else (),
+            ranked=(*ranked, *removed) if explain else (),
             min_priority=catalog.min_priority,
             summary=summary,
+            selection_probability=selection.probability,
+            exploration=selection.policy,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, Integer, String
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from libs.storage import Base
@@ -13,6 +13,9 @@ from libs.storage.types import UtcDateTime
 
 
 class ActionRow(Base):
+    """One action of the catalog in force: a queryable mirror of the stored document (the
+    document is what replicas load; the unique id also guards against duplicates)."""
+
     __tablename__ = "arbitration_actions"
 
     action_id: Mapped[str] = mapped_column(String(128), primary_key=True)
@@ -39,3 +42,18 @@ class CatalogStateRow(Base):
     min_priority: Mapped[float] = mapped_column(Float)
     defaults: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     applied_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # The validated, normalised catalog document (issues, policies...), re-parsed on load;
+    # None for a catalog applied before revision 0004_arbitration (loaded from the rows).
+    document: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class VolumeCounterRow(Base):
+    """Choices of a volume constraint's counter in one period (services/arbitration/volume.py);
+    the key names the constraint, its scope and what it counts."""
+
+    __tablename__ = "arbitration_volume"
+
+    key: Mapped[str] = mapped_column(String(400), primary_key=True)
+    # Start of the period, UTC epoch seconds aligned to the constraint's period.
+    period_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    used: Mapped[int] = mapped_column(Integer)

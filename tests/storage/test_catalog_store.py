@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import IntegrityError
 
 from libs.errors import InvalidArgument
 from libs.storage import Database, StorageConflict
+from libs.storage.database import sync_url
+from libs.storage.migrate import upgrade
+from services.app import MIGRATIONS
 from services.arbitration.catalog import parse_catalog_yaml
 from services.arbitration.model import Catalog, ScoredCandidate
 from services.arbitration.repository import SqlArbitrationUnitOfWork
 from services.arbitration.service import ArbitrationService
+from services.arbitration.tables import CatalogStateRow
 from services.context.model import ProfileContext
 from services.demo.seed import DEMO_CATALOG
+from tests.conftest import create_postgres_database, drop_postgres_database, require_postgres
 
-ANYONE = ProfileContext("p1")
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+OPTED_IN = ProfileContext("p1", consents={"marketing_email": True})
 
 
 def arbitration_service(database: Database, refresh_s: float = 0.01) -> ArbitrationService:
@@ -167,7 +177,8 @@ async def test_prioritize_picks_the_highest_p_v_l(database: Database) -> None:
         ScoredCandidate("service_paperless_billing", 0.9, ""),  # 4.5
     ]
 
-    result = await service.prioritize(scored, "web", explain=True)
+    # Paperless billing needs her opt-in to marketing e-mails (see the demo catalog).
+    result = await service.prioritize(scored, "web", explain=True, context=OPTED_IN)
 
     # Only the lever (1.2) puts bonus data (5.4) above the loyalty discount (4.8).
     assert result.winner is not None and result.winner.action_id == "cross_sell_bonus_data"
@@ -189,8 +200,12 @@ async def test_prioritize_picks_the_highest_p_v_l(database: Database) -> None:
     assert [c.won for c in result.ranked] == [True, False, False, False]
     assert result.min_priority == 2.0
     assert "cross_sell_bonus_data" in result.summary
-    quiet = await service.prioritize(scored, "web")
+    quiet = await service.prioritize(scored, "web", context=OPTED_IN)
     assert quiet.ranked == () and quiet.winner == result.winner
+    without_consent = await service.prioritize(scored, "web", explain=True)
+    assert [(c.action_id, c.removed_by) for c in without_consent.ranked if not c.eligible] == [
+        ("service_paperless_billing", "consent:marketing_email")
+    ]
 
     with pytest.raises(InvalidArgument) as refused:
         await service.prioritize(
@@ -267,3 +282,134 @@ async def test_a_failed_apply_leaves_the_previous_catalog_in_force(database: Dat
 
     assert same_catalog(await stored_catalog(database), current)
     assert same_catalog(await service.catalog(), current)
+
+
+# ------------------------------------------------------------- documents (issues, policies)
+
+POLICY_CATALOG = """
+min_priority: 0.5
+exploration: {policy: epsilon_greedy, epsilon: 0.1}
+policies: {eligibility: "!('blocked' in customer.attributes)"}
+issues:
+  retention:
+    context_weight: "'cancel_page_view' in customer.counts ? 2.0 : 1.0"
+    factors: {lever: false}
+    groups:
+      offers:
+        policies: {suitability: "request.channel != 'branch'"}
+actions:
+  - id: gold_card
+    issue: retention
+    group: offers
+    value: 10
+    lever: 3
+    valid_from: 2025-01-01T00:00:00Z
+    consent: [marketing_email]
+    policies: {applicability: "action.value > 5.0 && customer.known"}
+  - {id: plain, issue: retention, group: offers, value: 2}
+"""
+
+
+async def test_a_document_catalog_is_stored_and_reloaded_with_its_policies(
+    database: Database,
+) -> None:
+    admin = arbitration_service(database)
+    applied = await admin.apply_catalog(parse_catalog_yaml(POLICY_CATALOG))
+
+    replica = await stored_catalog(database)
+
+    assert replica == applied  # same actions, rules (by source), exploration, version
+    assert replica.applied_at == applied.applied_at
+    assert replica.document == applied.document
+    gold = replica.action("gold_card")
+    assert gold is not None
+    assert [r.name for r in gold.rules] == [
+        "eligibility@catalog",
+        "applicability@action:gold_card",
+        "suitability@group:retention/offers",
+    ]
+    assert gold.consent == ("marketing_email",) and not gold.factors.lever
+    assert replica.exploration.policy == "epsilon_greedy" and replica.exploration.epsilon == 0.1
+    # The reloaded rules run: compiled again on the replica.
+    reader = arbitration_service(database)
+    customer = ProfileContext(
+        "p1", counters={}, consents={"marketing_email": True}, attributes={"blocked": True}
+    )
+    result = await reader.prioritize(
+        [ScoredCandidate("gold_card", 0.5)], "web", explain=True, context=customer
+    )
+    assert result.winner is None
+    assert [(c.action_id, c.removed_by) for c in result.ranked] == [
+        ("gold_card", "eligibility@catalog")
+    ]
+
+
+async def test_a_catalog_stored_before_documents_is_loaded_from_its_rows(
+    database: Database,
+) -> None:
+    service = arbitration_service(database)
+    applied = await service.apply_catalog(demo_catalog())
+    async with SqlArbitrationUnitOfWork(database, write=True) as uow:
+        state = await uow.session.get(CatalogStateRow, 1)
+        assert state is not None and state.document is not None
+        state.document = None  # as revision 0002 left it
+        await uow.commit()
+
+    loaded = await stored_catalog(database)
+
+    assert loaded.version == applied.version
+    assert [a.action_id for a in loaded.actions] == [a.action_id for a in applied.actions]
+    assert all(not a.rules for a in loaded.actions)
+    assert loaded.defaults == applied.defaults
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def old_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database, not migrated (the test migrates it step by step)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'old.db'}"
+        return
+    require_postgres()
+    url = create_postgres_database()
+    yield url
+    drop_postgres_database(url)
+
+
+async def test_upgrade_to_0004_keeps_a_catalog_applied_before(old_url: str) -> None:
+    upgrade(old_url, MIGRATIONS, "0002")
+    engine = create_engine(sync_url(old_url))
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO arbitration_catalog (id, version, min_priority, defaults,"
+                    " applied_at) VALUES (1, 'old', 1.5, '{\"web\": \"legacy\"}', :at)"
+                ),
+                {"at": "2026-01-01 00:00:00" if engine.dialect.name == "sqlite" else NOW},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO arbitration_actions (action_id, position, name, issue,"
+                    " group_name, channels, value, lever, model, enabled, treatments,"
+                    " prior_propensity) VALUES ('legacy', 0, 'Legacy', 'sales', 'default',"
+                    " '[\"web\"]', 3.0, 1.0, '', true, '{}', 0.05)"
+                )
+            )
+    finally:
+        engine.dispose()
+
+    upgrade(old_url, MIGRATIONS)
+
+    async_url = old_url.replace("sqlite:///", "sqlite+aiosqlite:///")
+    database = Database(async_url)
+    try:
+        service = arbitration_service(database)
+        loaded = await service.catalog()
+        assert (loaded.version, loaded.min_priority) == ("old", 1.5)
+        assert [a.action_id for a in loaded.actions] == ["legacy"]
+        assert loaded.defaults == {"web": "legacy"}
+        # The next apply stores a document, which replicas then load.
+        applied = await service.apply_catalog(parse_catalog_yaml(POLICY_CATALOG))
+        assert await stored_catalog(database) == applied
+    finally:
+        await database.dispose()

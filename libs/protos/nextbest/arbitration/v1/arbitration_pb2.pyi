@@ -24,7 +24,7 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class ListCandidatesRequest(_message.Message):
-    """Catalog-level filtering only (channel, placement, enabled), so that the orchestrator can ask
+    """Catalog-level filtering only (channel, placement, enabled, validity window), so that the orchestrator can ask
     for candidates while it fetches the customer's context; customer-level rules apply in
     Prioritize, which receives that context.
     """
@@ -169,8 +169,17 @@ class PrioritizeResponse(_message.Message):
     RANKED_FIELD_NUMBER: _builtins.int
     MIN_PRIORITY_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
+    SELECTION_PROBABILITY_FIELD_NUMBER: _builtins.int
+    EXPLORATION_FIELD_NUMBER: _builtins.int
     min_priority: _builtins.float
     summary: _builtins.str
+    selection_probability: _builtins.float
+    """Probability that the served action (or "no action") was chosen under the exploration
+    policy: 1 for greedy; exact for epsilon_greedy; a Monte-Carlo estimate for thompson.
+    Logged with the decision for offline policy evaluation (IPS / SNIPS / DR).
+    """
+    exploration: _builtins.str
+    """The exploration policy in force: greedy, epsilon_greedy or thompson."""
     @_builtins.property
     def action(self) -> _decision_pb2.Action:
         """The winner, unset for "no action"."""
@@ -191,10 +200,12 @@ class PrioritizeResponse(_message.Message):
         ranked: _abc.Iterable[_decision_pb2.CandidateExplanation] | None = ...,
         min_priority: _builtins.float = ...,
         summary: _builtins.str = ...,
+        selection_probability: _builtins.float = ...,
+        exploration: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "winner", b"winner"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "min_priority", b"min_priority", "ranked", b"ranked", "summary", b"summary", "winner", b"winner"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "exploration", b"exploration", "min_priority", b"min_priority", "ranked", b"ranked", "selection_probability", b"selection_probability", "summary", b"summary", "winner", b"winner"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!nextbest/catalog/v1/catalog.proto\x12\x13nextbest.catalog.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\x02\n\x10\x41\x63tionDefinition\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05issue\x18\x03 \x01(\t\x12\r\n\x05group\x18\x04 \x01(\t\x12\x10\n\x08\x63hannels\x18\x05 \x03(\t\x12\r\n\x05value\x18\x06 \x01(\x01\x12\x12\n\x05lever\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\r\n\x05model\x18\x08 \x01(\t\x12\x10\n\x08\x64isabled\x18\t \x01(\x08\x12+\n\ntreatments\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1d\n\x10prior_propensity\x18\x0b \x01(\x01H\x01\x88\x01\x01\x42\x08\n\x06_leverB\x13\n\x11_prior_propensity\"\x87\x02\n\x07\x43\x61talog\x12\x36\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32%.nextbest.catalog.v1.ActionDefinition\x12\x14\n\x0cmin_priority\x18\x02 \x01(\x01\x12\x0f\n\x07version\x18\x03 \x01(\t\x12.\n\napplied_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x08\x64\x65\x66\x61ults\x18\x05 \x03(\x0b\x32*.nextbest.catalog.v1.Catalog.DefaultsEntry\x1a/\n\rDefaultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"U\n\x13\x41pplyCatalogRequest\x12-\n\x07\x63\x61talog\x18\x01 \x01(\x0b\x32\x1c.nextbest.catalog.v1.Catalog\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"=\n\x14\x41pplyCatalogResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x63tion_count\x18\x02 \x01(\x05\"\x13\n\x11GetCatalogRequest\"C\n\x12GetCatalogResponse\x12-\n\x07\x63\x61talog\x18\x01 \x01(\x0b\x32\x1c.nextbest.catalog.v1.Catalog2\xd4\x01\n\x0e\x43\x61talogService\x12\x63\n\x0c\x41pplyCatalog\x12(.nextbest.catalog.v1.ApplyCatalogRequest\x1a).nextbest.catalog.v1.ApplyCatalogResponse\x12]\n\nGetCatalog\x12&.nextbest.catalog.v1.GetCatalogRequest\x1a\'.nextbest.catalog.v1.GetCatalogResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!nextbest/catalog/v1/catalog.proto\x12\x13nextbest.catalog.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\x02\n\x10\x41\x63tionDefinition\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05issue\x18\x03 \x01(\t\x12\r\n\x05group\x18\x04 \x01(\t\x12\x10\n\x08\x63hannels\x18\x05 \x03(\t\x12\r\n\x05value\x18\x06 \x01(\x01\x12\x12\n\x05lever\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\r\n\x05model\x18\x08 \x01(\t\x12\x10\n\x08\x64isabled\x18\t \x01(\x08\x12+\n\ntreatments\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1d\n\x10prior_propensity\x18\x0b \x01(\x01H\x01\x88\x01\x01\x42\x08\n\x06_leverB\x13\n\x11_prior_propensity\"\x87\x02\n\x07\x43\x61talog\x12\x36\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32%.nextbest.catalog.v1.ActionDefinition\x12\x14\n\x0cmin_priority\x18\x02 \x01(\x01\x12\x0f\n\x07version\x18\x03 \x01(\t\x12.\n\napplied_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x08\x64\x65\x66\x61ults\x18\x05 \x03(\x0b\x32*.nextbest.catalog.v1.Catalog.DefaultsEntry\x1a/\n\rDefaultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"g\n\x13\x41pplyCatalogRequest\x12-\n\x07\x63\x61talog\x18\x01 \x01(\x0b\x32\x1c.nextbest.catalog.v1.Catalog\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\x12\x10\n\x08\x64ocument\x18\x03 \x01(\t\"=\n\x14\x41pplyCatalogResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x63tion_count\x18\x02 \x01(\x05\"\x13\n\x11GetCatalogRequest\"U\n\x12GetCatalogResponse\x12-\n\x07\x63\x61talog\x18\x01 \x01(\x0b\x32\x1c.nextbest.catalog.v1.Catalog\x12\x10\n\x08\x64ocument\x18\x02 \x01(\t2\xd4\x01\n\x0e\x43\x61talogService\x12\x63\n\x0c\x41pplyCatalog\x12(.nextbest.catalog.v1.ApplyCatalogRequest\x1a).nextbest.catalog.v1.ApplyCatalogResponse\x12]\n\nGetCatalog\x12&.nextbest.catalog.v1.GetCatalogRequest\x1a\'.nextbest.catalog.v1.GetCatalogResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,13 +42,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CATALOG_DEFAULTSENTRY']._serialized_start=615
   _globals['_CATALOG_DEFAULTSENTRY']._serialized_end=662
   _globals['_APPLYCATALOGREQUEST']._serialized_start=664
-  _globals['_APPLYCATALOGREQUEST']._serialized_end=749
-  _globals['_APPLYCATALOGRESPONSE']._serialized_start=751
-  _globals['_APPLYCATALOGRESPONSE']._serialized_end=812
-  _globals['_GETCATALOGREQUEST']._serialized_start=814
-  _globals['_GETCATALOGREQUEST']._serialized_end=833
-  _globals['_GETCATALOGRESPONSE']._serialized_start=835
-  _globals['_GETCATALOGRESPONSE']._serialized_end=902
-  _globals['_CATALOGSERVICE']._serialized_start=905
-  _globals['_CATALOGSERVICE']._serialized_end=1117
+  _globals['_APPLYCATALOGREQUEST']._serialized_end=767
+  _globals['_APPLYCATALOGRESPONSE']._serialized_start=769
+  _globals['_APPLYCATALOGRESPONSE']._serialized_end=830
+  _globals['_GETCATALOGREQUEST']._serialized_start=832
+  _globals['_GETCATALOGREQUEST']._serialized_end=851
+  _globals['_GETCATALOGRESPONSE']._serialized_start=853
+  _globals['_GETCATALOGRESPONSE']._serialized_end=938
+  _globals['_CATALOGSERVICE']._serialized_start=941
+  _globals['_CATALOGSERVICE']._serialized_end=1153
 # @@protoc_insertion_point(module_scope)

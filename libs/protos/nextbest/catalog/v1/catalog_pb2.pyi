@@ -154,19 +154,29 @@ class ApplyCatalogRequest(_message.Message):
 
     CATALOG_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
+    DOCUMENT_FIELD_NUMBER: _builtins.int
     dry_run: _builtins.bool
     """Validate only; store nothing."""
+    document: _builtins.str
+    """The whole catalog document as YAML or JSON text (docs/catalog.md): issues, groups,
+    engagement policies, contact policies, volume, exploration. Takes precedence.
+    """
     @_builtins.property
-    def catalog(self) -> Global___Catalog: ...
+    def catalog(self) -> Global___Catalog:
+        """The catalog as typed fields (actions, min_priority, defaults only); ignored when
+        document is set.
+        """
+
     def __init__(
         self,
         *,
         catalog: Global___Catalog | None = ...,
         dry_run: _builtins.bool = ...,
+        document: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["catalog", b"catalog"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog", b"catalog", "dry_run", b"dry_run"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog", b"catalog", "document", b"document", "dry_run", b"dry_run"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -214,16 +224,20 @@ class GetCatalogResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CATALOG_FIELD_NUMBER: _builtins.int
+    DOCUMENT_FIELD_NUMBER: _builtins.int
+    document: _builtins.str
+    """The catalog in force as its normalised document, JSON text (empty when none)."""
     @_builtins.property
     def catalog(self) -> Global___Catalog: ...
     def __init__(
         self,
         *,
         catalog: Global___Catalog | None = ...,
+        document: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["catalog", b"catalog"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog", b"catalog"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog", b"catalog", "document", b"document"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
