@@ -9,13 +9,19 @@ import grpc
 from nextbest.scoring.v1 import model_pb2, model_pb2_grpc, scoring_pb2, scoring_pb2_grpc
 
 from libs.rpc.client import call_peer
-from libs.rpc.convert import datetime_to_timestamp, dict_to_struct, struct_to_dict
+from libs.rpc.convert import datetime_to_timestamp, dict_to_struct
 from libs.rpc.server import ServiceBinding
-from services.context.api import profile_context_from_proto, profile_context_to_proto
+from services.context.api import (
+    checked_struct,
+    profile_context_from_proto,
+    profile_context_to_proto,
+)
 from services.context.model import ProfileContext
+from services.scoring.inference import inference_binding
 from services.scoring.model import (
     CandidateScore,
     FeatureSpec,
+    FeatureType,
     ModelInfo,
     ModelStatus,
     ScoringCandidate,
@@ -30,7 +36,26 @@ _STATUS = {
     ModelStatus.REGISTERED: model_pb2.MODEL_STATUS_REGISTERED,
     ModelStatus.ACTIVE: model_pb2.MODEL_STATUS_ACTIVE,
     ModelStatus.RETIRED: model_pb2.MODEL_STATUS_RETIRED,
+    ModelStatus.CHALLENGER: model_pb2.MODEL_STATUS_CHALLENGER,
 }
+_FEATURE_TYPE = {
+    FeatureType.NUMBER: model_pb2.FEATURE_TYPE_NUMBER,
+    FeatureType.BOOLEAN: model_pb2.FEATURE_TYPE_BOOLEAN,
+}
+_FEATURE_TYPE_FROM = {value: key for key, value in _FEATURE_TYPE.items()}
+
+
+def feature_to_proto(feature: FeatureSpec) -> model_pb2.FeatureSpec:
+    return model_pb2.FeatureSpec(
+        name=feature.name,
+        default_value=feature.default,
+        type=_FEATURE_TYPE[feature.type] if feature.type else model_pb2.FEATURE_TYPE_UNSPECIFIED,
+    )
+
+
+def feature_from_proto(message: model_pb2.FeatureSpec) -> FeatureSpec:
+    # An unknown enum number (a newer client) reads as unspecified: the name's own type.
+    return FeatureSpec(message.name, message.default_value, _FEATURE_TYPE_FROM.get(message.type))
 
 
 def model_to_proto(info: ModelInfo) -> model_pb2.Model:
@@ -38,12 +63,11 @@ def model_to_proto(info: ModelInfo) -> model_pb2.Model:
         name=info.name,
         version=info.version,
         checksum=info.checksum,
-        features=[
-            model_pb2.FeatureSpec(name=f.name, default_value=f.default) for f in info.features
-        ],
+        features=[feature_to_proto(f) for f in info.features],
         status=_STATUS[info.status],
         created_at=datetime_to_timestamp(info.created_at),
         activated_at=datetime_to_timestamp(info.activated_at),
+        traffic_share=info.traffic_share,
     )
 
 
@@ -80,7 +104,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
     ) -> scoring_pb2.ScoreCandidatesResponse:
         scores = await self._service.score_candidates(
             profile_context_from_proto(request.profile_context),
-            struct_to_dict(request.request_context),
+            checked_struct(request.request_context, "request_context"),
             request.channel,
             [candidate_from_proto(c) for c in request.candidates],
         )
@@ -108,7 +132,7 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
             request.name,
             request.version,
             request.onnx_model,
-            [FeatureSpec(f.name, f.default_value) for f in request.features],
+            [feature_from_proto(f) for f in request.features],
             activate=request.activate,
         )
         return model_pb2.RegisterModelResponse(model=model_to_proto(info))
@@ -118,6 +142,20 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
     ) -> model_pb2.ActivateModelResponse:
         info = await self._service.activate_model(request.name, request.version)
         return model_pb2.ActivateModelResponse(model=model_to_proto(info))
+
+    async def RollbackModel(
+        self, request: model_pb2.RollbackModelRequest, context: Context
+    ) -> model_pb2.RollbackModelResponse:
+        info = await self._service.rollback_model(request.name)
+        return model_pb2.RollbackModelResponse(model=model_to_proto(info))
+
+    async def SetChallenger(
+        self, request: model_pb2.SetChallengerRequest, context: Context
+    ) -> model_pb2.SetChallengerResponse:
+        info = await self._service.set_challenger(request.name, request.version, request.share)
+        if info is None:
+            return model_pb2.SetChallengerResponse()
+        return model_pb2.SetChallengerResponse(model=model_to_proto(info))
 
     async def ListModels(
         self, request: model_pb2.ListModelsRequest, context: Context
@@ -138,6 +176,8 @@ def scoring_bindings(service: ScoringService) -> list[ServiceBinding]:
             MODEL_SERVICE,
             lambda server: model_pb2_grpc.add_ModelServiceServicer_to_server(models, server),
         ),
+        # Open Inference Protocol v2, wherever scoring is served (embedded and mesh).
+        inference_binding(service),
     ]
 
 

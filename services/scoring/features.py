@@ -1,6 +1,7 @@
 """Model inputs by name, compiled once per model so a decision only runs small closures.
 
-Feature names (declared with the model, in the order of its input columns):
+Feature names (declared with the model, in the order of its input columns); the type a name
+implies is in brackets (number or boolean):
 
 - ``event_count:<type>`` / ``event_value_sum:<type>``: aggregates of the customer's events
 - ``event_count_<window>:<type>`` / ``event_value_sum_<window>:<type>``: the same over a
@@ -8,20 +9,32 @@ Feature names (declared with the model, in the order of its input columns):
 - ``hours_since_last:<type>``: hours since the customer's latest event of that type
 - ``prediction:<name>``: the latest output of a model for the customer (``prediction:churn``)
 - ``attribute:<key>``: a numeric (or boolean) profile attribute
+- ``attribute:<key>=<value>`` [boolean]: 1 when the attribute equals that string (one-hot)
 - ``request:<key>``: a numeric (or boolean) value of the request's situational context
-- ``channel=<name>``: 1 when the request comes from that channel
+- ``request:<key>=<value>`` [boolean]: 1 when the request value equals that string
+  (``request:device=mobile``: string values one-hot encoded)
+- ``channel=<name>`` [boolean]: 1 when the request comes from that channel
+- ``personalization=<none|basic|full>`` [boolean]: 1 at the customer's personalisation level
+- ``consent:<purpose>`` [boolean]: 1 granted, 0 refused (never asked: the default)
+- ``contact_count_<window>:<kind>``: contacts about the candidate action within the window
+  (``contact_count_7d:impression``; kind: ``decision``, an outcome such as ``reject``, or
+  ``any``), from ProfileContext.contacts
 - ``action.value`` / ``action.lever`` / ``action.prior_propensity``: the candidate's numbers
-- ``action.issue=<x>`` / ``action.group=<x>`` / ``action.id=<x>``: 1 when the candidate matches
+- ``action.issue=<x>`` / ``action.group=<x>`` / ``action.id=<x>`` [boolean]: 1 when the
+  candidate matches
 - ``interaction:<kind>``: the candidate's impressions/clicks/accepts/rejects/... over channels
 
-A feature with no value for this customer takes its declared default.
+A feature with no value for this customer takes its declared default. A feature declared
+``boolean`` whose name implies a number reads as 1 when the number is not 0
+(``event_count:purchase`` as boolean = "has bought").
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -29,11 +42,13 @@ import numpy.typing as npt
 
 from libs.clock import utc_now
 from libs.config import duration_s
-from libs.errors import FieldViolation, InvalidArgument
-from services.context.model import ProfileContext
-from services.scoring.model import FeatureSpec, ScoringCandidate
+from libs.errors import FieldViolation, InvalidArgument, Violations
+from services.context.model import Outcome, PersonalizationLevel, ProfileContext
+from services.scoring.model import FeatureSpec, FeatureType, ScoringCandidate
 
 _INTERACTIONS = ("decisions", "impressions", "clicks", "accepts", "rejects", "conversions")
+_CONTACT_KINDS = frozenset({"decision", "any", *(o.value for o in Outcome)})
+_LEVELS = frozenset(level.value for level in PersonalizationLevel)
 
 
 @dataclass(frozen=True)
@@ -41,9 +56,15 @@ class ScoringInput:
     context: ProfileContext
     request_context: dict[str, Any]
     channel: str
+    # One clock reading per decision, for every time-based feature.
+    now: datetime = field(default_factory=utc_now)
 
 
 Extractor = Callable[[ScoringInput, ScoringCandidate], float | None]
+
+
+class _UnknownFeature(ValueError):
+    """A feature name that does not compile; the message says why."""
 
 
 def _number(value: Any) -> float | None:
@@ -54,74 +75,188 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def _hours_since(context: ProfileContext, event_type: str) -> float | None:
-    counter = context.counters.get(event_type)
+def _text(value: Any) -> str | None:
+    """The string a one-hot feature compares with (booleans as true/false, 3.0 as 3)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _one_hot(value: Any, expected: str) -> float | None:
+    text = _text(value)
+    return None if text is None else float(text == expected)
+
+
+def _hours_since(s: ScoringInput, event_type: str) -> float | None:
+    counter = s.context.counters.get(event_type)
     if counter is None or counter.last_occurred_at is None:
         return None
-    return max(0.0, (utc_now() - counter.last_occurred_at).total_seconds() / 3600)
+    return max(0.0, (s.now - counter.last_occurred_at).total_seconds() / 3600)
 
 
 def _window(name: str, label: str) -> str:
     try:
         duration_s(label)
     except ValueError:
-        raise InvalidArgument(
-            FieldViolation("features", f"{name!r}: {label!r} is not a window like 1h, 24h, 7d")
-        ) from None
+        raise _UnknownFeature(f"{name!r}: {label!r} is not a window like 1h, 24h, 7d") from None
     return label
 
 
-def _extractor(name: str) -> Extractor:
+def _contact_counter(window: timedelta, kind: str) -> Extractor:
+    def count(s: ScoringInput, c: ScoringCandidate) -> float:
+        since = s.now - window
+        return float(
+            sum(
+                1
+                for contact in s.context.contacts
+                if contact.action_id == c.action_id
+                and (kind == "any" or contact.kind == kind)
+                and contact.occurred_at >= since
+            )
+        )
+
+    return count
+
+
+def _interaction_counter(kind: str) -> Extractor:
+    def count(s: ScoringInput, c: ScoringCandidate) -> float:
+        return float(
+            sum(getattr(i, kind) for i in s.context.interactions if i.action_id == c.action_id)
+        )
+
+    return count
+
+
+def _keyed(kind: str, arg: str) -> tuple[Extractor, FeatureType | None]:
+    """``attribute:`` and ``request:`` features: a number, or one-hot of a string value."""
+    source: Callable[[ScoringInput], dict[str, Any]] = (
+        (lambda s: s.context.attributes) if kind == "attribute" else (lambda s: s.request_context)
+    )
+    key, eq, expected = arg.partition("=")
+    if eq:
+        return (lambda s, c: _one_hot(source(s).get(key), expected)), FeatureType.BOOLEAN
+    return (lambda s, c: _number(source(s).get(key))), None
+
+
+def _compile(name: str) -> tuple[Extractor, FeatureType | None]:
+    """The extractor of a feature name and the type it implies (None: either)."""
+    number, boolean = FeatureType.NUMBER, FeatureType.BOOLEAN
     kind, sep, arg = name.partition(":")
-    if sep:
+    if sep and arg:
         if kind == "event_count":
-            return lambda s, c: float(s.context.event_count(arg))
+            return (lambda s, c: float(s.context.event_count(arg))), number
         if kind == "event_value_sum":
-            return lambda s, c: (
-                s.context.counters[arg].value_sum if arg in s.context.counters else None
+            return (lambda s, c: v.value_sum if (v := s.context.counters.get(arg)) else None), (
+                number
             )
         if kind.startswith("event_count_"):
             window = _window(name, kind.removeprefix("event_count_"))
-            return lambda s, c: float(w.count) if (w := s.context.window(window, arg)) else 0.0
+            return (
+                lambda s, c: float(w.count) if (w := s.context.window(window, arg)) else 0.0
+            ), number
         if kind.startswith("event_value_sum_"):
             window = _window(name, kind.removeprefix("event_value_sum_"))
-            return lambda s, c: w.value_sum if (w := s.context.window(window, arg)) else None
-        if kind == "hours_since_last":
-            return lambda s, c: _hours_since(s.context, arg)
-        if kind == "prediction":
-            return lambda s, c: p.value if (p := s.context.predictions.get(arg)) else None
-        if kind == "attribute":
-            return lambda s, c: _number(s.context.attributes.get(arg))
-        if kind == "request":
-            return lambda s, c: _number(s.request_context.get(arg))
-        if kind == "interaction" and arg in _INTERACTIONS:
-            return lambda s, c: float(
-                sum(getattr(i, arg) for i in s.context.interactions if i.action_id == c.action_id)
+            return (lambda s, c: w.value_sum if (w := s.context.window(window, arg)) else None), (
+                number
             )
-    field, eq, expected = name.partition("=")
+        if kind == "hours_since_last":
+            return (lambda s, c: _hours_since(s, arg)), number
+        if kind == "prediction":
+            return (lambda s, c: p.value if (p := s.context.predictions.get(arg)) else None), (
+                number
+            )
+        if kind in ("attribute", "request"):
+            return _keyed(kind, arg)
+        if kind == "consent":
+            return (lambda s, c: _number(s.context.consents.get(arg))), boolean
+        if kind.startswith("contact_count_"):
+            label = _window(name, kind.removeprefix("contact_count_"))
+            if arg not in _CONTACT_KINDS:
+                kinds = ", ".join(sorted(_CONTACT_KINDS))
+                raise _UnknownFeature(f"{name!r}: contact kind {arg!r} is not one of {kinds}")
+            return _contact_counter(timedelta(seconds=duration_s(label)), arg), number
+        if kind == "interaction" and arg in _INTERACTIONS:
+            return _interaction_counter(arg), number
+    field_name, eq, expected = name.partition("=")
     if eq:
-        if field == "channel":
-            return lambda s, c: float(s.channel == expected)
-        if field == "action.issue":
-            return lambda s, c: float(c.issue == expected)
-        if field == "action.group":
-            return lambda s, c: float(c.group == expected)
-        if field == "action.id":
-            return lambda s, c: float(c.action_id == expected)
+        if field_name == "channel":
+            return (lambda s, c: float(s.channel == expected)), boolean
+        if field_name == "personalization":
+            if expected not in _LEVELS:
+                raise _UnknownFeature(f"{name!r}: the level is one of {', '.join(sorted(_LEVELS))}")
+            level = PersonalizationLevel(expected)
+            return (lambda s, c: float(s.context.personalization == level)), boolean
+        if field_name == "action.issue":
+            return (lambda s, c: float(c.issue == expected)), boolean
+        if field_name == "action.group":
+            return (lambda s, c: float(c.group == expected)), boolean
+        if field_name == "action.id":
+            return (lambda s, c: float(c.action_id == expected)), boolean
     if name == "action.value":
-        return lambda s, c: c.value
+        return (lambda s, c: c.value), number
     if name == "action.lever":
-        return lambda s, c: c.lever
+        return (lambda s, c: c.lever), number
     if name == "action.prior_propensity":
-        return lambda s, c: c.prior_propensity
-    raise InvalidArgument(FieldViolation("features", f"unknown feature name {name!r}"))
+        return (lambda s, c: c.prior_propensity), number
+    raise _UnknownFeature(f"unknown feature name {name!r}")
+
+
+def _as_flag(extract: Extractor) -> Extractor:
+    def flag(s: ScoringInput, c: ScoringCandidate) -> float | None:
+        value = extract(s, c)
+        return None if value is None else float(value != 0)
+
+    return flag
+
+
+def _field(index: int, name: str) -> str:
+    return f"features[{index}] ({name})"
+
+
+def resolve_features(specs: Sequence[FeatureSpec]) -> tuple[FeatureSpec, ...]:
+    """The feature list with every type fixed, or InvalidArgument naming each bad feature
+    (unknown name, default not finite, boolean default other than 0 or 1)."""
+    problems = Violations()
+    resolved: list[FeatureSpec] = []
+    for index, spec in enumerate(specs):
+        try:
+            _, implied = _compile(spec.name)
+        except _UnknownFeature as error:
+            problems.add(_field(index, spec.name), str(error))
+            continue
+        kind = spec.type or implied or FeatureType.NUMBER
+        if not math.isfinite(spec.default):
+            problems.add(_field(index, spec.name) + ".default", "must be a finite number")
+        elif kind is FeatureType.BOOLEAN and spec.default not in (0.0, 1.0):
+            problems.add(_field(index, spec.name) + ".default", "a boolean defaults to 0 or 1")
+        resolved.append(replace(spec, type=kind))
+    problems.raise_if_any()
+    return tuple(resolved)
 
 
 class FeatureBuilder:
     """The compiled extractors of one model's feature list."""
 
     def __init__(self, specs: Sequence[FeatureSpec]) -> None:
-        self._extractors = [(_extractor(spec.name), spec.default) for spec in specs]
+        extractors: list[tuple[Extractor, float]] = []
+        for index, spec in enumerate(specs):
+            try:
+                extract, implied = _compile(spec.name)
+            except _UnknownFeature as error:
+                violation = FieldViolation(_field(index, spec.name), str(error))
+                raise InvalidArgument(violation) from None
+            if spec.type is FeatureType.BOOLEAN and implied is not FeatureType.BOOLEAN:
+                extract = _as_flag(extract)
+            extractors.append((extract, spec.default))
+        self._extractors = extractors
+
+    @property
+    def width(self) -> int:
+        return len(self._extractors)
 
     def matrix(
         self, scoring_input: ScoringInput, candidates: Sequence[ScoringCandidate]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import select, update
 
 from libs.storage import SqlUnitOfWork, UnitOfWork
 from libs.storage.session import DbSession
-from services.scoring.model import FeatureSpec, ModelInfo, ModelStatus
+from services.scoring.model import FeatureSpec, FeatureType, ModelInfo, ModelStatus
 from services.scoring.tables import ModelRow
 
 
@@ -17,8 +17,12 @@ class ModelRepository(Protocol):
     async def get(self, name: str, version: str) -> ModelInfo | None: ...
     async def onnx_bytes(self, name: str, version: str) -> bytes | None: ...
     async def add(self, info: ModelInfo, onnx_model: bytes) -> None: ...
+    async def lock(self, name: str) -> None: ...
     async def activate(self, name: str, version: str, at: datetime) -> None: ...
-    async def active(self) -> list[ModelInfo]: ...
+    async def previous(self, name: str) -> ModelInfo | None: ...
+    async def set_challenger(self, name: str, version: str, share: float) -> None: ...
+    async def clear_challenger(self, name: str) -> ModelInfo | None: ...
+    async def serving(self) -> list[ModelInfo]: ...
     async def all(self, name: str = "") -> list[ModelInfo]: ...
 
 
@@ -27,15 +31,34 @@ class ScoringUnitOfWork(UnitOfWork, Protocol):
     def models(self) -> ModelRepository: ...
 
 
+def features_to_json(features: tuple[FeatureSpec, ...]) -> list[dict[str, Any]]:
+    return [
+        {"name": f.name, "default": f.default, **({"type": f.type.value} if f.type else {})}
+        for f in features
+    ]
+
+
+def features_from_json(items: list[dict[str, Any]]) -> tuple[FeatureSpec, ...]:
+    return tuple(
+        FeatureSpec(
+            f["name"],
+            float(f.get("default", 0.0)),
+            FeatureType(f["type"]) if f.get("type") else None,
+        )
+        for f in items
+    )
+
+
 def _info(row: ModelRow) -> ModelInfo:
     return ModelInfo(
         name=row.name,
         version=row.version,
         checksum=row.checksum,
-        features=tuple(FeatureSpec(f["name"], float(f.get("default", 0.0))) for f in row.features),
+        features=features_from_json(row.features),
         status=ModelStatus(row.status),
         created_at=row.created_at,
         activated_at=row.activated_at,
+        traffic_share=float(row.traffic_share or 0.0),
     )
 
 
@@ -47,7 +70,9 @@ _INFO_COLUMNS = (
     ModelRow.status,
     ModelRow.created_at,
     ModelRow.activated_at,
+    ModelRow.traffic_share,
 )
+_SERVING = (ModelStatus.ACTIVE.value, ModelStatus.CHALLENGER.value)
 
 
 class SqlModelRepository:
@@ -77,16 +102,38 @@ class SqlModelRepository:
                 name=info.name,
                 version=info.version,
                 checksum=info.checksum,
-                features=[{"name": f.name, "default": f.default} for f in info.features],
+                features=features_to_json(info.features),
                 status=info.status.value,
                 onnx_model=onnx_model,
                 created_at=info.created_at,
                 activated_at=info.activated_at,
+                traffic_share=info.traffic_share,
             )
         )
 
+    async def lock(self, name: str) -> None:
+        """Serialise status changes of one model until the transaction ends (row locks on
+        PostgreSQL; SQLite has one writer anyway), so two concurrent activations cannot
+        leave two active versions."""
+        await self._session.execute(
+            select(ModelRow.version).where(ModelRow.name == name).with_for_update()
+        )
+
+    async def _end_challenge(self, name: str) -> None:
+        # Back to what it was before the challenge: retired if it ever served, else registered.
+        for was_active, status in ((True, ModelStatus.RETIRED), (False, ModelStatus.REGISTERED)):
+            activated_at = ModelRow.activated_at
+            served = activated_at.is_not(None) if was_active else activated_at.is_(None)
+            await self._session.execute(
+                update(ModelRow)
+                .where(ModelRow.name == name, ModelRow.status == ModelStatus.CHALLENGER.value)
+                .where(served)
+                .values(status=status.value, traffic_share=0.0)
+            )
+
     async def activate(self, name: str, version: str, at: datetime) -> None:
-        """Retire the serving version and activate this one, in the caller's transaction."""
+        """Retire the serving version and activate this one, in the caller's transaction
+        (a challenger that becomes active stops being the challenger)."""
         await self._session.execute(
             update(ModelRow)
             .where(ModelRow.name == name, ModelRow.status == ModelStatus.ACTIVE.value)
@@ -95,11 +142,38 @@ class SqlModelRepository:
         await self._session.execute(
             update(ModelRow)
             .where(ModelRow.name == name, ModelRow.version == version)
-            .values(status=ModelStatus.ACTIVE.value, activated_at=at)
+            .values(status=ModelStatus.ACTIVE.value, activated_at=at, traffic_share=0.0)
         )
 
-    async def active(self) -> list[ModelInfo]:
-        return await self._infos(ModelRow.status == ModelStatus.ACTIVE.value)
+    async def previous(self, name: str) -> ModelInfo | None:
+        """The version that was active before the active one: of the versions not active
+        now, the one activated last."""
+        found = await self._infos(
+            ModelRow.name == name,
+            ModelRow.status != ModelStatus.ACTIVE.value,
+            ModelRow.activated_at.is_not(None),
+        )
+        return max(found, key=lambda m: m.activated_at or m.created_at, default=None)
+
+    async def set_challenger(self, name: str, version: str, share: float) -> None:
+        await self._end_challenge(name)
+        await self._session.execute(
+            update(ModelRow)
+            .where(ModelRow.name == name, ModelRow.version == version)
+            .values(status=ModelStatus.CHALLENGER.value, traffic_share=share)
+        )
+
+    async def clear_challenger(self, name: str) -> ModelInfo | None:
+        """End the challenge of ``name``; returns the former challenger (None: there was none)."""
+        found = await self._infos(
+            ModelRow.name == name, ModelRow.status == ModelStatus.CHALLENGER.value
+        )
+        await self._end_challenge(name)
+        return found[0] if found else None
+
+    async def serving(self) -> list[ModelInfo]:
+        """The active version and the challenger of every model."""
+        return await self._infos(ModelRow.status.in_(_SERVING))
 
     async def all(self, name: str = "") -> list[ModelInfo]:
         return await self._infos(*([ModelRow.name == name] if name else []))

@@ -18,7 +18,14 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-__all__ = ["LoadedModel", "ModelValidationError", "checksum", "load_model"]
+__all__ = [
+    "LoadedModel",
+    "ModelValidationError",
+    "checksum",
+    "load_model",
+    "positive_class",
+    "read_metadata",
+]
 
 # Probe batch size: enough rows to catch shape bugs that only show with N > 1.
 _PROBE_ROWS = 8
@@ -58,12 +65,21 @@ class LoadedModel:
             )
         # One batched call: per-row calls would multiply ORT's fixed per-call overhead.
         (raw,) = self._session.run([self._output_name], {self._input_name: matrix})
-        return _positive_class(raw, matrix.shape[0])
+        return positive_class(raw, matrix.shape[0])
 
 
 def checksum(onnx_bytes: bytes) -> str:
     """sha256 hex of the model bytes; identifies exactly which artifact scored a decision."""
     return hashlib.sha256(onnx_bytes).hexdigest()
+
+
+def read_metadata(onnx_bytes: bytes) -> dict[str, str]:
+    """The model file's metadata_props (key -> value); raises only ModelValidationError."""
+    session = _open_session(onnx_bytes)
+    try:
+        return dict(session.get_modelmeta().custom_metadata_map)
+    except Exception as exc:
+        raise ModelValidationError(f"cannot read the model's metadata: {_one_line(exc)}") from exc
 
 
 def load_model(
@@ -192,7 +208,7 @@ def _probe(model: LoadedModel) -> None:
         )
 
 
-def _positive_class(raw: Any, n_rows: int) -> npt.NDArray[np.float64]:
+def positive_class(raw: Any, n_rows: int) -> npt.NDArray[np.float64]:
     """Reduce the model's probability output to P(class 1) as a 1-D float64 array."""
     if isinstance(raw, list):
         # ZipMap output: one {class_label: probability} dict per row.

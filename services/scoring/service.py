@@ -1,14 +1,36 @@
-"""Scoring domain logic: the model registry and batched propensity scoring."""
+"""Scoring domain logic: the model registry and batched propensity scoring.
+
+Design:
+
+- Every change to the registry (register, activate, rollback, challenger) is validated
+  first and committed in one transaction under a per-model lock; a refusal changes nothing.
+  Replicas read the serving versions from the database every ``refresh_s`` (loading only
+  versions they do not hold yet) and the change feed tells decision streams to re-decide.
+- Rollback re-activates the version activated last before the active one (the registry
+  keeps when each version last became active).
+- Champion/challenger: a challenger version scores ``traffic_share`` of the profiles. The
+  split is sticky: a stable hash (sha256) of the model name and the profile id, the same on
+  every replica and across restarts; a request without a profile id gets the champion.
+  ``CandidateScore.model_version`` says which version scored, so the decision records it.
+- Where the model runs is a ``ModelBackend``: onnxruntime in-process, or an external Open
+  Inference Protocol v2 server (services/scoring/inference.py). Registration always
+  validates the file in-process with onnxruntime, whatever the backend.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import math
 import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
 
 from libs.changes import ALL, ChangePublisher
 from libs.clock import utc_now
@@ -16,7 +38,8 @@ from libs.errors import FailedPrecondition, FieldViolation, InvalidArgument, Not
 from libs.logging import get_logger
 from libs.storage import StorageConflict
 from services.context.model import ProfileContext
-from services.scoring.features import FeatureBuilder, ScoringInput
+from services.scoring.features import FeatureBuilder, ScoringInput, resolve_features
+from services.scoring.metadata import FEATURES_KEY, embedded_features
 from services.scoring.model import (
     CandidateScore,
     FeatureSpec,
@@ -37,15 +60,86 @@ _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 _log = get_logger("nextbest.scoring")
 
 
+class ScorerUnavailable(Exception):
+    """A model backend could not score (an external server down or too slow): the
+    candidates fall back to their priors."""
+
+
+class Scorer(Protocol):
+    """One serving model version, wherever it runs."""
+
+    async def predict(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        """P(accept) per row of a (rows, features) matrix."""
+        ...
+
+
+class ModelBackend(Protocol):
+    """Where models run: ``load`` gives the scorer of a registered version."""
+
+    @property
+    def needs_model_bytes(self) -> bool:
+        """Whether ``load`` needs the ONNX bytes (read from the database only then)."""
+        ...
+
+    def load(self, info: ModelInfo, onnx_model: bytes) -> Scorer:
+        """Raises ModelValidationError when the version cannot serve."""
+        ...
+
+
+@dataclass(frozen=True)
+class LocalScorer:
+    model: LoadedModel
+
+    async def predict(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        return self.model.predict(features)
+
+
+class OnnxRuntimeBackend:
+    """In-process onnxruntime (the default)."""
+
+    needs_model_bytes = True
+
+    def load(self, info: ModelInfo, onnx_model: bytes) -> Scorer:
+        names = [feature.name for feature in info.features]
+        return LocalScorer(load_model(info.name, info.version, onnx_model, names))
+
+
 @dataclass(frozen=True)
 class ServingModel:
     info: ModelInfo
-    model: LoadedModel
+    scorer: Scorer
     features: FeatureBuilder
 
 
+@dataclass(frozen=True)
+class ModelRoute:
+    """The versions of one model that serve: the champion (active) and maybe a challenger."""
+
+    champion: ServingModel | None
+    challenger: ServingModel | None = None
+
+    def pick(self, profile_id: str) -> ServingModel | None:
+        if self.challenger is None or not profile_id:
+            return self.champion
+        share = self.challenger.info.traffic_share
+        if challenger_point(self.challenger.info.name, profile_id) < share:
+            return self.challenger
+        return self.champion
+
+    def versions(self) -> list[ServingModel]:
+        return [entry for entry in (self.champion, self.challenger) if entry is not None]
+
+
+def challenger_point(model: str, profile_id: str) -> float:
+    """Where a profile falls in [0, 1) for the split of ``model``: stable across processes
+    and releases (not Python's salted hash()), and independent between models."""
+    digest = hashlib.sha256(f"{model}\x00{profile_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
 class ScoringService:
-    """Serves the active version of every model; reloads when another replica activates one."""
+    """Serves the active version (and challenger) of every model; reloads when another
+    replica changes them."""
 
     def __init__(
         self,
@@ -54,38 +148,66 @@ class ScoringService:
         clock: Callable[[], datetime] = utc_now,
         changes: ChangePublisher | None = None,
         on_inference: InferenceObserver | None = None,
+        backend: ModelBackend | None = None,
     ) -> None:
         self._changes = changes
         self._on_inference = on_inference
         self._units = units
         self._refresh_s = refresh_s
         self._clock = clock
-        self._serving: dict[str, ServingModel] = {}
+        self._backend: ModelBackend = backend or OnnxRuntimeBackend()
+        self._routes: dict[str, ModelRoute] = {}
         self._checked_at = -float("inf")
 
-    async def serving_models(self) -> dict[str, ServingModel]:
+    async def serving_models(self) -> dict[str, ModelRoute]:
+        """The route of every model that serves, re-read from the database every refresh_s."""
         if time.monotonic() - self._checked_at < self._refresh_s:
-            return self._serving
+            return self._routes
+        loaded = {
+            (e.info.name, e.info.version): e for r in self._routes.values() for e in r.versions()
+        }
+        slots: dict[str, dict[ModelStatus, ServingModel]] = {}
         async with self._units(False) as uow:
-            active = await uow.models.active()
-            serving: dict[str, ServingModel] = {}
-            for info in active:
-                current = self._serving.get(info.name)
+            for info in await uow.models.serving():
+                current = loaded.get((info.name, info.version))
                 if current is not None and current.info.checksum == info.checksum:
-                    serving[info.name] = current
-                    continue
-                data = await uow.models.onnx_bytes(info.name, info.version)
-                try:
-                    serving[info.name] = _serve(info, data or b"")
-                except (ModelValidationError, InvalidArgument) as error:
+                    entry: ServingModel | None = replace(current, info=info)
+                else:
+                    entry = await self._load(uow, info)
+                if entry is None:
                     # Validated at registration, so this means a changed runtime: keep the
-                    # previous version serving rather than none.
-                    _log.error("model failed to load", model=info.label, error=str(error))
-                    if current is not None:
-                        serving[info.name] = current
-        self._serving = serving
+                    # version that served before rather than none.
+                    previous = self._routes.get(info.name)
+                    entry = previous.champion if previous else None
+                    if entry is None or info.status is not ModelStatus.ACTIVE:
+                        continue
+                slots.setdefault(info.name, {})[info.status] = entry
+        routes = {
+            name: ModelRoute(found.get(ModelStatus.ACTIVE), found.get(ModelStatus.CHALLENGER))
+            for name, found in slots.items()
+        }
+        self._routes = routes
         self._checked_at = time.monotonic()
-        return serving
+        return routes
+
+    async def _load(self, uow: ScoringUnitOfWork, info: ModelInfo) -> ServingModel | None:
+        data = b""
+        if self._backend.needs_model_bytes:
+            data = await uow.models.onnx_bytes(info.name, info.version) or b""
+        try:
+            return ServingModel(info, self._backend.load(info, data), FeatureBuilder(info.features))
+        except (ModelValidationError, InvalidArgument) as error:
+            _log.error("model failed to load", model=info.label, error=str(error))
+            return None
+
+    async def serving_model(self, name: str, version: str = "") -> ServingModel | None:
+        """A version that serves (``""``: the active one), for the inference protocol."""
+        route = (await self.serving_models()).get(name)
+        if route is None:
+            return None
+        if not version:
+            return route.champion
+        return next((e for e in route.versions() if e.info.version == version), None)
 
     async def score_candidates(
         self,
@@ -95,42 +217,60 @@ class ScoringService:
         candidates: Sequence[ScoringCandidate],
     ) -> list[CandidateScore]:
         """P for every candidate: one batched model run per model, priors where none serves."""
-        serving = await self.serving_models()
+        routes = await self.serving_models()
         scores: list[CandidateScore | None] = [None] * len(candidates)
         by_model: dict[str, list[int]] = {}
         for index, candidate in enumerate(candidates):
             by_model.setdefault(candidate.model, []).append(index)
         scoring_input = ScoringInput(context, request_context, channel)
         for name, indexes in by_model.items():
-            entry = serving.get(name)
-            if entry is None:
+            route = routes.get(name)
+            entry = route.pick(context.profile_id) if route is not None else None
+            propensities = None
+            if entry is not None:
+                group = [candidates[index] for index in indexes]
+                matrix = entry.features.matrix(scoring_input, group)
+                propensities = await self._predict(entry, matrix)
+            if entry is None or propensities is None:
                 for index in indexes:
                     c = candidates[index]
                     scores[index] = CandidateScore(c.action_id, c.prior_propensity, "", True)
                 continue
-            group = [candidates[index] for index in indexes]
-            matrix = entry.features.matrix(scoring_input, group)
-            started = time.perf_counter()
-            propensities = entry.model.predict(matrix)
-            if self._on_inference is not None:
-                elapsed_s = time.perf_counter() - started
-                self._on_inference(entry.info.name, entry.info.version, elapsed_s)
             for index, propensity in zip(indexes, propensities, strict=True):
                 scores[index] = CandidateScore(
                     candidates[index].action_id, float(propensity), entry.info.label
                 )
         return [score for score in scores if score is not None]
 
+    async def _predict(
+        self, entry: ServingModel, matrix: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.float64] | None:
+        started = time.perf_counter()
+        try:
+            propensities = await entry.scorer.predict(matrix)
+        except ScorerUnavailable as error:
+            _log.warning("model backend unavailable", model=entry.info.label, error=str(error))
+            return None
+        if self._on_inference is not None:
+            elapsed_s = time.perf_counter() - started
+            self._on_inference(entry.info.name, entry.info.version, elapsed_s)
+        return propensities
+
     async def register_model(
         self,
         name: str,
         version: str,
         onnx_model: bytes,
-        features: Sequence[FeatureSpec],
+        features: Sequence[FeatureSpec] = (),
         *,
         activate: bool = False,
     ) -> ModelInfo:
-        """Validate (loads, inputs match the features, outputs probabilities) then store."""
+        """Validate then store a version (and activate it when asked).
+
+        ``features`` empty = the list embedded in the file (``nextbest.features``). The
+        file must load, have one float input as wide as the feature list, and give
+        probabilities without NaN/inf on a probe batch; a refusal stores nothing.
+        """
         problems = Violations()
         problems.require(
             bool(_NAME.match(name)), "name", "required: lower-case letters, digits, _ . - (max 128)"
@@ -144,20 +284,27 @@ class ScoringService:
             f"required, at most {MAX_MODEL_BYTES} bytes",
         )
         problems.require(
-            0 < len(features) <= MAX_FEATURES, "features", f"between 1 and {MAX_FEATURES} features"
+            len(features) <= MAX_FEATURES, "features", f"at most {MAX_FEATURES} features"
+        )
+        problems.require(
+            bool(features or onnx_model),
+            "features",
+            f"required unless the model file embeds them ({FEATURES_KEY})",
         )
         problems.raise_if_any()
+        declared = resolve_features(_features_of(onnx_model, features))
         info = ModelInfo(
             name=name,
             version=version,
             checksum=checksum(onnx_model),
-            features=tuple(features),
+            features=declared,
             status=ModelStatus.REGISTERED,
             created_at=self._clock(),
         )
-        _serve(info, onnx_model)
+        _validate(info, onnx_model)
         try:
             async with self._units(True) as uow:
+                await uow.models.lock(name)
                 existing = await uow.models.get(name, version)
                 if existing is not None and existing.checksum != info.checksum:
                     raise FailedPrecondition(
@@ -172,7 +319,6 @@ class ScoringService:
                 stored = await uow.models.get(name, version)
         except StorageConflict:
             raise FailedPrecondition(f"model {info.label} was registered concurrently") from None
-        self._checked_at = -float("inf")
         if activate:
             await self._model_changed()
         return stored or info
@@ -180,18 +326,76 @@ class ScoringService:
     async def activate_model(self, name: str, version: str) -> ModelInfo:
         """Atomically make ``version`` the serving one; the previous one is retired."""
         async with self._units(True) as uow:
+            await uow.models.lock(name)
             found = await uow.models.get(name, version)
             if found is None:
                 raise NotFound(f"model {name}:{version} is not registered")
             await uow.models.activate(name, version, self._clock())
             await uow.commit()
             activated = await uow.models.get(name, version)
-        self._checked_at = -float("inf")
         await self._model_changed()
         return activated or replace(found, status=ModelStatus.ACTIVE)
 
+    async def rollback_model(self, name: str) -> ModelInfo:
+        """Re-activate the version that was active before the active one (which retires)."""
+        async with self._units(True) as uow:
+            await uow.models.lock(name)
+            if not await uow.models.all(name):
+                raise NotFound(f"model {name} is not registered")
+            previous = await uow.models.previous(name)
+            if previous is None:
+                raise FailedPrecondition(
+                    f"model {name} has no previously active version to roll back to"
+                )
+            await uow.models.activate(name, previous.version, self._clock())
+            await uow.commit()
+            activated = await uow.models.get(name, previous.version)
+        _log.info("model rolled back", model=previous.label)
+        await self._model_changed()
+        return activated or replace(previous, status=ModelStatus.ACTIVE)
+
+    async def set_challenger(self, name: str, version: str, share: float) -> ModelInfo | None:
+        """Let ``version`` score ``share`` (0 < share < 1) of the profiles beside the active
+        version, replacing any other challenger; share 0 ends the challenge. Returns the
+        challenger as stored (None when there was no challenge to end)."""
+        if not (math.isfinite(share) and 0.0 <= share < 1.0):
+            raise InvalidArgument(
+                FieldViolation("share", "a share of profiles in (0, 1), or 0 to end")
+            )
+        async with self._units(True) as uow:
+            await uow.models.lock(name)
+            if share == 0.0:
+                ended = await uow.models.clear_challenger(name)
+                await uow.commit()
+                changed = await uow.models.get(name, ended.version) if ended else None
+            else:
+                found = await uow.models.get(name, version)
+                if found is None:
+                    raise NotFound(f"model {name}:{version} is not registered")
+                if found.status is ModelStatus.ACTIVE:
+                    raise FailedPrecondition(
+                        f"model {found.label} is the active version: it cannot challenge itself"
+                    )
+                if not any(
+                    m.status is ModelStatus.ACTIVE
+                    for m in await uow.models.serving()
+                    if m.name == name
+                ):
+                    raise FailedPrecondition(
+                        f"model {name} has no active version to challenge; activate one first"
+                    )
+                await uow.models.set_challenger(name, version, share)
+                await uow.commit()
+                changed = await uow.models.get(name, version)
+        if changed is not None:
+            _log.info("model challenger", model=changed.label, share=changed.traffic_share)
+            await self._model_changed()
+        return changed
+
     async def _model_changed(self) -> None:
-        # Other replicas pick the model up within refresh_s; streams re-decide after that.
+        # This replica reloads at once; the others within refresh_s, and the change feed
+        # makes decision streams re-decide.
+        self._checked_at = -float("inf")
         if self._changes is not None:
             await asyncio.sleep(0)
             await self._changes.publish([ALL])
@@ -201,11 +405,38 @@ class ScoringService:
             return await uow.models.all(name)
 
 
-def _serve(info: ModelInfo, onnx_model: bytes) -> ServingModel:
-    features = FeatureBuilder(info.features)
-    names = [feature.name for feature in info.features]
+def _features_of(onnx_model: bytes, declared: Sequence[FeatureSpec]) -> Sequence[FeatureSpec]:
+    """The declared features, else those the file embeds; both: their names must agree."""
     try:
-        model = load_model(info.name, info.version, onnx_model, names)
+        embedded = embedded_features(onnx_model)
     except ModelValidationError as error:
         raise InvalidArgument(FieldViolation("onnx_model", str(error))) from None
-    return ServingModel(info, model, features)
+    if not declared:
+        if not embedded:
+            raise InvalidArgument(
+                FieldViolation(
+                    "features",
+                    f"required: none given and the model file embeds none ({FEATURES_KEY})",
+                )
+            )
+        return embedded
+    if embedded is not None:
+        given, carried = [f.name for f in declared], [f.name for f in embedded]
+        if given != carried:
+            raise InvalidArgument(
+                FieldViolation(
+                    "features",
+                    f"differ from the list embedded in the model file ({FEATURES_KEY}): "
+                    f"{carried}; give the same names in the same order, or none",
+                )
+            )
+    return declared
+
+
+def _validate(info: ModelInfo, onnx_model: bytes) -> None:
+    FeatureBuilder(info.features)
+    names = [feature.name for feature in info.features]
+    try:
+        load_model(info.name, info.version, onnx_model, names)
+    except ModelValidationError as error:
+        raise InvalidArgument(FieldViolation("onnx_model", str(error))) from None

@@ -15,7 +15,13 @@ from libs.storage import Database
 from services.context.model import EventCounter, ProfileContext
 from services.demo.seed import demo_features
 from services.demo.train import DEMO_FEATURES
-from services.scoring.model import FeatureSpec, ModelInfo, ModelStatus, ScoringCandidate
+from services.scoring.model import (
+    FeatureSpec,
+    FeatureType,
+    ModelInfo,
+    ModelStatus,
+    ScoringCandidate,
+)
 from services.scoring.repository import SqlScoringUnitOfWork
 from services.scoring.service import ScoringService
 
@@ -80,7 +86,13 @@ async def test_registered_demo_model_scores_candidates_in_request_order(
     assert info.status is ModelStatus.ACTIVE and info.label == "demo_propensity:1"
     listed = await service.list_models()
     assert [(m.label, m.status) for m in listed] == [("demo_propensity:1", ModelStatus.ACTIVE)]
-    assert listed[0].features == tuple(demo_features())
+    # Stored with the type each name implies: counts are numbers, one-hot matches booleans.
+    assert [(f.name, f.default) for f in listed[0].features] == [
+        (f.name, f.default) for f in demo_features()
+    ]
+    types = {f.name: f.type for f in listed[0].features}
+    assert types["event_count:purchase"] is FeatureType.NUMBER
+    assert types["action.issue=retention"] is types["channel=web"] is FeatureType.BOOLEAN
     assert listed[0].checksum == info.checksum and listed[0].activated_at is not None
 
     leaving = customer(cancel_page_view=6, plan_compare_view=3, page_view=10)
@@ -141,7 +153,7 @@ async def test_bad_models_are_refused_and_the_registry_is_unchanged(
     unknown = [*demo_features()[:-1], FeatureSpec("favourite_colour", 0.0)]
     with pytest.raises(InvalidArgument) as named:
         await service.register_model(MODEL, "4", demo_model_bytes, unknown)
-    assert [v.field for v in named.value.violations] == ["features"]
+    assert [v.field for v in named.value.violations] == ["features[11] (favourite_colour)"]
     assert "favourite_colour" in named.value.violations[0].description
 
     with pytest.raises(InvalidArgument) as empty:
@@ -239,3 +251,229 @@ async def test_a_registered_version_cannot_change_content(
         ("1", first.checksum, ModelStatus.REGISTERED)
     ]
     assert replace(listed[0], created_at=first.created_at) == first
+
+
+# --- broken files, rollback, champion/challenger, embedded feature lists -------------------
+
+
+def tiny_model(weights: list[float], *, sigmoid: bool) -> bytes:
+    """y = [sigmoid](x @ w) on a [None, len(w)] float input: a deliberately broken model
+    when the weights are NaN or large without the sigmoid."""
+    import onnx.helper as helper
+    from onnx import TensorProto, numpy_helper
+
+    k = len(weights)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["z"])]
+    nodes.append(helper.make_node("Sigmoid" if sigmoid else "Identity", ["z"], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+        initializer=[numpy_helper.from_array(np.array(weights, np.float32).reshape(k, 1), "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    data: bytes = model.SerializeToString()
+    return data
+
+
+THREE = [
+    FeatureSpec("event_count:purchase"),
+    FeatureSpec("action.value"),
+    FeatureSpec("channel=web"),
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"\x08\x07not onnx at all" * 10, "not a loadable ONNX model"),
+        (tiny_model([0.1] * 5, sigmoid=True), "expects 5 features but the feature list declares 3"),
+        (tiny_model([float("nan")] * 3, sigmoid=True), "NaN"),
+        (tiny_model([10.0] * 3, sigmoid=False), "not a probability"),
+    ],
+    ids=["corrupt", "input_width", "nan_output", "not_in_unit_interval"],
+)
+async def test_each_broken_model_is_refused_with_its_reason_and_changes_nothing(
+    database: Database, demo_model_bytes: bytes, data: bytes, reason: str
+) -> None:
+    service = scoring_service(database)
+    await service.register_model(MODEL, "1", demo_model_bytes, demo_features(), activate=True)
+    before = await service.list_models()
+
+    with pytest.raises(InvalidArgument) as refused:
+        await service.register_model(MODEL, "2", data, THREE, activate=True)
+
+    assert [v.field for v in refused.value.violations] == ["onnx_model"]
+    assert reason in refused.value.violations[0].description
+    assert await service.list_models() == before
+    scores = await service.score_candidates(customer(), {}, "web", [candidate("a", "service")])
+    assert scores[0].model_version == "demo_propensity:1"
+
+
+async def test_rollback_reactivates_the_previous_version_on_every_replica(
+    database: Database, demo_model_bytes: bytes
+) -> None:
+    admin, replica = scoring_service(database), scoring_service(database, refresh_s=0.01)
+    probe = [candidate("a", "retention")]
+    with pytest.raises(NotFound):
+        await admin.rollback_model(MODEL)
+    await admin.register_model(MODEL, "1", demo_model_bytes, demo_features(), activate=True)
+    with pytest.raises(FailedPrecondition, match="no previously active version"):
+        await admin.rollback_model(MODEL)
+    v2 = same_model_other_bytes(demo_model_bytes, "v2")
+    await admin.register_model(MODEL, "2", v2, demo_features(), activate=True)
+    await admin.register_model(
+        MODEL, "3", same_model_other_bytes(demo_model_bytes, "v3"), demo_features()
+    )
+    assert (await replica.score_candidates(customer(), {}, "web", probe))[0].model_version == (
+        "demo_propensity:2"
+    )
+
+    rolled_back = await admin.rollback_model(MODEL)
+
+    assert rolled_back.label == "demo_propensity:1" and rolled_back.status is ModelStatus.ACTIVE
+    assert statuses(await admin.list_models(MODEL)) == {
+        "1": ModelStatus.ACTIVE,
+        "2": ModelStatus.RETIRED,
+        "3": ModelStatus.REGISTERED,  # never served: never a rollback target
+    }
+    await asyncio.sleep(0.05)
+    assert (await replica.score_candidates(customer(), {}, "web", probe))[0].model_version == (
+        "demo_propensity:1"
+    )
+    # Rolling back again undoes the rollback.
+    assert (await replica.rollback_model(MODEL)).version == "2"
+    await asyncio.sleep(0.05)
+    assert (await admin.score_candidates(customer(), {}, "web", probe))[0].model_version == (
+        "demo_propensity:2"
+    )
+
+
+async def served_versions(service: ScoringService, profiles: list[str]) -> dict[str, str]:
+    probe = [candidate("a", "retention")]
+    served = {}
+    for profile_id in profiles:
+        context = ProfileContext(profile_id)
+        served[profile_id] = (await service.score_candidates(context, {}, "web", probe))[
+            0
+        ].model_version
+    return served
+
+
+async def test_a_challenger_takes_its_share_of_profiles_sticky_on_every_replica(
+    database: Database, demo_model_bytes: bytes
+) -> None:
+    admin, replica = scoring_service(database), scoring_service(database, refresh_s=0.01)
+    await admin.register_model(MODEL, "1", demo_model_bytes, demo_features(), activate=True)
+    v2 = same_model_other_bytes(demo_model_bytes, "v2")
+    await admin.register_model(MODEL, "2", v2, demo_features())
+
+    challenger = await admin.set_challenger(MODEL, "2", 0.2)
+
+    assert challenger is not None and challenger.status is ModelStatus.CHALLENGER
+    assert challenger.traffic_share == 0.2
+    assert statuses(await admin.list_models(MODEL)) == {
+        "1": ModelStatus.ACTIVE,
+        "2": ModelStatus.CHALLENGER,
+    }
+    await asyncio.sleep(0.05)
+    profiles = [f"profile-{i}" for i in range(2000)]
+    on_replica = await served_versions(replica, profiles)
+    share = sum(v == "demo_propensity:2" for v in on_replica.values()) / len(profiles)
+    assert 0.17 < share < 0.23  # 2000 draws: sd ~0.009
+    assert set(on_replica.values()) == {"demo_propensity:1", "demo_propensity:2"}
+    # Sticky: the same profile gets the same version again, and on the other replica.
+    assert await served_versions(admin, profiles[:300]) == {
+        p: on_replica[p] for p in profiles[:300]
+    }
+    assert await served_versions(replica, profiles[:300]) == {
+        p: on_replica[p] for p in profiles[:300]
+    }
+    # Without a profile id there is nothing to stick to: the champion serves.
+    assert await served_versions(replica, [""]) == {"": "demo_propensity:1"}
+
+    # A bigger share keeps the profiles the challenger had (the split point is per profile).
+    await admin.set_challenger(MODEL, "2", 0.5)
+    await asyncio.sleep(0.05)
+    wider = await served_versions(replica, profiles[:500])
+    assert all(
+        wider[p] == "demo_propensity:2" for p in profiles[:500] if on_replica[p].endswith("2")
+    )
+
+    ended = await admin.set_challenger(MODEL, "", 0.0)
+    assert ended is not None and ended.status is ModelStatus.REGISTERED
+    assert ended.traffic_share == 0.0
+    await asyncio.sleep(0.05)
+    assert set((await served_versions(replica, profiles[:200])).values()) == {"demo_propensity:1"}
+    assert await admin.set_challenger(MODEL, "", 0.0) is None  # nothing left to end
+
+
+async def test_challenger_refusals_change_nothing_and_activation_ends_the_challenge(
+    database: Database, demo_model_bytes: bytes
+) -> None:
+    service = scoring_service(database)
+    await service.register_model(MODEL, "1", demo_model_bytes, demo_features())
+    v2 = same_model_other_bytes(demo_model_bytes, "v2")
+    await service.register_model(MODEL, "2", v2, demo_features())
+    with pytest.raises(FailedPrecondition, match="no active version"):
+        await service.set_challenger(MODEL, "2", 0.1)
+    await service.activate_model(MODEL, "1")
+    with pytest.raises(FailedPrecondition, match="active version"):
+        await service.set_challenger(MODEL, "1", 0.1)
+    with pytest.raises(NotFound):
+        await service.set_challenger(MODEL, "9", 0.1)
+    for share in (1.0, -0.1, float("nan")):
+        with pytest.raises(InvalidArgument) as bad:
+            await service.set_challenger(MODEL, "2", share)
+        assert [v.field for v in bad.value.violations] == ["share"]
+    assert statuses(await service.list_models()) == {
+        "1": ModelStatus.ACTIVE,
+        "2": ModelStatus.REGISTERED,
+    }
+
+    await service.set_challenger(MODEL, "2", 0.3)
+    promoted = await service.activate_model(MODEL, "2")
+
+    assert promoted.status is ModelStatus.ACTIVE and promoted.traffic_share == 0.0
+    assert statuses(await service.list_models()) == {
+        "1": ModelStatus.RETIRED,
+        "2": ModelStatus.ACTIVE,
+    }
+    # A retired version that challenges goes back to retired when the challenge ends.
+    await service.set_challenger(MODEL, "1", 0.1)
+    ended = await service.set_challenger(MODEL, "", 0.0)
+    assert ended is not None and ended.status is ModelStatus.RETIRED
+
+
+async def test_a_model_file_carries_its_own_feature_list(
+    database: Database, demo_model_bytes: bytes
+) -> None:
+    from services.scoring.metadata import FEATURES_KEY, embed_features, embedded_features
+
+    declared = [
+        FeatureSpec(spec.name, spec.default, FeatureType.BOOLEAN if "=" in spec.name else None)
+        for spec in demo_features()
+    ]
+    carrying = embed_features(demo_model_bytes, declared)
+    assert embedded_features(carrying) == tuple(declared)
+    assert embedded_features(demo_model_bytes) is None
+    service = scoring_service(database)
+
+    info = await service.register_model(MODEL, "1", carrying, [], activate=True)
+
+    assert [f.name for f in info.features] == list(DEMO_FEATURES)
+    assert info.features[0].type is FeatureType.NUMBER  # resolved from the name
+    assert info.features[-1].type is FeatureType.BOOLEAN
+    scores = await service.score_candidates(customer(), {}, "web", [candidate("a", "service")])
+    assert scores[0].model_version == "demo_propensity:1" and not scores[0].fallback
+
+    with pytest.raises(InvalidArgument) as differ:
+        await service.register_model(MODEL, "2", carrying, list(reversed(declared)))
+    assert [v.field for v in differ.value.violations] == ["features"]
+    assert FEATURES_KEY in differ.value.violations[0].description
+    with pytest.raises(InvalidArgument) as none:
+        await service.register_model(MODEL, "3", demo_model_bytes, [])
+    assert [v.field for v in none.value.violations] == ["features"]
+    assert [m.version for m in await service.list_models()] == ["1"]

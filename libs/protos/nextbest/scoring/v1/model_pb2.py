@@ -25,31 +25,41 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fnextbest/scoring/v1/model.proto\x12\x13nextbest.scoring.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"2\n\x0b\x46\x65\x61tureSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rdefault_value\x18\x02 \x01(\x01\"\x80\x02\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08\x63hecksum\x18\x03 \x01(\t\x12\x32\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32 .nextbest.scoring.v1.FeatureSpec\x12\x30\n\x06status\x18\x05 \x01(\x0e\x32 .nextbest.scoring.v1.ModelStatus\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x61\x63tivated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8f\x01\n\x14RegisterModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nonnx_model\x18\x03 \x01(\x0c\x12\x32\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32 .nextbest.scoring.v1.FeatureSpec\x12\x10\n\x08\x61\x63tivate\x18\x05 \x01(\x08\"B\n\x15RegisterModelResponse\x12)\n\x05model\x18\x01 \x01(\x0b\x32\x1a.nextbest.scoring.v1.Model\"5\n\x14\x41\x63tivateModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"B\n\x15\x41\x63tivateModelResponse\x12)\n\x05model\x18\x01 \x01(\x0b\x32\x1a.nextbest.scoring.v1.Model\"!\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"@\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.nextbest.scoring.v1.Model*{\n\x0bModelStatus\x12\x1c\n\x18MODEL_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17MODEL_STATUS_REGISTERED\x10\x01\x12\x17\n\x13MODEL_STATUS_ACTIVE\x10\x02\x12\x18\n\x14MODEL_STATUS_RETIRED\x10\x03\x32\xbd\x02\n\x0cModelService\x12\x66\n\rRegisterModel\x12).nextbest.scoring.v1.RegisterModelRequest\x1a*.nextbest.scoring.v1.RegisterModelResponse\x12\x66\n\rActivateModel\x12).nextbest.scoring.v1.ActivateModelRequest\x1a*.nextbest.scoring.v1.ActivateModelResponse\x12]\n\nListModels\x12&.nextbest.scoring.v1.ListModelsRequest\x1a\'.nextbest.scoring.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fnextbest/scoring/v1/model.proto\x12\x13nextbest.scoring.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"b\n\x0b\x46\x65\x61tureSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rdefault_value\x18\x02 \x01(\x01\x12.\n\x04type\x18\x03 \x01(\x0e\x32 .nextbest.scoring.v1.FeatureType\"\x97\x02\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08\x63hecksum\x18\x03 \x01(\t\x12\x32\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32 .nextbest.scoring.v1.FeatureSpec\x12\x30\n\x06status\x18\x05 \x01(\x0e\x32 .nextbest.scoring.v1.ModelStatus\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x61\x63tivated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rtraffic_share\x18\x08 \x01(\x01\"\x8f\x01\n\x14RegisterModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nonnx_model\x18\x03 \x01(\x0c\x12\x32\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32 .nextbest.scoring.v1.FeatureSpec\x12\x10\n\x08\x61\x63tivate\x18\x05 \x01(\x08\"B\n\x15RegisterModelResponse\x12)\n\x05model\x18\x01 \x01(\x0b\x32\x1a.nextbest.scoring.v1.Model\"5\n\x14\x41\x63tivateModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"B\n\x15\x41\x63tivateModelResponse\x12)\n\x05model\x18\x01 \x01(\x0b\x32\x1a.nextbest.scoring.v1.Model\"$\n\x14RollbackModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"B\n\x15RollbackModelResponse\x12)\n\x05model\x18\x01 \x01(\x0b\x32\x1a.nextbest.scoring.v1.Model\"D\n\x14SetChallengerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05share\x18\x03 \x01(\x01\"B\n\x15SetChallengerResponse\x12)\n\x05model\x18\x01 \x01(\x0b\x32\x1a.nextbest.scoring.v1.Model\"!\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"@\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.nextbest.scoring.v1.Model*\x98\x01\n\x0bModelStatus\x12\x1c\n\x18MODEL_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17MODEL_STATUS_REGISTERED\x10\x01\x12\x17\n\x13MODEL_STATUS_ACTIVE\x10\x02\x12\x18\n\x14MODEL_STATUS_RETIRED\x10\x03\x12\x1b\n\x17MODEL_STATUS_CHALLENGER\x10\x04*^\n\x0b\x46\x65\x61tureType\x12\x1c\n\x18\x46\x45\x41TURE_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46\x45\x41TURE_TYPE_NUMBER\x10\x01\x12\x18\n\x14\x46\x45\x41TURE_TYPE_BOOLEAN\x10\x02\x32\x8d\x04\n\x0cModelService\x12\x66\n\rRegisterModel\x12).nextbest.scoring.v1.RegisterModelRequest\x1a*.nextbest.scoring.v1.RegisterModelResponse\x12\x66\n\rActivateModel\x12).nextbest.scoring.v1.ActivateModelRequest\x1a*.nextbest.scoring.v1.ActivateModelResponse\x12\x66\n\rRollbackModel\x12).nextbest.scoring.v1.RollbackModelRequest\x1a*.nextbest.scoring.v1.RollbackModelResponse\x12\x66\n\rSetChallenger\x12).nextbest.scoring.v1.SetChallengerRequest\x1a*.nextbest.scoring.v1.SetChallengerResponse\x12]\n\nListModels\x12&.nextbest.scoring.v1.ListModelsRequest\x1a\'.nextbest.scoring.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nextbest.scoring.v1.model_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELSTATUS']._serialized_start=838
-  _globals['_MODELSTATUS']._serialized_end=961
+  _globals['_MODELSTATUS']._serialized_start=1154
+  _globals['_MODELSTATUS']._serialized_end=1306
+  _globals['_FEATURETYPE']._serialized_start=1308
+  _globals['_FEATURETYPE']._serialized_end=1402
   _globals['_FEATURESPEC']._serialized_start=89
-  _globals['_FEATURESPEC']._serialized_end=139
-  _globals['_MODEL']._serialized_start=142
-  _globals['_MODEL']._serialized_end=398
-  _globals['_REGISTERMODELREQUEST']._serialized_start=401
-  _globals['_REGISTERMODELREQUEST']._serialized_end=544
-  _globals['_REGISTERMODELRESPONSE']._serialized_start=546
-  _globals['_REGISTERMODELRESPONSE']._serialized_end=612
-  _globals['_ACTIVATEMODELREQUEST']._serialized_start=614
-  _globals['_ACTIVATEMODELREQUEST']._serialized_end=667
-  _globals['_ACTIVATEMODELRESPONSE']._serialized_start=669
-  _globals['_ACTIVATEMODELRESPONSE']._serialized_end=735
-  _globals['_LISTMODELSREQUEST']._serialized_start=737
-  _globals['_LISTMODELSREQUEST']._serialized_end=770
-  _globals['_LISTMODELSRESPONSE']._serialized_start=772
-  _globals['_LISTMODELSRESPONSE']._serialized_end=836
-  _globals['_MODELSERVICE']._serialized_start=964
-  _globals['_MODELSERVICE']._serialized_end=1281
+  _globals['_FEATURESPEC']._serialized_end=187
+  _globals['_MODEL']._serialized_start=190
+  _globals['_MODEL']._serialized_end=469
+  _globals['_REGISTERMODELREQUEST']._serialized_start=472
+  _globals['_REGISTERMODELREQUEST']._serialized_end=615
+  _globals['_REGISTERMODELRESPONSE']._serialized_start=617
+  _globals['_REGISTERMODELRESPONSE']._serialized_end=683
+  _globals['_ACTIVATEMODELREQUEST']._serialized_start=685
+  _globals['_ACTIVATEMODELREQUEST']._serialized_end=738
+  _globals['_ACTIVATEMODELRESPONSE']._serialized_start=740
+  _globals['_ACTIVATEMODELRESPONSE']._serialized_end=806
+  _globals['_ROLLBACKMODELREQUEST']._serialized_start=808
+  _globals['_ROLLBACKMODELREQUEST']._serialized_end=844
+  _globals['_ROLLBACKMODELRESPONSE']._serialized_start=846
+  _globals['_ROLLBACKMODELRESPONSE']._serialized_end=912
+  _globals['_SETCHALLENGERREQUEST']._serialized_start=914
+  _globals['_SETCHALLENGERREQUEST']._serialized_end=982
+  _globals['_SETCHALLENGERRESPONSE']._serialized_start=984
+  _globals['_SETCHALLENGERRESPONSE']._serialized_end=1050
+  _globals['_LISTMODELSREQUEST']._serialized_start=1052
+  _globals['_LISTMODELSREQUEST']._serialized_end=1085
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1087
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1151
+  _globals['_MODELSERVICE']._serialized_start=1405
+  _globals['_MODELSERVICE']._serialized_end=1930
 # @@protoc_insertion_point(module_scope)

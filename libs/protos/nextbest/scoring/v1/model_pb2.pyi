@@ -33,6 +33,8 @@ class _ModelStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelStat
     """Serving."""
     MODEL_STATUS_RETIRED: _ModelStatus.ValueType  # 3
     """Served before, replaced by another version."""
+    MODEL_STATUS_CHALLENGER: _ModelStatus.ValueType  # 4
+    """Serving a share of the profiles (Model.traffic_share) beside the active version."""
 
 class ModelStatus(_ModelStatus, metaclass=_ModelStatusEnumTypeWrapper): ...
 
@@ -43,7 +45,33 @@ MODEL_STATUS_ACTIVE: ModelStatus.ValueType  # 2
 """Serving."""
 MODEL_STATUS_RETIRED: ModelStatus.ValueType  # 3
 """Served before, replaced by another version."""
+MODEL_STATUS_CHALLENGER: ModelStatus.ValueType  # 4
+"""Serving a share of the profiles (Model.traffic_share) beside the active version."""
 Global___ModelStatus: _TypeAlias = ModelStatus  # noqa: Y015
+
+class _FeatureType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FeatureTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FeatureType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FEATURE_TYPE_UNSPECIFIED: _FeatureType.ValueType  # 0
+    """Unset: the type the feature name implies (see FeatureSpec.name)."""
+    FEATURE_TYPE_NUMBER: _FeatureType.ValueType  # 1
+    """Any finite number (counts, sums, hours, values)."""
+    FEATURE_TYPE_BOOLEAN: _FeatureType.ValueType  # 2
+    """0 or 1 (one-hot matches, flags, consents); a non-zero number counts as 1."""
+
+class FeatureType(_FeatureType, metaclass=_FeatureTypeEnumTypeWrapper):
+    """What kind of value a feature carries."""
+
+FEATURE_TYPE_UNSPECIFIED: FeatureType.ValueType  # 0
+"""Unset: the type the feature name implies (see FeatureSpec.name)."""
+FEATURE_TYPE_NUMBER: FeatureType.ValueType  # 1
+"""Any finite number (counts, sums, hours, values)."""
+FEATURE_TYPE_BOOLEAN: FeatureType.ValueType  # 2
+"""0 or 1 (one-hot matches, flags, consents); a non-zero number counts as 1."""
+Global___FeatureType: _TypeAlias = FeatureType  # noqa: Y015
 
 @_typing.final
 class FeatureSpec(_message.Message):
@@ -53,18 +81,25 @@ class FeatureSpec(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     DEFAULT_VALUE_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """e.g. "event_count:purchase", "action.value", "action.issue=retention", "request.device"."""
+    """e.g. "event_count:purchase", "action.value", "action.issue=retention",
+    "request:device=mobile", "personalization=full" (docs/operations.md, Models).
+    """
     default_value: _builtins.float
+    """Used when the customer has no value for the feature; 0 or 1 for a boolean."""
+    type: Global___FeatureType.ValueType
+    """Unspecified = the type the name implies; boolean on a numeric feature reads value != 0."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         default_value: _builtins.float = ...,
+        type: Global___FeatureType.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_value", b"default_value", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_value", b"default_value", "name", b"name", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -72,6 +107,8 @@ Global___FeatureSpec: _TypeAlias = FeatureSpec  # noqa: Y015
 
 @_typing.final
 class Model(_message.Message):
+    """A registered model version."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
@@ -81,17 +118,24 @@ class Model(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     ACTIVATED_AT_FIELD_NUMBER: _builtins.int
+    TRAFFIC_SHARE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     checksum: _builtins.str
     """sha256 of the ONNX bytes, hex."""
     status: Global___ModelStatus.ValueType
+    traffic_share: _builtins.float
+    """The share of profiles it scores, in (0, 1), while it is the challenger; else 0."""
     @_builtins.property
-    def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureSpec]: ...
+    def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureSpec]:
+        """In the order of the model's input columns."""
+
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
-    def activated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def activated_at(self) -> _timestamp_pb2.Timestamp:
+        """When it last became the active version (unset: never served as the active one)."""
+
     def __init__(
         self,
         *,
@@ -102,10 +146,11 @@ class Model(_message.Message):
         status: Global___ModelStatus.ValueType = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         activated_at: _timestamp_pb2.Timestamp | None = ...,
+        traffic_share: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["activated_at", b"activated_at", "created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activated_at", b"activated_at", "checksum", b"checksum", "created_at", b"created_at", "features", b"features", "name", b"name", "status", b"status", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activated_at", b"activated_at", "checksum", b"checksum", "created_at", b"created_at", "features", b"features", "name", b"name", "status", b"status", "traffic_share", b"traffic_share", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -127,7 +172,10 @@ class RegisterModelRequest(_message.Message):
     activate: _builtins.bool
     @_builtins.property
     def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureSpec]:
-        """Input features in the order of the model's input columns."""
+        """Input features in the order of the model's input columns. Empty: the list embedded in
+        the model file (metadata_props key "nextbest.features"); when both are given, their
+        names must agree.
+        """
 
     def __init__(
         self,
@@ -207,6 +255,99 @@ class ActivateModelResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ActivateModelResponse: _TypeAlias = ActivateModelResponse  # noqa: Y015
+
+@_typing.final
+class RollbackModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The model whose previous version should serve again."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackModelRequest: _TypeAlias = RollbackModelRequest  # noqa: Y015
+
+@_typing.final
+class RollbackModelResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model(self) -> Global___Model:
+        """The version now active."""
+
+    def __init__(
+        self,
+        *,
+        model: Global___Model | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackModelResponse: _TypeAlias = RollbackModelResponse  # noqa: Y015
+
+@_typing.final
+class SetChallengerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    SHARE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.str
+    """A registered version other than the active one (ignored when share is 0)."""
+    share: _builtins.float
+    """Share of profiles in (0, 1) it scores; 0 ends the challenge of the current challenger."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        share: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "share", b"share", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetChallengerRequest: _TypeAlias = SetChallengerRequest  # noqa: Y015
+
+@_typing.final
+class SetChallengerResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model(self) -> Global___Model:
+        """The challenger as stored (status REGISTERED or RETIRED again when the challenge ended;
+        unset when there was no challenger to end).
+        """
+
+    def __init__(
+        self,
+        *,
+        model: Global___Model | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetChallengerResponse: _TypeAlias = SetChallengerResponse  # noqa: Y015
 
 @_typing.final
 class ListModelsRequest(_message.Message):

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class ModelServiceStub:
-    """Admin: the ONNX model registry.
+    """Admin: the ONNX model registry. Every change is validated first, then committed in one
+    transaction; every replica serves it within its refresh period, without a restart.
     """
 
     def __init__(self, channel):
@@ -45,6 +46,16 @@ class ModelServiceStub:
                 request_serializer=nextbest_dot_scoring_dot_v1_dot_model__pb2.ActivateModelRequest.SerializeToString,
                 response_deserializer=nextbest_dot_scoring_dot_v1_dot_model__pb2.ActivateModelResponse.FromString,
                 _registered_method=True)
+        self.RollbackModel = channel.unary_unary(
+                '/nextbest.scoring.v1.ModelService/RollbackModel',
+                request_serializer=nextbest_dot_scoring_dot_v1_dot_model__pb2.RollbackModelRequest.SerializeToString,
+                response_deserializer=nextbest_dot_scoring_dot_v1_dot_model__pb2.RollbackModelResponse.FromString,
+                _registered_method=True)
+        self.SetChallenger = channel.unary_unary(
+                '/nextbest.scoring.v1.ModelService/SetChallenger',
+                request_serializer=nextbest_dot_scoring_dot_v1_dot_model__pb2.SetChallengerRequest.SerializeToString,
+                response_deserializer=nextbest_dot_scoring_dot_v1_dot_model__pb2.SetChallengerResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/nextbest.scoring.v1.ModelService/ListModels',
                 request_serializer=nextbest_dot_scoring_dot_v1_dot_model__pb2.ListModelsRequest.SerializeToString,
@@ -53,7 +64,8 @@ class ModelServiceStub:
 
 
 class ModelServiceServicer:
-    """Admin: the ONNX model registry.
+    """Admin: the ONNX model registry. Every change is validated first, then committed in one
+    transaction; every replica serves it within its refresh period, without a restart.
     """
 
     def RegisterModel(self, request, context):
@@ -70,8 +82,24 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RollbackModel(self, request, context):
+        """Re-activate the version that served before the active one (the active one is retired).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetChallenger(self, request, context):
+        """Let a registered version score a share of the profiles beside the active one
+        (champion/challenger); share 0 ends the challenge.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListModels(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The registered versions, with their status and feature lists.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -89,6 +117,16 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     request_deserializer=nextbest_dot_scoring_dot_v1_dot_model__pb2.ActivateModelRequest.FromString,
                     response_serializer=nextbest_dot_scoring_dot_v1_dot_model__pb2.ActivateModelResponse.SerializeToString,
             ),
+            'RollbackModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackModel,
+                    request_deserializer=nextbest_dot_scoring_dot_v1_dot_model__pb2.RollbackModelRequest.FromString,
+                    response_serializer=nextbest_dot_scoring_dot_v1_dot_model__pb2.RollbackModelResponse.SerializeToString,
+            ),
+            'SetChallenger': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetChallenger,
+                    request_deserializer=nextbest_dot_scoring_dot_v1_dot_model__pb2.SetChallengerRequest.FromString,
+                    response_serializer=nextbest_dot_scoring_dot_v1_dot_model__pb2.SetChallengerResponse.SerializeToString,
+            ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
                     request_deserializer=nextbest_dot_scoring_dot_v1_dot_model__pb2.ListModelsRequest.FromString,
@@ -103,7 +141,8 @@ def add_ModelServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ModelService:
-    """Admin: the ONNX model registry.
+    """Admin: the ONNX model registry. Every change is validated first, then committed in one
+    transaction; every replica serves it within its refresh period, without a restart.
     """
 
     @staticmethod
@@ -150,6 +189,60 @@ class ModelService:
             '/nextbest.scoring.v1.ModelService/ActivateModel',
             nextbest_dot_scoring_dot_v1_dot_model__pb2.ActivateModelRequest.SerializeToString,
             nextbest_dot_scoring_dot_v1_dot_model__pb2.ActivateModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nextbest.scoring.v1.ModelService/RollbackModel',
+            nextbest_dot_scoring_dot_v1_dot_model__pb2.RollbackModelRequest.SerializeToString,
+            nextbest_dot_scoring_dot_v1_dot_model__pb2.RollbackModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetChallenger(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nextbest.scoring.v1.ModelService/SetChallenger',
+            nextbest_dot_scoring_dot_v1_dot_model__pb2.SetChallengerRequest.SerializeToString,
+            nextbest_dot_scoring_dot_v1_dot_model__pb2.SetChallengerResponse.FromString,
             options,
             channel_credentials,
             insecure,

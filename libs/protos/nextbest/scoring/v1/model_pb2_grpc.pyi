@@ -27,7 +27,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class ModelServiceStub:
-    """Admin: the ONNX model registry."""
+    """Admin: the ONNX model registry. Every change is validated first, then committed in one
+    transaction; every replica serves it within its refresh period, without a restart.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -37,21 +39,39 @@ class ModelServiceStub:
     """Store a model version after validating it; optionally activate it."""
     ActivateModel: _grpc.UnaryUnaryMultiCallable[_model_pb2.ActivateModelRequest, _model_pb2.ActivateModelResponse]
     """Make a registered version the one that serves (atomically; the previous one is retired)."""
+    RollbackModel: _grpc.UnaryUnaryMultiCallable[_model_pb2.RollbackModelRequest, _model_pb2.RollbackModelResponse]
+    """Re-activate the version that served before the active one (the active one is retired)."""
+    SetChallenger: _grpc.UnaryUnaryMultiCallable[_model_pb2.SetChallengerRequest, _model_pb2.SetChallengerResponse]
+    """Let a registered version score a share of the profiles beside the active one
+    (champion/challenger); share 0 ends the challenge.
+    """
     ListModels: _grpc.UnaryUnaryMultiCallable[_model_pb2.ListModelsRequest, _model_pb2.ListModelsResponse]
+    """The registered versions, with their status and feature lists."""
 
 @_typing.type_check_only
 class ModelServiceAsyncStub(ModelServiceStub):
-    """Admin: the ONNX model registry."""
+    """Admin: the ONNX model registry. Every change is validated first, then committed in one
+    transaction; every replica serves it within its refresh period, without a restart.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     RegisterModel: _aio.UnaryUnaryMultiCallable[_model_pb2.RegisterModelRequest, _model_pb2.RegisterModelResponse]  # type: ignore[assignment]
     """Store a model version after validating it; optionally activate it."""
     ActivateModel: _aio.UnaryUnaryMultiCallable[_model_pb2.ActivateModelRequest, _model_pb2.ActivateModelResponse]  # type: ignore[assignment]
     """Make a registered version the one that serves (atomically; the previous one is retired)."""
+    RollbackModel: _aio.UnaryUnaryMultiCallable[_model_pb2.RollbackModelRequest, _model_pb2.RollbackModelResponse]  # type: ignore[assignment]
+    """Re-activate the version that served before the active one (the active one is retired)."""
+    SetChallenger: _aio.UnaryUnaryMultiCallable[_model_pb2.SetChallengerRequest, _model_pb2.SetChallengerResponse]  # type: ignore[assignment]
+    """Let a registered version score a share of the profiles beside the active one
+    (champion/challenger); share 0 ends the challenge.
+    """
     ListModels: _aio.UnaryUnaryMultiCallable[_model_pb2.ListModelsRequest, _model_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """The registered versions, with their status and feature lists."""
 
 class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Admin: the ONNX model registry."""
+    """Admin: the ONNX model registry. Every change is validated first, then committed in one
+    transaction; every replica serves it within its refresh period, without a restart.
+    """
 
     @_abc_1.abstractmethod
     def RegisterModel(
@@ -70,10 +90,29 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         """Make a registered version the one that serves (atomically; the previous one is retired)."""
 
     @_abc_1.abstractmethod
+    def RollbackModel(
+        self,
+        request: _model_pb2.RollbackModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_pb2.RollbackModelResponse, _abc.Awaitable[_model_pb2.RollbackModelResponse]]:
+        """Re-activate the version that served before the active one (the active one is retired)."""
+
+    @_abc_1.abstractmethod
+    def SetChallenger(
+        self,
+        request: _model_pb2.SetChallengerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_pb2.SetChallengerResponse, _abc.Awaitable[_model_pb2.SetChallengerResponse]]:
+        """Let a registered version score a share of the profiles beside the active one
+        (champion/challenger); share 0 ends the challenge.
+        """
+
+    @_abc_1.abstractmethod
     def ListModels(
         self,
         request: _model_pb2.ListModelsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_model_pb2.ListModelsResponse, _abc.Awaitable[_model_pb2.ListModelsResponse]]: ...
+    ) -> _typing.Union[_model_pb2.ListModelsResponse, _abc.Awaitable[_model_pb2.ListModelsResponse]]:
+        """The registered versions, with their status and feature lists."""
 
 def add_ModelServiceServicer_to_server(servicer: ModelServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
