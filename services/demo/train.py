@@ -1,23 +1,34 @@
-"""Train the demo propensity model from synthetic data, entirely with project code.
+"""Train the demo propensity model from synthetic logs, entirely with project code.
 
 The demo ships no downloaded artifact: the model is rebuilt from a fixed seed, so anyone
-can see exactly what it learned and reproduce the same bytes. scikit-learn and skl2onnx
-belong to the optional ``train`` extra and are imported lazily, so the serving code can
-import the feature list and names from here without them installed.
+can see exactly what it learned and reproduce the same bytes. The synthetic data takes the
+form of logged decisions and outcomes (services/learning/dataset.py), and the model goes
+through the same feature, training and export path as ``nextbest train``
+(services/learning/train.py). scikit-learn and skl2onnx belong to the optional ``train``
+extra and are imported lazily there, so the serving code can import the feature list and
+names from here without them installed.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
+from services.context.model import EventCounter, ProfileContext
+from services.learning.dataset import LoggedCandidate, LoggedDecision, training_matrix
+from services.learning.train import train_propensity
+from services.scoring.model import FeatureSpec
+
 __all__ = [
     "DEMO_FEATURES",
     "DEMO_MODEL_NAME",
     "DEMO_MODEL_VERSION",
+    "demo_feature_specs",
     "generate_training_data",
+    "simulate_demo_decisions",
     "train_demo_model",
 ]
 
@@ -59,38 +70,32 @@ _EVENT_MEAN: Final = {
 }
 _EVENT_SHAPE: Final = 0.6
 _COUNT_CAP: Final = 20
-# Fixed opsets, not "latest": the bytes (and checksum) stay stable across skl2onnx
-# releases, and every onnxruntime >= 1.20 allowed by pyproject can run them.
-_TARGET_OPSET: Final = {"": 17, "ai.onnx.ml": 3}
+# The synthetic logging policy serves one candidate per business issue, uniformly at random
+# (a fully exploring policy): P(served) = 1/3 for every logged decision.
+_DEMO_CANDIDATES: Final = tuple(
+    LoggedCandidate(action_id=f"demo_{issue}", issue=issue, model=DEMO_MODEL_NAME, value=1.0)
+    for issue in _ISSUES
+)
+_DEMO_START: Final = datetime(2024, 1, 1, tzinfo=UTC)
 
 
-def _col(name: str) -> int:
-    return DEMO_FEATURES.index(name)
+def demo_feature_specs() -> tuple[FeatureSpec, ...]:
+    return tuple(FeatureSpec(name, 0.0) for name in DEMO_FEATURES)
 
 
-def generate_training_data(
-    rows: int = 20_000, seed: int = 7
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-    """Synthetic (customer x candidate action x channel) rows and accept/decline labels.
+def simulate_demo_decisions(rows: int = 20_000, seed: int = 7) -> list[LoggedDecision]:
+    """Synthetic logged decisions (customer x served action x channel) and their outcomes.
 
-    Returns ``(X, y)``: ``X`` is float32 ``(rows, len(DEMO_FEATURES))``, ``y`` is 0/1.
-    """
+    Each customer's event counts are drawn, the logging policy serves one of three candidate
+    actions (one per business issue) uniformly at random on a drawn channel, and the
+    customer accepts with a known probability (the logits below)."""
     rng = np.random.default_rng(seed)
-    x = np.zeros((rows, len(DEMO_FEATURES)), dtype=np.float64)
-
     counts: dict[str, npt.NDArray[np.float64]] = {}
     for event in _EVENTS:
         rate = rng.gamma(_EVENT_SHAPE, _EVENT_MEAN[event] / _EVENT_SHAPE, size=rows)
         counts[event] = np.minimum(rng.poisson(rate), _COUNT_CAP).astype(np.float64)
-        x[:, _col(f"event_count:{event}")] = counts[event]
-
-    # Exactly one issue and one channel per row.
     issue = rng.integers(0, len(_ISSUES), size=rows)
     channel = rng.choice(len(_CHANNELS), size=rows, p=_CHANNEL_MIX)
-    issue_cols = np.array([_col(f"action.issue={i}") for i in _ISSUES])
-    channel_cols = np.array([_col(f"channel={c}") for c in _CHANNELS])
-    x[np.arange(rows), issue_cols[issue]] = 1.0
-    x[np.arange(rows), channel_cols[channel]] = 1.0
 
     cancel = counts["cancel_page_view"]
     compare = counts["plan_compare_view"]
@@ -114,30 +119,49 @@ def generate_training_data(
     # Browsing is a weak general engagement signal; mobile accepts a bit more than email.
     logit += 0.03 * np.minimum(counts["page_view"], 20)
     logit += np.array([0.3, 0.1, 0.0, -0.3])[channel]
-
     p = 1.0 / (1.0 + np.exp(-logit))
-    y = (rng.random(rows) < p).astype(np.int64)
-    return x.astype(np.float32), y
+    accepted = rng.random(rows) < p
+
+    # Plain Python values: indexing numpy arrays row by row costs more than the rest.
+    count_lists = {event: counts[event].astype(np.int64).tolist() for event in _EVENTS}
+    served = [_DEMO_CANDIDATES[i].action_id for i in issue.tolist()]
+    channels = [_CHANNELS[i] for i in channel.tolist()]
+    labels = accepted.astype(np.int64).tolist()
+    probability = 1.0 / len(_DEMO_CANDIDATES)
+    decisions: list[LoggedDecision] = []
+    for row in range(rows):
+        counters = {
+            event: EventCounter(event, count_lists[event][row], 0.0, None)
+            for event in _EVENTS
+            if count_lists[event][row] > 0
+        }
+        decisions.append(
+            LoggedDecision(
+                decision_id=f"demo-{row}",
+                decided_at=_DEMO_START + timedelta(seconds=row),
+                context=ProfileContext(profile_id=f"demo{row}", counters=counters),
+                channel=channels[row],
+                candidates=_DEMO_CANDIDATES,
+                served_action_id=served[row],
+                label=labels[row],
+                selection_probability=probability,
+            )
+        )
+    return decisions
+
+
+def generate_training_data(
+    rows: int = 20_000, seed: int = 7
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """The training set of the simulated logs: ``(X, y)``, ``X`` float32
+    ``(rows, len(DEMO_FEATURES))`` built by the scoring FeatureBuilder, ``y`` 0/1."""
+    return training_matrix(simulate_demo_decisions(rows, seed), demo_feature_specs())
 
 
 def train_demo_model(seed: int = 7) -> bytes:
-    """Fit the demo GradientBoostingClassifier and return it as serialized ONNX bytes."""
-    # Lazy imports: optional ``train`` extra (see module docstring).
-    from skl2onnx import to_onnx
-    from skl2onnx.common.data_types import FloatTensorType
-    from sklearn.ensemble import GradientBoostingClassifier
-
+    """The demo GradientBoostingClassifier, fitted on all simulated rows, as ONNX bytes."""
     x, y = generate_training_data(seed=seed)
-    model = GradientBoostingClassifier(
-        n_estimators=60, max_depth=3, learning_rate=0.1, random_state=seed
+    result = train_propensity(
+        x, y, demo_feature_specs(), algorithm="gbm", seed=seed, test_fraction=0.0
     )
-    model.fit(x, y)
-    onx = to_onnx(
-        model,
-        initial_types=[("features", FloatTensorType([None, len(DEMO_FEATURES)]))],
-        # Plain [N, 2] probability tensor: cheaper to read at serving time than ZipMap dicts.
-        options={id(model): {"zipmap": False}},
-        target_opset=_TARGET_OPSET,
-    )
-    data: bytes = onx.SerializeToString()
-    return data
+    return result.onnx_model

@@ -1,0 +1,171 @@
+"""A ProfileContext as plain JSON and back: what a decision knew, kept with the decision.
+
+The learning loop (services/learning) recomputes a model's features as they were when the
+decision was taken, so every recorded decision carries the consent-honoured context it
+used. The form is JSON-safe (strings, numbers, booleans, lists, dicts, null) so it survives
+both the JSON column of the embedded store and a protobuf Struct in the mesh: times are ISO
+8601 strings, and integers may come back as floats (a Struct has only doubles).
+
+It is written for size and speed (it runs on every decision): the key of a mapping is not
+repeated inside its value, and empty parts are left out.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from services.context.model import (
+    ChannelActivity,
+    Contact,
+    EventCounter,
+    InteractionSummary,
+    PersonalizationLevel,
+    Prediction,
+    ProfileContext,
+    WindowAggregate,
+)
+
+__all__ = ["SNAPSHOT_FIELDS", "profile_context_from_dict", "profile_context_to_dict"]
+
+# The ProfileContext fields this module writes; a test fails when the dataclass gains one
+# that is not handled here (a snapshot must not silently lose what a decision knew).
+SNAPSHOT_FIELDS = frozenset(
+    {
+        "profile_id",
+        "attributes",
+        "counters",
+        "interactions",
+        "windows",
+        "channels",
+        "predictions",
+        "personalization",
+        "consents",
+        "contacts",
+    }
+)
+_INTERACTION_COUNTS = ("decisions", "impressions", "clicks", "accepts", "rejects", "conversions")
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _parse_time(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def profile_context_to_dict(context: ProfileContext) -> dict[str, Any]:
+    """The JSON-safe form of ``context`` (see the module docstring)."""
+    data: dict[str, Any] = {
+        "profile_id": context.profile_id,
+        "personalization": context.personalization.value,
+    }
+    if context.attributes:
+        data["attributes"] = dict(context.attributes)
+    if context.counters:
+        data["counters"] = {
+            name: {
+                "count": c.count,
+                "value_sum": c.value_sum,
+                "last": _time(c.last_occurred_at),
+                "first": _time(c.first_occurred_at),
+                **({"last_values": dict(c.last_values)} if c.last_values else {}),
+            }
+            for name, c in context.counters.items()
+        }
+    if context.windows:
+        data["windows"] = {
+            window: {name: [w.count, w.value_sum] for name, w in by_type.items()}
+            for window, by_type in context.windows.items()
+        }
+    if context.channels:
+        data["channels"] = {
+            name: [_time(c.first_seen_at), _time(c.last_seen_at), c.events]
+            for name, c in context.channels.items()
+        }
+    if context.interactions:
+        data["interactions"] = [
+            [
+                i.action_id,
+                i.channel,
+                [getattr(i, name) for name in _INTERACTION_COUNTS],
+                _time(i.last_contact_at),
+            ]
+            for i in context.interactions
+        ]
+    if context.predictions:
+        data["predictions"] = {
+            name: [p.value, p.version, _time(p.predicted_at)]
+            for name, p in context.predictions.items()
+        }
+    if context.consents:
+        data["consents"] = dict(context.consents)
+    if context.contacts:
+        data["contacts"] = [
+            [c.action_id, c.channel, c.kind, _time(c.occurred_at)] for c in context.contacts
+        ]
+    return data
+
+
+def profile_context_from_dict(data: dict[str, Any]) -> ProfileContext:
+    """The ProfileContext that ``profile_context_to_dict`` wrote (raises KeyError,
+    ValueError or TypeError on a document it did not write)."""
+    counters = {
+        name: EventCounter(
+            name,
+            int(c["count"]),
+            float(c["value_sum"]),
+            _parse_time(c.get("last")),
+            _parse_time(c.get("first")),
+            dict(c.get("last_values") or {}),
+        )
+        for name, c in (data.get("counters") or {}).items()
+    }
+    windows = {
+        window: {
+            name: WindowAggregate(name, window, int(count), float(value_sum))
+            for name, (count, value_sum) in by_type.items()
+        }
+        for window, by_type in (data.get("windows") or {}).items()
+    }
+    channels = {
+        name: ChannelActivity(name, _required_time(first), _required_time(last), int(events))
+        for name, (first, last, events) in (data.get("channels") or {}).items()
+    }
+    interactions = tuple(
+        InteractionSummary(
+            action_id,
+            channel,
+            **{name: int(n) for name, n in zip(_INTERACTION_COUNTS, counts, strict=True)},
+            last_contact_at=_parse_time(last),
+        )
+        for action_id, channel, counts, last in data.get("interactions") or ()
+    )
+    predictions = {
+        name: Prediction(name, float(value), str(version), _required_time(at))
+        for name, (value, version, at) in (data.get("predictions") or {}).items()
+    }
+    contacts = tuple(
+        Contact(action_id, channel, kind, _required_time(at))
+        for action_id, channel, kind, at in data.get("contacts") or ()
+    )
+    return ProfileContext(
+        profile_id=str(data["profile_id"]),
+        attributes=dict(data.get("attributes") or {}),
+        counters=counters,
+        interactions=interactions,
+        windows=windows,
+        channels=channels,
+        predictions=predictions,
+        personalization=PersonalizationLevel(data.get("personalization", "full")),
+        consents={str(k): bool(v) for k, v in (data.get("consents") or {}).items()},
+        contacts=contacts,
+    )
+
+
+def _required_time(value: Any) -> datetime:
+    parsed = _parse_time(value)
+    if parsed is None:
+        raise ValueError("a required time is missing")
+    return parsed

@@ -1,0 +1,254 @@
+"""Logged decisions (their snapshot and outcomes) and the training set built from them.
+
+A ``LoggedDecision`` is one decision as the learning loop sees it: what it knew (profile
+context, request context, channel), every candidate with its factors, the action served
+with the probability that the policy chose it, and the reward observed. The demo model's
+synthetic data (services/demo/train.py) is produced in this same form, so the demo model
+and ``nextbest train`` share one path from here on.
+
+Label: 1 when the customer accepted or converted on the served action within the horizon
+after the decision, else 0 (no outcome, a reject, or an accept after the horizon).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from libs.clock import utc_now
+from services.context.model import (
+    DecisionRecord,
+    Outcome,
+    OutcomeRecord,
+    ProfileContext,
+)
+from services.context.snapshot import profile_context_from_dict
+from services.learning.snapshot import SNAPSHOT_KEY
+from services.scoring.features import FeatureBuilder, ScoringInput
+from services.scoring.model import FeatureSpec, ScoringCandidate
+
+__all__ = [
+    "POSITIVE_OUTCOMES",
+    "LoggedCandidate",
+    "LoggedDecision",
+    "iter_logged_decisions",
+    "logged_decision",
+    "training_matrix",
+]
+
+POSITIVE_OUTCOMES = frozenset({Outcome.ACCEPT, Outcome.CONVERT})
+
+
+@dataclass(frozen=True)
+class LoggedCandidate:
+    """One candidate of a logged decision with the factors it was ranked by."""
+
+    action_id: str
+    issue: str = ""
+    group: str = ""
+    model: str = ""
+    value: float = 0.0
+    lever: float = 1.0
+    prior_propensity: float = 0.0
+    propensity: float = 0.0
+    model_version: str = ""
+    context_weight: float = 1.0
+    priority: float = 0.0
+    eligible: bool = True
+    removed_by: str = ""
+
+    def scoring_candidate(self) -> ScoringCandidate:
+        return ScoringCandidate(
+            action_id=self.action_id,
+            model=self.model,
+            issue=self.issue,
+            group=self.group,
+            value=self.value,
+            lever=self.lever,
+            prior_propensity=self.prior_propensity,
+        )
+
+
+@dataclass(frozen=True)
+class LoggedDecision:
+    decision_id: str
+    decided_at: datetime
+    context: ProfileContext
+    channel: str
+    candidates: tuple[LoggedCandidate, ...]
+    # "" when the decision was "no action".
+    served_action_id: str
+    label: int
+    placement: str = ""
+    request_context: dict[str, Any] = field(default_factory=dict)
+    # P(the logging policy served this action | what it knew): 1.0 for a greedy decision.
+    selection_probability: float = 1.0
+    min_priority: float = 0.0
+
+    @property
+    def served(self) -> LoggedCandidate | None:
+        return next((c for c in self.candidates if c.action_id == self.served_action_id), None)
+
+    @property
+    def eligible(self) -> tuple[LoggedCandidate, ...]:
+        return tuple(c for c in self.candidates if c.eligible)
+
+
+def _candidate(data: dict[str, Any]) -> LoggedCandidate:
+    return LoggedCandidate(
+        action_id=str(data["action_id"]),
+        issue=str(data.get("issue", "")),
+        group=str(data.get("group", "")),
+        model=str(data.get("model", "")),
+        value=float(data.get("value", 0.0)),
+        lever=float(data.get("lever", 1.0)),
+        prior_propensity=float(data.get("prior_propensity", 0.0)),
+        propensity=float(data.get("propensity", 0.0)),
+        model_version=str(data.get("model_version", "")),
+        context_weight=float(data.get("context_weight", 1.0)),
+        priority=float(data.get("priority", 0.0)),
+        eligible=bool(data.get("eligible", True)),
+        removed_by=str(data.get("removed_by", "")),
+    )
+
+
+def label_of(
+    outcomes: Iterable[OutcomeRecord], decided_at: datetime, horizon: timedelta | None
+) -> int:
+    """1 when an accept or a conversion came within ``horizon`` (None: ever) of the decision."""
+    for outcome in outcomes:
+        if outcome.outcome in POSITIVE_OUTCOMES and (
+            horizon is None or outcome.occurred_at - decided_at <= horizon
+        ):
+            return 1
+    return 0
+
+
+def logged_decision(
+    record: DecisionRecord, outcomes: Sequence[OutcomeRecord], horizon: timedelta | None
+) -> LoggedDecision | None:
+    """The decision as learning sees it; None when it was recorded without a snapshot
+    (before snapshots were kept, or pushed by WatchDecisions) or the snapshot is unreadable."""
+    payload = record.payload
+    snapshot = payload.get(SNAPSHOT_KEY)
+    if not isinstance(snapshot, dict):
+        return None
+    try:
+        return LoggedDecision(
+            decision_id=record.decision_id,
+            decided_at=record.decided_at,
+            context=profile_context_from_dict(snapshot["context"]),
+            channel=str(snapshot.get("channel", record.channel)),
+            placement=str(snapshot.get("placement", record.placement)),
+            request_context=dict(snapshot.get("request_context") or {}),
+            candidates=tuple(_candidate(c) for c in snapshot.get("candidates") or ()),
+            served_action_id=record.action_id,
+            label=label_of(outcomes, record.decided_at, horizon),
+            selection_probability=float(payload.get("selection_probability", 1.0)),
+            min_priority=float(snapshot.get("min_priority", 0.0)),
+        )
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+async def iter_logged_decisions(
+    database_url: str,
+    since: datetime,
+    horizon: timedelta | None,
+    *,
+    page_size: int = 500,
+    on_page: Callable[[int, int], None] | None = None,
+) -> AsyncIterator[LoggedDecision]:
+    """Every logged decision since ``since`` read from the database, page by page.
+
+    ``on_page(read, total)`` is told after each page (progress bars): ``read`` counts the
+    decisions of that page, with or without a snapshot."""
+    from libs.storage import Database
+    from services.context.repository import count_decisions, decisions_with_outcomes
+
+    database = Database(database_url)
+    try:
+        session = database.session(write=False)
+        try:
+            total = await count_decisions(session, since)
+            after: tuple[datetime, str] | None = None
+            while True:
+                page = await decisions_with_outcomes(session, since, after=after, limit=page_size)
+                for record, outcomes in page:
+                    decision = logged_decision(record, outcomes, horizon)
+                    if decision is not None:
+                        yield decision
+                if on_page is not None:
+                    on_page(len(page), total)
+                if len(page) < page_size:
+                    break
+                last = page[-1][0]
+                after = (last.decided_at, last.decision_id)
+        finally:
+            await session.close()
+    finally:
+        await database.dispose()
+
+
+def _as_of_decision(context: ProfileContext, decided_at: datetime, now: datetime) -> ProfileContext:
+    """The context with its recency moved so that "hours since" features computed now give
+    what they gave at decision time (FeatureBuilder measures them from the current time)."""
+    shift = now - decided_at
+    return replace(
+        context,
+        counters={
+            name: replace(c, last_occurred_at=c.last_occurred_at + shift)
+            if c.last_occurred_at is not None
+            else c
+            for name, c in context.counters.items()
+        },
+    )
+
+
+def candidate_features(
+    builder: FeatureBuilder,
+    decision: LoggedDecision,
+    candidates: Sequence[LoggedCandidate],
+    *,
+    recency: bool = False,
+) -> npt.NDArray[np.float32]:
+    """The model inputs of ``candidates`` as they were when ``decision`` was taken.
+
+    ``recency``: the feature list has ``hours_since_last`` features (see _as_of_decision)."""
+    context = decision.context
+    if recency:
+        context = _as_of_decision(context, decision.decided_at, utc_now())
+    scoring_input = ScoringInput(context, decision.request_context, decision.channel)
+    return builder.matrix(scoring_input, [c.scoring_candidate() for c in candidates])
+
+
+def needs_recency(features: Sequence[FeatureSpec]) -> bool:
+    return any(f.name.startswith("hours_since_last:") for f in features)
+
+
+def training_matrix(
+    decisions: Iterable[LoggedDecision],
+    features: Sequence[FeatureSpec],
+    *,
+    progress: Callable[[Iterable[LoggedDecision]], Iterable[LoggedDecision]] | None = None,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """``(X, y)``: the served action's features at decision time (in ``features`` order)
+    and its label, one row per decision that served an action."""
+    builder = FeatureBuilder(features)
+    recency = needs_recency(features)
+    rows: list[npt.NDArray[np.float32]] = []
+    labels: list[int] = []
+    for decision in progress(decisions) if progress is not None else decisions:
+        served = decision.served
+        if served is None:
+            continue
+        rows.append(candidate_features(builder, decision, [served], recency=recency)[0])
+        labels.append(decision.label)
+    if not rows:
+        return np.zeros((0, len(features)), dtype=np.float32), np.zeros(0, dtype=np.int64)
+    return np.stack(rows).astype(np.float32, copy=False), np.asarray(labels, dtype=np.int64)

@@ -1,0 +1,198 @@
+"""The learning loop end to end: decisions and outcomes on a running hub, then
+``nextbest train`` (a challenger), ``nextbest evaluate`` and ``nextbest models activate``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nextbest.decision.v1 import decision_pb2, decision_pb2_grpc
+
+from services.cli import main
+from services.learning.dataset import iter_logged_decisions
+from tests.e2e.conftest import Hub
+
+CUSTOMERS = 60
+DECISIONS_PER_CUSTOMER = 2
+
+
+def accept_chance(issue: str, signals: dict[str, int]) -> float:
+    """The simulated customers' known behaviour."""
+    if issue == "retention" and signals["cancel_page_view"] >= 3:
+        return 0.7
+    if issue == "cross_sell" and signals["purchase"] > 0:
+        return 0.6
+    if issue == "service" and signals["support_call"] >= 2:
+        return 0.5
+    return 0.1
+
+
+async def simulate(hub: Hub, seed: int) -> list[str]:
+    """Seeded customers with events, decisions on mobile, accepts or rejects; the ids."""
+    rng = random.Random(seed)
+    stub = decision_pb2_grpc.DecisionServiceStub(hub.channel)
+    decided: list[str] = []
+    for n in range(CUSTOMERS):
+        customer = decision_pb2.Identifier(type="customer_id", value=f"learn-{seed}-{n}")
+        signals = {
+            "cancel_page_view": rng.choice([0, 0, 1, 4, 6]),
+            "purchase": rng.choice([0, 0, 1, 2]),
+            "support_call": rng.choice([0, 0, 3]),
+            "page_view": rng.randint(0, 8),
+        }
+        batch = [
+            decision_pb2.Event(
+                event_id=uuid.uuid4().hex, identifiers=[customer], type=kind, channel="mobile"
+            )
+            for kind, count in signals.items()
+            for _ in range(count)
+        ]
+        if batch:
+            await stub.TrackEvents(decision_pb2.TrackEventsRequest(events=batch), timeout=10)
+        for k in range(DECISIONS_PER_CUSTOMER):
+            decision = (
+                await stub.Decide(
+                    decision_pb2.DecideRequest(
+                        identifiers=[customer],
+                        channel="mobile",
+                        request_id=f"learn-{seed}-{n}-{k}",
+                    ),
+                    timeout=10,
+                )
+            ).decision
+            decided.append(decision.decision_id)
+            if not decision.action.action_id:
+                continue
+            accepted = rng.random() < accept_chance(decision.action.issue, signals)
+            await stub.RecordOutcome(
+                decision_pb2.RecordOutcomeRequest(
+                    decision_id=decision.decision_id,
+                    outcome=decision_pb2.OUTCOME_ACCEPT
+                    if accepted
+                    else decision_pb2.OUTCOME_REJECT,
+                ),
+                timeout=10,
+            )
+    return decided
+
+
+async def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """``nextbest ARGV`` in a thread (it runs its own event loop; the embedded hub serves on
+    this one), its exit code checked; what it printed."""
+    capsys.readouterr()
+    code = await asyncio.to_thread(main, list(argv))
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
+
+
+async def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
+    """The JSON document the command printed (the embedded hub logs to the same stdout)."""
+    out = await run_cli(capsys, *argv)
+    start = 0 if out.startswith("{") else out.index("\n{") + 1
+    document, _ = json.JSONDecoder().raw_decode(out, start)
+    assert isinstance(document, dict)
+    return document
+
+
+async def test_decisions_train_a_challenger_that_is_evaluated_then_activated(
+    hub: Hub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    decided = await simulate(hub, seed=5)
+
+    # Every decision kept what it knew; a retried request still gets the original.
+    stub = decision_pb2_grpc.DecisionServiceStub(hub.channel)
+    retried = await stub.Decide(
+        decision_pb2.DecideRequest(
+            identifiers=[decision_pb2.Identifier(type="customer_id", value="learn-5-0")],
+            channel="mobile",
+            request_id="learn-5-0-0",
+        ),
+        timeout=10,
+    )
+    assert retried.decision.decision_id == decided[0]
+    since = datetime.now(UTC) - timedelta(hours=1)
+    logged = [d async for d in iter_logged_decisions(hub.database_url, since, None)]
+    assert {d.decision_id for d in logged} == set(decided)
+    assert all(d.candidates and d.context.profile_id for d in logged)
+    assert any(d.context.event_count("cancel_page_view") >= 3 for d in logged)
+
+    common = ["--database-url", hub.database_url, "--since", "1h", "--no-progress"]
+    trained = await run_json(
+        capsys,
+        "train",
+        *common,
+        "--address",
+        hub.models_address,
+        "--name",
+        "demo_propensity",
+        "--out",
+        str(tmp_path),
+        "--share",
+        "0.2",
+        "--json",
+    )
+    assert trained["rows"] == len(decided)
+    assert 0 < trained["positive_rate"] < 1
+    assert trained["registered"] == f"demo_propensity:{trained['version']}"
+    assert trained["checksum"].startswith(trained["version"])
+    onnx, features = trained["files"]
+
+    listed = await run_json(
+        capsys, "models", "list", "--name", "demo_propensity", "--address", hub.models_address
+    )
+    statuses = {m["version"]: m["status"] for m in listed["models"]}
+    assert statuses["1"] == "MODEL_STATUS_ACTIVE"
+    assert statuses[trained["version"]] in {"MODEL_STATUS_REGISTERED", "MODEL_STATUS_CHALLENGER"}
+
+    table = await run_cli(
+        capsys,
+        "evaluate",
+        *common,
+        "--model",
+        onnx,
+        "--features",
+        features,
+        "--model-name",
+        "demo_propensity",
+        "--epsilon",
+        "0.1",
+        "--resamples",
+        "200",
+    )
+    for name in ("logged", "IPS", "SNIPS", "DR"):
+        assert any(line.split()[:1] == [name] for line in table.splitlines()), table
+    report = await run_json(
+        capsys, "evaluate", *common, "--lever", "service_setup_help=3", "--json"
+    )
+    assert report["decisions"] == len(decided)
+    for name in ("logged", "IPS", "SNIPS", "DR"):
+        estimate = report["estimates"][name]
+        assert estimate["low"] <= estimate["value"] <= estimate["high"], (name, estimate)
+
+    activated = await run_json(
+        capsys,
+        "models",
+        "activate",
+        "--name",
+        "demo_propensity",
+        "--version",
+        trained["version"],
+        "--address",
+        hub.models_address,
+    )
+    assert activated["status"] == "MODEL_STATUS_ACTIVE"
+    after = await stub.Decide(
+        decision_pb2.DecideRequest(
+            identifiers=[decision_pb2.Identifier(type="customer_id", value="learn-5-1")],
+            channel="mobile",
+        ),
+        timeout=10,
+    )
+    assert after.decision.model_version == f"demo_propensity:{trained['version']}"
