@@ -31,6 +31,14 @@ class FailedPrecondition(DomainError):
     pass
 
 
+class AlreadyExists(DomainError):
+    """What the request would create is there already (and is not the same thing)."""
+
+
+class ResourceExhausted(DomainError):
+    """A limit on the work or the data one request may cause, or on the server's load."""
+
+
 class Unavailable(DomainError):
     """A dependency could not answer (down, too slow, or refused)."""
 

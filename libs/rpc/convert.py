@@ -43,12 +43,16 @@ def dict_to_struct(values: dict[str, Any] | None) -> struct_pb2.Struct:
 
 
 def timestamp_to_datetime(message: timestamp_pb2.Timestamp) -> datetime | None:
-    """None when unset (seconds and nanos both zero)."""
+    """None when unset (seconds and nanos both zero). ValueError when the caller sent a time
+    a datetime cannot hold (before year 1, after 9999): callers name the field."""
     seconds, nanos = message.seconds, message.nanos
     if seconds == 0 and nanos == 0:
         return None
     # What Timestamp.ToDatetime(tzinfo=UTC) gives (microsecond precision), faster.
-    return _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
+    try:
+        return _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
+    except OverflowError:
+        raise ValueError(f"timestamp {seconds}s is out of range") from None
 
 
 def datetime_to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp:

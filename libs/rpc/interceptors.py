@@ -9,16 +9,19 @@ with a bare INTERNAL, never a stack trace to the caller.
 from __future__ import annotations
 
 import inspect
+import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import structlog
 
-from libs.errors import DomainError
+from libs.errors import DomainError, FieldViolation, InvalidArgument, ResourceExhausted
 from libs.logging import get_logger
 from libs.rpc.status import status_for
+from libs.rpc.wire import undecodable_field
 
 REQUEST_ID_KEY = "x-request-id"
 _log = get_logger("nextbest.rpc")
@@ -35,11 +38,74 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: Exception) 
     if isinstance(error, DomainError):
         status = status_for(error)
         await context.abort(status.code, status.details, status.trailing_metadata)
+    if isinstance(error, NotImplementedError):
+        # The generated servicer base of an RPC the proto declares but no servicer serves yet.
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not implemented by this server")
     _log.exception("unhandled error")
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
+@dataclass(frozen=True)
+class _Undecodable:
+    """Stands for a request whose bytes did not parse; the handler wrapper rejects it.
+
+    gRPC answers a deserializer that raises with UNKNOWN and no detail; handing this marker
+    to the wrapped handler instead lets the call end as INVALID_ARGUMENT naming the field.
+    """
+
+    violation: FieldViolation
+
+
+@dataclass(frozen=True)
+class _TooLarge:
+    """Stands for a request over its method's size limit (not parsed at all)."""
+
+    size: int
+    limit: int
+
+
+def _tolerant(
+    deserializer: Callable[[bytes], Any] | None, limit: int | None
+) -> Callable[[bytes], Any] | None:
+    message_type = getattr(deserializer, "__self__", None)
+    descriptor = getattr(message_type, "DESCRIPTOR", None)
+    if limit is None and (deserializer is None or descriptor is None):
+        return deserializer
+
+    def deserialize(data: bytes) -> Any:
+        if limit is not None and len(data) > limit:
+            return _TooLarge(len(data), limit)
+        if deserializer is None:
+            return data
+        try:
+            return deserializer(data)
+        except Exception:
+            if descriptor is None:
+                raise
+            return _Undecodable(undecodable_field(descriptor, data))
+
+    return deserialize
+
+
+def _reject_undecodable(request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument(request.violation)
+    if isinstance(request, _TooLarge):
+        raise ResourceExhausted(
+            f"request of {request.size} bytes is over this method's limit of {request.limit}"
+        )
+
+
 class RpcInterceptor(grpc.aio.ServerInterceptor):
+    """``message_limits``: per method path, the largest request it takes, when smaller than
+    the server's transport limit (which must admit the largest upload of any method)."""
+
+    def __init__(
+        self, default_limit: int | None = None, message_limits: Mapping[str, int] | None = None
+    ) -> None:
+        self._default_limit = default_limit
+        self._limits = dict(message_limits or {})
+
     async def intercept_service(
         self,
         continuation: Callable[
@@ -51,16 +117,17 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        limit = self._limits.get(method, self._default_limit)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer, limit),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 _wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer, limit),
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -71,6 +138,7 @@ def _wrap_unary(behaviour: Any, method: str) -> Any:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=_request_id(context), rpc=method)
         try:
+            _reject_undecodable(request)
             return await behaviour(request, context)
         except grpc.aio.AbortError:
             raise
@@ -85,6 +153,7 @@ def _wrap_stream(behaviour: Any, method: str) -> Any:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=_request_id(context), rpc=method)
         try:
+            _reject_undecodable(request)
             responses = behaviour(request, context)
             if inspect.isawaitable(responses):
                 # A handler that writes with context.write() (grpc.health.v1 Watch does).
@@ -98,3 +167,73 @@ def _wrap_stream(behaviour: Any, method: str) -> Any:
             await _abort(context, error)
 
     return call
+
+
+class DeadlineGuard(grpc.aio.ServerInterceptor):
+    """Refuse, before any work, a unary call that cannot be answered in time.
+
+    Less than ``min_deadline_s`` left: DEADLINE_EXCEEDED (its caller is giving up). Less time
+    left than this method usually takes (a moving average of its recent durations): the
+    server is behind, the call waited in its queue, and working on it would only delay the
+    calls behind it: RESOURCE_EXHAUSTED at once, so that the server's time goes to calls
+    that can still make their deadline.
+
+    Why not count calls in flight only: the embedded hub's decision path barely awaits
+    (SQLite answers in microseconds), so its backlog waits inside gRPC's core, where neither
+    an interceptor nor gRPC's own ``maximum_concurrent_rpcs`` (also set, see create_server)
+    sees it; the time left is what tells. Installed innermost, so what it refuses is traced
+    and counted like any other answer.
+    """
+
+    _WEIGHT = 0.1  # of the newest duration in the moving average
+
+    def __init__(self, min_deadline_s: float, adaptive: bool = True) -> None:
+        self.min_deadline_s = min_deadline_s
+        self.adaptive = adaptive
+        self.refused = 0
+        self.typical_s: dict[str, float] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        if self.min_deadline_s <= 0 and not self.adaptive:
+            return handler
+        return grpc.unary_unary_rpc_method_handler(
+            self._guard(handler.unary_unary, handler_call_details.method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _guard(self, behaviour: Any, method: str) -> Any:
+        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            remaining = context.time_remaining()
+            if remaining is not None:
+                if remaining < self.min_deadline_s:
+                    self.refused += 1
+                    await context.abort(
+                        grpc.StatusCode.DEADLINE_EXCEEDED, "too little time left to start"
+                    )
+                typical = self.typical_s.get(method, 0.0)
+                if self.adaptive and remaining < typical:
+                    self.refused += 1
+                    await context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"overloaded: {remaining * 1000:.1f} ms left, this call takes about "
+                        f"{typical * 1000:.1f} ms; retry with backoff",
+                    )
+            started = time.perf_counter()
+            try:
+                return await behaviour(request, context)
+            finally:
+                took = time.perf_counter() - started
+                before = self.typical_s.get(method, took)
+                self.typical_s[method] = before + self._WEIGHT * (took - before)
+
+        return call

@@ -78,6 +78,11 @@ SERVICE_ACCESS: dict[str, Access] = {
     "nextbest.context.v1.ContextService": Access.MESH,
     "nextbest.scoring.v1.ScoringService": Access.MESH,
     "nextbest.arbitration.v1.ArbitrationService": Access.MESH,
+    # Open Inference Protocol v2 on the scoring target: data scientists' tools (tritonclient)
+    # score registered models with an admin token. Served at the protocol's own path; the
+    # descriptor's package name (nextbest.inference.v2) is listed so it fails closed too.
+    "inference.GRPCInferenceService": Access.ADMIN,
+    "nextbest.inference.v2.GRPCInferenceService": Access.ADMIN,
 }
 METHOD_ACCESS: dict[str, Access] = {
     "/nextbest.decision.v1.DecisionService/Decide": Access.DECIDE,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -13,7 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from libs.logging import get_logger
-from libs.rpc.interceptors import RpcInterceptor
+from libs.rpc.interceptors import DeadlineGuard, RpcInterceptor
 
 _log = get_logger("nextbest.server")
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -45,6 +45,8 @@ class GrpcServer:
         self.service_names = list(service_names)
         self.probe_server: grpc.aio.Server | None = None
         self.probe_port: int | None = None
+        # Counts the calls refused for lack of time (for tests).
+        self.deadline_guard: DeadlineGuard | None = None
 
     def add_probe_port(self, address: str) -> int:
         """Also serve ``grpc.health.v1.Health`` alone, in plaintext, on ``address`` (before
@@ -103,21 +105,43 @@ def create_server(
     max_message_bytes: int = 4 * 1024 * 1024,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     credentials: grpc.ServerCredentials | None = None,
+    large_messages: Mapping[str, int] | None = None,
+    max_concurrent_rpcs: int = 0,
+    min_deadline_s: float = 0.0,
+    shed_late_calls: bool = False,
 ) -> tuple[GrpcServer, int]:
     """Build (not start) a server on ``address``; returns it and the bound port (for port 0).
 
     ``interceptors`` run inside the RpcInterceptor, so what they raise is mapped and logged
     with the request id like any other error; ``credentials`` make the port TLS.
+
+    Sizes: every request and response is held to ``max_message_bytes``, except the methods
+    in ``large_messages`` (method path -> bytes, e.g. RegisterModel's ONNX upload). gRPC's
+    transport limit is one per server, so it admits the largest of them and the
+    RpcInterceptor refuses, before parsing, a request over its own method's limit.
+    Load: ``max_concurrent_rpcs`` > 0 answers RESOURCE_EXHAUSTED at once to any call beyond
+    that many in progress (gRPC's own limiter: it counts from arrival, before any Python work,
+    so a backlog waiting for the event loop counts too; streams hold a slot while open), and
+    a unary call arriving with less than ``min_deadline_s`` left, or (``shed_late_calls``)
+    with less time left than that method usually takes, is refused (DeadlineGuard).
     """
+    large = dict(large_messages or {})
+    transport_limit = max([max_message_bytes, *large.values()])
+    guard = DeadlineGuard(min_deadline_s, adaptive=shed_late_calls)
     server = grpc.aio.server(
-        interceptors=[RpcInterceptor(), *interceptors],
+        interceptors=[
+            RpcInterceptor(max_message_bytes if large else None, large),
+            *interceptors,
+            guard,
+        ],
         options=[
             ("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)),
             ("grpc.max_connection_age_grace_ms", 10_000),
-            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", transport_limit),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
         ],
+        maximum_concurrent_rpcs=max_concurrent_rpcs or None,
     )
     for binding in bindings:
         binding.add_to_server(server)
@@ -140,7 +164,9 @@ def create_server(
     )
     if port == 0:
         raise OSError(f"cannot bind gRPC server to {address}")
-    return GrpcServer(server, health_servicer, names), port
+    built = GrpcServer(server, health_servicer, names)
+    built.deadline_guard = guard
+    return built, port
 
 
 async def run_until_signalled(
