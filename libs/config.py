@@ -30,15 +30,16 @@ class ConfigError(Exception):
     """A configuration value is missing or wrong; the message names the variable."""
 
 
-_DURATION = re.compile(r"^([1-9][0-9]*)([mhd])$")
-_DURATION_S = {"m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^([1-9][0-9]{0,8})([smhd])$")
+_DURATION_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def duration_s(label: str) -> int:
-    """Seconds of a window label such as ``5m``, ``24h`` or ``30d``."""
+    """Seconds of a window label such as ``30s``, ``5m``, ``24h`` or ``30d`` (callers bound
+    the range they accept: aggregate windows start at 5m)."""
     match = _DURATION.match(label)
     if match is None:
-        raise ValueError(f"{label!r} is not a duration like 5m, 24h or 30d")
+        raise ValueError(f"{label!r} is not a duration like 30s, 5m, 24h or 30d")
     return int(match.group(1)) * _DURATION_S[match.group(2)]
 
 
@@ -126,6 +127,40 @@ class Settings(BaseSettings):
     max_connection_age_s: float = Field(
         300.0, gt=0, description="Clients reconnect (and re-resolve DNS) after this."
     )
+    # --- limits and load shedding (docs/operations.md, "Limits")
+    max_message_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=64 * 1024,
+        le=256 * 1024 * 1024,
+        description="Largest request or response of any RPC but model uploads.",
+    )
+    max_model_upload_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=64 * 1024,
+        le=256 * 1024 * 1024,
+        description="Largest RegisterModel request (targets hosting the model registry).",
+    )
+    # Off by default: gRPC's limiter counts every open WatchDecisions stream, and a hub
+    # holds thousands of idle ones; set it above (expected streams + unary concurrency).
+    max_concurrent_rpcs: int = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description="Calls in progress per process (open WatchDecisions streams count); "
+        "more are shed with RESOURCE_EXHAUSTED at once. 0 = no limit.",
+    )
+    shed_late_calls: bool = Field(
+        True,
+        description="Refuse with RESOURCE_EXHAUSTED a unary call that has less time left "
+        "than its method usually takes (it waited in a queue and would miss its deadline).",
+    )
+    min_deadline_ms: float = Field(
+        1.0,
+        ge=0,
+        le=10_000,
+        description="A call arriving with less time left is refused with DEADLINE_EXCEEDED "
+        "before any work.",
+    )
     hash_key: SecretStr = Field(
         SecretStr("nextbest-development-only-key"),
         description="HMAC key for pseudonymised identifiers; set a secret in production.",
@@ -146,6 +181,16 @@ class Settings(BaseSettings):
     catalog_refresh_s: float = Field(
         2.0, gt=0, description="How often a replica checks for a newer catalog or model."
     )
+    # --- scoring: where the models run
+    scoring_backend: str = Field(
+        "onnxruntime",
+        pattern=r"^(onnxruntime|oip:.+:[0-9]{1,5})$",
+        description="onnxruntime (in-process) or oip:host:port (an external Open Inference "
+        "Protocol v2 server: Triton, KServe).",
+    )
+    scoring_backend_timeout_ms: int = Field(
+        50, gt=0, le=60_000, description="Deadline of one call to an external v2 server."
+    )
     # --- context: the aggregates kept on write, the consent default
     aggregates: Annotated[AggregatesConfig, NoDecode] = Field(
         default_factory=AggregatesConfig,
@@ -153,6 +198,11 @@ class Settings(BaseSettings):
     )
     default_personalization: Literal["none", "basic", "full"] = Field(
         "full", description="Personalisation level of a customer who never chose one."
+    )
+    contact_history: str = Field(
+        "90d",
+        description="How far back the recent contacts of a profile (decisions served, outcomes)"
+        " reach contact policies (1m to 400d); at most 500 of the newest are read.",
     )
     # --- observability
     metrics_port: int = Field(
@@ -205,6 +255,13 @@ class Settings(BaseSettings):
         for name in value:
             if not _IDENTIFIER_TYPE.match(name):
                 raise ValueError(f"identifier type {name!r} must match [a-z][a-z0-9_]{{0,31}}")
+        return value
+
+    @field_validator("contact_history")
+    @classmethod
+    def _contact_history(cls, value: str) -> str:
+        if not 60 <= duration_s(value) <= 400 * 86400:
+            raise ValueError(f"{value!r} must be between 1m and 400d")
         return value
 
     @field_validator("aggregates", mode="before")

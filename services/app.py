@@ -35,10 +35,12 @@ from services.identity.service import IdentityService
 from services.orchestrator.api import orchestrator_bindings
 from services.orchestrator.service import DecisionEngine, PrivacyAdmin
 from services.scoring.api import ScoringClient, scoring_bindings
+from services.scoring.inference import OipBackend, parse_backend
 from services.scoring.repository import SqlScoringUnitOfWork
-from services.scoring.service import ScoringService
+from services.scoring.service import ModelBackend, ScoringService
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+REGISTER_MODEL = "/nextbest.scoring.v1.ModelService/RegisterModel"
 _log = get_logger("nextbest.app")
 
 
@@ -96,6 +98,7 @@ def _local_services(
     target: Target,
     changes: InProcessChangeFeed,
     observability: Observability,
+    scoring_backend: ModelBackend | None = None,
 ) -> DomainServices:
     hosted = DomainServices()
     if target in (Target.ALL, Target.IDENTITY):
@@ -108,6 +111,7 @@ def _local_services(
             lambda write: SqlContextUnitOfWork(database, write=write),
             aggregates=settings.aggregates,
             default_level=settings.default_personalization,
+            contact_history=settings.contact_history,
         )
     if target in (Target.ALL, Target.SCORING):
         hosted.scoring = ScoringService(
@@ -115,6 +119,7 @@ def _local_services(
             refresh_s=settings.catalog_refresh_s,
             changes=changes,
             on_inference=observability.inference_observer,
+            backend=scoring_backend,
         )
     if target in (Target.ALL, Target.ARBITRATION):
         hosted.arbitration = ArbitrationService(
@@ -140,7 +145,19 @@ def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
             migrate(settings)
         database = Database(settings.effective_database_url, on_engine=observability.engine_hook)
         closers.append(database.dispose)
-        hosted = _local_services(settings, database, target, changes, observability)
+        scoring_backend = None
+        backend_address = parse_backend(settings.scoring_backend)
+        if backend_address is not None and target in (Target.ALL, Target.SCORING):
+            # Models run on an external Open Inference Protocol v2 server (Triton, KServe).
+            backend_channel = open_channel(backend_address)
+            closers.append(_closer(backend_channel))
+            channels["scoring_backend"] = backend_channel
+            scoring_backend = OipBackend(
+                backend_channel, settings.scoring_backend_timeout_ms / 1000
+            )
+        hosted = _local_services(
+            settings, database, target, changes, observability, scoring_backend
+        )
     if target in (Target.ALL, Target.ORCHESTRATOR):
         if target == Target.ALL:
             assert hosted.identity and hosted.context and hosted.scoring and hosted.arbitration
@@ -190,6 +207,14 @@ def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
         # Observability outside authentication: rejected calls are traced and counted too.
         interceptors=[*observability.server_interceptors, *security.interceptors],
         credentials=security.credentials,
+        # Limits and load shedding: docs/operations.md, "Limits".
+        max_message_bytes=settings.max_message_bytes,
+        large_messages=(
+            {REGISTER_MODEL: settings.max_model_upload_bytes} if hosted.scoring else None
+        ),
+        max_concurrent_rpcs=settings.max_concurrent_rpcs,
+        min_deadline_s=settings.min_deadline_ms / 1000,
+        shed_late_calls=settings.shed_late_calls,
     )
     if settings.health_port:
         _add_probe_port(server, settings)

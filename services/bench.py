@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import grpc.aio
@@ -44,6 +44,8 @@ PARENT_POLL_S = 0.5
 CANCEL_GRACE_S = 1.0
 
 Call = Callable[[int], Awaitable[object]]
+# Request number -> the (type, value) of the identifier a Decide names.
+IdentifierOf = Callable[[int], tuple[str, str]]
 Close = Callable[[], Awaitable[None]]
 
 
@@ -127,7 +129,8 @@ async def drive(
 
 
 async def _open_channel(target: str) -> grpc.aio.Channel:
-    channel = grpc.aio.insecure_channel(target)
+    # round_robin: a target may list several processes ("ipv4:a,b", the --workers shape).
+    channel = grpc.aio.insecure_channel(target, options=[("grpc.lb_policy_name", "round_robin")])
     try:
         # Fail fast and clearly when nothing listens, instead of reporting 100 % errors.
         await asyncio.wait_for(channel.channel_ready(), timeout=CHILD_START_TIMEOUT_S)
@@ -137,10 +140,30 @@ async def _open_channel(target: str) -> grpc.aio.Channel:
     return channel
 
 
+def cookie_identifiers(profiles: int) -> IdentifierOf:
+    """Request i names cookie bench-{i % profiles}: the first pass creates the profiles."""
+    n_profiles = max(1, profiles)
+    return lambda i: ("cookie_id", f"bench-{i % n_profiles}")
+
+
+def customer_identifiers(profiles: int) -> IdentifierOf:
+    """Request i names a generated customer (services/datagen.py), spread over all of them
+    by a multiplicative hash so that consecutive requests hit distant rows."""
+    from services.datagen import customer_id
+
+    n_profiles = max(1, profiles)
+    return lambda i: ("customer_id", customer_id((i * 2_654_435_761) % n_profiles))
+
+
 async def decide_caller(
-    target: str, *, profiles: int = 10_000, channel: str = "web"
+    target: str,
+    *,
+    profiles: int = 10_000,
+    channel: str = "web",
+    identifier: IdentifierOf | None = None,
 ) -> tuple[Call, Close]:
-    """(call, close) for Decide on `target`; call(i) asks for profile cookie bench-{i % N}."""
+    """(call, close) for Decide on `target`; call(i) names `identifier(i)` (default: cookie
+    bench-{i % profiles})."""
     grpc_channel = await _open_channel(target)
     stub = decision_pb2_grpc.DecisionServiceStub(grpc_channel)
     decide: grpc.aio.UnaryUnaryMultiCallable[
@@ -148,13 +171,12 @@ async def decide_caller(
     ] = stub.Decide
     context = struct_pb2.Struct()
     context.update({"device": "mobile", "page": "home"})
-    n_profiles = max(1, profiles)
+    identifier_of = identifier or cookie_identifiers(profiles)
 
     async def call(i: int) -> object:
+        kind, value = identifier_of(i)
         request = decision_pb2.DecideRequest(
-            identifiers=[
-                decision_pb2.Identifier(type="cookie_id", value=f"bench-{i % n_profiles}")
-            ],
+            identifiers=[decision_pb2.Identifier(type=kind, value=value)],
             channel=channel,
             context=context,
         )
@@ -366,8 +388,14 @@ async def sweep(
     warmup_s: float,
     baseline_hops: int,
     profiles: int,
+    channel: str = "web",
+    identifier: IdentifierOf | None = None,
+    peak_rss: Callable[[], dict[str, float | None]] | None = None,
 ) -> dict[str, Any]:
-    """Echo baseline then Decide at each concurrency; JSON-serialisable result."""
+    """Echo baseline then Decide at each concurrency; JSON-serialisable result.
+
+    ``peak_rss`` (if given) is read after each level: the high-water mark of every server
+    process so far."""
     # The chain start blocks (spawn + probes): keep it off the event loop.
     echo_target, stop_echo = await asyncio.to_thread(start_echo_chain, baseline_hops)
     levels: list[dict[str, Any]] = []
@@ -381,7 +409,9 @@ async def sweep(
                 name=f"echo(hops={baseline_hops})",
             )
             decide = await _measure(
-                await decide_caller(target, profiles=profiles),
+                await decide_caller(
+                    target, profiles=profiles, channel=channel, identifier=identifier
+                ),
                 concurrency=concurrency,
                 duration_s=duration_s,
                 warmup_s=warmup_s,
@@ -393,6 +423,7 @@ async def sweep(
                     "echo": echo.as_dict(),
                     "decide": decide.as_dict(),
                     "ratio": decide.rps / echo.rps if echo.rps > 0 else 0.0,
+                    "peak_rss_mb": peak_rss() if peak_rss is not None else {},
                 }
             )
     finally:
@@ -401,6 +432,7 @@ async def sweep(
         "target": target,
         "machine": {
             "cpu_count": os.cpu_count(),
+            "cpu_model": cpu_model(),
             "platform": platform.platform(),
             "machine": platform.machine(),
             "python": platform.python_version(),
@@ -411,6 +443,7 @@ async def sweep(
             "warmup_s": warmup_s,
             "baseline_hops": baseline_hops,
             "profiles": profiles,
+            "channel": channel,
             "load_generator": "same host, closed loop",
         },
         "levels": levels,
@@ -425,7 +458,9 @@ def format_table(result: dict[str, Any]) -> str:
         f"{'conc':>5} | {'decide rps':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'err':>5}"
         f" | {'echo rps':>10} {'p50 ms':>8} {'p99 ms':>8} | {'ratio':>6}"
     )
-    lines = [
+    scenario = result.get("scenario")
+    lines = [] if not scenario else [describe_scenario(scenario)]
+    lines += [
         f"target {result.get('target', '?')}: {machine.get('cpu_count', '?')} CPUs, "
         f"{machine.get('platform', '?')}, python {machine.get('python', '?')}",
         f"{settings.get('duration_s', '?')} s per level after {settings.get('warmup_s', '?')} s"
@@ -442,7 +477,336 @@ def format_table(result: dict[str, Any]) -> str:
             f" | {e['rps']:>10.1f} {e['p50_ms']:>8.2f} {e['p99_ms']:>8.2f}"
             f" | {level['ratio']:>6.2f}"
         )
+    for level in result.get("levels", []):
+        rss = level.get("peak_rss_mb") or {}
+        if rss:
+            lines.append(
+                f"peak RSS MiB after conc {level['concurrency']}: "
+                + ", ".join(f"{name} {mb:.0f}" for name, mb in rss.items() if mb)
+            )
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- scenarios
+
+BENCH_CHANNEL = "bench"
+DEFAULT_POSTGRES_ADMIN_URL = "postgresql://root@127.0.0.1:5432/postgres"
+# A Decide in the mesh makes six calls to peers (identity, context, arbitration twice,
+# scoring, context): the echo baseline of the mesh gets the same number of hops.
+MESH_HOPS = 6
+CATALOG_REFRESH_WAIT_S = 2.5
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """High-water mark of a process's resident memory (Linux /proc), in MiB."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def bench_catalog(actions: int, channel: str = BENCH_CHANNEL) -> dict[str, Any]:
+    """A catalog document of ``actions`` plain actions, all offered on ``channel`` and all
+    scored by the demo model, with priorities spread so that arbitration has to sort them;
+    min_priority 0 so that every one is eligible."""
+    from services.demo.train import DEMO_MODEL_NAME
+
+    issues = ("retention", "cross_sell", "service", "upsell", "loyalty")
+    return {
+        "min_priority": 0.0,
+        "actions": [
+            {
+                "id": f"bench_action_{n:03d}",
+                "name": f"Bench action {n}",
+                "issue": issues[n % len(issues)],
+                "group": f"group_{n % 10}",
+                "channels": [channel],
+                "value": 10.0 + (n * 37) % 90,
+                "lever": 1.0 + (n % 3) / 10,
+                "model": DEMO_MODEL_NAME,
+                "prior_propensity": 0.01 + (n % 7) / 100,
+                "treatments": {"default": {"headline": f"Offer {n}", "cta": "Go"}},
+            }
+            for n in range(actions)
+        ],
+    }
+
+
+async def apply_catalog(address: str, document: dict[str, Any]) -> str:
+    """Apply a catalog document through CatalogService on ``address``; its version."""
+    from nextbest.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+
+    from services.arbitration.api import catalog_to_proto
+    from services.arbitration.catalog import parse_catalog
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        response = await catalog_pb2_grpc.CatalogServiceStub(channel).ApplyCatalog(
+            catalog_pb2.ApplyCatalogRequest(catalog=catalog_to_proto(parse_catalog(document))),
+            timeout=30,
+        )
+    return str(response.version)
+
+
+async def check_decide(
+    address: str, channel: str, identifier: IdentifierOf, attempts: int = 20
+) -> str:
+    """One Decide must succeed before measuring (a 100 % error run measures nothing); the
+    chosen action id. Retried briefly: a freshly applied catalog reaches peers on refresh."""
+    call, close = await decide_caller(address, channel=channel, identifier=identifier)
+    try:
+        for attempt in range(attempts):
+            try:
+                response = cast(decision_pb2.DecideResponse, await call(attempt))
+                action = response.decision.action.action_id
+                if action or attempt == attempts - 1:
+                    return str(action)
+            except grpc.aio.AioRpcError:
+                if attempt == attempts - 1:
+                    raise
+            await asyncio.sleep(0.5)
+    finally:
+        await close()
+    return ""
+
+
+@dataclass
+class Scenario:
+    """One `nextbest bench` run: which shape, database, catalog and data, and the sweep."""
+
+    shape: str = "embedded"
+    database: str = "sqlite"
+    database_url: str | None = None
+    actions: int = 0  # 0 = the demo catalog (6 actions, channel "web")
+    data: str = "empty"
+    data_profiles: int = 1_000_000
+    data_events: int = 10_000_000
+    concurrencies: Sequence[int] = (1, 4, 16, 64)
+    duration_s: float = 10.0
+    warmup_s: float = 2.0
+    hops: int | None = None
+    profiles: int = 10_000
+    workers: int = 1
+    postgres_admin_url: str = DEFAULT_POSTGRES_ADMIN_URL
+
+    @property
+    def baseline_hops(self) -> int:
+        if self.hops is not None:
+            return self.hops
+        return 0 if self.shape == "embedded" else MESH_HOPS
+
+    def as_dict(self) -> dict[str, Any]:
+        found = asdict(self)
+        found["concurrencies"] = list(self.concurrencies)
+        found.pop("postgres_admin_url")
+        if found["database_url"]:  # no credentials in result files
+            from sqlalchemy.engine import make_url
+
+            found["database_url"] = make_url(found["database_url"]).render_as_string()
+        return found
+
+
+def describe_scenario(scenario: dict[str, Any]) -> str:
+    actions = scenario.get("actions") or "demo (6)"
+    data = scenario.get("data", "empty")
+    if data == "large":
+        data = f"large ({scenario.get('data_profiles', 0):,} profiles)"
+    workers = scenario.get("workers", 1)
+    return (
+        f"shape {scenario.get('shape')}{f' x{workers} workers' if workers > 1 else ''}, "
+        f"{scenario.get('database')}, actions {actions}, data {data}"
+    )
+
+
+def _libpq(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    from libs.storage.database import sync_url
+
+    parsed = make_url(sync_url(url)).set(drivername="postgresql")
+    return parsed.render_as_string(hide_password=False)
+
+
+def _create_postgres_database(admin_url: str) -> str:
+    import uuid
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    name = f"nextbest_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(_libpq(admin_url), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def _drop_postgres_database(admin_url: str, url: str) -> None:
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    with psycopg.connect(_libpq(admin_url), autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+
+
+def _generated_profiles(url: str) -> int:
+    from sqlalchemy import create_engine
+
+    from libs.storage.database import sync_url
+
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.connect() as connection:
+            found = connection.exec_driver_sql("SELECT count(*) FROM identity_profiles").scalar()
+            return int(found or 0)
+    finally:
+        engine.dispose()
+
+
+async def run_scenario(scenario: Scenario) -> dict[str, Any]:
+    """Start the shape on loopback (services/launch.py), set up its catalog and data, run the
+    sweep against it and the echo baseline, stop everything; JSON-serialisable result."""
+    import tempfile
+    from pathlib import Path
+
+    from libs.config import load_settings
+    from libs.storage.migrate import upgrade
+    from services.app import MIGRATIONS
+    from services.launch import LocalDeployment
+
+    if scenario.shape not in ("embedded", "mesh"):
+        raise ValueError(f"shape must be embedded or mesh, not {scenario.shape!r}")
+    if scenario.workers > 1 and scenario.shape != "embedded":
+        raise ValueError("workers: only the embedded shape runs several copies of itself")
+    with tempfile.TemporaryDirectory(prefix="nextbest-bench-") as workdir:
+        created_database: str | None = None
+        url = scenario.database_url
+        if url is None:
+            if scenario.database == "postgres":
+                url = created_database = _create_postgres_database(scenario.postgres_admin_url)
+            else:
+                url = f"sqlite:///{Path(workdir) / 'bench.db'}"
+        data_info: dict[str, Any] = {}
+        identifier: IdentifierOf | None = None
+        try:
+            if scenario.data == "large":
+                from services import datagen
+
+                await asyncio.to_thread(upgrade, url, MIGRATIONS)
+                have = await asyncio.to_thread(_generated_profiles, url)
+                if not have:
+                    built = await asyncio.to_thread(
+                        datagen.generate,
+                        url,
+                        load_settings(),
+                        MIGRATIONS,
+                        profiles=scenario.data_profiles,
+                        events=scenario.data_events,
+                    )
+                    data_info = built.as_dict()
+                    have = built.profiles
+                data_info["profiles_in_database"] = have
+                identifier = customer_identifiers(have)
+            # Workers: N embedded processes on their own ports, balanced round-robin by the
+            # client (see docs/benchmarks.md for why not SO_REUSEPORT on one port).
+            replicas = {"all": scenario.workers} if scenario.workers > 1 else {}
+            deployment = LocalDeployment(scenario.shape, Path(workdir), url, replicas=replicas)
+            try:
+                address = await deployment.start(demo=True)
+                if scenario.workers > 1:
+                    address = "ipv4:" + ",".join(
+                        deployment.addresses[p.name] for p in deployment.processes
+                    )
+                channel = "web"
+                if scenario.actions:
+                    hosting = "all" if scenario.shape == "embedded" else "arbitration"
+                    await apply_catalog(
+                        deployment.addresses[hosting], bench_catalog(scenario.actions)
+                    )
+                    channel = BENCH_CHANNEL
+                    # Other processes pick a new catalog up on their refresh (2 s default).
+                    await asyncio.sleep(CATALOG_REFRESH_WAIT_S)
+                first = await check_decide(
+                    address, channel, identifier or cookie_identifiers(scenario.profiles)
+                )
+                pids = deployment.pids()
+                result = await sweep(
+                    address,
+                    concurrencies=scenario.concurrencies,
+                    duration_s=scenario.duration_s,
+                    warmup_s=scenario.warmup_s,
+                    baseline_hops=scenario.baseline_hops,
+                    profiles=scenario.profiles,
+                    channel=channel,
+                    identifier=identifier,
+                    peak_rss=lambda: {name: peak_rss_mb(pid) for name, pid in pids.items()},
+                )
+            finally:
+                deployment.stop()
+        finally:
+            if created_database is not None:
+                await asyncio.to_thread(
+                    _drop_postgres_database, scenario.postgres_admin_url, created_database
+                )
+    result["scenario"] = scenario.as_dict()
+    result["first_action"] = first
+    result["data"] = data_info
+    # Kept for result files of the first benchmarks (docs/benchmarks.md history).
+    result["shape"] = scenario.shape
+    result["database"] = scenario.database
+    result["peak_rss_mb"] = result["levels"][-1]["peak_rss_mb"] if result["levels"] else {}
+    return result
+
+
+def plot(results: Sequence[dict[str, Any]], path: str) -> None:
+    """Throughput and p99 against concurrency, Decide (solid) vs its echo baseline
+    (dashed), one colour per result; written as a PNG (matplotlib's Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (rps_axis, p99_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, result in enumerate(results):
+        colour = colours[index % len(colours)]
+        label = describe_scenario(result["scenario"]) if "scenario" in result else "decide"
+        levels = result["levels"]
+        conc = [level["concurrency"] for level in levels]
+        hops = result.get("settings", {}).get("baseline_hops", 0)
+        for axis, key in ((rps_axis, "rps"), (p99_axis, "p99_ms")):
+            axis.plot(conc, [lv["decide"][key] for lv in levels], "o-", color=colour, label=label)
+            axis.plot(
+                conc,
+                [lv["echo"][key] for lv in levels],
+                "s--",
+                color=colour,
+                alpha=0.6,
+                label=f"echo, {hops} hop(s)",
+            )
+    for axis, title in ((rps_axis, "throughput (requests/s)"), (p99_axis, "p99 latency (ms)")):
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xlabel("concurrency (requests in flight)")
+        axis.set_title(title)
+        axis.grid(True, which="both", alpha=0.3)
+    rps_axis.legend(fontsize=7, loc="best")
+    figure.suptitle("nextbest Decide vs bare gRPC echo (solid: Decide, dashed: echo)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 # --------------------------------------------------------------------------- CLI entry

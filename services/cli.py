@@ -61,11 +61,16 @@ def cmd_db(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
-    if args.action == "upgrade":
-        migrate(settings)
-    current = current_revisions(settings.effective_database_url)
     expected = head_revisions(MIGRATIONS)
-    state = "up to date" if current == expected else f"expected {', '.join(expected)}"
+    state = ""
+    if args.action == "upgrade":
+        if current_revisions(settings.effective_database_url) == expected:
+            state = "already up to date, nothing to apply"
+        else:
+            migrate(settings)
+    current = current_revisions(settings.effective_database_url)
+    if not state:
+        state = "up to date" if current == expected else f"expected {', '.join(expected)}"
     print(f"schema revision: {', '.join(current) or 'none'} ({state})")
     return 0
 
@@ -77,18 +82,17 @@ def _print_message(message: Any) -> None:
 def cmd_catalog(args: argparse.Namespace) -> int:
     from nextbest.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 
-    from services.arbitration.api import catalog_to_proto
-    from services.arbitration.catalog import catalog_to_document, parse_catalog_yaml
+    from services.arbitration.catalog import catalog_to_document
 
     settings = _settings(args)
     with connect(args, _address(args, settings)) as channel:
         stub = catalog_pb2_grpc.CatalogServiceStub(channel)
         if args.action == "apply":
-            # Validated here first, with the same rules as the server, for a quick message.
-            catalog = parse_catalog_yaml(Path(args.file).read_text())
+            # The whole document (policies, issues...) as written; the server validates it
+            # (an error names the place: INVALID_ARGUMENT ... policies.eligibility: ...).
             response = stub.ApplyCatalog(
                 catalog_pb2.ApplyCatalogRequest(
-                    catalog=catalog_to_proto(catalog), dry_run=args.dry_run
+                    document=Path(args.file).read_text(), dry_run=args.dry_run
                 ),
                 timeout=30,
             )
@@ -98,35 +102,63 @@ def cmd_catalog(args: argparse.Namespace) -> int:
             from services.arbitration.api import action_from_proto
             from services.arbitration.model import Catalog
 
-            found = stub.GetCatalog(catalog_pb2.GetCatalogRequest(), timeout=30).catalog
-            document = catalog_to_document(
-                Catalog(
-                    tuple(action_from_proto(a) for a in found.actions),
-                    found.min_priority,
-                    defaults=dict(found.defaults),
+            answer = stub.GetCatalog(catalog_pb2.GetCatalogRequest(), timeout=30)
+            found = answer.catalog
+            document = (
+                json.loads(answer.document)
+                if answer.document
+                else catalog_to_document(
+                    Catalog(
+                        tuple(action_from_proto(a) for a in found.actions),
+                        found.min_priority,
+                        defaults=dict(found.defaults),
+                    )
                 )
             )
             print(yaml.safe_dump(document, sort_keys=False), end="")
     return 0
 
 
+def _model_features(path: str | None) -> list[Any]:
+    """The --features file as FeatureSpec messages (none: the server reads the model file's)."""
+    from nextbest.scoring.v1 import model_pb2
+
+    from services.scoring.api import feature_to_proto
+    from services.scoring.metadata import parse_feature_list
+
+    if not path:
+        return []
+    try:
+        specs = parse_feature_list(json.loads(Path(path).read_text()))
+    except ValueError as error:
+        raise ConfigError(f"--features {path}: {error}") from None
+    features: list[model_pb2.FeatureSpec] = [feature_to_proto(spec) for spec in specs]
+    return features
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from nextbest.scoring.v1 import model_pb2, model_pb2_grpc
 
+    name = args.name or args.model_name or ""
+    version = args.version or args.model_version or ""
+    needs = {"register": (name, version), "activate": (name, version), "rollback": (name,)}
+    needs["challenger"] = (name, version) if args.share else (name,)
+    if args.action == "embed":
+        return _embed_features(args)
+    if not all(needs.get(args.action, ())):
+        raise ConfigError(f"models {args.action}: give the model name and version")
     settings = _settings(args)
     with connect(args, _address(args, settings)) as channel:
         stub = model_pb2_grpc.ModelServiceStub(channel)
         if args.action == "register":
-            features = json.loads(Path(args.features).read_text())
+            if not args.file:
+                raise ConfigError("models register: --file is required")
             response = stub.RegisterModel(
                 model_pb2.RegisterModelRequest(
-                    name=args.name,
-                    version=args.version,
+                    name=name,
+                    version=version,
                     onnx_model=Path(args.file).read_bytes(),
-                    features=[
-                        model_pb2.FeatureSpec(name=f["name"], default_value=f.get("default", 0.0))
-                        for f in features
-                    ],
+                    features=_model_features(args.features),
                     activate=args.activate,
                 ),
                 timeout=60,
@@ -135,14 +167,38 @@ def cmd_models(args: argparse.Namespace) -> int:
         elif args.action == "activate":
             _print_message(
                 stub.ActivateModel(
-                    model_pb2.ActivateModelRequest(name=args.name, version=args.version),
-                    timeout=30,
+                    model_pb2.ActivateModelRequest(name=name, version=version), timeout=30
                 ).model
             )
-        else:
+        elif args.action == "rollback":
             _print_message(
-                stub.ListModels(model_pb2.ListModelsRequest(name=args.name or ""), timeout=30)
+                stub.RollbackModel(model_pb2.RollbackModelRequest(name=name), timeout=30).model
             )
+        elif args.action == "challenger":
+            _print_message(
+                stub.SetChallenger(
+                    model_pb2.SetChallengerRequest(name=name, version=version, share=args.share),
+                    timeout=30,
+                )
+            )
+        else:
+            _print_message(stub.ListModels(model_pb2.ListModelsRequest(name=name), timeout=30))
+    return 0
+
+
+def _embed_features(args: argparse.Namespace) -> int:
+    """Write the --features list into the model file's metadata (needs the onnx package)."""
+    from services.scoring.metadata import FEATURES_KEY, embed_features, parse_feature_list
+
+    if not (args.file and args.features):
+        raise ConfigError("models embed: --file and --features are required")
+    try:
+        specs = parse_feature_list(json.loads(Path(args.features).read_text()))
+    except ValueError as error:
+        raise ConfigError(f"--features {args.features}: {error}") from None
+    out = Path(args.out or args.file)
+    out.write_bytes(embed_features(Path(args.file).read_bytes(), specs))
+    print(f"wrote {out} with {len(specs)} features in its metadata ({FEATURES_KEY})")
     return 0
 
 
@@ -181,48 +237,39 @@ def cmd_decide(args: argparse.Namespace) -> int:
     return 0
 
 
-def _peak_rss_mb(pid: int) -> float | None:
-    """High-water mark of a process's resident memory (Linux /proc), in MiB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
 async def _bench(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    import tempfile
-
     from services import bench
-    from services.launch import LocalDeployment
 
-    sweep = {
-        "concurrencies": [int(c) for c in args.concurrency.split(",")],
-        "duration_s": args.duration,
-        "warmup_s": args.warmup,
-        "profiles": args.profiles,
-    }
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
     if not args.shape:
-        return await bench.sweep(_address(args, settings), baseline_hops=args.hops or 0, **sweep)
-    # A Decide in the mesh makes six calls to peers (identity, context, arbitration twice,
-    # scoring, context): the echo baseline gets the same number of hops.
-    hops = args.hops if args.hops is not None else (0 if args.shape == "embedded" else 6)
-    with tempfile.TemporaryDirectory(prefix="nextbest-bench-") as workdir:
-        database_url = args.database_url or f"sqlite:///{Path(workdir) / 'bench.db'}"
-        deployment = LocalDeployment(args.shape, Path(workdir), database_url)
-        try:
-            address = await deployment.start(demo=True)
-            result = await bench.sweep(address, baseline_hops=hops, **sweep)
-            result["shape"] = args.shape
-            result["database"] = database_url.split(":", 1)[0]
-            result["peak_rss_mb"] = {
-                target: _peak_rss_mb(pid) for target, pid in deployment.pids().items()
-            }
-        finally:
-            deployment.stop()
-    return result
+        return await bench.sweep(
+            _address(args, settings),
+            concurrencies=concurrencies,
+            duration_s=args.duration,
+            warmup_s=args.warmup,
+            baseline_hops=args.hops or 0,
+            profiles=args.profiles,
+        )
+    database = args.database
+    if args.database_url and not database:
+        database = "postgres" if args.database_url.startswith("postgres") else "sqlite"
+    return await bench.run_scenario(
+        bench.Scenario(
+            shape=args.shape,
+            database=database or "sqlite",
+            database_url=args.database_url,
+            actions=args.actions,
+            data=args.data,
+            data_profiles=args.data_profiles,
+            data_events=args.data_events,
+            concurrencies=concurrencies,
+            duration_s=args.duration,
+            warmup_s=args.warmup,
+            hops=args.hops,
+            profiles=args.profiles,
+            workers=args.workers,
+        )
+    )
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -231,16 +278,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     settings = _settings(args)
     result = asyncio.run(_bench(args, settings))
     print(bench.format_table(result))
-    if "peak_rss_mb" in result:
-        print(
-            "peak RSS (MiB): "
-            + ", ".join(
-                f"{target} {rss:.0f}" for target, rss in result["peak_rss_mb"].items() if rss
-            )
-        )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        bench.plot([result], args.plot)
     return 0
 
 
@@ -290,6 +333,25 @@ def cmd_bench_identity(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_datagen(args: argparse.Namespace) -> int:
+    from services import datagen
+    from services.app import MIGRATIONS
+
+    result = datagen.generate(
+        args.database_url,
+        load_settings(),
+        MIGRATIONS,
+        profiles=args.profiles,
+        events=args.events,
+        seed=args.seed,
+    )
+    print(datagen.format_result(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+    return 0
+
+
 def cmd_faults(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -309,6 +371,40 @@ def cmd_faults(args: argparse.Namespace) -> int:
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from services.learning.commands import run_train
+
+    settings = _settings(args)
+    database_url = args.database_url or settings.effective_database_url
+    channel = None if args.no_register else (lambda: connect(args, _address(args, settings)))
+    return run_train(args, database_url, channel)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from services.learning.commands import run_evaluate
+
+    settings = _settings(args)
+    return run_evaluate(args, args.database_url or settings.effective_database_url)
+
+
+def cmd_bench_overload(args: argparse.Namespace) -> int:
+    from services.overload import format_report, overload_run
+
+    result = asyncio.run(
+        overload_run(
+            limit=args.limit,
+            multiple=args.multiple,
+            duration_s=args.duration,
+            deadline_s=args.deadline_ms / 1000,
+            rate=args.rate,
+        )
+    )
+    print(format_report(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 
@@ -346,18 +442,47 @@ def build_parser() -> argparse.ArgumentParser:
     models = add_connection_arguments(
         with_address(commands.add_parser("models", help="the ONNX model registry"))
     )
-    models.add_argument("action", choices=["register", "activate", "list"])
+    models.add_argument(
+        "action", choices=["register", "activate", "rollback", "challenger", "list", "embed"]
+    )
+    models.add_argument("model_name", nargs="?", metavar="NAME", help="or --name")
+    models.add_argument("model_version", nargs="?", metavar="VERSION", help="or --version")
     models.add_argument("--name")
     models.add_argument("--version")
-    models.add_argument("--file", help="ONNX file (register)")
-    models.add_argument("--features", help='JSON list of {"name", "default"} (register)')
+    models.add_argument("--file", help="ONNX file (register, embed)")
+    models.add_argument(
+        "--features",
+        help='JSON list of {"name", "type", "default"} (register: default = the list the '
+        "file embeds; embed: the list to write into the file)",
+    )
     models.add_argument("--activate", action="store_true")
+    models.add_argument(
+        "--share", type=float, default=0.0, help="challenger: share of profiles; 0 ends it"
+    )
+    models.add_argument("--out", help="embed: the file to write (default: --file itself)")
     models.set_defaults(handler=cmd_models)
 
     demo = commands.add_parser("demo", help="train the demo model into files")
     demo.add_argument("action", choices=["train"])
     demo.add_argument("--out", default="demo-model")
     demo.set_defaults(handler=cmd_demo)
+
+    from services.learning.commands import add_evaluate_arguments, add_train_arguments
+
+    train = add_connection_arguments(
+        with_address(
+            commands.add_parser(
+                "train", help="train a propensity model on the logged decisions (a challenger)"
+            )
+        )
+    )
+    add_train_arguments(train)
+    train.set_defaults(handler=cmd_train)
+    evaluate = commands.add_parser(
+        "evaluate", help="off-policy evaluation (IPS, SNIPS, DR) of a candidate policy"
+    )
+    add_evaluate_arguments(evaluate)
+    evaluate.set_defaults(handler=cmd_evaluate)
 
     decide = add_connection_arguments(
         with_address(commands.add_parser("decide", help="ask for one decision"))
@@ -369,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     decide.set_defaults(handler=cmd_decide)
 
     bench_cmd = with_address(commands.add_parser("bench", help="Decide load vs echo baseline"))
-    bench_cmd.add_argument("--concurrency", default="1,16", help="comma-separated levels")
+    bench_cmd.add_argument("--concurrency", default="1,4,16,64", help="comma-separated levels")
     bench_cmd.add_argument("--duration", type=float, default=10.0, help="seconds per level")
     bench_cmd.add_argument("--warmup", type=float, default=2.0)
     bench_cmd.add_argument(
@@ -377,12 +502,38 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["embedded", "mesh"],
         help="start this shape on loopback and bench it (else bench --address)",
     )
-    bench_cmd.add_argument("--database-url", help="with --shape: database (default SQLite)")
+    bench_cmd.add_argument(
+        "--database",
+        choices=["sqlite", "postgres"],
+        help="with --shape: a fresh SQLite file, or a fresh database on the local PostgreSQL"
+        " (default: as --database-url says, else sqlite)",
+    )
+    bench_cmd.add_argument("--database-url", help="with --shape: use this database instead")
+    bench_cmd.add_argument(
+        "--actions",
+        type=int,
+        default=0,
+        help="with --shape: a generated catalog of N eligible actions on channel 'bench',"
+        " all scored by the demo model (0: the demo catalog, channel 'web')",
+    )
+    bench_cmd.add_argument(
+        "--data",
+        choices=["empty", "large"],
+        default="empty",
+        help="large: Decide for customers of a `nextbest datagen` database (built first"
+        " when the database holds no profile)",
+    )
+    bench_cmd.add_argument("--data-profiles", type=int, default=1_000_000)
+    bench_cmd.add_argument("--data-events", type=int, default=10_000_000)
+    bench_cmd.add_argument(
+        "--workers", type=int, default=1, help="embedded: N processes, balanced by the client"
+    )
     bench_cmd.add_argument(
         "--hops", type=int, help="backends behind the echo baseline (default: as the shape)"
     )
-    bench_cmd.add_argument("--profiles", type=int, default=10_000)
+    bench_cmd.add_argument("--profiles", type=int, default=10_000, help="distinct cookies (empty)")
     bench_cmd.add_argument("--json", help="write the result here")
+    bench_cmd.add_argument("--plot", help="write a throughput / p99 plot (PNG) here")
     bench_cmd.set_defaults(handler=cmd_bench)
     ingest = with_address(
         commands.add_parser("bench-ingest", help="TrackEvents throughput (durable, batched)")
@@ -416,6 +567,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_identity.add_argument("--json", help="write the result here")
     bench_identity.set_defaults(handler=cmd_bench_identity)
+    datagen_cmd = commands.add_parser(
+        "datagen", help="fill an empty database with profiles, events and their aggregates"
+    )
+    datagen_cmd.add_argument("--database-url", required=True)
+    datagen_cmd.add_argument("--profiles", type=int, default=1_000_000)
+    datagen_cmd.add_argument("--events", type=int, default=10_000_000)
+    datagen_cmd.add_argument("--seed", type=int, default=7)
+    datagen_cmd.add_argument("--json", help="write the build figures here")
+    datagen_cmd.set_defaults(handler=cmd_datagen)
     faults = commands.add_parser("faults", help="kill and restart replicas under load")
     faults.add_argument("--database-url", help="PostgreSQL for the mesh (default SQLite)")
     faults.add_argument("--phase", type=float, default=5.0, help="seconds between faults")
@@ -423,6 +583,16 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--budget-ms", type=int, default=500)
     faults.add_argument("--json", help="write the report here")
     faults.set_defaults(handler=cmd_faults)
+    overload = commands.add_parser(
+        "bench-overload", help="embedded hub past capacity, with and without load shedding"
+    )
+    overload.add_argument("--limit", type=int, default=32, help="max concurrent RPCs")
+    overload.add_argument("--multiple", type=float, default=4.0, help="x measured capacity")
+    overload.add_argument("--rate", type=float, help="offered calls/s (instead of --multiple)")
+    overload.add_argument("--duration", type=float, default=5.0, help="seconds of load")
+    overload.add_argument("--deadline-ms", type=float, default=200.0, help="per call")
+    overload.add_argument("--json", help="write the result here")
+    overload.set_defaults(handler=cmd_bench_overload)
     return parser
 
 

@@ -58,6 +58,10 @@ def _sqlite_engine(url: str, begin: str) -> Engine:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        # Reads of a large database (docs/benchmarks.md, --data large): map the file instead
+        # of copying pages through read() calls, and keep more of it cached per connection.
+        cursor.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
+        cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -65,6 +69,14 @@ def _sqlite_engine(url: str, begin: str) -> Engine:
         connection.exec_driver_sql(begin)
 
     return engine
+
+
+SQLITE_MMAP_BYTES = 256 * 1024 * 1024
+SQLITE_CACHE_KIB = 64 * 1024
+# Per process on PostgreSQL: enough for the concurrency one process can use on its cores
+# (an asyncio process holds a connection only while a unit of work runs).
+POSTGRES_POOL_SIZE = 10
+POSTGRES_MAX_OVERFLOW = 10
 
 
 class Database:
@@ -75,9 +87,23 @@ class Database:
     write transactions start with BEGIN IMMEDIATE and queue on the lock (another process in
     the mesh shape) instead of deadlocking when a read turns into a write; reads use a
     deferred BEGIN and run beside the writer (WAL).
+
+    Read sessions (``session(write=False)``) on PostgreSQL run in autocommit: no BEGIN and
+    ROLLBACK round trips around their statements (two of the three round trips of a
+    one-statement read). Under READ COMMITTED, PostgreSQL's default, every statement sees
+    its own snapshot inside a transaction too, so a read sees nothing different; a read
+    session must therefore never write (a statement would commit on its own). Every
+    service's read-only units of work (``SqlUnitOfWork(write=False)``) get this without
+    change; ``autocommit_reads=False`` turns it off.
     """
 
-    def __init__(self, url: str, *, on_engine: Callable[[Engine], None] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        on_engine: Callable[[Engine], None] | None = None,
+        autocommit_reads: bool = True,
+    ) -> None:
         """``on_engine`` is called with each engine created (e.g. to attach metrics)."""
         self.url = async_url(url)
         self.is_sqlite = make_url(self.url).get_backend_name() == "sqlite"
@@ -90,8 +116,18 @@ class Database:
             self._write_sessions = sessionmaker(self._sqlite_write, expire_on_commit=False)
             self._read_sessions = sessionmaker(self._sqlite_read, expire_on_commit=False)
         else:
-            self._async = create_async_engine(self.url, pool_size=10, max_overflow=10)
+            self._async = create_async_engine(
+                self.url, pool_size=POSTGRES_POOL_SIZE, max_overflow=POSTGRES_MAX_OVERFLOW
+            )
             self._async_sessions = async_sessionmaker(self._async, expire_on_commit=False)
+            # The same pool; connections handed to read sessions are set to autocommit and
+            # reset when they return to it.
+            reads = (
+                self._async.execution_options(isolation_level="AUTOCOMMIT")
+                if autocommit_reads
+                else self._async
+            )
+            self._async_read_sessions = async_sessionmaker(reads, expire_on_commit=False)
         if on_engine is not None:
             for engine in (self._sqlite_write, self._sqlite_read, self._async):
                 if engine is not None:
@@ -104,7 +140,7 @@ class Database:
 
     def session(self, *, write: bool) -> DbSession:
         if self._async is not None:
-            return self._async_sessions()
+            return self._async_sessions() if write else self._async_read_sessions()
         factory = self._write_sessions if write else self._read_sessions
         return BlockingSession(factory())
 

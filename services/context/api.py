@@ -24,6 +24,7 @@ from services.context.model import (
     ChannelActivity,
     Consent,
     ConsentChange,
+    Contact,
     DecisionRecord,
     EventCounter,
     InteractionSummary,
@@ -210,7 +211,7 @@ def outcome_report_from_proto(
         outcome=outcome_from_proto(request.outcome),
         value=request.value,
         idempotency_key=request.idempotency_key,
-        occurred_at=timestamp_to_datetime(request.occurred_at),
+        occurred_at=checked_time(request.occurred_at, "occurred_at"),
     )
 
 
@@ -265,6 +266,15 @@ def profile_context_to_proto(context: ProfileContext) -> context_pb2.ProfileCont
             )
             for i in context.interactions
         ],
+        contacts=[
+            context_pb2.Contact(
+                action_id=c.action_id,
+                channel=c.channel,
+                kind=c.kind,
+                occurred_at=datetime_to_timestamp(c.occurred_at),
+            )
+            for c in context.contacts
+        ],
     )
 
 
@@ -276,17 +286,19 @@ def profile_context_from_proto(message: context_pb2.ProfileContext) -> ProfileCo
         )
     return ProfileContext(
         profile_id=message.profile_id,
-        attributes=struct_to_dict(message.attributes),
+        attributes=checked_struct(message.attributes, "profile_context.attributes"),
         counters={
             c.event_type: EventCounter(
                 c.event_type,
                 c.count,
                 c.value_sum,
-                timestamp_to_datetime(c.last_occurred_at),
-                timestamp_to_datetime(c.first_occurred_at),
-                struct_to_dict(c.last_values),
+                checked_time(c.last_occurred_at, f"profile_context.counters[{i}].last_occurred_at"),
+                checked_time(
+                    c.first_occurred_at, f"profile_context.counters[{i}].first_occurred_at"
+                ),
+                checked_struct(c.last_values, f"profile_context.counters[{i}].last_values"),
             )
-            for c in message.counters
+            for i, c in enumerate(message.counters)
         },
         windows=windows,
         channels={
@@ -312,9 +324,20 @@ def profile_context_from_proto(message: context_pb2.ProfileContext) -> ProfileCo
                 accepts=i.accepts,
                 rejects=i.rejects,
                 conversions=i.conversions,
-                last_contact_at=timestamp_to_datetime(i.last_contact_at),
+                last_contact_at=checked_time(
+                    i.last_contact_at, f"profile_context.interactions[{n}].last_contact_at"
+                ),
             )
-            for i in message.interactions
+            for n, i in enumerate(message.interactions)
+        ),
+        contacts=tuple(
+            Contact(
+                c.action_id,
+                c.channel,
+                c.kind,
+                _required_time(c.occurred_at, "contacts.occurred_at"),
+            )
+            for c in message.contacts
         ),
     )
 
@@ -357,7 +380,7 @@ def record_to_proto(record: DecisionRecord) -> context_pb2.DecisionRecord:
 
 
 def record_from_proto(message: context_pb2.DecisionRecord) -> DecisionRecord:
-    decided_at = timestamp_to_datetime(message.decided_at)
+    decided_at = checked_time(message.decided_at, "record.decided_at")
     if decided_at is None:
         raise InvalidArgument(FieldViolation("record.decided_at", "required"))
     return DecisionRecord(
@@ -368,7 +391,7 @@ def record_from_proto(message: context_pb2.DecisionRecord) -> DecisionRecord:
         placement=message.placement,
         action_id=message.action_id,
         decided_at=decided_at,
-        payload=struct_to_dict(message.payload),
+        payload=checked_struct(message.payload, "record.payload"),
         predictions=tuple(predictions_from_proto(message.predictions, field="record.predictions")),
     )
 

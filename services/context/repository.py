@@ -14,7 +14,7 @@ import itertools
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import (
@@ -25,6 +25,7 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    func,
     literal,
     or_,
     select,
@@ -44,6 +45,7 @@ from services.context.model import (
     ChannelActivity,
     Consent,
     ConsentChange,
+    Contact,
     DecisionRecord,
     EventCounter,
     InteractionSummary,
@@ -102,6 +104,7 @@ PROFILE_TABLES = (
     OUTCOMES,
 )
 _LEVEL_RANK = {"none": 0, "basic": 1, "full": 2}
+DEFAULT_CONTACT_HISTORY_S = 90 * 86400
 _ROWS_PER_STATEMENT = 400
 
 
@@ -237,6 +240,42 @@ _READ_ATTRIBUTES = select(ATTRIBUTES.c.attributes).where(ATTRIBUTES.c.profile_id
 _READ_PREDICTIONS = select(
     PREDICTIONS.c.name, PREDICTIONS.c.value, PREDICTIONS.c.version, PREDICTIONS.c.predicted_at
 ).where(PREDICTIONS.c.profile_id == _PROFILE)
+# Recent contacts (contact policies): the decisions that served an action and the outcomes
+# reported, newest first, in one statement run through the driver (up to MAX_CONTACTS rows
+# on every decision: SQLAlchemy's per-row processing would cost more than the query). The
+# bound is split so that frequent contacts never crowd out rare ones: the newest 200
+# decisions, 200 impressions/clicks and 100 answers (accept, reject, dismiss, convert), so a
+# reject stays visible to its suppression however often the customer is shown things. Each
+# part is cut on its (profile_id, time) index, so a profile decided on many times costs no
+# more than the bound.
+MAX_CONTACTS = 500
+_CONTACTS_SQL = (
+    "SELECT action_id, channel, kind, occurred_at FROM ("
+    " SELECT * FROM (SELECT action_id, channel, 'decision' AS kind, decided_at AS occurred_at"
+    " FROM context_decisions WHERE profile_id = {m} AND decided_at >= {m} AND action_id <> ''"
+    " ORDER BY decided_at DESC LIMIT 200) AS served"
+    " UNION ALL"
+    " SELECT * FROM (SELECT action_id, channel, outcome AS kind, occurred_at"
+    " FROM context_outcomes WHERE profile_id = {m} AND occurred_at >= {m} AND action_id <> ''"
+    " AND outcome IN ('impression', 'click') ORDER BY occurred_at DESC LIMIT 200) AS shown"
+    " UNION ALL"
+    " SELECT * FROM (SELECT action_id, channel, outcome AS kind, occurred_at"
+    " FROM context_outcomes WHERE profile_id = {m} AND occurred_at >= {m} AND action_id <> ''"
+    " AND outcome NOT IN ('impression', 'click') ORDER BY occurred_at DESC LIMIT 100) AS answered"
+    ") AS recent ORDER BY occurred_at DESC"
+)
+_READ_CONTACTS = {
+    postgres: _CONTACTS_SQL.format(m="%s" if postgres else "?") for postgres in (False, True)
+}
+
+
+def _contacts(rows: Iterable[Any], postgres: bool) -> tuple[Contact, ...]:
+    if postgres:  # timestamptz: aware datetimes
+        return tuple(Contact(a, c, k, at.astimezone(UTC)) for a, c, k, at in rows)
+    # SQLite: the UTC text SQLAlchemy's DateTime stores.
+    return tuple(
+        Contact(a, c, k, datetime.fromisoformat(at).replace(tzinfo=UTC)) for a, c, k, at in rows
+    )
 
 
 class ContextRepository(Protocol):
@@ -259,6 +298,7 @@ class ContextRepository(Protocol):
         default_level: PersonalizationLevel,
         *,
         everything: bool = False,
+        contact_history_s: int = DEFAULT_CONTACT_HISTORY_S,
     ) -> ProfileContext: ...
     async def consent(self, profile_id: str, default_level: PersonalizationLevel) -> Consent: ...
     async def set_consent(self, profile_id: str, change: ConsentChange, at: datetime) -> None: ...
@@ -555,8 +595,12 @@ class SqlContextRepository:
         default_level: PersonalizationLevel,
         *,
         everything: bool = False,
+        contact_history_s: int = DEFAULT_CONTACT_HISTORY_S,
     ) -> ProfileContext:
-        """What a decision may use of the profile (``everything``: all that is stored)."""
+        """What a decision may use of the profile (``everything``: all that is stored).
+
+        ``contacts``: the decisions served and outcomes reported in the last
+        ``contact_history_s`` seconds, newest first, at most MAX_CONTACTS (see above)."""
         consent = await self.consent(profile_id, default_level)
         level = consent.level
         consents = {p.purpose: p.granted for p in consent.purposes}
@@ -572,6 +616,13 @@ class SqlContextRepository:
         )
         channels = await self._session.execute(_READ_CHANNELS, key)
         interactions = await self._session.execute(_READ_INTERACTIONS, key)
+        oldest = now - timedelta(seconds=contact_history_s)
+        since = oldest if self._bulk.postgres else self._bulk.time(oldest)
+        contacts = await exec_driver_sql(
+            self._session,
+            _READ_CONTACTS[self._bulk.postgres],
+            (profile_id, since) * 3,
+        )
         context = ProfileContext(
             profile_id=profile_id,
             # (Rows are tuples: row.count would be tuple.count, hence the unpacking.)
@@ -599,6 +650,7 @@ class SqlContextRepository:
             ),
             personalization=level,
             consents=consents,
+            contacts=_contacts(contacts.fetchall(), self._bulk.postgres),
         )
         if level == PersonalizationLevel.FULL or everything:
             attributes = (await self._session.execute(_READ_ATTRIBUTES, key)).scalar()
@@ -939,3 +991,63 @@ class SqlContextUnitOfWork(SqlUnitOfWork):
 
     def _open(self) -> None:
         self.context = SqlContextRepository(self.session)
+
+
+# ---------------------------------------------------------------------- learning (read-only)
+
+
+async def decisions_with_outcomes(
+    session: DbSession,
+    since: datetime,
+    *,
+    after: tuple[datetime, str] | None = None,
+    limit: int = 500,
+) -> list[tuple[DecisionRecord, list[OutcomeRecord]]]:
+    """One page of the decisions taken at or after ``since``, oldest first, each with its
+    outcomes (the logs ``nextbest train`` and ``nextbest evaluate`` learn from).
+
+    Keyset pages: pass the (decided_at, decision_id) of the last decision of a page as
+    ``after`` to get the next one; a page shorter than ``limit`` is the last. Two queries
+    per page (decisions, then their outcomes), whatever the page size."""
+    query = select(DecisionRow).where(DecisionRow.decided_at >= since)
+    if after is not None:
+        at, decision_id = after
+        query = query.where(
+            or_(
+                DecisionRow.decided_at > at,
+                and_(DecisionRow.decided_at == at, DecisionRow.decision_id > decision_id),
+            )
+        )
+    rows = list(
+        await session.scalars(
+            query.order_by(DecisionRow.decided_at, DecisionRow.decision_id).limit(limit)
+        )
+    )
+    outcomes: dict[str, list[OutcomeRecord]] = {row.decision_id: [] for row in rows}
+    if rows:
+        found = await session.scalars(
+            select(OutcomeRow)
+            .where(OutcomeRow.decision_id.in_(list(outcomes)))
+            .order_by(OutcomeRow.occurred_at, OutcomeRow.idempotency_key)
+        )
+        for row in found:
+            outcomes[row.decision_id].append(
+                OutcomeRecord(
+                    row.idempotency_key,
+                    row.decision_id,
+                    row.action_id,
+                    row.channel,
+                    Outcome(row.outcome),
+                    row.value,
+                    row.occurred_at,
+                )
+            )
+    return [(_record(row), outcomes[row.decision_id]) for row in rows]
+
+
+async def count_decisions(session: DbSession, since: datetime) -> int:
+    """How many decisions were taken at or after ``since`` (the total of a progress bar)."""
+    total = await session.scalar(
+        select(func.count()).select_from(DECISIONS).where(DECISIONS.c.decided_at >= since)
+    )
+    return int(total or 0)

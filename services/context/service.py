@@ -12,8 +12,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from libs.clock import utc_now
-from libs.config import AggregatesConfig
-from libs.errors import NotFound, Violations
+from libs.config import AggregatesConfig, duration_s
+from libs.errors import AlreadyExists, NotFound, Violations
 from libs.storage import StorageConflict
 from services.context.aggregates import PRUNE_EVERY, AggregatePlan, BatchAggregates
 from services.context.model import (
@@ -96,19 +96,21 @@ def check_event_fields(
 ) -> None:
     """Validate one event, naming ``where`` (e.g. ``events[3]``) in every violation.
 
-    ``event_types``: the declared types (configuration); empty = any well-formed type."""
-    problems.require(0 < len(event_id) <= 128, f"{where}.event_id", "required, 1-128 characters")
+    ``event_types``: the declared types (configuration); empty = any well-formed type.
+    Runs for every ingested event (twice in the embedded shape: orchestrator and context),
+    so field names are only formatted for a violation."""
+    if not 0 < len(event_id) <= 128:
+        problems.add(f"{where}.event_id", "required, 1-128 characters")
     if not _valid_name(event_type):
         problems.add(f"{where}.type", "required, a name of at most 64 letters, digits, _ . : -")
     elif event_types and event_type not in event_types and event_type != PROFILE_UPDATE_EVENT:
         problems.add(f"{where}.type", f"{event_type!r} is not a declared event type")
-    problems.require(len(channel) <= 64, f"{where}.channel", "at most 64 characters")
-    _check_time(problems, f"{where}.occurred_at", occurred_at, now)
-    problems.require(
-        len(repr(attributes)) <= MAX_ATTRIBUTES_BYTES,
-        f"{where}.attributes",
-        f"larger than {MAX_ATTRIBUTES_BYTES} bytes",
-    )
+    if len(channel) > 64:
+        problems.add(f"{where}.channel", "at most 64 characters")
+    if occurred_at is not None and not (now - OLDEST_EVENT <= occurred_at <= now + MAX_FUTURE_SKEW):
+        _check_time(problems, f"{where}.occurred_at", occurred_at, now)
+    if attributes and len(repr(attributes)) > MAX_ATTRIBUTES_BYTES:
+        problems.add(f"{where}.attributes", f"larger than {MAX_ATTRIBUTES_BYTES} bytes")
 
 
 def check_attribute_change(problems: Violations, change: AttributeChange, now: datetime) -> None:
@@ -182,6 +184,23 @@ def _check_profile_id(problems: Violations, field: str, profile_id: str) -> None
     )
 
 
+def _validate_record(record: DecisionRecord) -> None:
+    """The columns' sizes (a longer value would fail in PostgreSQL, not in SQLite)."""
+    problems = Violations()
+    problems.require(
+        0 < len(record.decision_id) <= 32, "record.decision_id", "required, at most 32 chars"
+    )
+    problems.require(len(record.profile_id) <= MAX_PROFILE_ID, "record.profile_id", "too long")
+    problems.require(len(record.request_id) <= 128, "record.request_id", "at most 128 chars")
+    for name, value, limit in (
+        ("channel", record.channel, 64),
+        ("placement", record.placement, 64),
+        ("action_id", record.action_id, 128),
+    ):
+        problems.require(len(value) <= limit, f"record.{name}", f"at most {limit} characters")
+    problems.raise_if_any()
+
+
 class ContextService:
     def __init__(
         self,
@@ -190,8 +209,12 @@ class ContextService:
         *,
         aggregates: AggregatesConfig | None = None,
         default_level: PersonalizationLevel | str = PersonalizationLevel.FULL,
+        contact_history: str = "90d",
     ) -> None:
+        """``contact_history``: how far back the contacts of a profile context reach (the
+        longest contact policy window that can see them all)."""
         self._units = units
+        self._contact_history_s = duration_s(contact_history)
         self._clock = clock
         self._plan = AggregatePlan(aggregates)
         self._default_level = PersonalizationLevel(default_level)
@@ -220,7 +243,11 @@ class ContextService:
             return ProfileContext(profile_id="")
         async with self._units(False) as uow:
             return await uow.context.profile_context(
-                profile_id, self._plan, self._clock(), self._default_level
+                profile_id,
+                self._plan,
+                self._clock(),
+                self._default_level,
+                contact_history_s=self._contact_history_s,
             )
 
     async def get_consent(self, profile_id: str) -> Consent:
@@ -378,6 +405,7 @@ class ContextService:
     async def record_decision(self, record: DecisionRecord) -> RecordedDecision:
         """Store a decision once; the same request_id returns the decision stored first.
         The models' outputs it carries are kept as the profile's latest predictions."""
+        _validate_record(record)
         if record.request_id:
             async with self._units(False) as uow:
                 earlier = await uow.context.decision_by_request(record.request_id)
@@ -397,7 +425,7 @@ class ContextService:
             async with self._units(False) as uow:
                 earlier = await uow.context.decision_by_request(record.request_id)
             if earlier is None:
-                raise
+                raise AlreadyExists(f"decision {record.decision_id} is already recorded") from None
             return RecordedDecision(earlier, replayed=True)
         return RecordedDecision(record, replayed=False)
 
@@ -441,7 +469,12 @@ class ContextService:
         """Everything held on the profile, whatever her consent lets decisions use."""
         async with self._units(False) as uow:
             context = await uow.context.profile_context(
-                profile_id, self._plan, self._clock(), self._default_level, everything=True
+                profile_id,
+                self._plan,
+                self._clock(),
+                self._default_level,
+                everything=True,
+                contact_history_s=self._contact_history_s,
             )
             events = await uow.context.events(profile_id)
             decisions = await uow.context.decisions(profile_id)

@@ -56,6 +56,8 @@ def decision_to_proto(decision: Decision) -> decision_pb2.Decision:
         decided_at=datetime_to_timestamp(decision.decided_at),
         channel=decision.channel,
         placement=decision.placement,
+        selection_probability=decision.selection_probability,
+        exploration=decision.exploration,
     )
     if decision.action is not None:
         action = decision.action

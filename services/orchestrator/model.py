@@ -55,6 +55,12 @@ class Decision:
     degraded: bool = False
     degraded_reason: str = ""
     explanation: Explanation | None = None
+    # Probability that this action (or "no action") was chosen under the exploration policy
+    # (1 when greedy), for offline evaluation of other policies on the logged decisions.
+    selection_probability: float = 1.0
+    # The policy that chose it (greedy, epsilon_greedy, thompson); a fallback decided
+    # without arbitration is greedy (deterministic).
+    exploration: str = "greedy"
 
     def to_payload(self) -> dict[str, Any]:
         """A JSON-safe dict, as the context service keeps it for replays and export."""
@@ -81,6 +87,9 @@ class Decision:
             decided_at=datetime.fromisoformat(payload["decided_at"]),
             degraded=bool(payload.get("degraded", False)),
             degraded_reason=payload.get("degraded_reason", ""),
+            # Decisions logged before exploration existed were all greedy.
+            selection_probability=float(payload.get("selection_probability", 1.0)),
+            exploration=payload.get("exploration", "greedy"),
             explanation=Explanation(
                 candidates=tuple(
                     CandidateExplanation(**{**c, "rank": int(c["rank"])})

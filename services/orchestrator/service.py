@@ -10,7 +10,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
@@ -45,6 +45,7 @@ from services.context.service import (
     check_predictions,
 )
 from services.identity.model import Identifier, Resolution
+from services.learning.snapshot import SNAPSHOT_KEY, decision_snapshot
 from services.orchestrator.model import (
     DecideCommand,
     DecidedAction,
@@ -61,6 +62,7 @@ from services.orchestrator.ports import (
     IdentityPort,
     NoObserver,
     ScoringPort,
+    SettlingIdentityPort,
 )
 from services.scoring.model import CandidateScore, ScoringCandidate
 
@@ -263,14 +265,16 @@ class DecisionEngine:
         )
         profile_id = resolution.profile_id if resolution else ""
         structlog.contextvars.bind_contextvars(profile_id=profile_id)
-        if resolution is not None and resolution.merged_profile_ids:
-            # Identity just merged profiles (e.g. a login joins two anonymous cookies): their
-            # history moves to the survivor first, so this decision already sees it.
-            merged = list(resolution.merged_profile_ids)
+        merged = _to_move(resolution) if resolution is not None else []
+        if merged:
+            # Identity merged profiles (e.g. a login joins two anonymous cookies), now or
+            # while context was down: their history moves to the survivor first, so this
+            # decision already sees it; then identity stops reporting them (settled).
             moved = await self._guarded(
                 "context", lambda: self._context.merge_profiles(profile_id, merged), attempt
             )
             if moved is not None:
+                await _settle(self._identity, profile_id, merged)
                 await self._announce([profile_id, *merged])
         # Independent of each other: the customer's context and the channel's candidates.
         profile, listed = await asyncio.gather(
@@ -314,7 +318,12 @@ class DecisionEngine:
                 if attempt.reasons
                 else _predictions(profile, listed, scores, decision.decided_at)
             )
-            decision = await self._record(command, decision, started + budget, predictions)
+            snapshot = decision_snapshot(
+                profile, command.context, command.channel, command.placement, listed, scores, result
+            )
+            decision = await self._record(
+                command, decision, started + budget, predictions, snapshot=snapshot
+            )
         self._observer.decided(
             channel=decision.channel,
             issue=decision.action.issue if decision.action else "",
@@ -404,6 +413,8 @@ class DecisionEngine:
             decided_at=self._clock(),
             degraded=bool(attempt.reasons),
             degraded_reason=attempt.degraded_reason,
+            selection_probability=result.selection_probability,
+            exploration=result.exploration,
             explanation=Explanation(
                 candidates=(*result.ranked, *listed.removed),
                 min_priority=result.min_priority,
@@ -419,10 +430,17 @@ class DecisionEngine:
         decision: Decision,
         deadline: float,
         predictions: tuple[Prediction, ...] = (),
+        *,
+        snapshot: dict[str, Any] | None = None,
     ) -> Decision:
+        """Store the decision; ``snapshot`` (what it knew, services/learning/snapshot.py) is
+        kept in its payload for the learning loop. A replay returns the stored original."""
         structlog.contextvars.bind_contextvars(decision_id=decision.decision_id)
         set_deadline(deadline)
         attempt = _Attempt()
+        payload = decision.to_payload()
+        if snapshot is not None:
+            payload[SNAPSHOT_KEY] = snapshot
         stored = await self._guarded(
             "context",
             lambda: self._context.record_decision(
@@ -434,7 +452,7 @@ class DecisionEngine:
                     placement=decision.placement,
                     action_id=decision.action.action_id if decision.action else "",
                     decided_at=decision.decided_at,
-                    payload=decision.to_payload(),
+                    payload=payload,
                     predictions=predictions,
                 )
             ),
@@ -543,13 +561,17 @@ class DecisionEngine:
                     )
                 )
         touched: set[str] = set()
+        moves: dict[str, dict[str, None]] = {}
         for resolution in resolutions.values():
             touched.add(resolution.profile_id)
-            if resolution.merged_profile_ids:
-                await self._context.merge_profiles(
-                    resolution.profile_id, list(resolution.merged_profile_ids)
-                )
-                touched.update(resolution.merged_profile_ids)
+            for merged_id in _to_move(resolution):
+                moves.setdefault(resolution.profile_id, {})[merged_id] = None
+        for survivor, merged_ids in moves.items():
+            # Before the events are stored (a failure fails the call: nothing acknowledged;
+            # identity keeps the merge unsettled, so the retry moves it).
+            await self._context.merge_profiles(survivor, list(merged_ids))
+            await _settle(self._identity, survivor, list(merged_ids))
+            touched.update(merged_ids)
         resolved = [
             ProfileEvent(
                 event_id=event.event_id,
@@ -591,6 +613,24 @@ class DecisionEngine:
                     raise _prefixed(error, f"events[{index}]") from None
 
         return list(await asyncio.gather(*(resolve(i) for i in indexes)))
+
+
+def _to_move(resolution: Resolution) -> list[str]:
+    """Profiles whose context must move to the resolved survivor: merged by this call, or
+    earlier without the move being confirmed (identity keeps those unsettled)."""
+    return list(dict.fromkeys([*resolution.merged_profile_ids, *resolution.unsettled_merged_ids]))
+
+
+async def _settle(identity: object, survivor: str, merged_ids: list[str]) -> None:
+    """Tell identity the context of ``merged_ids`` moved (when it keeps merges unsettled).
+    A failure is only logged: the next resolution reports them again and the move, being
+    idempotent, is simply repeated."""
+    if not isinstance(identity, SettlingIdentityPort):
+        return
+    try:
+        await identity.settle_merges(survivor, merged_ids)
+    except Exception as error:
+        _log.warning("merge not settled", survivor=survivor, error=str(error))
 
 
 def _renamed_set(violation: FieldViolation, indexes: list[int]) -> FieldViolation:
@@ -636,10 +676,10 @@ class PrivacyAdmin:
             raise InvalidArgument(
                 FieldViolation("identifiers", "no usable identifier (all placeholders)")
             )
-        if resolution.merged_profile_ids:
-            await self._context.merge_profiles(
-                resolution.profile_id, list(resolution.merged_profile_ids)
-            )
+        merged = _to_move(resolution)
+        if merged:
+            await self._context.merge_profiles(resolution.profile_id, merged)
+            await _settle(self._identity, resolution.profile_id, merged)
         return resolution.profile_id
 
     async def _lookup(self, identifiers: list[Identifier]) -> str:

@@ -19,6 +19,7 @@ from libs.storage import StorageConflict
 from services.arbitration.model import Catalog
 from services.arbitration.repository import ArbitrationUnitOfWork, CatalogRepository
 from services.arbitration.service import UnitOfWorkFactory as ArbitrationUnits
+from services.arbitration.volume import VolumeClaim, VolumeRepository
 from services.context.model import (
     AppendResult,
     AttributeChange,
@@ -310,6 +311,24 @@ class FakeCatalogStore:
     catalog: Catalog | None = None
     loads: int = 0
     commits: int = 0
+    # Volume counters: (key, period_start) -> units used.
+    volume: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+class FakeVolumeRepository:
+    """VolumeRepository over the store's counters; units taken land on commit only."""
+
+    def __init__(self, store: FakeCatalogStore) -> None:
+        self._store = store
+        self.pending: dict[tuple[str, int], int] = {}
+
+    async def reserve(self, claim: VolumeClaim) -> bool:
+        counter = (claim.key, claim.period_start)
+        used = self.pending.get(counter, self._store.volume.get(counter, 0))
+        if used >= claim.cap:
+            return False
+        self.pending[counter] = used + 1
+        return True
 
 
 class FakeArbitrationUnitOfWork:
@@ -318,17 +337,21 @@ class FakeArbitrationUnitOfWork:
         self._write = write
         self._repository = FakeCatalogRepository(store)
         self.catalog: CatalogRepository = self._repository
+        self._volume = FakeVolumeRepository(store)
+        self.volume: VolumeRepository = self._volume
 
     async def __aenter__(self) -> FakeArbitrationUnitOfWork:
         return self
 
     async def __aexit__(self, *args: object) -> None:
         self._repository.pending = None  # uncommitted work is rolled back
+        self._volume.pending = {}
 
     async def commit(self) -> None:
         assert self._write, "commit on a read-only unit of work"
         if self._repository.pending is not None:
             self._store.catalog = self._repository.pending
+        self._store.volume.update(self._volume.pending)
         self._store.commits += 1
 
 
@@ -359,6 +382,8 @@ class FakeIdentityStore:
     # Make the next N write commits fail as a concurrent writer would (unique constraint).
     conflicts: int = 0
     locked: list[list[str]] = field(default_factory=list)
+    # merged profile id -> survivor, while the merge's context move is not confirmed
+    unsettled: dict[str, str] = field(default_factory=dict)
 
 
 class FakeIdentityRepository:
@@ -366,7 +391,9 @@ class FakeIdentityRepository:
         self._state = state
 
     def _row(self, pair: tuple[str, str]) -> StoredLink:
-        return StoredLink(pair[0], pair[1], self._state.links[pair], self._state.seen[pair])
+        owner = self._state.links[pair]
+        unsettled = owner in self._state.unsettled.values()
+        return StoredLink(pair[0], pair[1], owner, self._state.seen[pair], unsettled)
 
     async def find_links(self, pairs: Sequence[tuple[str, str]]) -> list[StoredLink]:
         return [self._row(pair) for pair in dict.fromkeys(pairs) if pair in self._state.links]
@@ -416,13 +443,46 @@ class FakeIdentityRepository:
         self._state.links.pop((kind, digest), None)
         self._state.seen.pop((kind, digest), None)
 
-    async def merge(self, survivor: str, merged: str) -> None:
+    async def merge(self, survivor: str, merged: str, now: datetime) -> None:
         for pair, owner in list(self._state.links.items()):
             if owner == merged:
                 self._state.links[pair] = survivor
         for profile, into in list(self._state.profiles.items()):
             if profile == merged or into == merged:
                 self._state.profiles[profile] = survivor
+        for profile, into in list(self._state.unsettled.items()):
+            if into == merged:
+                self._state.unsettled[profile] = survivor
+        assert merged not in self._state.unsettled, "a profile is merged once"
+        self._state.unsettled[merged] = survivor
+
+    async def add_profiles(self, profile_ids: Sequence[str], now: datetime) -> None:
+        for profile_id in profile_ids:
+            await self.add_profile(profile_id, now)
+
+    async def link_many(self, links: Sequence[tuple[str, str, str]], now: datetime) -> None:
+        for kind, digest, profile_id in links:
+            if (kind, digest) in self._state.links:
+                raise StorageConflict("duplicate key (identifier linked concurrently)")
+            await self.link(kind, digest, profile_id, now)
+
+    async def touch(self, pairs: Sequence[tuple[str, str]], now: datetime) -> None:
+        for pair in pairs:
+            if pair in self._state.seen:
+                self._state.seen[pair] = now
+
+    async def unsettled_merges(self, survivors: Sequence[str]) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for merged, survivor in sorted(self._state.unsettled.items()):
+            if survivor in survivors:
+                found.setdefault(survivor, []).append(merged)
+        return found
+
+    async def settle(self, survivor: str, merged: Sequence[str]) -> int:
+        settled = [m for m in merged if self._state.unsettled.get(m) == survivor]
+        for m in settled:
+            del self._state.unsettled[m]
+        return len(settled)
 
     async def record_merge(self, record: MergeRecord) -> None:
         self._state.merges.append(record)
@@ -456,6 +516,11 @@ class FakeIdentityRepository:
         ]
         for profile in every_id:
             self._state.profiles.pop(profile, None)
+        self._state.unsettled = {
+            m: s
+            for m, s in self._state.unsettled.items()
+            if m not in every_id and s not in every_id
+        }
         return len(removed)
 
 
@@ -485,6 +550,7 @@ class FakeIdentityUnitOfWork:
         self._store.merges = self._working.merges
         self._store.repoints = self._working.repoints
         self._store.locked = self._working.locked
+        self._store.unsettled = self._working.unsettled
         self._store.commits += 1
 
 

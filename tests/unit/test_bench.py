@@ -127,3 +127,68 @@ async def test_sweep_structure_and_table(decide_target: str) -> None:
     table = bench.format_table(result)
     assert any(line.split("|")[0].strip() == "3" for line in table.splitlines())
     assert "ratio" in table
+
+
+def test_bench_catalog_offers_every_action_on_the_bench_channel() -> None:
+    from services.arbitration.catalog import parse_catalog
+    from services.demo.train import DEMO_MODEL_NAME
+
+    catalog = parse_catalog(bench.bench_catalog(50))
+
+    assert len(catalog.actions) == 50
+    assert len({a.action_id for a in catalog.actions}) == 50
+    assert catalog.min_priority == 0.0
+    assert all(a.offered_on(bench.BENCH_CHANNEL) for a in catalog.actions)
+    assert {a.model for a in catalog.actions} == {DEMO_MODEL_NAME}
+
+
+def test_scenario_defaults_and_description() -> None:
+    embedded = bench.Scenario(shape="embedded", actions=50, data="large", data_profiles=1000)
+    mesh = bench.Scenario(shape="mesh", database="postgres", database_url="postgresql://u:pw@h/db")
+
+    assert (embedded.baseline_hops, mesh.baseline_hops) == (0, bench.MESH_HOPS)
+    assert bench.Scenario(shape="mesh", hops=2).baseline_hops == 2
+    assert "pw" not in str(mesh.as_dict())  # no credentials in result files
+    text = bench.describe_scenario(embedded.as_dict())
+    assert "embedded" in text and "actions 50" in text and "1,000 profiles" in text
+    assert list(embedded.as_dict()["concurrencies"]) == [1, 4, 16, 64]
+
+
+def test_customer_identifiers_name_generated_customers() -> None:
+    from services import datagen
+
+    of = bench.customer_identifiers(1000)
+    picked = {of(i) for i in range(2000)}
+    assert all(kind == "customer_id" for kind, _ in picked)
+    assert len(picked) > 500  # spread over the customers, not a handful
+    assert picked <= {("customer_id", datagen.customer_id(n)) for n in range(1000)}
+
+
+def test_plot_writes_a_png(tmp_path: Any) -> None:
+    def level(concurrency: int, rps: float) -> dict[str, Any]:
+        point = {"rps": rps, "p99_ms": 1000.0 / rps}
+        return {"concurrency": concurrency, "decide": point, "echo": dict(point, rps=rps * 10)}
+
+    result = {
+        "scenario": bench.Scenario().as_dict(),
+        "settings": {"baseline_hops": 0},
+        "levels": [level(1, 100.0), level(4, 150.0)],
+    }
+    path = tmp_path / "plot.png"
+    bench.plot([result, result], str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_sweep_reports_peak_rss_per_level(decide_target: str) -> None:
+    result = await bench.sweep(
+        decide_target,
+        concurrencies=[1, 2],
+        duration_s=0.3,
+        warmup_s=0.05,
+        baseline_hops=0,
+        profiles=10,
+        peak_rss=lambda: {"self": bench.peak_rss_mb(os.getpid())},
+    )
+    for level in result["levels"]:
+        assert level["peak_rss_mb"]["self"] > 0
+    assert "peak RSS MiB after conc 2: self" in bench.format_table(result)

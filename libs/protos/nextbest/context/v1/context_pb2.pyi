@@ -65,6 +65,7 @@ class ProfileContext(_message.Message):
     PREDICTIONS_FIELD_NUMBER: _builtins.int
     PERSONALIZATION_FIELD_NUMBER: _builtins.int
     CONSENTS_FIELD_NUMBER: _builtins.int
+    CONTACTS_FIELD_NUMBER: _builtins.int
     profile_id: _builtins.str
     personalization: Global___PersonalizationLevel.ValueType
     """The level the customer chose; the parts above are only those it allows."""
@@ -92,6 +93,12 @@ class ProfileContext(_message.Message):
     def consents(self) -> _containers.RepeatedCompositeFieldContainer[Global___PurposeConsent]:
         """Purposes the customer decided on (marketing_email, profiling...)."""
 
+    @_builtins.property
+    def contacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Contact]:
+        """Recent contacts about actions, newest first, within the configured contact history
+        (NEXTBEST_CONTACT_HISTORY) and at most 500: the input of contact policies.
+        """
+
     def __init__(
         self,
         *,
@@ -104,14 +111,50 @@ class ProfileContext(_message.Message):
         predictions: _abc.Iterable[Global___Prediction] | None = ...,
         personalization: Global___PersonalizationLevel.ValueType = ...,
         consents: _abc.Iterable[Global___PurposeConsent] | None = ...,
+        contacts: _abc.Iterable[Global___Contact] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "channels", b"channels", "consents", b"consents", "counters", b"counters", "interactions", b"interactions", "personalization", b"personalization", "predictions", b"predictions", "profile_id", b"profile_id", "windows", b"windows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "channels", b"channels", "consents", b"consents", "contacts", b"contacts", "counters", b"counters", "interactions", b"interactions", "personalization", b"personalization", "predictions", b"predictions", "profile_id", b"profile_id", "windows", b"windows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ProfileContext: _TypeAlias = ProfileContext  # noqa: Y015
+
+@_typing.final
+class Contact(_message.Message):
+    """One contact with the customer about an action: a decision that served it, or an outcome
+    she reported for such a decision.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    action_id: _builtins.str
+    channel: _builtins.str
+    """The channel of the decision (an outcome is on the channel of its decision)."""
+    kind: _builtins.str
+    """"decision", or the outcome: impression, click, accept, reject, dismiss, convert."""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        action_id: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "channel", b"channel", "kind", b"kind", "occurred_at", b"occurred_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Contact: _TypeAlias = Contact  # noqa: Y015
 
 @_typing.final
 class WindowAggregate(_message.Message):

@@ -26,15 +26,15 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#nextbest/decision/v1/decision.proto\x12\x14nextbest.decision.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\")\n\nIdentifier\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\xb9\x01\n\rDecideRequest\x12\x35\n\x0bidentifiers\x18\x01 \x03(\x0b\x32 .nextbest.decision.v1.Identifier\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x11\n\tplacement\x18\x03 \x01(\t\x12(\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x0f\n\x07\x65xplain\x18\x06 \x01(\x08\"B\n\x0e\x44\x65\x63ideResponse\x12\x30\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x1e.nextbest.decision.v1.Decision\"s\n\x06\x41\x63tion\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05issue\x18\x03 \x01(\t\x12\r\n\x05group\x18\x04 \x01(\t\x12*\n\ttreatment\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x8b\x03\n\x08\x44\x65\x63ision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x12\n\nprofile_id\x18\x02 \x01(\t\x12,\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x1c.nextbest.decision.v1.Action\x12\x12\n\npropensity\x18\x04 \x01(\x01\x12\r\n\x05value\x18\x05 \x01(\x01\x12\r\n\x05lever\x18\x06 \x01(\x01\x12\x16\n\x0e\x63ontext_weight\x18\x07 \x01(\x01\x12\x10\n\x08priority\x18\x08 \x01(\x01\x12\x15\n\rmodel_version\x18\t \x01(\t\x12\x10\n\x08\x64\x65graded\x18\n \x01(\x08\x12\x36\n\x0b\x65xplanation\x18\x0b \x01(\x0b\x32!.nextbest.decision.v1.Explanation\x12.\n\ndecided_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x64\x65graded_reason\x18\r \x01(\t\x12\x0f\n\x07\x63hannel\x18\x0e \x01(\t\x12\x11\n\tplacement\x18\x0f \x01(\t\"t\n\x0b\x45xplanation\x12>\n\ncandidates\x18\x01 \x03(\x0b\x32*.nextbest.decision.v1.CandidateExplanation\x12\x14\n\x0cmin_priority\x18\x02 \x01(\x01\x12\x0f\n\x07summary\x18\x03 \x01(\t\"\xed\x01\n\x14\x43\x61ndidateExplanation\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ligible\x18\x02 \x01(\x08\x12\x12\n\nremoved_by\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x12\n\npropensity\x18\x05 \x01(\x01\x12\x16\n\x0e\x63ontext_weight\x18\x06 \x01(\x01\x12\r\n\x05value\x18\x07 \x01(\x01\x12\r\n\x05lever\x18\x08 \x01(\x01\x12\x10\n\x08priority\x18\t \x01(\x01\x12\x0c\n\x04rank\x18\n \x01(\x05\x12\x0b\n\x03won\x18\x0b \x01(\x08\x12\x15\n\rmodel_version\x18\x0c \x01(\t\"\xb4\x01\n\x14RecordOutcomeRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12.\n\x07outcome\x18\x02 \x01(\x0e\x32\x1d.nextbest.decision.v1.Outcome\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"*\n\x15RecordOutcomeResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\"\xcd\x01\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x35\n\x0bidentifiers\x18\x02 \x03(\x0b\x32 .nextbest.decision.v1.Identifier\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\nattributes\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"A\n\x12TrackEventsRequest\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.nextbest.decision.v1.Event\";\n\x13TrackEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\"\x9c\x01\n\x15WatchDecisionsRequest\x12\x35\n\x0bidentifiers\x18\x01 \x03(\x0b\x32 .nextbest.decision.v1.Identifier\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x11\n\tplacement\x18\x03 \x01(\t\x12(\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"J\n\x16WatchDecisionsResponse\x12\x30\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x1e.nextbest.decision.v1.Decision*\x9f\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x16\n\x12OUTCOME_IMPRESSION\x10\x01\x12\x11\n\rOUTCOME_CLICK\x10\x02\x12\x12\n\x0eOUTCOME_ACCEPT\x10\x03\x12\x12\n\x0eOUTCOME_REJECT\x10\x04\x12\x13\n\x0fOUTCOME_DISMISS\x10\x05\x12\x13\n\x0fOUTCOME_CONVERT\x10\x06\x32\xa3\x03\n\x0f\x44\x65\x63isionService\x12S\n\x06\x44\x65\x63ide\x12#.nextbest.decision.v1.DecideRequest\x1a$.nextbest.decision.v1.DecideResponse\x12h\n\rRecordOutcome\x12*.nextbest.decision.v1.RecordOutcomeRequest\x1a+.nextbest.decision.v1.RecordOutcomeResponse\x12\x62\n\x0bTrackEvents\x12(.nextbest.decision.v1.TrackEventsRequest\x1a).nextbest.decision.v1.TrackEventsResponse\x12m\n\x0eWatchDecisions\x12+.nextbest.decision.v1.WatchDecisionsRequest\x1a,.nextbest.decision.v1.WatchDecisionsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#nextbest/decision/v1/decision.proto\x12\x14nextbest.decision.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\")\n\nIdentifier\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\xb9\x01\n\rDecideRequest\x12\x35\n\x0bidentifiers\x18\x01 \x03(\x0b\x32 .nextbest.decision.v1.Identifier\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x11\n\tplacement\x18\x03 \x01(\t\x12(\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x0f\n\x07\x65xplain\x18\x06 \x01(\x08\"B\n\x0e\x44\x65\x63ideResponse\x12\x30\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x1e.nextbest.decision.v1.Decision\"s\n\x06\x41\x63tion\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05issue\x18\x03 \x01(\t\x12\r\n\x05group\x18\x04 \x01(\t\x12*\n\ttreatment\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xbf\x03\n\x08\x44\x65\x63ision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x12\n\nprofile_id\x18\x02 \x01(\t\x12,\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x1c.nextbest.decision.v1.Action\x12\x12\n\npropensity\x18\x04 \x01(\x01\x12\r\n\x05value\x18\x05 \x01(\x01\x12\r\n\x05lever\x18\x06 \x01(\x01\x12\x16\n\x0e\x63ontext_weight\x18\x07 \x01(\x01\x12\x10\n\x08priority\x18\x08 \x01(\x01\x12\x15\n\rmodel_version\x18\t \x01(\t\x12\x10\n\x08\x64\x65graded\x18\n \x01(\x08\x12\x36\n\x0b\x65xplanation\x18\x0b \x01(\x0b\x32!.nextbest.decision.v1.Explanation\x12.\n\ndecided_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x64\x65graded_reason\x18\r \x01(\t\x12\x0f\n\x07\x63hannel\x18\x0e \x01(\t\x12\x11\n\tplacement\x18\x0f \x01(\t\x12\x1d\n\x15selection_probability\x18\x10 \x01(\x01\x12\x13\n\x0b\x65xploration\x18\x11 \x01(\t\"t\n\x0b\x45xplanation\x12>\n\ncandidates\x18\x01 \x03(\x0b\x32*.nextbest.decision.v1.CandidateExplanation\x12\x14\n\x0cmin_priority\x18\x02 \x01(\x01\x12\x0f\n\x07summary\x18\x03 \x01(\t\"\xed\x01\n\x14\x43\x61ndidateExplanation\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ligible\x18\x02 \x01(\x08\x12\x12\n\nremoved_by\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x12\n\npropensity\x18\x05 \x01(\x01\x12\x16\n\x0e\x63ontext_weight\x18\x06 \x01(\x01\x12\r\n\x05value\x18\x07 \x01(\x01\x12\r\n\x05lever\x18\x08 \x01(\x01\x12\x10\n\x08priority\x18\t \x01(\x01\x12\x0c\n\x04rank\x18\n \x01(\x05\x12\x0b\n\x03won\x18\x0b \x01(\x08\x12\x15\n\rmodel_version\x18\x0c \x01(\t\"\xb4\x01\n\x14RecordOutcomeRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12.\n\x07outcome\x18\x02 \x01(\x0e\x32\x1d.nextbest.decision.v1.Outcome\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"*\n\x15RecordOutcomeResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\"\xcd\x01\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x35\n\x0bidentifiers\x18\x02 \x03(\x0b\x32 .nextbest.decision.v1.Identifier\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x04 \x01(\t\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\nattributes\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"A\n\x12TrackEventsRequest\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.nextbest.decision.v1.Event\";\n\x13TrackEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\"\x9c\x01\n\x15WatchDecisionsRequest\x12\x35\n\x0bidentifiers\x18\x01 \x03(\x0b\x32 .nextbest.decision.v1.Identifier\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x11\n\tplacement\x18\x03 \x01(\t\x12(\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"J\n\x16WatchDecisionsResponse\x12\x30\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x1e.nextbest.decision.v1.Decision*\x9f\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x16\n\x12OUTCOME_IMPRESSION\x10\x01\x12\x11\n\rOUTCOME_CLICK\x10\x02\x12\x12\n\x0eOUTCOME_ACCEPT\x10\x03\x12\x12\n\x0eOUTCOME_REJECT\x10\x04\x12\x13\n\x0fOUTCOME_DISMISS\x10\x05\x12\x13\n\x0fOUTCOME_CONVERT\x10\x06\x32\xa3\x03\n\x0f\x44\x65\x63isionService\x12S\n\x06\x44\x65\x63ide\x12#.nextbest.decision.v1.DecideRequest\x1a$.nextbest.decision.v1.DecideResponse\x12h\n\rRecordOutcome\x12*.nextbest.decision.v1.RecordOutcomeRequest\x1a+.nextbest.decision.v1.RecordOutcomeResponse\x12\x62\n\x0bTrackEvents\x12(.nextbest.decision.v1.TrackEventsRequest\x1a).nextbest.decision.v1.TrackEventsResponse\x12m\n\x0eWatchDecisions\x12+.nextbest.decision.v1.WatchDecisionsRequest\x1a,.nextbest.decision.v1.WatchDecisionsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nextbest.decision.v1.decision_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTCOME']._serialized_start=2095
-  _globals['_OUTCOME']._serialized_end=2254
+  _globals['_OUTCOME']._serialized_start=2147
+  _globals['_OUTCOME']._serialized_end=2306
   _globals['_IDENTIFIER']._serialized_start=124
   _globals['_IDENTIFIER']._serialized_end=165
   _globals['_DECIDEREQUEST']._serialized_start=168
@@ -44,25 +44,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACTION']._serialized_start=423
   _globals['_ACTION']._serialized_end=538
   _globals['_DECISION']._serialized_start=541
-  _globals['_DECISION']._serialized_end=936
-  _globals['_EXPLANATION']._serialized_start=938
-  _globals['_EXPLANATION']._serialized_end=1054
-  _globals['_CANDIDATEEXPLANATION']._serialized_start=1057
-  _globals['_CANDIDATEEXPLANATION']._serialized_end=1294
-  _globals['_RECORDOUTCOMEREQUEST']._serialized_start=1297
-  _globals['_RECORDOUTCOMEREQUEST']._serialized_end=1477
-  _globals['_RECORDOUTCOMERESPONSE']._serialized_start=1479
-  _globals['_RECORDOUTCOMERESPONSE']._serialized_end=1521
-  _globals['_EVENT']._serialized_start=1524
-  _globals['_EVENT']._serialized_end=1729
-  _globals['_TRACKEVENTSREQUEST']._serialized_start=1731
-  _globals['_TRACKEVENTSREQUEST']._serialized_end=1796
-  _globals['_TRACKEVENTSRESPONSE']._serialized_start=1798
-  _globals['_TRACKEVENTSRESPONSE']._serialized_end=1857
-  _globals['_WATCHDECISIONSREQUEST']._serialized_start=1860
-  _globals['_WATCHDECISIONSREQUEST']._serialized_end=2016
-  _globals['_WATCHDECISIONSRESPONSE']._serialized_start=2018
-  _globals['_WATCHDECISIONSRESPONSE']._serialized_end=2092
-  _globals['_DECISIONSERVICE']._serialized_start=2257
-  _globals['_DECISIONSERVICE']._serialized_end=2676
+  _globals['_DECISION']._serialized_end=988
+  _globals['_EXPLANATION']._serialized_start=990
+  _globals['_EXPLANATION']._serialized_end=1106
+  _globals['_CANDIDATEEXPLANATION']._serialized_start=1109
+  _globals['_CANDIDATEEXPLANATION']._serialized_end=1346
+  _globals['_RECORDOUTCOMEREQUEST']._serialized_start=1349
+  _globals['_RECORDOUTCOMEREQUEST']._serialized_end=1529
+  _globals['_RECORDOUTCOMERESPONSE']._serialized_start=1531
+  _globals['_RECORDOUTCOMERESPONSE']._serialized_end=1573
+  _globals['_EVENT']._serialized_start=1576
+  _globals['_EVENT']._serialized_end=1781
+  _globals['_TRACKEVENTSREQUEST']._serialized_start=1783
+  _globals['_TRACKEVENTSREQUEST']._serialized_end=1848
+  _globals['_TRACKEVENTSRESPONSE']._serialized_start=1850
+  _globals['_TRACKEVENTSRESPONSE']._serialized_end=1909
+  _globals['_WATCHDECISIONSREQUEST']._serialized_start=1912
+  _globals['_WATCHDECISIONSREQUEST']._serialized_end=2068
+  _globals['_WATCHDECISIONSRESPONSE']._serialized_start=2070
+  _globals['_WATCHDECISIONSRESPONSE']._serialized_end=2144
+  _globals['_DECISIONSERVICE']._serialized_start=2309
+  _globals['_DECISIONSERVICE']._serialized_end=2728
 # @@protoc_insertion_point(module_scope)

@@ -194,6 +194,8 @@ class Decision(_message.Message):
     DEGRADED_REASON_FIELD_NUMBER: _builtins.int
     CHANNEL_FIELD_NUMBER: _builtins.int
     PLACEMENT_FIELD_NUMBER: _builtins.int
+    SELECTION_PROBABILITY_FIELD_NUMBER: _builtins.int
+    EXPLORATION_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     profile_id: _builtins.str
     propensity: _builtins.float
@@ -213,6 +215,14 @@ class Decision(_message.Message):
     """Why the decision is degraded (empty when it is not)."""
     channel: _builtins.str
     placement: _builtins.str
+    selection_probability: _builtins.float
+    """Probability that this action (or "no action") was chosen under the exploration policy:
+    1 for greedy decisions; what offline evaluation (IPS / SNIPS / DR) weighs it by.
+    """
+    exploration: _builtins.str
+    """The exploration policy that chose it: greedy, epsilon_greedy or thompson (a fallback
+    decided without arbitration is greedy).
+    """
     @_builtins.property
     def action(self) -> Global___Action:
         """Unset = "no action" (nothing adds enough value)."""
@@ -241,10 +251,12 @@ class Decision(_message.Message):
         degraded_reason: _builtins.str = ...,
         channel: _builtins.str = ...,
         placement: _builtins.str = ...,
+        selection_probability: _builtins.float = ...,
+        exploration: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "decided_at", b"decided_at", "explanation", b"explanation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "channel", b"channel", "context_weight", b"context_weight", "decided_at", b"decided_at", "decision_id", b"decision_id", "degraded", b"degraded", "degraded_reason", b"degraded_reason", "explanation", b"explanation", "lever", b"lever", "model_version", b"model_version", "placement", b"placement", "priority", b"priority", "profile_id", b"profile_id", "propensity", b"propensity", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "channel", b"channel", "context_weight", b"context_weight", "decided_at", b"decided_at", "decision_id", b"decision_id", "degraded", b"degraded", "degraded_reason", b"degraded_reason", "explanation", b"explanation", "exploration", b"exploration", "lever", b"lever", "model_version", b"model_version", "placement", b"placement", "priority", b"priority", "profile_id", b"profile_id", "propensity", b"propensity", "selection_probability", b"selection_probability", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
