@@ -301,7 +301,7 @@ def parse_catalog(document: Any) -> Catalog:
             normal[key] = json_safe(document[key])
     rules = [rule for a in frozen for rule in a.rules]
     rules += [a.context_weight_rule for a in frozen if a.context_weight_rule is not None]
-    return Catalog(
+    parsed_catalog = Catalog(
         frozen,
         min_priority,
         document_version(normal),
@@ -310,7 +310,13 @@ def parse_catalog(document: Any) -> Catalog:
         document=normal,
         customer_fields=merge_fields([rule.customer_fields for rule in rules]),
         action_fields=merge_fields([rule.action_fields for rule in rules]),
+        request_fields=merge_fields([rule.request_fields for rule in rules]),
+        uses_now=any(rule.uses_now for rule in rules),
     )
+    programs: dict[str, Any] = {}
+    for action in parsed_catalog.actions:  # compiled now, not in the first decision
+        action.plan_rules_with(programs)
+    return parsed_catalog
 
 
 def _action(

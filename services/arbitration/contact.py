@@ -231,6 +231,13 @@ class ContactHistory:
             for listed in lists.values():
                 listed.sort(key=lambda c: c.occurred_at, reverse=True)
 
+    def concerns(self, action_id: str, issue: str, group: str) -> bool:
+        """Whether any contact is about the action, its group or its issue: when none is, no
+        contact policy of any scope can block it (``contact_block`` need not run)."""
+        return (
+            action_id in self.by_action or issue in self.by_issue or (issue, group) in self.by_group
+        )
+
     def about(self, scope: str, action_id: str, issue: str, group: str) -> list[Contact]:
         if scope == "group":
             return self.by_group.get((issue, group), [])

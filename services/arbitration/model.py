@@ -8,7 +8,7 @@ from functools import cached_property
 from typing import Any
 
 from services.arbitration.contact import ContactPolicy
-from services.arbitration.policies import Rule, action_variable
+from services.arbitration.policies import Rule, RulePlan, action_variable, plan_rules
 from services.arbitration.volume import VolumeConstraint
 
 
@@ -20,6 +20,10 @@ class Factors:
     context_weight: bool = True
     value: bool = True
     lever: bool = True
+
+    @cached_property
+    def all_on(self) -> bool:
+        return self.propensity and self.context_weight and self.value and self.lever
 
     def off(self) -> tuple[str, ...]:
         return tuple(
@@ -102,6 +106,19 @@ class ActionDefinition:
             "prior_propensity": self.prior_propensity,
         }
 
+    @cached_property
+    def rule_plan(self) -> RulePlan:
+        """How its rules run in a decision (policies.py); made when the catalog is parsed
+        (``plan_rules_with``), else at its first decision."""
+        return plan_rules(self.rules, self.context_weight_rule, self.cel_value)
+
+    def plan_rules_with(self, programs: dict[str, Any]) -> None:
+        """Make ``rule_plan`` now, with the programs compiled for the catalog's other
+        actions (by source): a catalog's actions share most of their programs."""
+        self.__dict__["rule_plan"] = plan_rules(
+            self.rules, self.context_weight_rule, self.cel_value, programs
+        )
+
 
 @dataclass(frozen=True)
 class Catalog:
@@ -115,24 +132,28 @@ class Catalog:
     # The validated, normalised document (what is stored, and what `catalog show` prints);
     # empty for a catalog built in code.
     document: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
-    # Fields of the CEL ``customer`` and ``action`` variables some rule reads (None = all).
+    # Fields of the CEL ``customer``, ``action`` and ``request`` variables some rule reads
+    # (None = all), and whether one reads ``now``; a catalog built in code sets none of
+    # them: all of the request and ``now`` are then given to its rules.
     customer_fields: frozenset[str] | None = field(default=frozenset(), compare=False)
     action_fields: frozenset[str] | None = field(default=frozenset(), compare=False)
+    request_fields: frozenset[str] | None = field(default=None, compare=False)
+    uses_now: bool = field(default=True, compare=False)
 
     def action(self, action_id: str) -> ActionDefinition | None:
-        return self._by_id.get(action_id)
+        return self.by_id.get(action_id)
 
     @cached_property
-    def _by_id(self) -> dict[str, ActionDefinition]:
+    def by_id(self) -> dict[str, ActionDefinition]:
         return {a.action_id: a for a in self.actions}
 
     @cached_property
-    def _cel_actions(self) -> dict[str, dict[str, Any]]:
+    def cel_actions(self) -> dict[str, dict[str, Any]]:
+        """The CEL ``action`` variable of every action: only the fields some rule reads."""
         return {a.action_id: action_variable(a.cel_value, self.action_fields) for a in self.actions}
 
     def cel_action(self, action_id: str) -> dict[str, Any]:
-        """The CEL ``action`` variable of an action: only the fields some rule reads."""
-        return self._cel_actions[action_id]
+        return self.cel_actions[action_id]
 
     @cached_property
     def issue_of(self) -> dict[str, tuple[str, str]]:

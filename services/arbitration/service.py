@@ -15,16 +15,17 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import overload
 
 from libs.changes import ALL, ChangePublisher
 from libs.clock import utc_now
 from libs.errors import InvalidArgument, Violations
 from libs.logging import get_logger
 from services.arbitration.contact import ContactHistory, contact_block
-from services.arbitration.exploration import Selection, select
+from services.arbitration.exploration import THOMPSON, Selection, select
 from services.arbitration.model import (
     ActionDefinition,
     CandidateExplanation,
@@ -49,39 +50,62 @@ def checked_candidates(
     """Each scored candidate with its action; unknown ids and bad propensities refused."""
     problems = Violations()
     found: list[tuple[ActionDefinition, ScoredCandidate]] = []
+    action_of = catalog.by_id.get
     for index, candidate in enumerate(scored):
-        action = catalog.action(candidate.action_id)
+        action = action_of(candidate.action_id)
         if action is None:
             problems.add(f"candidates[{index}].action_id", "not in the catalog")
         elif not 0.0 <= candidate.propensity <= 1.0:
             problems.add(f"candidates[{index}].propensity", "must be within [0, 1]")
         else:
             found.append((action, candidate))
-    problems.raise_if_any()
+    if problems.items:
+        problems.raise_if_any()
     return found
 
 
 def priority_factors(
-    action: ActionDefinition, candidate: ScoredCandidate, context_weight: float = 1.0
+    action: ActionDefinition,
+    candidate: ScoredCandidate,
+    context_weight: float = 1.0,
+    *,
+    rank: int = 0,
+    removal: tuple[str, str] | None = None,
 ) -> CandidateExplanation:
     """P, C, V, L as they enter the product: a factor switched off for the issue is 1 (the
-    reason says so, with the value it would have had)."""
+    reason says so, with the value it would have had). ``removal``: (removed_by, reason) of
+    a candidate a filter removed (not eligible, priority 0)."""
     switches = action.factors
-    propensity = candidate.propensity if switches.propensity else 1.0
-    weight = context_weight if switches.context_weight else 1.0
-    value = action.value if switches.value else 1.0
-    lever = action.lever if switches.lever else 1.0
-    off = switches.off()
     reason = ""
-    if off:
+    if switches.all_on:
+        propensity, weight = candidate.propensity, context_weight
+        value, lever = action.value, action.lever
+    else:
+        propensity = candidate.propensity if switches.propensity else 1.0
+        weight = context_weight if switches.context_weight else 1.0
+        value = action.value if switches.value else 1.0
+        lever = action.lever if switches.lever else 1.0
         was = {
             "propensity": candidate.propensity,
             "context_weight": context_weight,
             "value": action.value,
             "lever": action.lever,
         }
-        listed = ", ".join(f"{name} (would be {was[name]:.4g})" for name in off)
+        listed = ", ".join(f"{name} (would be {was[name]:.4g})" for name in switches.off())
         reason = f"switched off for issue {action.issue}: {listed}"
+    if removal is not None:
+        return CandidateExplanation(
+            action_id=action.action_id,
+            eligible=False,
+            removed_by=removal[0],
+            reason=removal[1],
+            propensity=propensity,
+            context_weight=weight,
+            value=value,
+            lever=lever,
+            priority=0.0,
+            model_version=candidate.model_version,
+        )
     return CandidateExplanation(
         action_id=action.action_id,
         eligible=True,
@@ -91,7 +115,21 @@ def priority_factors(
         value=value,
         lever=lever,
         priority=propensity * weight * value * lever,
+        rank=rank,
         model_version=candidate.model_version,
+    )
+
+
+def _priority(action: ActionDefinition, candidate: ScoredCandidate, context_weight: float) -> float:
+    """The priority ``priority_factors`` gives (same product, same order)."""
+    switches = action.factors
+    if switches.all_on:
+        return candidate.propensity * context_weight * action.value * action.lever
+    return (
+        (candidate.propensity if switches.propensity else 1.0)
+        * (context_weight if switches.context_weight else 1.0)
+        * (action.value if switches.value else 1.0)
+        * (action.lever if switches.lever else 1.0)
     )
 
 
@@ -126,6 +164,56 @@ def consent_problem(action: ActionDefinition, profile: ProfileContext) -> tuple[
             said = "refused" if granted is False else "never given"
             return f"consent:{purpose}", f"consent to {purpose} {said}"
     return None
+
+
+class _Ranking(Sequence[CandidateExplanation]):
+    """The eligible candidates, best first, each explanation made when first read: a decision
+    that is not explained reads only the one served (and, when a volume cap refuses it, the
+    next ones), so 50 candidates do not cost 50 explanations. ``of``: the ranking this one
+    is the first ``length`` items of (they share what was made)."""
+
+    def __init__(
+        self,
+        kept: list[tuple[float, str, ActionDefinition, ScoredCandidate, float]],
+        of: _Ranking | None = None,
+        length: int | None = None,
+    ) -> None:
+        self._kept = kept
+        self._made: list[CandidateExplanation | None] = (
+            of._made if of is not None else [None] * len(kept)
+        )
+        self._length = len(kept) if length is None else length
+
+    def __len__(self) -> int:
+        return self._length
+
+    @overload
+    def __getitem__(self, index: int) -> CandidateExplanation: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[CandidateExplanation]: ...
+
+    def __getitem__(
+        self, index: int | slice
+    ) -> CandidateExplanation | Sequence[CandidateExplanation]:
+        if isinstance(index, slice):
+            return tuple(self[i] for i in range(*index.indices(self._length)))
+        if index < 0:
+            index += self._length
+        if not 0 <= index < self._length:
+            raise IndexError(index)
+        made = self._made[index]
+        if made is None:
+            _, _, action, candidate, weight = self._kept[index]
+            made = priority_factors(action, candidate, weight, rank=index + 1)
+            self._made[index] = made
+        return made
+
+
+def _rank_key(
+    kept: tuple[float, str, ActionDefinition, ScoredCandidate, float],
+) -> tuple[float, str]:
+    return kept[0], kept[1]
 
 
 def _removals(removed: list[CandidateExplanation]) -> str:
@@ -236,71 +324,66 @@ class ArbitrationService:
         profile = context or ProfileContext(profile_id="")
         evaluation: PolicyEvaluation | None = None
         history: ContactHistory | None = None
-        kept: list[CandidateExplanation] = []
+        # (-priority, action id, action, candidate, context weight): ranked before any
+        # explanation is made, so each is made once, with its rank.
+        kept: list[tuple[float, str, ActionDefinition, ScoredCandidate, float]] = []
         removed: list[CandidateExplanation] = []
         for action, candidate in candidates:
             removal: tuple[str, str] | None = None
             weight = 1.0
-            if problem := action.validity_problem(now):
+            action_id = action.action_id
+            if (action.valid_from is not None or action.valid_until is not None) and (
+                problem := action.validity_problem(now)
+            ):
                 removal = ("validity", problem)
             elif action.consent:
                 removal = consent_problem(action, profile)
-            needs_cel = action.rules or (
-                action.context_weight_rule is not None and action.factors.context_weight
-            )
-            if removal is None and needs_cel and evaluation is None:
-                evaluation = PolicyEvaluation(
-                    customer_variable(profile, catalog.customer_fields),
-                    {**(request_context or {}), "channel": channel, "placement": placement},
-                    now,
-                )
-            if removal is None and evaluation is not None:
-                for rule in action.rules:
-                    reason = evaluation.blocked(
-                        rule, action.action_id, catalog.cel_action(action.action_id)
+            weighting = action.context_weight_rule if action.factors.context_weight else None
+            if removal is None and (action.rules or weighting is not None):
+                if evaluation is None:
+                    evaluation = self._evaluation(
+                        catalog, profile, channel, placement, request_context, now
                     )
-                    if reason is not None:
-                        removal = (rule.name, reason)
-                        break
-            if removal is None and action.contact_policies:
+                if action.rules:
+                    removal = evaluation.removal(action.rule_plan, action_id)
+            if removal is None and action.contact_policies and profile.contacts:
                 if history is None:  # the contacts indexed once for every candidate
                     history = ContactHistory(profile.contacts, catalog.issue_of)
-                blocked = contact_block(
-                    action.contact_policies,
-                    action_id=action.action_id,
-                    issue=action.issue,
-                    group=action.group,
-                    issue_of=catalog.issue_of,
-                    contacts=profile.contacts,
-                    channel=channel,
-                    now=now,
-                    history=history,
-                )
-                if blocked is not None:
-                    removal = (f"contact:{blocked[0]}", blocked[1])
-            weighting = action.context_weight_rule
-            if removal is None and weighting is not None and action.factors.context_weight:
+                if history.concerns(action_id, action.issue, action.group):
+                    blocked = contact_block(
+                        action.contact_policies,
+                        action_id=action_id,
+                        issue=action.issue,
+                        group=action.group,
+                        issue_of=catalog.issue_of,
+                        contacts=profile.contacts,
+                        channel=channel,
+                        now=now,
+                        history=history,
+                    )
+                    if blocked is not None:
+                        removal = (f"contact:{blocked[0]}", blocked[1])
+            if removal is None and weighting is not None:
                 assert evaluation is not None
-                weight, error = evaluation.weight(
-                    weighting, action.action_id, catalog.cel_action(action.action_id)
-                )
+                # The same expression, with the action's fields written in (policies.py).
+                specialised = action.rule_plan.weight or weighting
+                weight, error = evaluation.weight(specialised, action_id)
                 if error:
                     removal = (weighting.name, error)
-            factors = priority_factors(action, candidate, weight)
             if removal is None:
-                kept.append(factors)
-            else:
-                removed.append(
-                    replace(
-                        factors,
-                        eligible=False,
-                        removed_by=removal[0],
-                        reason=removal[1],
-                        priority=0.0,
-                    )
+                kept.append(
+                    (-_priority(action, candidate, weight), action_id, action, candidate, weight)
                 )
-        ranked = ranked_in_order(kept)
-        contenders = tuple(r for r in ranked if r.priority >= catalog.min_priority)
+            else:
+                removed.append(priority_factors(action, candidate, weight, removal=removal))
+        kept.sort(key=_rank_key)
+        ranking = _Ranking(kept)
+        floor = -catalog.min_priority  # kept is sorted by -priority
+        above = len(kept)
+        while above and kept[above - 1][0] > floor:
+            above -= 1
+        contenders = _Ranking(kept, ranking, above) if above < len(kept) else ranking
+        ranked: Sequence[CandidateExplanation] = ranking
         capped: list[CandidateExplanation] = []
         selection = await self.select_winner(
             catalog, contenders, channel=channel, now=now, capped=capped
@@ -315,10 +398,33 @@ class ArbitrationService:
                 selection = replace(selection, winner=winner)
         return self._outcome(catalog, ranked, removed, selection, explain, bool(scored))
 
+    @staticmethod
+    def _evaluation(
+        catalog: Catalog,
+        profile: ProfileContext,
+        channel: str,
+        placement: str,
+        request_context: dict[str, object] | None,
+        now: datetime,
+    ) -> PolicyEvaluation:
+        """The CEL variables of this decision, converted once and only what rules read."""
+        fields = catalog.request_fields
+        request: dict[str, object] | None = None
+        if fields is None or fields:
+            request = {**(request_context or {}), "channel": channel, "placement": placement}
+            if fields is not None:
+                request = {name: value for name, value in request.items() if name in fields}
+        return PolicyEvaluation(
+            customer_variable(profile, catalog.customer_fields),
+            request,
+            now if catalog.uses_now else None,
+            catalog.cel_actions,
+        )
+
     async def select_winner(
         self,
         catalog: Catalog,
-        contenders: tuple[CandidateExplanation, ...],
+        contenders: Sequence[CandidateExplanation],
         *,
         channel: str,
         now: datetime,
@@ -330,7 +436,9 @@ class ArbitrationService:
         (added to ``capped``) and the policy chooses again among the rest
         (services/arbitration/volume.py)."""
 
-        def choose(remaining: tuple[CandidateExplanation, ...]) -> Selection:
+        def choose(remaining: Sequence[CandidateExplanation]) -> Selection:
+            if catalog.exploration.policy != THOMPSON:  # only Thompson samples propensities
+                return select(catalog.exploration, remaining, self._random)
             sampled = []
             for contender in remaining:
                 action = catalog.action(contender.action_id)
@@ -347,14 +455,14 @@ class ArbitrationService:
     def _outcome(
         self,
         catalog: Catalog,
-        ranked: tuple[CandidateExplanation, ...],
+        ranked: Sequence[CandidateExplanation],
         removed: list[CandidateExplanation],
         selection: Selection,
         explain: bool,
         anything_scored: bool,
     ) -> Prioritization:
         served = selection.winner
-        best = ranked[0] if ranked else None
+        best = ranked[0] if len(ranked) else None
         if served is None:
             if not anything_scored:
                 summary = "no action: no action in the catalog is available on this channel"
@@ -369,7 +477,8 @@ class ArbitrationService:
                     summary += f"; removed: {_removals(removed)}"
         else:
             marked = replace(served, won=True)
-            ranked = tuple(marked if r.action_id == served.action_id else r for r in ranked)
+            if explain:
+                ranked = tuple(marked if r.action_id == served.action_id else r for r in ranked)
             best = marked
             if selection.explored:
                 top = ranked[0]

@@ -264,8 +264,8 @@ class VolumeGate:
 
 async def choose_with_volume(
     gate: VolumeGate,
-    contenders: tuple[CandidateExplanation, ...],
-    choose: Callable[[tuple[CandidateExplanation, ...]], Selection],
+    contenders: Sequence[CandidateExplanation],
+    choose: Callable[[Sequence[CandidateExplanation]], Selection],
     action_of: Callable[[str], ActionDefinition | None],
     now: datetime,
 ) -> tuple[Selection, list[CandidateExplanation]]:

@@ -1,7 +1,10 @@
 """A 50-action catalog with engagement policies on every level (catalog, issue, group,
 action) and a context weight per issue, for benchmarks; and the policy benchmark itself:
 
-    python -m services.demo.catalog_50      # prints microseconds per Prioritize
+    python -m services.demo.catalog_50      # prints CPU microseconds per Prioritize
+
+It measures this catalog with and without its rules, and the catalog `nextbest bench`
+applies (services/bench.py ``bench_catalog``: the same shape plus contact policies).
 """
 
 from __future__ import annotations
@@ -152,7 +155,7 @@ def _bare(action: ActionDefinition) -> ActionDefinition:
     return replace(action, rules=(), context_weight_rule=None)
 
 
-async def _measure(catalog: Catalog, decisions: int) -> float:
+async def _measure(catalog: Catalog, decisions: int, channel: str = "web") -> float:
     store = _MemoryCatalog()
     now = datetime.now(UTC)
     service = ArbitrationService(
@@ -166,30 +169,42 @@ async def _measure(catalog: Catalog, decisions: int) -> float:
     customer = busy_customer(now)
     request: dict[str, object] = {"page": "/home", "device": "mobile"}
     for _ in range(20):  # warm up
-        await service.prioritize(scored, "web", context=customer, request_context=request)
-    # CPU time of this process: what the decisions cost, whatever else the machine runs.
-    started = time.process_time()
-    for _ in range(decisions):
-        await service.prioritize(scored, "web", context=customer, request_context=request)
-    return (time.process_time() - started) / decisions * 1e6
+        await service.prioritize(scored, channel, context=customer, request_context=request)
+    # CPU time of this process: what the decisions cost, whatever else the machine runs; the
+    # best of a few rounds, as other jobs on the machine only ever add to it.
+    rounds = 5 if decisions >= 500 else 1
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.process_time()
+        for _ in range(decisions // rounds):
+            await service.prioritize(scored, channel, context=customer, request_context=request)
+        best = min(best, (time.process_time() - started) / (decisions // rounds) * 1e6)
+    return best
 
 
 def policy_benchmark(decisions: int = 2000) -> dict[str, float]:
-    """CPU microseconds per Prioritize of 50 candidates with and without the policies."""
+    """CPU microseconds per Prioritize of 50 candidates with and without the policies, and
+    with the benchmark's catalog (rules on every level and contact policies)."""
     with_policies = catalog_of_50()
     without = replace(
         with_policies,
         actions=tuple(_bare(a) for a in with_policies.actions),
         customer_fields=frozenset(),
     )
+    from services.bench import BENCH_CHANNEL, bench_catalog
+
     policies_us = asyncio.run(_measure(with_policies, decisions))
     bare_us = asyncio.run(_measure(without, decisions))
+    bench_us = asyncio.run(
+        _measure(parse_catalog(bench_catalog(50)), decisions, channel=BENCH_CHANNEL)
+    )
     return {
         "actions": float(len(with_policies.actions)),
         "rules": float(sum(len(a.rules) + 1 for a in with_policies.actions)),
         "us_per_decision": policies_us,
         "us_per_decision_without_policies": bare_us,
         "us_for_policies": policies_us - bare_us,
+        "us_per_decision_bench_catalog": bench_us,
     }
 
 

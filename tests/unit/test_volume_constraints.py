@@ -4,6 +4,7 @@ counters, and the choice that moves on to the next best when the pick is capped 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -133,7 +134,7 @@ async def test_the_next_best_is_served_when_the_pick_is_capped() -> None:
     }
     contenders = (explanation("gold", 5.0), explanation("silver", 2.5), explanation("bronze", 0.5))
 
-    def greedy(remaining: tuple[CandidateExplanation, ...]) -> Selection:
+    def greedy(remaining: Sequence[CandidateExplanation]) -> Selection:
         return select(Exploration(), remaining, random.Random(1))
 
     served = []
