@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Protocol, Self, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import Table, bindparam, delete, exists, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.storage import SqlUnitOfWork, StorageConflict, UnitOfWork
 from libs.storage.session import DbSession
@@ -50,6 +49,20 @@ _FIND_LINKS = select(
     _identifiers.c.id_type.in_(bindparam("types", expanding=True)),
     _identifiers.c.id_hash.in_(bindparam("digests", expanding=True)),
 )
+
+# Writes of a new profile, built once (building a statement costs more than running it).
+_ADD_PROFILE = insert(_profiles)
+_LINK = insert(_identifiers)
+
+
+def _link_row(kind: str, digest: str, profile_id: str, now: datetime) -> dict[str, Any]:
+    return {
+        "id_type": kind,
+        "id_hash": digest,
+        "profile_id": profile_id,
+        "first_seen": now,
+        "last_seen": now,
+    }
 
 
 class IdentityRepository(Protocol):
@@ -188,14 +201,10 @@ class SqlIdentityRepository:
         return current
 
     async def add_profile(self, profile_id: str, now: datetime) -> None:
-        await self._execute(insert(_profiles).values(profile_id=profile_id, created_at=now))
+        await self._execute(_ADD_PROFILE, {"profile_id": profile_id, "created_at": now})
 
     async def link(self, kind: str, digest: str, profile_id: str, now: datetime) -> None:
-        await self._execute(
-            insert(_identifiers).values(
-                id_type=kind, id_hash=digest, profile_id=profile_id, first_seen=now, last_seen=now
-            )
-        )
+        await self._execute(_LINK, _link_row(kind, digest, profile_id, now))
 
     async def relink(
         self, kind: str, stored_digest: str, digest: str, profile_id: str, now: datetime
@@ -234,26 +243,17 @@ class SqlIdentityRepository:
     async def add_profiles(self, profile_ids: Sequence[str], now: datetime) -> None:
         if profile_ids:
             await self._execute(
-                insert(_profiles),
-                [{"profile_id": p, "created_at": now} for p in sorted(profile_ids)],
+                _ADD_PROFILE, [{"profile_id": p, "created_at": now} for p in sorted(profile_ids)]
             )
 
     async def link_many(self, links: Sequence[tuple[str, str, str]], now: datetime) -> None:
-        if links:
+        if len(links) == 1:  # one row: a plain execute, not executemany
+            await self._execute(_LINK, _link_row(*links[0], now))
+        elif links:
             # Key order: concurrent writers on PostgreSQL wait on the unique index in the same
             # order (a conflict, not a deadlock).
             await self._execute(
-                insert(_identifiers),
-                [
-                    {
-                        "id_type": kind,
-                        "id_hash": digest,
-                        "profile_id": profile_id,
-                        "first_seen": now,
-                        "last_seen": now,
-                    }
-                    for kind, digest, profile_id in sorted(links)
-                ],
+                _LINK, [_link_row(kind, digest, p, now) for kind, digest, p in sorted(links)]
             )
 
     async def touch(self, pairs: Sequence[tuple[str, str]], now: datetime) -> None:
@@ -356,14 +356,7 @@ class SqlIdentityRepository:
 class SqlIdentityUnitOfWork(SqlUnitOfWork):
     identity: SqlIdentityRepository
 
+    # Reads run in autocommit on PostgreSQL (libs.storage.Database: no BEGIN and ROLLBACK
+    # round trips around the one SELECT of a resolve).
     def _open(self) -> None:
         self.identity = SqlIdentityRepository(self.session)
-
-    async def __aenter__(self) -> Self:
-        await super().__aenter__()
-        if not self._write and isinstance(self.session, AsyncSession):
-            # PostgreSQL reads in autocommit: no BEGIN and ROLLBACK round trips around the
-            # one SELECT of a resolve (under READ COMMITTED every statement sees its own
-            # snapshot anyway). Measured in docs/benchmarks.md (Identity).
-            await self.session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        return self

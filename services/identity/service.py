@@ -5,6 +5,9 @@ Resolving known identifiers is a single read (the hot path of every Decide). Any
 stored under the previous hash key, a stale last_seen -- is decided by
 ``services.identity.stitching.plan_stitch`` and applied in one write transaction that locks
 the profiles it changes; a concurrent writer that got there first makes it start again.
+A set none of whose identifiers is stored (a first-seen cookie, on every Decide of a new
+visitor) needs none of that: one transaction inserts the profile and its identifiers, and a
+concurrent request that stored one of them first (unique key) sends it to the stitch.
 
 Batches (``resolve_profiles``, the distinct identifier sets of a TrackEvents call) give the
 results resolving each set in order would give, with a handful of statements: one read of
@@ -112,7 +115,28 @@ class IdentityService:
                     found = await uow.identity.unsettled_merges([settled])
                     unsettled = found.get(settled, [])
                 return Resolution(profile_id=settled, unsettled_merged_ids=tuple(unsettled))
+        if not stored:
+            created = await self._create(keys)
+            if created is not None:
+                return created
         return await self._stitch_retrying(keys)
+
+    async def _create(self, keys: list[KeyedIdentifier]) -> Resolution | None:
+        """A new profile for identifiers none of which is stored (a first-seen cookie): two
+        INSERTs in one transaction, without the stitch's locks and second read, which have
+        nothing to find (``plan_stitch`` of an unknown set links every key to a new
+        profile). None when a concurrent request stored one of them first (unique key):
+        the caller stitches, which finds it."""
+        profile_id = self._new_id()
+        now = self._clock()
+        try:
+            async with self._units(True) as uow:
+                await uow.identity.add_profile(profile_id, now)
+                await uow.identity.link_many([(k.type, k.digest, profile_id) for k in keys], now)
+                await uow.commit()
+        except StorageConflict:
+            return None
+        return Resolution(profile_id=profile_id, created=True)
 
     async def _stitch_retrying(self, keys: list[KeyedIdentifier]) -> Resolution:
         for attempt in range(_ATTEMPTS):
