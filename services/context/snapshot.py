@@ -7,7 +7,12 @@ both the JSON column of the embedded store and a protobuf Struct in the mesh: ti
 8601 strings, and integers may come back as floats (a Struct has only doubles).
 
 It is written for size and speed (it runs on every decision): the key of a mapping is not
-repeated inside its value, and empty parts are left out.
+repeated inside its value, and empty parts are left out. Its parts are bounded: the
+contacts (up to 500 in a context, for contact policies) are cut to the newest
+``MAX_SNAPSHOT_CONTACTS`` (what features may use: recency, recent counts), and
+``contacts_omitted`` says how many were left out; the other parts are bounded by the
+configuration (event types, windows, channels, the catalog's actions) or by the input
+limits (attributes: 16 KiB).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ SNAPSHOT_FIELDS = frozenset(
         "contacts",
     }
 )
+MAX_SNAPSHOT_CONTACTS = 50
 _INTERACTION_COUNTS = ("decisions", "impressions", "clicks", "accepts", "rejects", "conversions")
 
 
@@ -55,8 +61,11 @@ def _parse_time(value: Any) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
-def profile_context_to_dict(context: ProfileContext) -> dict[str, Any]:
-    """The JSON-safe form of ``context`` (see the module docstring)."""
+def profile_context_to_dict(
+    context: ProfileContext, *, max_contacts: int = MAX_SNAPSHOT_CONTACTS
+) -> dict[str, Any]:
+    """The JSON-safe form of ``context`` (see the module docstring); the newest
+    ``max_contacts`` contacts only (they come newest first)."""
     data: dict[str, Any] = {
         "profile_id": context.profile_id,
         "personalization": context.personalization.value,
@@ -103,8 +112,11 @@ def profile_context_to_dict(context: ProfileContext) -> dict[str, Any]:
         data["consents"] = dict(context.consents)
     if context.contacts:
         data["contacts"] = [
-            [c.action_id, c.channel, c.kind, _time(c.occurred_at)] for c in context.contacts
+            [c.action_id, c.channel, c.kind, _time(c.occurred_at)]
+            for c in context.contacts[:max_contacts]
         ]
+        if len(context.contacts) > max_contacts:
+            data["contacts_omitted"] = len(context.contacts) - max_contacts
     return data
 
 

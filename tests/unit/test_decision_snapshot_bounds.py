@@ -1,0 +1,52 @@
+"""The learning snapshot of a recorded decision stays small and complete: its contacts
+are capped, and every candidate carries arbitration's factors even when the caller did
+not ask for an explanation (which the Decision then does not carry)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.context.model import Contact, ProfileContext
+from services.context.snapshot import (
+    MAX_SNAPSHOT_CONTACTS,
+    profile_context_from_dict,
+    profile_context_to_dict,
+)
+from services.learning.snapshot import SNAPSHOT_KEY
+from services.orchestrator.model import DecideCommand
+from tests.unit.test_decision_engine import ANN, make_hub
+
+AT = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def test_the_snapshot_keeps_only_the_newest_contacts() -> None:
+    contacts = tuple(
+        Contact(f"a{n}", "web", "decision", AT - timedelta(minutes=n)) for n in range(500)
+    )
+    context = ProfileContext("p1", contacts=contacts)
+
+    data = profile_context_to_dict(context)
+
+    assert len(data["contacts"]) == MAX_SNAPSHOT_CONTACTS
+    assert data["contacts_omitted"] == 500 - MAX_SNAPSHOT_CONTACTS
+    kept = profile_context_from_dict(data).contacts
+    assert kept == contacts[:MAX_SNAPSHOT_CONTACTS]  # the newest, in order
+    few = ProfileContext("p1", contacts=contacts[:3])
+    assert "contacts_omitted" not in profile_context_to_dict(few)
+
+
+async def test_an_unexplained_decision_snapshots_arbitrations_ranking_without_explaining() -> None:
+    hub = await make_hub()
+
+    decision = await hub.engine.decide(DecideCommand(ANN, "web"))
+
+    assert decision.explanation is None
+    snapshot = hub.context.decisions[decision.decision_id].payload[SNAPSHOT_KEY]
+    assert snapshot["ranked"] is True
+    by_id = {c["action_id"]: c for c in snapshot["candidates"]}
+    assert by_id["bravo"]["priority"] == pytest.approx(3.0)
+    assert by_id["charlie"]["priority"] == pytest.approx(2.5)
+    assert all(c["eligible"] and c["removed_by"] == "" for c in by_id.values())
+    assert hub.context.decisions[decision.decision_id].payload["explanation"] is None
