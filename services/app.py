@@ -26,6 +26,7 @@ from services.arbitration.api import ArbitrationClient, arbitration_bindings
 from services.arbitration.repository import SqlArbitrationUnitOfWork
 from services.arbitration.service import ArbitrationService
 from services.context.api import ContextClient, context_binding
+from services.context.model import PersonalizationLevel
 from services.context.repository import SqlContextUnitOfWork
 from services.context.service import ContextService
 from services.identity.api import IdentityClient, identity_binding
@@ -158,6 +159,9 @@ def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
         hosted = _local_services(
             settings, database, target, changes, observability, scoring_backend
         )
+        if hosted.context is not None:
+            # Closed in reverse: the decision log drains before the database is disposed.
+            closers.append(hosted.context.close)
     if target in (Target.ALL, Target.ORCHESTRATOR):
         if target == Target.ALL:
             assert hosted.identity and hosted.context and hosted.scoring and hosted.arbitration
@@ -196,6 +200,9 @@ def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
             observer=observability,
             changes=changes,
             event_types=settings.aggregates.event_types,
+            # In-process ports: no round trips to overlap (see DecisionEngine).
+            parallel_reads=target != Target.ALL,
+            new_profile_level=PersonalizationLevel(settings.default_personalization),
         )
         hosted.privacy = PrivacyAdmin(identity, context, changes=changes)
     security = server_security(settings)

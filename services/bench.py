@@ -521,26 +521,68 @@ def peak_rss_mb(pid: int) -> float | None:
 
 
 def bench_catalog(actions: int, channel: str = BENCH_CHANNEL) -> dict[str, Any]:
-    """A catalog document of ``actions`` plain actions, all offered on ``channel`` and all
-    scored by the demo model, with priorities spread so that arbitration has to sort them;
-    min_priority 0 so that every one is eligible."""
+    """A catalog document of ``actions`` actions, all offered on ``channel`` and all scored by
+    the demo model, with priorities spread so that arbitration has to sort them;
+    min_priority 0. Like a real catalog it has engagement policies on every level (catalog,
+    issue, group, action: eligibility, applicability, suitability), a context weight per
+    issue and contact policies, so the bench pays what they cost; all of them keep every
+    action eligible for the bench's customers (new cookies or generated customers, no
+    opt-out attributes, no reject reported), so every decision still ranks ``actions``."""
     from services.demo.train import DEMO_MODEL_NAME
 
     issues = ("retention", "cross_sell", "service", "upsell", "loyalty")
+    groups = 10  # group_k belongs to issue k % 5 (as action n is in both n % 10 and n % 5)
     return {
         "min_priority": 0.0,
+        "policies": {
+            "eligibility": "!('do_not_contact' in customer.attributes)",
+            "applicability": f"request.channel == '{channel}'",
+            "suitability": "customer.personalization != 'none' || action.value < 1000.0",
+        },
+        "contact_policies": [
+            {"name": "bench_daily_cap", "max": 1000, "of": "impression", "within": "1d"}
+        ],
+        "issues": {
+            issue: {
+                "policies": {
+                    "eligibility": f"!('{issue}_opt_out' in customer.attributes)",
+                    "suitability": "!('segment' in customer.attributes)"
+                    " || customer.attributes.segment != 'blocked'",
+                },
+                "context_weight": "'purchase' in customer.counts"
+                f" ? 1.0 + double(customer.counts.purchase) / {10 + index}.0 : 1.0",
+                "contact_policies": [
+                    {"name": "after_reject", "suppress_after": "reject", "for": "1d"}
+                ],
+                "groups": {
+                    f"group_{k}": {
+                        "policies": {
+                            "applicability": f"!('{issue}_group_{k}_opt_out' in"
+                            " customer.attributes) && request.channel != 'sms'"
+                        }
+                    }
+                    for k in range(groups)
+                    if k % len(issues) == index
+                },
+            }
+            for index, issue in enumerate(issues)
+        },
         "actions": [
             {
                 "id": f"bench_action_{n:03d}",
                 "name": f"Bench action {n}",
                 "issue": issues[n % len(issues)],
-                "group": f"group_{n % 10}",
+                "group": f"group_{n % groups}",
                 "channels": [channel],
                 "value": 10.0 + (n * 37) % 90,
                 "lever": 1.0 + (n % 3) / 10,
                 "model": DEMO_MODEL_NAME,
                 "prior_propensity": 0.01 + (n % 7) / 100,
                 "treatments": {"default": {"headline": f"Offer {n}", "cta": "Go"}},
+                "policies": {
+                    "eligibility": f"action.value > {n % 5}.0"
+                    f" && !('bench_action_{n:03d}' in customer.attributes)"
+                },
             }
             for n in range(actions)
         ],

@@ -35,6 +35,7 @@ from prometheus_client import Counter, Histogram
 
 from libs.errors import DomainError
 from libs.observability.metrics import Metrics
+from libs.rpc.interceptors import WrappedHandlers
 from libs.rpc.status import status_for
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -123,6 +124,7 @@ class RpcObserver(grpc.aio.ServerInterceptor):
         self._metrics = metrics
         self._bind_trace = bind_trace
         self._methods: dict[tuple[str, str], _MethodMetrics] = {}
+        self._wrapped = WrappedHandlers()
 
     def _method(self, full_method: str, kind: str) -> _MethodMetrics | None:
         if self._metrics is None:
@@ -150,7 +152,11 @@ class RpcObserver(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:  # unknown method: gRPC answers UNIMPLEMENTED, nothing to count
             return None
-        method = handler_call_details.method
+        return self._wrapped.get(handler_call_details.method, handler, self._wrap)
+
+    def _wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         decode, encode = handler.request_deserializer, handler.response_serializer
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(

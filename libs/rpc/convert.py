@@ -9,6 +9,7 @@ from typing import Any
 from google.protobuf import struct_pb2, timestamp_pb2
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH = datetime(1970, 1, 1)
 
 
 def struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
@@ -48,15 +49,33 @@ def timestamp_to_datetime(message: timestamp_pb2.Timestamp) -> datetime | None:
     seconds, nanos = message.seconds, message.nanos
     if seconds == 0 and nanos == 0:
         return None
-    # What Timestamp.ToDatetime(tzinfo=UTC) gives (microsecond precision), faster.
+    # What Timestamp.ToDatetime(tzinfo=UTC) gives (microsecond precision), faster
+    # (positional timedelta arguments: half the cost of keywords).
     try:
-        return _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
+        return _EPOCH + timedelta(0, seconds, nanos // 1000)
     except OverflowError:
         raise ValueError(f"timestamp {seconds}s is out of range") from None
 
 
+# Typed Any: the generated stubs declare a Timestamp for the keyword, though the runtime
+# takes the field dict (a {"seconds", "nanos"} dict, or None).
+def timestamp_fields(value: datetime | None) -> Any:
+    """The Timestamp fields of ``value`` as a dict, for a message constructor's keyword
+    (``Contact(occurred_at=timestamp_fields(at))``: a dict is the cheapest way to fill a
+    sub-message with upb); None (the field left unset) for None.
+
+    What ``Timestamp.FromDatetime`` computes (a naive datetime is taken as UTC), about four
+    times faster: a rich profile context carries a hundred timestamps on every hop."""
+    if value is None:
+        return None
+    delta = value - (_NAIVE_EPOCH if value.tzinfo is None else _EPOCH)
+    # timedelta keeps 0 <= seconds < 86400 and 0 <= microseconds < 1e6, days signed: the
+    # same normal form as Timestamp (nanos never negative).
+    return {"seconds": delta.days * 86_400 + delta.seconds, "nanos": delta.microseconds * 1000}
+
+
 def datetime_to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp:
-    message = timestamp_pb2.Timestamp()
-    if value is not None:
-        message.FromDatetime(value)
-    return message
+    fields = timestamp_fields(value)
+    if fields is None:
+        return timestamp_pb2.Timestamp()
+    return timestamp_pb2.Timestamp(**fields)

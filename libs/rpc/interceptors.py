@@ -9,8 +9,8 @@ with a bare INTERNAL, never a stack trace to the caller.
 from __future__ import annotations
 
 import inspect
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +31,37 @@ def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 128:
             return value
-    return uuid.uuid4().hex
+    # 32 random hex digits, as uuid4().hex without building a UUID (once per call).
+    return os.urandom(16).hex()
+
+
+Wrap = Callable[[str, "grpc.RpcMethodHandler[Any, Any]"], "grpc.RpcMethodHandler[Any, Any]"]
+
+
+class WrappedHandlers:
+    """The wrapped handler of each method, built once instead of on every call.
+
+    gRPC asks each server interceptor for the handler of every call; the handlers behind
+    them are the same objects call after call, so what an interceptor builds around one is
+    kept and given again as long as the handler under it is the same object (an inner
+    interceptor that builds a new one per call only costs the cache a miss). Methods are
+    the registered ones only (an unknown method has no handler), so the cache is bounded.
+    """
+
+    def __init__(self) -> None:
+        self._by_method: dict[
+            str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
+        ] = {}
+
+    def get(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any], wrap: Wrap
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        found = self._by_method.get(method)
+        if found is not None and found[0] is handler:
+            return found[1]
+        wrapped = wrap(method, handler)
+        self._by_method[method] = (handler, wrapped)
+        return wrapped
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: Exception) -> None:
@@ -105,6 +135,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
     ) -> None:
         self._default_limit = default_limit
         self._limits = dict(message_limits or {})
+        self._wrapped = WrappedHandlers()
 
     async def intercept_service(
         self,
@@ -116,7 +147,11 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method = handler_call_details.method
+        return self._wrapped.get(handler_call_details.method, handler, self._wrap)
+
+    def _wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         limit = self._limits.get(method, self._default_limit)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
@@ -192,6 +227,7 @@ class DeadlineGuard(grpc.aio.ServerInterceptor):
         self.adaptive = adaptive
         self.refused = 0
         self.typical_s: dict[str, float] = {}
+        self._wrapped = WrappedHandlers()
 
     async def intercept_service(
         self,
@@ -205,8 +241,13 @@ class DeadlineGuard(grpc.aio.ServerInterceptor):
             return handler
         if self.min_deadline_s <= 0 and not self.adaptive:
             return handler
+        return self._wrapped.get(handler_call_details.method, handler, self._wrap)
+
+    def _wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         return grpc.unary_unary_rpc_method_handler(
-            self._guard(handler.unary_unary, handler_call_details.method),
+            self._guard(handler.unary_unary, method),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

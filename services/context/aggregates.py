@@ -204,6 +204,7 @@ class BatchAggregates:
         self.plan = plan
         stamp = now.timestamp()
         self._widths = [(width, stamp - plan.retention_s[width]) for width in plan.widths]
+        self._value_attribute = plan.config.value_attribute
         self.counters: dict[tuple[str, str], CounterDelta] = {}
         self.buckets: dict[tuple[str, str, int, int], list[float]] = {}
         self.channels: dict[tuple[str, str], ChannelDelta] = {}
@@ -216,20 +217,37 @@ class BatchAggregates:
         at: datetime,
         attributes: dict[str, Any],
     ) -> None:
-        value = self.plan.value(attributes) if attributes else 0.0
-        counter = self.counters.get((profile_id, event_type))
+        # Runs once per ingested event: the counter and channel folds are inlined (a method
+        # call and a value lookup per event were a fifth of the fold's cost) and the event's
+        # time is converted to epoch seconds once, for every bucket width.
+        value = 0.0
+        if attributes:
+            amount: Any = attributes.get(self._value_attribute)
+            kind = type(amount)  # exact types: a bool is not an amount
+            if (kind is float or kind is int) and math.isfinite(amount):
+                value = float(amount)
+        key = (profile_id, event_type)
+        counter = self.counters.get(key)
         if counter is None:
-            counter = self.counters[(profile_id, event_type)] = CounterDelta()
-        counter.add(at, value, attributes)
+            self.counters[key] = CounterDelta(1, value, at, at, attributes)
+        else:
+            counter.count += 1
+            counter.value_sum += value
+            if counter.first is None or at < counter.first:
+                counter.first = at
+            if counter.last is None or at >= counter.last:
+                counter.last = at
+                counter.last_attributes = attributes
         stamp = at.timestamp()
         seconds = int(stamp)
+        buckets = self.buckets
         for width, oldest in self._widths:
             if stamp <= oldest:  # too old for every window of this width
                 continue
-            key = (profile_id, event_type, width, seconds - seconds % width)
-            bucket = self.buckets.get(key)
+            bucket_key = (profile_id, event_type, width, seconds - seconds % width)
+            bucket = buckets.get(bucket_key)
             if bucket is None:
-                self.buckets[key] = [1, value]
+                buckets[bucket_key] = [1, value]
             else:
                 bucket[0] += 1
                 bucket[1] += value
@@ -238,7 +256,11 @@ class BatchAggregates:
             if seen is None:
                 self.channels[(profile_id, channel)] = ChannelDelta(at, at, 1)
             else:
-                seen.add(at, at)
+                seen.events += 1
+                if at < seen.first:
+                    seen.first = at
+                if at > seen.last:
+                    seen.last = at
 
     def bucket_rows(self) -> list[tuple[str, str, int, int, int, float]]:
         """(profile, type, width, start in epoch seconds, count, value sum), in key order."""

@@ -15,6 +15,7 @@ from libs.rpc.convert import (
     datetime_to_timestamp,
     dict_to_struct,
     struct_to_dict,
+    timestamp_fields,
     timestamp_to_datetime,
 )
 from libs.rpc.server import ServiceBinding
@@ -216,6 +217,8 @@ def outcome_report_from_proto(
 
 
 def profile_context_to_proto(context: ProfileContext) -> context_pb2.ProfileContext:
+    """Sent on every hop that carries the context (scoring, arbitration in the mesh): the
+    timestamps go in as field dicts (timestamp_fields), the cheapest form for upb."""
     return context_pb2.ProfileContext(
         profile_id=context.profile_id,
         attributes=dict_to_struct(context.attributes),
@@ -224,8 +227,8 @@ def profile_context_to_proto(context: ProfileContext) -> context_pb2.ProfileCont
                 event_type=c.event_type,
                 count=c.count,
                 value_sum=c.value_sum,
-                last_occurred_at=datetime_to_timestamp(c.last_occurred_at),
-                first_occurred_at=datetime_to_timestamp(c.first_occurred_at),
+                last_occurred_at=timestamp_fields(c.last_occurred_at),
+                first_occurred_at=timestamp_fields(c.first_occurred_at),
                 last_values=dict_to_struct(c.last_values),
             )
             for c in context.counters.values()
@@ -240,13 +243,21 @@ def profile_context_to_proto(context: ProfileContext) -> context_pb2.ProfileCont
         channels=[
             context_pb2.ChannelActivity(
                 channel=c.channel,
-                first_seen_at=datetime_to_timestamp(c.first_seen_at),
-                last_seen_at=datetime_to_timestamp(c.last_seen_at),
+                first_seen_at=timestamp_fields(c.first_seen_at),
+                last_seen_at=timestamp_fields(c.last_seen_at),
                 events=c.events,
             )
             for c in context.channels.values()
         ],
-        predictions=[prediction_to_proto(p) for p in context.predictions.values()],
+        predictions=[
+            context_pb2.Prediction(
+                name=p.name,
+                value=p.value,
+                version=p.version,
+                predicted_at=timestamp_fields(p.predicted_at),
+            )
+            for p in context.predictions.values()
+        ],
         personalization=LEVEL_TO_PROTO[context.personalization],
         consents=[
             context_pb2.PurposeConsent(purpose=purpose, granted=granted)
@@ -262,7 +273,7 @@ def profile_context_to_proto(context: ProfileContext) -> context_pb2.ProfileCont
                 accepts=i.accepts,
                 rejects=i.rejects,
                 conversions=i.conversions,
-                last_contact_at=datetime_to_timestamp(i.last_contact_at),
+                last_contact_at=timestamp_fields(i.last_contact_at),
             )
             for i in context.interactions
         ],
@@ -271,7 +282,7 @@ def profile_context_to_proto(context: ProfileContext) -> context_pb2.ProfileCont
                 action_id=c.action_id,
                 channel=c.channel,
                 kind=c.kind,
-                occurred_at=datetime_to_timestamp(c.occurred_at),
+                occurred_at=timestamp_fields(c.occurred_at),
             )
             for c in context.contacts
         ],

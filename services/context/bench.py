@@ -97,24 +97,38 @@ def event_templates(
 
 
 class BatchMaker:
-    """Serialised TrackEventsRequests with fresh event ids, from the templates."""
+    """Serialised TrackEventsRequests with fresh event ids, from the templates.
+
+    Event ids have a fixed length (run prefix and a zero-padded counter), so each
+    template's field header (tag and length of the Event, tag and length of its id) is
+    computed once: an event costs one formatted id and a concatenation."""
+
+    ID_DIGITS = 12
 
     def __init__(self, templates: list[list[bytes]], batch: int, seed: int = 11) -> None:
-        self._templates = templates
         self._batch = batch
-        self._per_visitor = len(templates[0])
         self._rng = random.Random(seed)
         self._run = uuid.uuid4().hex[:10]
         self._ids = itertools.count()
+        id_length = len(self._run) + 1 + self.ID_DIGITS
+        id_head = _varint(1 << 3 | 2) + _varint(id_length)
+        # Per visitor: (event header + id header, event template) for each of its events.
+        self._visitors = [
+            [
+                (_varint(1 << 3 | 2) + _varint(id_length + len(id_head) + len(t)) + id_head, t)
+                for t in events
+            ]
+            for events in templates
+        ]
 
     def next(self) -> bytes:
         parts: list[bytes] = []
+        run, digits, ids, choice = self._run, self.ID_DIGITS, self._ids, self._rng.choice
         while len(parts) < self._batch:
-            for template in self._rng.choice(self._templates):
+            for head, template in choice(self._visitors):
                 if len(parts) == self._batch:
                     break
-                event_id = f"{self._run}-{next(self._ids)}".encode()
-                parts.append(_field(1, _field(1, event_id) + template))
+                parts.append(head + f"{run}-{next(ids):0{digits}d}".encode() + template)
         return b"".join(parts)
 
 

@@ -13,8 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sqlalchemy import (
@@ -42,13 +41,9 @@ from services.context.aggregates import AggregatePlan, BatchAggregates
 from services.context.model import (
     PERSONALIZATION,
     AttributeChange,
-    ChannelActivity,
     Consent,
     ConsentChange,
-    Contact,
     DecisionRecord,
-    EventCounter,
-    InteractionSummary,
     Outcome,
     OutcomeRecord,
     PersonalizationLevel,
@@ -57,6 +52,7 @@ from services.context.model import (
     ProfileEvent,
     PurposeConsent,
 )
+from services.context.profile_read import ProfileReader
 from services.context.tables import (
     AttributesRow,
     BucketRow,
@@ -122,11 +118,6 @@ class _Bulk:
     def __init__(self, postgres: bool) -> None:
         self.postgres = postgres
         self._statements: dict[tuple[str, int], str] = {}
-        mark = "%s" if postgres else "?"
-        self.read_buckets = (
-            "SELECT event_type, width_s, bucket_start, count, value_sum FROM context_buckets"
-            f" WHERE profile_id = {mark} AND bucket_start >= {mark}"
-        )
 
     def time(self, value: datetime | None) -> Any:
         if value is None:
@@ -135,7 +126,9 @@ class _Bulk:
             return value.isoformat()
         if value.tzinfo is not UTC:
             value = value.astimezone(UTC)
-        return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+        # "YYYY-MM-DD HH:MM:SS.ffffff" (UtcDateTime's SQLite text) is the first 26
+        # characters of the aware UTC form: no naive copy of the datetime needed.
+        return value.isoformat(" ", "microseconds")[:26]
 
     def json(self, value: Any) -> Any:
         """A JSON column's value: text for SQLite, the object inside PostgreSQL's document."""
@@ -209,7 +202,42 @@ _EVENTS_HEAD = (
 )
 _EVENTS_TYPES = ("text", "text", "text", "text", "timestamptz", "timestamptz", "json")
 _EVENTS_TAIL = "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+# The decision log's group commit (ContextService's writer): a batch of decisions in one
+# statement, their interaction bumps folded per (profile, action, channel), their
+# predictions folded per (profile, model).
+_DECISIONS_HEAD = (
+    "INSERT INTO context_decisions (decision_id, request_id, profile_id, channel, placement,"
+    " action_id, decided_at, payload)"
+)
+_DECISIONS_TYPES = ("text", "text", "text", "text", "text", "text", "timestamptz", "json")
+_DECIDED_HEAD = (
+    "INSERT INTO context_interactions AS t (profile_id, action_id, channel, decisions,"
+    " impressions, clicks, accepts, rejects, conversions)"
+)
+_DECIDED_TYPES = ("text", "text", "text", "int", "int", "int", "int", "int", "int")
+_DECIDED_TAIL = (
+    "ON CONFLICT (profile_id, action_id, channel) DO UPDATE SET"
+    " decisions = t.decisions + excluded.decisions"
+)
+_PREDICTIONS_HEAD = (
+    "INSERT INTO context_predictions AS t (profile_id, name, value, version, predicted_at)"
+)
+_PREDICTIONS_TYPES = ("text", "text", "float8", "text", "timestamptz")
+# An older output than the one stored is ignored (as set_predictions does).
+_PREDICTIONS_TAIL = (
+    "ON CONFLICT (profile_id, name) DO UPDATE SET value = excluded.value,"
+    " version = excluded.version, predicted_at = excluded.predicted_at"
+    " WHERE excluded.predicted_at >= t.predicted_at"
+)
 _BULK = {False: _Bulk(False), True: _Bulk(True)}
+
+
+def _event_id(event: ProfileEvent) -> str:
+    return event.event_id
+
+
+# The profile context of a decision: one statement per dialect (profile_read.py).
+_READERS = {False: ProfileReader(False), True: ProfileReader(True)}
 # The reads of every decision, built once (building a statement costs more than running it).
 _PROFILE: BindParameter[str] = bindparam("profile_id", type_=String())
 _READ_CONSENTS = select(
@@ -219,63 +247,14 @@ _READ_CONSENTS = select(
     CONSENTS.c.source,
     CONSENTS.c.updated_at,
 ).where(CONSENTS.c.profile_id == _PROFILE)
-_READ_COUNTERS = select(
-    COUNTERS.c.event_type,
-    COUNTERS.c.count,
-    COUNTERS.c.value_sum,
-    COUNTERS.c.last_occurred_at,
-    COUNTERS.c.first_occurred_at,
-    COUNTERS.c.last_values,
-).where(COUNTERS.c.profile_id == _PROFILE)
-_READ_CHANNELS = select(
-    CHANNELS.c.channel, CHANNELS.c.first_seen_at, CHANNELS.c.last_seen_at, CHANNELS.c.events
-).where(CHANNELS.c.profile_id == _PROFILE)
-_READ_INTERACTIONS = select(
-    INTERACTIONS.c.action_id,
-    INTERACTIONS.c.channel,
-    *(INTERACTIONS.c[name] for name in INTERACTION_FIELDS),
-    INTERACTIONS.c.last_contact_at,
-).where(INTERACTIONS.c.profile_id == _PROFILE)
-_READ_ATTRIBUTES = select(ATTRIBUTES.c.attributes).where(ATTRIBUTES.c.profile_id == _PROFILE)
-_READ_PREDICTIONS = select(
-    PREDICTIONS.c.name, PREDICTIONS.c.value, PREDICTIONS.c.version, PREDICTIONS.c.predicted_at
-).where(PREDICTIONS.c.profile_id == _PROFILE)
 # Recent contacts (contact policies): the decisions that served an action and the outcomes
-# reported, newest first, in one statement run through the driver (up to MAX_CONTACTS rows
-# on every decision: SQLAlchemy's per-row processing would cost more than the query). The
+# reported, newest first, read with the rest of the profile context (profile_read.py). The
 # bound is split so that frequent contacts never crowd out rare ones: the newest 200
 # decisions, 200 impressions/clicks and 100 answers (accept, reject, dismiss, convert), so a
 # reject stays visible to its suppression however often the customer is shown things. Each
 # part is cut on its (profile_id, time) index, so a profile decided on many times costs no
 # more than the bound.
 MAX_CONTACTS = 500
-_CONTACTS_SQL = (
-    "SELECT action_id, channel, kind, occurred_at FROM ("
-    " SELECT * FROM (SELECT action_id, channel, 'decision' AS kind, decided_at AS occurred_at"
-    " FROM context_decisions WHERE profile_id = {m} AND decided_at >= {m} AND action_id <> ''"
-    " ORDER BY decided_at DESC LIMIT 200) AS served"
-    " UNION ALL"
-    " SELECT * FROM (SELECT action_id, channel, outcome AS kind, occurred_at"
-    " FROM context_outcomes WHERE profile_id = {m} AND occurred_at >= {m} AND action_id <> ''"
-    " AND outcome IN ('impression', 'click') ORDER BY occurred_at DESC LIMIT 200) AS shown"
-    " UNION ALL"
-    " SELECT * FROM (SELECT action_id, channel, outcome AS kind, occurred_at"
-    " FROM context_outcomes WHERE profile_id = {m} AND occurred_at >= {m} AND action_id <> ''"
-    " AND outcome NOT IN ('impression', 'click') ORDER BY occurred_at DESC LIMIT 100) AS answered"
-    ") AS recent ORDER BY occurred_at DESC"
-)
-_READ_CONTACTS = {
-    postgres: _CONTACTS_SQL.format(m="%s" if postgres else "?") for postgres in (False, True)
-}
-
-
-def _contacts(rows: Iterable[Any], postgres: bool) -> tuple[Contact, ...]:
-    if postgres:  # timestamptz: aware datetimes
-        return tuple(Contact(a, c, k, at.astimezone(UTC)) for a, c, k, at in rows)
-    # SQLite: the UTC text SQLAlchemy's DateTime stores.
-    return tuple(
-        Contact(a, c, k, datetime.fromisoformat(at).replace(tzinfo=UTC)) for a, c, k, at in rows
-    )
 
 
 class ContextRepository(Protocol):
@@ -304,6 +283,10 @@ class ContextRepository(Protocol):
     async def set_consent(self, profile_id: str, change: ConsentChange, at: datetime) -> None: ...
     async def set_predictions(self, profile_id: str, predictions: Sequence[Prediction]) -> None: ...
     async def decision_by_request(self, request_id: str) -> DecisionRecord | None: ...
+    async def decisions_by_requests(
+        self, request_ids: Sequence[str]
+    ) -> dict[str, DecisionRecord]: ...
+    async def add_decisions(self, records: Sequence[DecisionRecord]) -> None: ...
     async def decision(self, decision_id: str) -> DecisionRecord | None: ...
     async def add_decision(self, record: DecisionRecord) -> None: ...
     async def bump_interaction(
@@ -417,6 +400,11 @@ class SqlContextRepository:
         dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
         self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         self._bulk = _BULK[dialect == "postgresql"]
+        # The driver values of the last add_events' times and attributes (see there).
+        self._converted: tuple[dict[datetime, Any], dict[int, tuple[dict[str, Any], Any]]] = (
+            {},
+            {},
+        )
 
     async def _bulk_write(
         self,
@@ -434,8 +422,8 @@ class SqlContextRepository:
             chunk = rows[start : start + step]
             sql = bulk.statement(name, head, types, tail, len(chunk))
             result = await exec_driver_sql(self._session, sql, bulk.parameters(chunk))
-            if "RETURNING" in sql:
-                returned.extend(row[0] for row in result)
+            if "RETURNING" in sql:  # all rows at once (iterating fetches them one by one)
+                returned.extend(row[0] for row in result.fetchall())
         return returned
 
     async def _flush(self) -> None:
@@ -459,28 +447,57 @@ class SqlContextRepository:
         return {row.merged_id: row.survivor_id for row in rows}
 
     async def add_events(self, events: Sequence[ProfileEvent], received_at: datetime) -> set[str]:
-        """Store the events not stored yet; returns the ids that were new."""
+        """Store the events not stored yet; returns the ids that were new.
+
+        Each event's time and attributes are converted for the driver once, here; the
+        conversions are kept for ``add_aggregates`` of the same batch, whose first/last
+        times and last values are the events' own (a counter's last values reuse the JSON
+        text of its latest event when every attribute is kept)."""
         bulk = self._bulk
-        received = bulk.time(received_at)
-        rows = [
-            (
-                event.event_id,
-                event.profile_id,
-                event.type,
-                event.channel,
-                bulk.time(event.occurred_at),
-                received,
-                bulk.json(event.attributes),
+        time, to_json = bulk.time, bulk.json
+        times: dict[datetime, Any] = {}
+        texts: dict[int, tuple[dict[str, Any], Any]] = {}
+        self._converted = (times, texts)
+        received = time(received_at)
+        rows = []
+        for event in sorted(events, key=_event_id):
+            at, attributes = event.occurred_at, event.attributes
+            stored_at = times[at] = time(at)
+            stored_attributes = to_json(attributes)
+            texts[id(attributes)] = (attributes, stored_attributes)
+            rows.append(
+                (
+                    event.event_id,
+                    event.profile_id,
+                    event.type,
+                    event.channel,
+                    stored_at,
+                    received,
+                    stored_attributes,
+                )
             )
-            for event in sorted(events, key=lambda e: e.event_id)
-        ]
         return set(
             await self._bulk_write("events", _EVENTS_HEAD, _EVENTS_TYPES, _EVENTS_TAIL, rows)
         )
 
     async def add_aggregates(self, batch: BatchAggregates, plan: AggregatePlan) -> None:
         """Add a batch's folded aggregates: one statement per table (and 400 rows)."""
-        time, to_json = self._bulk.time, self._bulk.json
+        bulk = self._bulk
+        time, to_json = bulk.time, bulk.json
+        times, texts = self._converted
+
+        def stored_time(at: datetime | None) -> Any:
+            found = times.get(at) if at is not None else None
+            return found if found is not None else time(at)
+
+        def stored_last_values(attributes: dict[str, Any]) -> Any:
+            kept = plan.last_values(attributes)
+            if len(kept) == len(attributes):  # all of them: the event's own JSON
+                found = texts.get(id(attributes))
+                if found is not None and found[0] is attributes:
+                    return found[1]
+            return to_json(kept)
+
         await self._bulk_write(
             "counters",
             _COUNTERS_HEAD,
@@ -492,19 +509,15 @@ class SqlContextRepository:
                     event_type,
                     delta.count,
                     delta.value_sum,
-                    time(delta.first),
-                    time(delta.last),
-                    to_json(plan.last_values(delta.last_attributes)),
+                    stored_time(delta.first),
+                    stored_time(delta.last),
+                    stored_last_values(delta.last_attributes),
                 )
                 for (profile_id, event_type), delta in sorted(batch.counters.items())
             ],
         )
         await self._bulk_write(
-            "buckets",
-            _BUCKETS_HEAD,
-            _BUCKETS_TYPES,
-            _BUCKETS_TAIL,
-            [row for row in batch.bucket_rows()],
+            "buckets", _BUCKETS_HEAD, _BUCKETS_TYPES, _BUCKETS_TAIL, batch.bucket_rows()
         )
         await self._bulk_write(
             "channels",
@@ -512,7 +525,7 @@ class SqlContextRepository:
             _CHANNELS_TYPES,
             _CHANNELS_TAIL,
             [
-                (profile_id, channel, time(seen.first), time(seen.last), seen.events)
+                (profile_id, channel, stored_time(seen.first), stored_time(seen.last), seen.events)
                 for (profile_id, channel), seen in sorted(batch.channels.items())
             ],
         )
@@ -600,70 +613,17 @@ class SqlContextRepository:
         """What a decision may use of the profile (``everything``: all that is stored).
 
         ``contacts``: the decisions served and outcomes reported in the last
-        ``contact_history_s`` seconds, newest first, at most MAX_CONTACTS (see above)."""
-        consent = await self.consent(profile_id, default_level)
-        level = consent.level
-        consents = {p.purpose: p.granted for p in consent.purposes}
-        if level == PersonalizationLevel.NONE and not everything:
-            return ProfileContext(profile_id, personalization=level, consents=consents)
-        key = {"profile_id": profile_id}
-        counters = await self._session.execute(_READ_COUNTERS, key)
-        # Plain numbers only: straight from the driver (this is the read of every decision).
-        buckets = await exec_driver_sql(
+        ``contact_history_s`` seconds, newest first, at most MAX_CONTACTS (see above).
+        One statement (services/context/profile_read.py)."""
+        return await _READERS[self._bulk.postgres].read(
             self._session,
-            self._bulk.read_buckets,
-            (profile_id, plan.oldest_read(now)),
+            profile_id,
+            plan,
+            now,
+            default_level,
+            everything=everything,
+            contact_history_s=contact_history_s,
         )
-        channels = await self._session.execute(_READ_CHANNELS, key)
-        interactions = await self._session.execute(_READ_INTERACTIONS, key)
-        oldest = now - timedelta(seconds=contact_history_s)
-        since = oldest if self._bulk.postgres else self._bulk.time(oldest)
-        contacts = await exec_driver_sql(
-            self._session,
-            _READ_CONTACTS[self._bulk.postgres],
-            (profile_id, since) * 3,
-        )
-        context = ProfileContext(
-            profile_id=profile_id,
-            # (Rows are tuples: row.count would be tuple.count, hence the unpacking.)
-            counters={
-                event_type: EventCounter(
-                    event_type, count, value_sum, last, first, dict(last_values or {})
-                )
-                for event_type, count, value_sum, last, first, last_values in map(tuple, counters)
-            },
-            windows=plan.window_sums(buckets.fetchall(), now),
-            channels={
-                row.channel: ChannelActivity(
-                    row.channel, row.first_seen_at, row.last_seen_at, row.events
-                )
-                for row in channels
-            },
-            interactions=tuple(
-                InteractionSummary(
-                    action_id=row.action_id,
-                    channel=row.channel,
-                    **{name: getattr(row, name) for name in INTERACTION_FIELDS},
-                    last_contact_at=row.last_contact_at,
-                )
-                for row in interactions
-            ),
-            personalization=level,
-            consents=consents,
-            contacts=_contacts(contacts.fetchall(), self._bulk.postgres),
-        )
-        if level == PersonalizationLevel.FULL or everything:
-            attributes = (await self._session.execute(_READ_ATTRIBUTES, key)).scalar()
-            predictions = await self._session.execute(_READ_PREDICTIONS, key)
-            context = replace(
-                context,
-                attributes=dict(attributes or {}),
-                predictions={
-                    row.name: Prediction(row.name, row.value, row.version, row.predicted_at)
-                    for row in predictions
-                },
-            )
-        return context if everything else context.honouring_consent()
 
     async def consent(self, profile_id: str, default_level: PersonalizationLevel) -> Consent:
         rows = await self._session.execute(_READ_CONSENTS, {"profile_id": profile_id})
@@ -738,6 +698,72 @@ class SqlContextRepository:
             select(DecisionRow).where(DecisionRow.request_id == request_id)
         )
         return _record(row) if row else None
+
+    async def decisions_by_requests(self, request_ids: Sequence[str]) -> dict[str, DecisionRecord]:
+        """The decisions already stored under these request ids (one query)."""
+        if not request_ids:
+            return {}
+        rows = await self._session.execute(
+            select(DECISIONS).where(DECISIONS.c.request_id.in_(sorted(set(request_ids))))
+        )
+        return {row.request_id: _record(row) for row in rows}
+
+    async def add_decisions(self, records: Sequence[DecisionRecord]) -> None:
+        """Store a batch of decisions (the decision log's group commit): the rows in one
+        statement, the interaction counts of the decided actions folded per (profile,
+        action, channel) into one upsert, the predictions they carry folded per (profile,
+        model) into another (the newest wins; on a tie the later record, as one by one).
+        Raises StorageConflict when a decision id or request id is taken (nothing of the
+        batch is written then: the caller rolls back)."""
+        bulk = self._bulk
+        time, to_json = bulk.time, bulk.json
+        rows = [
+            (
+                r.decision_id,
+                r.request_id or None,
+                r.profile_id,
+                r.channel,
+                r.placement,
+                r.action_id,
+                time(r.decided_at),
+                to_json(r.payload),
+            )
+            for r in records
+        ]
+        decided: dict[tuple[str, str, str], int] = {}
+        predictions: dict[tuple[str, str], Prediction] = {}
+        for r in records:
+            if not r.profile_id:
+                continue
+            if r.action_id:
+                key = (r.profile_id, r.action_id, r.channel)
+                decided[key] = decided.get(key, 0) + 1
+            for p in r.predictions:
+                held = predictions.get((r.profile_id, p.name))
+                if held is None or p.predicted_at >= held.predicted_at:
+                    predictions[(r.profile_id, p.name)] = p
+        try:
+            await self._bulk_write("decisions", _DECISIONS_HEAD, _DECISIONS_TYPES, "", rows)
+        except IntegrityError as error:
+            raise StorageConflict(str(error.orig)) from error
+        # Key order: concurrent writers on PostgreSQL lock shared rows in the same order.
+        await self._bulk_write(
+            "decided",
+            _DECIDED_HEAD,
+            _DECIDED_TYPES,
+            _DECIDED_TAIL,
+            [(*key, count, 0, 0, 0, 0, 0) for key, count in sorted(decided.items())],
+        )
+        await self._bulk_write(
+            "predictions",
+            _PREDICTIONS_HEAD,
+            _PREDICTIONS_TYPES,
+            _PREDICTIONS_TAIL,
+            [
+                (profile_id, name, p.value, p.version, time(p.predicted_at))
+                for (profile_id, name), p in sorted(predictions.items())
+            ],
+        )
 
     async def decision(self, decision_id: str) -> DecisionRecord | None:
         row = await self._session.get(DecisionRow, decision_id)

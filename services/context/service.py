@@ -3,11 +3,12 @@ profile attributes, predictions, consent, merges, export and erasure."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -84,7 +85,7 @@ def _check_time(problems: Violations, field: str, at: datetime | None, now: date
 
 def check_event_fields(
     problems: Violations,
-    where: str,
+    index: int,
     event_id: str,
     event_type: str,
     channel: str,
@@ -94,23 +95,25 @@ def check_event_fields(
     *,
     event_types: frozenset[str] = frozenset(),
 ) -> None:
-    """Validate one event, naming ``where`` (e.g. ``events[3]``) in every violation.
+    """Validate ``events[index]``, naming it in every violation.
 
     ``event_types``: the declared types (configuration); empty = any well-formed type.
-    Runs for every ingested event (twice in the embedded shape: orchestrator and context),
-    so field names are only formatted for a violation."""
+    Runs once for every ingested event (the orchestrator's, or the context service's own
+    for events from elsewhere), so field names are only formatted for a violation."""
     if not 0 < len(event_id) <= 128:
-        problems.add(f"{where}.event_id", "required, 1-128 characters")
+        problems.add(f"events[{index}].event_id", "required, 1-128 characters")
     if not _valid_name(event_type):
-        problems.add(f"{where}.type", "required, a name of at most 64 letters, digits, _ . : -")
+        problems.add(
+            f"events[{index}].type", "required, a name of at most 64 letters, digits, _ . : -"
+        )
     elif event_types and event_type not in event_types and event_type != PROFILE_UPDATE_EVENT:
-        problems.add(f"{where}.type", f"{event_type!r} is not a declared event type")
+        problems.add(f"events[{index}].type", f"{event_type!r} is not a declared event type")
     if len(channel) > 64:
-        problems.add(f"{where}.channel", "at most 64 characters")
+        problems.add(f"events[{index}].channel", "at most 64 characters")
     if occurred_at is not None and not (now - OLDEST_EVENT <= occurred_at <= now + MAX_FUTURE_SKEW):
-        _check_time(problems, f"{where}.occurred_at", occurred_at, now)
+        _check_time(problems, f"events[{index}].occurred_at", occurred_at, now)
     if attributes and len(repr(attributes)) > MAX_ATTRIBUTES_BYTES:
-        problems.add(f"{where}.attributes", f"larger than {MAX_ATTRIBUTES_BYTES} bytes")
+        problems.add(f"events[{index}].attributes", f"larger than {MAX_ATTRIBUTES_BYTES} bytes")
 
 
 def check_attribute_change(problems: Violations, change: AttributeChange, now: datetime) -> None:
@@ -201,6 +204,109 @@ def _validate_record(record: DecisionRecord) -> None:
     problems.raise_if_any()
 
 
+MAX_DECISIONS_PER_COMMIT = 256
+
+
+@dataclass
+class _Waiting:
+    record: DecisionRecord
+    done: asyncio.Future[RecordedDecision]
+
+
+class DecisionLog:
+    """Group commit of the decision log: decisions recorded concurrently are written
+    together, one transaction and a few bulk statements per batch, instead of one
+    transaction each (the commit, the session and the statements' overhead were most of
+    the cost of recording a decision).
+
+    Each caller waits for the commit of its batch: a decision is durable before
+    ``record`` returns (its outcome can be recorded as soon as it is answered). A batch is
+    whatever is queued when the writer is free (at most ``max_batch``): no timer, so a lone
+    caller waits for nobody. The writer is a task started by the first record queued and
+    ending when the queue is empty (no task idles, none outlives its event loop).
+
+    ``write_batch`` writes a batch in one transaction; on StorageConflict (a decision or
+    request id taken meanwhile, by another process) the batch is written again one record
+    at a time by ``write_one``, so that only the conflicting record gets its own answer
+    (replay or AlreadyExists). Any other error fails every caller of the batch (nothing of
+    it was committed). A caller that gives up waiting (cancelled) does not cancel the write.
+    """
+
+    def __init__(
+        self,
+        write_batch: Callable[[list[DecisionRecord]], Awaitable[list[RecordedDecision]]],
+        write_one: Callable[[DecisionRecord], Awaitable[RecordedDecision]],
+        *,
+        max_batch: int = MAX_DECISIONS_PER_COMMIT,
+    ) -> None:
+        self._write_batch = write_batch
+        self._write_one = write_one
+        self._max_batch = max_batch
+        self._queue: list[_Waiting] = []
+        self._writer: asyncio.Task[None] | None = None
+        self.batches = 0  # batches committed (tests, benchmarks)
+
+    async def record(self, record: DecisionRecord) -> RecordedDecision:
+        done: asyncio.Future[RecordedDecision] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Waiting(record, done))
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_queued())
+        return await done
+
+    async def close(self) -> None:
+        """Wait until everything queued is written (graceful stop)."""
+        while self._writer is not None:
+            await asyncio.shield(self._writer)
+
+    async def _write_queued(self) -> None:
+        try:
+            while self._queue:
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+                await self._write(batch)
+        except BaseException:  # cancelled (the loop is closing): fail what still waits
+            queued, self._queue = self._queue, []
+            for waiting in queued:
+                _fail(waiting.done, _stopped())
+            raise
+        finally:
+            self._writer = None
+
+    async def _write(self, batch: list[_Waiting]) -> None:
+        try:
+            try:
+                results = await self._write_batch([waiting.record for waiting in batch])
+            except StorageConflict:
+                for waiting in batch:
+                    try:
+                        _resolve(waiting.done, await self._write_one(waiting.record))
+                    except Exception as error:
+                        _fail(waiting.done, error)
+                return
+            self.batches += 1
+            for waiting, result in zip(batch, results, strict=True):
+                _resolve(waiting.done, result)
+        except BaseException as error:  # incl. cancellation: no caller waits forever
+            for waiting in batch:
+                _fail(waiting.done, error if isinstance(error, Exception) else _stopped())
+            if not isinstance(error, Exception):
+                raise
+
+
+def _stopped() -> Exception:
+    return RuntimeError("the decision log stopped before this decision was written")
+
+
+def _resolve(done: asyncio.Future[RecordedDecision], result: RecordedDecision) -> None:
+    if not done.done():  # the caller may have given up (cancelled)
+        done.set_result(result)
+
+
+def _fail(done: asyncio.Future[RecordedDecision], error: Exception) -> None:
+    if not done.done():
+        done.set_exception(error)
+
+
 class ContextService:
     def __init__(
         self,
@@ -220,6 +326,16 @@ class ContextService:
         self._default_level = PersonalizationLevel(default_level)
         # When each profile's old buckets were last pruned by this process.
         self._pruned: OrderedDict[str, datetime] = OrderedDict()
+        self._decision_log = DecisionLog(self._record_batch, self._record_one)
+
+    @property
+    def decision_log(self) -> DecisionLog:
+        return self._decision_log
+
+    async def close(self) -> None:
+        """Drain the decision log (the composition root calls it before the database
+        is disposed)."""
+        await self._decision_log.close()
 
     @property
     def plan(self) -> AggregatePlan:
@@ -267,20 +383,37 @@ class ContextService:
             "events",
             f"at most {MAX_EVENTS_PER_BATCH} events per batch",
         )
+        event_types = self._plan.event_types
         for index, event in enumerate(events):
             check_event_fields(
                 problems,
-                f"events[{index}]",
+                index,
                 event.event_id,
                 event.type,
                 event.channel,
                 event.occurred_at,
                 event.attributes,
                 now,
-                event_types=self._plan.event_types,
+                event_types=event_types,
             )
-            problems.require(bool(event.profile_id), f"events[{index}].profile_id", "required")
+            if not event.profile_id:
+                problems.add(f"events[{index}].profile_id", "required")
         problems.raise_if_any()
+        return await self._append_checked(events, now)
+
+    async def append_validated_events(
+        self, events: list[ProfileEvent], event_types: frozenset[str]
+    ) -> AppendResult:
+        """``append_events`` for a caller in the same process that has already checked
+        every event with ``check_event_fields`` against ``event_types`` and given each a
+        profile id (the orchestrator of the embedded shape: validating each event twice
+        was a tenth of ingestion's CPU). Declared types other than this service's are
+        checked again (a caller configured differently)."""
+        if event_types != self._plan.event_types or len(events) > MAX_EVENTS_PER_BATCH:
+            return await self.append_events(events)
+        return await self._append_checked(events, self._clock())
+
+    async def _append_checked(self, events: list[ProfileEvent], now: datetime) -> AppendResult:
         unique = list({event.event_id: event for event in events}.values())
         result: AppendResult = await self._retrying(lambda: self._append(unique, len(events), now))
         return result
@@ -404,8 +537,40 @@ class ContextService:
 
     async def record_decision(self, record: DecisionRecord) -> RecordedDecision:
         """Store a decision once; the same request_id returns the decision stored first.
-        The models' outputs it carries are kept as the profile's latest predictions."""
+        The models' outputs it carries are kept as the profile's latest predictions.
+
+        Written by the decision log's group commit (DecisionLog): returns once the batch
+        holding it is committed."""
         _validate_record(record)
+        return await self._decision_log.record(record)
+
+    async def _record_batch(self, records: list[DecisionRecord]) -> list[RecordedDecision]:
+        """One transaction for a batch of validated records. Replays (a request id stored
+        already, or given twice in the batch) get the decision stored first and write
+        nothing; the others are written with bulk statements."""
+        results: list[RecordedDecision | None] = [None] * len(records)
+        fresh: list[DecisionRecord] = []
+        async with self._units(True) as uow:
+            request_ids = [r.request_id for r in records if r.request_id]
+            earlier = await uow.context.decisions_by_requests(request_ids)
+            for index, record in enumerate(records):
+                first = earlier.get(record.request_id) if record.request_id else None
+                if first is not None:
+                    results[index] = RecordedDecision(first, replayed=True)
+                    continue
+                if record.request_id:
+                    # A later record of this batch with the same request id replays it (as
+                    # read back from storage: without the predictions).
+                    earlier[record.request_id] = replace(record, predictions=())
+                fresh.append(record)
+                results[index] = RecordedDecision(record, replayed=False)
+            if fresh:
+                await uow.context.add_decisions(fresh)
+                await uow.commit()
+        return [result for result in results if result is not None]
+
+    async def _record_one(self, record: DecisionRecord) -> RecordedDecision:
+        """One record in its own transactions (a batch that met a conflict)."""
         if record.request_id:
             async with self._units(False) as uow:
                 earlier = await uow.context.decision_by_request(record.request_id)

@@ -15,6 +15,8 @@ from libs.clock import utc_now
 from libs.rpc.convert import (
     datetime_to_timestamp,
     dict_to_struct,
+    struct_to_dict,
+    timestamp_to_datetime,
 )
 from libs.rpc.server import ServiceBinding
 from services.arbitration.api import explanation_to_proto
@@ -32,6 +34,7 @@ from services.context.api import (
 )
 from services.context.model import AttributeChange
 from services.identity.api import identifiers_from_proto
+from services.identity.model import Identifier
 from services.orchestrator.model import DecideCommand, Decision, TrackedEvent
 from services.orchestrator.service import DecisionEngine, PrivacyAdmin
 
@@ -81,6 +84,46 @@ def decision_to_proto(decision: Decision) -> decision_pb2.Decision:
     return message
 
 
+def tracked_events_from_proto(messages: Any) -> list[TrackedEvent]:
+    """The events of a TrackEventsRequest. Runs for every ingested event: the field name
+    of a violation is formatted only when there is one (by the checked conversions, run
+    again on the event at fault), and the identifiers of a visitor's events, usually
+    repeated through a batch, are converted once (the lists are shared, never mutated)."""
+    events: list[TrackedEvent] = []
+    identifier_lists: dict[tuple[str, ...], list[Identifier]] = {}
+    for index, message in enumerate(messages):
+        items = message.identifiers
+        if len(items) == 1:
+            item = items[0]
+            key: tuple[str, ...] = (item.type, item.value)
+        else:
+            key = tuple(part for item in items for part in (item.type, item.value))
+        identifiers = identifier_lists.get(key)
+        if identifiers is None:
+            identifiers = identifier_lists[key] = identifiers_from_proto(items)
+        stamp = message.occurred_at
+        try:
+            if not 0 <= stamp.nanos < 1_000_000_000:
+                raise ValueError("nanos out of range")
+            occurred_at = timestamp_to_datetime(stamp)
+            attributes = struct_to_dict(message.attributes)
+        except (ValueError, OverflowError):
+            checked_time(stamp, f"events[{index}].occurred_at")
+            checked_struct(message.attributes, f"events[{index}].attributes")
+            raise
+        events.append(
+            TrackedEvent(
+                message.event_id,
+                identifiers,
+                message.type,
+                message.channel,
+                occurred_at,
+                attributes,
+            )
+        )
+    return events
+
+
 class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
     def __init__(self, engine: DecisionEngine) -> None:
         self._engine = engine
@@ -110,19 +153,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
     async def TrackEvents(
         self, request: decision_pb2.TrackEventsRequest, context: Context
     ) -> decision_pb2.TrackEventsResponse:
-        result = await self._engine.track_events(
-            [
-                TrackedEvent(
-                    event_id=event.event_id,
-                    identifiers=identifiers_from_proto(event.identifiers),
-                    type=event.type,
-                    channel=event.channel,
-                    occurred_at=checked_time(event.occurred_at, f"events[{index}].occurred_at"),
-                    attributes=checked_struct(event.attributes, f"events[{index}].attributes"),
-                )
-                for index, event in enumerate(request.events)
-            ]
-        )
+        result = await self._engine.track_events(tracked_events_from_proto(request.events))
         return decision_pb2.TrackEventsResponse(
             accepted=result.accepted, duplicates=result.duplicates
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -63,10 +63,48 @@ class Decision:
     exploration: str = "greedy"
 
     def to_payload(self) -> dict[str, Any]:
-        """A JSON-safe dict, as the context service keeps it for replays and export."""
-        payload = asdict(self)
-        payload["decided_at"] = self.decided_at.isoformat()
-        return payload
+        """A JSON-safe dict, as the context service keeps it for replays and export.
+
+        Built field by field: what ``dataclasses.asdict`` gives (same keys, same order,
+        tests/unit/test_decision_payload.py holds them equal), several times faster, since
+        every decision is recorded with one. asdict deep-copies; here only the treatment's
+        top-level mapping is copied (its values come from the catalog, which nothing
+        mutates), the candidates hold scalars only."""
+        action = self.action
+        explanation = self.explanation
+        return {
+            "decision_id": self.decision_id,
+            "profile_id": self.profile_id,
+            "channel": self.channel,
+            "placement": self.placement,
+            "action": None
+            if action is None
+            else {
+                "action_id": action.action_id,
+                "name": action.name,
+                "issue": action.issue,
+                "group": action.group,
+                "treatment": dict(action.treatment),
+            },
+            "propensity": self.propensity,
+            "value": self.value,
+            "lever": self.lever,
+            "context_weight": self.context_weight,
+            "priority": self.priority,
+            "model_version": self.model_version,
+            "decided_at": self.decided_at.isoformat(),
+            "degraded": self.degraded,
+            "degraded_reason": self.degraded_reason,
+            "explanation": None
+            if explanation is None
+            else {
+                "candidates": tuple(_candidate_payload(c) for c in explanation.candidates),
+                "min_priority": explanation.min_priority,
+                "summary": explanation.summary,
+            },
+            "selection_probability": self.selection_probability,
+            "exploration": self.exploration,
+        }
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> Decision:
@@ -101,6 +139,23 @@ class Decision:
             if explanation
             else None,
         )
+
+
+def _candidate_payload(candidate: CandidateExplanation) -> dict[str, Any]:
+    return {
+        "action_id": candidate.action_id,
+        "eligible": candidate.eligible,
+        "removed_by": candidate.removed_by,
+        "reason": candidate.reason,
+        "propensity": candidate.propensity,
+        "context_weight": candidate.context_weight,
+        "value": candidate.value,
+        "lever": candidate.lever,
+        "priority": candidate.priority,
+        "rank": candidate.rank,
+        "won": candidate.won,
+        "model_version": candidate.model_version,
+    }
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,17 @@ class SettlingIdentityPort(Protocol):
     async def settle_merges(self, survivor_id: str, merged_ids: Sequence[str]) -> int: ...
 
 
+@runtime_checkable
+class ValidatedEventsPort(Protocol):
+    """Optional: a context in the same process that takes events the orchestrator already
+    validated (``check_event_fields`` against ``event_types``) without checking each again
+    (TrackEvents uses it when the context port has it: the embedded shape)."""
+
+    async def append_validated_events(
+        self, events: list[ProfileEvent], event_types: frozenset[str]
+    ) -> AppendResult: ...
+
+
 class ContextPort(Protocol):
     async def get_profile_context(self, profile_id: str) -> ProfileContext: ...
     async def append_events(self, events: list[ProfileEvent]) -> AppendResult: ...

@@ -453,3 +453,14 @@ async def test_export_profile_returns_what_context_holds() -> None:
     assert (profile_id, types) == ("p-ann", ("email",))
     assert export is not None and [d.decision_id for d in export.decisions] == ["d-1"]
     assert missing == ("", (), None)
+
+
+async def test_a_profile_created_by_this_decide_is_not_read_from_context() -> None:
+    hub = await make_hub()
+    hub.context.journal.clear()
+    first = await hub.engine.decide(DecideCommand([Identifier("cookie_id", "new-1")], "web"))
+    assert first.action is not None
+    assert "context.get_profile_context" not in hub.context.journal
+    # The same visitor again: now a known profile, whose context is read.
+    await hub.engine.decide(DecideCommand([Identifier("cookie_id", "new-1")], "web"))
+    assert hub.context.journal.count("context.get_profile_context") == 1
