@@ -88,7 +88,9 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             identifiers_from_proto(request.identifiers), request.profile_id
         )
         return identity_pb2.LookupProfileResponse(
-            profile_id=found.profile_id or "", identifier_types=list(found.identifier_types)
+            profile_id=found.profile_id or "",
+            identifier_types=list(found.identifier_types),
+            unsettled_merged_profile_ids=list(found.unsettled_merged_ids),
         )
 
     async def EraseProfile(
@@ -158,6 +160,7 @@ class IdentityClient:
         return ProfileLookup(
             profile_id=response.profile_id or None,
             identifier_types=tuple(response.identifier_types),
+            unsettled_merged_ids=tuple(response.unsettled_merged_profile_ids),
         )
 
     async def erase_profile(self, profile_id: str) -> int:

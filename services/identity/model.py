@@ -36,6 +36,8 @@ class Resolution:
 class ProfileLookup:
     profile_id: str | None
     identifier_types: tuple[str, ...] = ()
+    # As Resolution.unsettled_merged_ids: merged profiles whose context may not have moved.
+    unsettled_merged_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -323,7 +323,12 @@ class IdentityService:
             if found is None:
                 return ProfileLookup(profile_id=None)
             types = await uow.identity.identifier_types(found)
-        return ProfileLookup(profile_id=found, identifier_types=tuple(types))
+            unsettled = (await uow.identity.unsettled_merges([found])).get(found, [])
+        return ProfileLookup(
+            profile_id=found,
+            identifier_types=tuple(types),
+            unsettled_merged_ids=tuple(unsettled),
+        )
 
     async def erase_profile(self, profile_id: str) -> int:
         async with self._units(True) as uow:

@@ -44,7 +44,7 @@ from services.context.service import (
     check_event_fields,
     check_predictions,
 )
-from services.identity.model import Identifier, Resolution
+from services.identity.model import Identifier, ProfileLookup, Resolution
 from services.learning.snapshot import SNAPSHOT_KEY, decision_snapshot
 from services.orchestrator.model import (
     DecideCommand,
@@ -782,12 +782,21 @@ class PrivacyAdmin:
             return "", ProfileContext(profile_id="")
         return profile_id, await self._context.get_profile_context(profile_id)
 
+    async def _settle_lookup(self, found: ProfileLookup) -> None:
+        """Move the context of merges context never confirmed (it was down at the merge)
+        before an export or an erasure, which would otherwise miss the merged-away history."""
+        if found.profile_id and found.unsettled_merged_ids:
+            merged = list(found.unsettled_merged_ids)
+            await self._context.merge_profiles(found.profile_id, merged)
+            await _settle(self._identity, found.profile_id, merged)
+
     async def export_profile(
         self, identifiers: list[Identifier]
     ) -> tuple[str, tuple[str, ...], ProfileExport | None]:
         found = await self._identity.lookup_profile(identifiers)
         if found.profile_id is None:
             return "", (), None
+        await self._settle_lookup(found)
         export = await self._context.export_profile(found.profile_id)
         return found.profile_id, found.identifier_types, export
 
@@ -795,6 +804,7 @@ class PrivacyAdmin:
         found = await self._identity.lookup_profile(identifiers)
         if found.profile_id is None:
             return ProfileErasure("", 0, 0)
+        await self._settle_lookup(found)
         # Context first: if identity went first and context failed, the data would be
         # orphaned with no identifier left to find it again. Then once more after identity,
         # for an event that was resolved to the profile just before its identifiers went.

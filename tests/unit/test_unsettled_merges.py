@@ -135,3 +135,22 @@ async def test_profile_admin_settles_what_it_moves() -> None:
 
     assert profile_id == "p-2" and context.merges == [("p-2", ("p-1",))]
     assert store.unsettled == {}
+
+
+async def test_erasure_moves_an_unsettled_merge_first_so_nothing_is_left_behind() -> None:
+    engine, identity, store, context = await setup()
+    await engine.track_events([TrackedEvent("phone-0", [PHONE], "page_view", "web", NOW)])
+    await engine.decide(DecideCommand([CUSTOMER], "web"))
+    context.down = True
+    await engine.decide(DecideCommand([CUSTOMER, PHONE], "web"))  # merged while down
+    context.down = False
+    assert store.unsettled == {"p-1": "p-2"}
+    admin = PrivacyAdmin(identity, context, clock=lambda: NOW)
+
+    profile_id, _, export = await admin.export_profile([CUSTOMER])
+    assert profile_id == "p-2" and export is not None
+    assert [e.event_id for e in export.events] == ["phone-0"]  # the anonymous history too
+    erased = await admin.erase_profile([CUSTOMER])
+
+    assert erased.profile_id == "p-2" and erased.rows_removed >= 1
+    assert context.events == {} and store.unsettled == {}

@@ -255,21 +255,29 @@ class LookupProfileResponse(_message.Message):
 
     PROFILE_ID_FIELD_NUMBER: _builtins.int
     IDENTIFIER_TYPES_FIELD_NUMBER: _builtins.int
+    UNSETTLED_MERGED_PROFILE_IDS_FIELD_NUMBER: _builtins.int
     profile_id: _builtins.str
     """Empty when nothing is known."""
     @_builtins.property
     def identifier_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Identifier types linked to the profile (values are held only as keyed hashes)."""
 
+    @_builtins.property
+    def unsettled_merged_profile_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Profiles merged into this one whose context is not confirmed moved yet (context was
+        down at the merge): export and erasure move them first, so nothing is left behind.
+        """
+
     def __init__(
         self,
         *,
         profile_id: _builtins.str = ...,
         identifier_types: _abc.Iterable[_builtins.str] | None = ...,
+        unsettled_merged_profile_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["identifier_types", b"identifier_types", "profile_id", b"profile_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identifier_types", b"identifier_types", "profile_id", b"profile_id", "unsettled_merged_profile_ids", b"unsettled_merged_profile_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
