@@ -32,6 +32,7 @@ from typing import Any
 
 from libs.config import duration_s
 from libs.errors import Violations
+from services.arbitration.declared import parse_named_list
 from services.context.model import Contact, Outcome
 
 DECISION = "decision"
@@ -168,23 +169,9 @@ def parse_contact_policies(raw: Any, where: str, problems: Violations) -> tuple[
     """Validate the ``contact_policies`` list found at ``where`` (catalog, issue, group or
     action level, e.g. ``actions[3] (gold_card).contact_policies``); every problem is added
     to ``problems`` as ``<where>[<index>] (<name>).<field>``."""
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        problems.add(where, "must be a list of contact policies")
-        return ()
-    if len(raw) > MAX_POLICIES:
-        problems.add(where, f"at most {MAX_POLICIES} contact policies")
-    policies: list[ContactPolicy] = []
-    for index, item in enumerate(raw[:MAX_POLICIES]):
-        policy = parse_contact_policy(item, f"{where}[{index}]", problems)
-        if policy is None:
-            continue
-        if any(p.name == policy.name for p in policies):
-            problems.add(f"{where}[{index}] ({policy.name}).name", "declared twice at this level")
-            continue
-        policies.append(policy)
-    return tuple(policies)
+    return parse_named_list(
+        raw, where, problems, parse_contact_policy, what="contact policies", limit=MAX_POLICIES
+    )
 
 
 def merge_contact_policies(*levels: Sequence[ContactPolicy]) -> tuple[ContactPolicy, ...]:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from libs.config import duration_s
 from libs.errors import Violations
 from libs.storage import UnitOfWork
+from services.arbitration.declared import parse_named_list
 
 if TYPE_CHECKING:  # (the model imports this module)
     from services.arbitration.exploration import Selection
@@ -107,23 +108,14 @@ def parse_volume_constraints(
 ) -> tuple[VolumeConstraint, ...]:
     """Validate the ``volume`` list found at ``where`` (catalog, issue, group or action, e.g.
     ``issues.sales.volume``); problems are named ``<where>[<index>] (<name>).<field>``."""
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        problems.add(where, "must be a list of volume constraints")
-        return ()
-    if len(raw) > MAX_CONSTRAINTS:
-        problems.add(where, f"at most {MAX_CONSTRAINTS} volume constraints")
-    constraints: list[VolumeConstraint] = []
-    for index, item in enumerate(raw[:MAX_CONSTRAINTS]):
-        constraint = parse_volume_constraint(item, f"{where}[{index}]", problems)
-        if constraint is None:
-            continue
-        if any(c.name == constraint.name for c in constraints):
-            problems.add(f"{where}[{index}] ({constraint.name}).name", "declared twice here")
-            continue
-        constraints.append(constraint)
-    return tuple(constraints)
+    return parse_named_list(
+        raw,
+        where,
+        problems,
+        parse_volume_constraint,
+        what="volume constraints",
+        limit=MAX_CONSTRAINTS,
+    )
 
 
 def volume_constraint_to_document(constraint: VolumeConstraint) -> dict[str, Any]:
