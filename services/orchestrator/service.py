@@ -269,7 +269,15 @@ class DecisionEngine:
         _validate_decide(command)
         return await self._decide(command, record=True)
 
-    async def _decide(self, command: DecideCommand, *, record: bool) -> Decision:
+    async def _decide(
+        self,
+        command: DecideCommand,
+        *,
+        record: bool,
+        record_if: Callable[[Decision], bool] | None = None,
+    ) -> Decision:
+        """Decide; store the decision when ``record`` (and ``record_if`` says so: a watch
+        stores only a decision it will push), with the snapshot learning needs."""
         started = time.monotonic()
         budget = self._budget_s
         if command.time_remaining_s is not None:
@@ -344,7 +352,7 @@ class DecisionEngine:
         if result is None:
             result = _prioritize_here(listed, scores, command)
         decision = self._decision(command, profile_id, listed, result, attempt)
-        if record:
+        if record and (record_if is None or record_if(decision)):
             predictions = (
                 ()
                 if attempt.reasons
@@ -520,13 +528,23 @@ class DecisionEngine:
                     for pending in waits:
                         pending.cancel()
                 command = replace(command, request_id="", time_remaining_s=None)
-                candidate = await self._decide(command, record=False)
-                action = candidate.action.action_id if candidate.action else ""
-                if action == shown or candidate.degraded:
-                    # Nothing changed what is best (or we cannot tell right now).
+
+                verdict: list[bool] = []
+
+                def changed(
+                    candidate: Decision, shown: str = shown, verdict: list[bool] = verdict
+                ) -> bool:
+                    # Something changed what is best (and we can tell right now); judged
+                    # before recording, which may itself mark the decision degraded.
+                    action = candidate.action.action_id if candidate.action else ""
+                    verdict.append(action != shown and not candidate.degraded)
+                    return verdict[-1]
+
+                candidate = await self._decide(command, record=True, record_if=changed)
+                if not verdict[-1]:
                     continue
-                shown = action
-                yield await self._record(command, candidate, time.monotonic() + self._budget_s)
+                shown = candidate.action.action_id if candidate.action else ""
+                yield candidate
 
     async def record_outcome(self, report: OutcomeReport) -> OutcomeResult:
         result = await self._context.record_outcome(report)

@@ -4,6 +4,7 @@ not ask for an explanation (which the Decision then does not carry)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,7 +16,7 @@ from services.context.snapshot import (
     profile_context_to_dict,
 )
 from services.learning.snapshot import SNAPSHOT_KEY
-from services.orchestrator.model import DecideCommand
+from services.orchestrator.model import DecideCommand, TrackedEvent
 from tests.unit.test_decision_engine import ANN, make_hub
 
 AT = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -50,3 +51,22 @@ async def test_an_unexplained_decision_snapshots_arbitrations_ranking_without_ex
     assert by_id["charlie"]["priority"] == pytest.approx(2.5)
     assert all(c["eligible"] and c["removed_by"] == "" for c in by_id.values())
     assert hub.context.decisions[decision.decision_id].payload["explanation"] is None
+
+
+async def test_a_decision_pushed_to_a_watcher_is_recorded_with_its_snapshot() -> None:
+    hub = await make_hub()
+    stream = hub.engine.watch(DecideCommand(ANN, "web"))
+    first = await anext(stream)
+    assert first.action is not None and first.action.action_id == "bravo"
+
+    # Charlie becomes the best; an event of hers makes the watch decide again and push.
+    hub.scoring.propensities["charlie"] = 0.9
+    pushed = asyncio.ensure_future(anext(stream))
+    await hub.engine.track_events([TrackedEvent("e-1", ANN, "page_view", "web", AT)])
+    second = await asyncio.wait_for(pushed, timeout=5)
+    await stream.aclose()  # type: ignore[attr-defined]
+
+    assert second.action is not None and second.action.action_id == "charlie"
+    stored = hub.context.decisions[second.decision_id].payload
+    assert stored[SNAPSHOT_KEY]["ranked"] is True
+    assert {c["action_id"] for c in stored[SNAPSHOT_KEY]["candidates"]} >= {"bravo", "charlie"}
