@@ -24,7 +24,6 @@ an action suppressed ``for: 30d`` after a reject at ``t`` comes back at ``t + 30
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -32,7 +31,7 @@ from typing import Any
 
 from libs.config import duration_s
 from libs.errors import Violations
-from services.arbitration.declared import parse_named_list
+from services.arbitration.declared import open_declaration, parse_named_list
 from services.context.model import Contact, Outcome
 
 DECISION = "decision"
@@ -42,7 +41,6 @@ CHANNEL_MODES = ("any", "same")
 MAX_POLICIES = 50
 # The context keeps at most 400 days of contacts (NEXTBEST_CONTACT_HISTORY).
 MAX_WINDOW_S = 400 * 86400
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _KEYS = {"name", "max", "of", "within", "suppress_after", "for", "scope", "channels", "only_on"}
 
 
@@ -109,19 +107,13 @@ def _channel_names(problems: Violations, where: str, raw: Any) -> tuple[str, ...
 
 def parse_contact_policy(raw: Any, where: str, problems: Violations) -> ContactPolicy | None:
     """One policy; ``where`` names it in every problem (e.g. ``contact_policies[0]``)."""
-    if not isinstance(raw, dict):
-        problems.add(where, "must be a mapping (name, max/of/within or suppress_after/for)")
-        return None
     before = len(problems.items)
-    name = raw.get("name")
-    if isinstance(name, str) and name:
-        where = f"{where} ({name})"
-    if not isinstance(name, str) or not _NAME.match(name):
-        problems.add(f"{where}.name", "required: lower-case letters, digits, _ . - (max 64)")
-    for key in sorted(set(raw) - _KEYS, key=str):
-        # YAML 1.1 reads a bare `on:` key as true.
-        hint = " (write only_on: YAML reads `on` as true)" if key is True else ""
-        problems.add(f"{where}.{key}", f"unknown field{hint}")
+    opened = open_declaration(
+        raw, where, problems, keys=_KEYS, shape="name, max/of/within or suppress_after/for"
+    )
+    if opened is None:
+        return None
+    name, where = opened
     is_cap = "max" in raw or "of" in raw or "within" in raw
     is_suppression = "suppress_after" in raw or "for" in raw
     maximum: int | None = None

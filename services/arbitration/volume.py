@@ -31,7 +31,6 @@ Design:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -40,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from libs.config import duration_s
 from libs.errors import Violations
 from libs.storage import UnitOfWork
-from services.arbitration.declared import parse_named_list
+from services.arbitration.declared import open_declaration, parse_named_list
 
 if TYPE_CHECKING:  # (the model imports this module)
     from services.arbitration.exploration import Selection
@@ -50,7 +49,6 @@ SCOPES = ("action", "group", "issue")
 MAX_CONSTRAINTS = 20
 MAX_CAP = 1_000_000_000
 MAX_PERIOD_S = 400 * 86400
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _KEYS = {"name", "max", "per", "scope"}
 # How many full (key, period) pairs a replica remembers.
 _FULL_REMEMBERED = 10_000
@@ -70,17 +68,11 @@ class VolumeConstraint:
 
 def parse_volume_constraint(raw: Any, where: str, problems: Violations) -> VolumeConstraint | None:
     """One constraint; ``where`` names it in every problem (e.g. ``volume[0]``)."""
-    if not isinstance(raw, dict):
-        problems.add(where, "must be a mapping (name, max, per, scope)")
-        return None
     before = len(problems.items)
-    name = raw.get("name")
-    if isinstance(name, str) and name:
-        where = f"{where} ({name})"
-    if not isinstance(name, str) or not _NAME.match(name):
-        problems.add(f"{where}.name", "required: lower-case letters, digits, _ . - (max 64)")
-    for key in sorted(set(raw) - _KEYS, key=str):
-        problems.add(f"{where}.{key}", "unknown field")
+    opened = open_declaration(raw, where, problems, keys=_KEYS, shape="name, max, per, scope")
+    if opened is None:
+        return None
+    name, where = opened
     raw_max = raw.get("max")
     maximum = 0
     if isinstance(raw_max, bool) or not isinstance(raw_max, int) or not 1 <= raw_max <= MAX_CAP:
