@@ -271,13 +271,7 @@ class ScoringService:
         file must load, have one float input as wide as the feature list, and give
         probabilities without NaN/inf on a probe batch; a refusal stores nothing.
         """
-        problems = Violations()
-        problems.require(
-            bool(_NAME.match(name)), "name", "required: lower-case letters, digits, _ . - (max 128)"
-        )
-        problems.require(
-            bool(_VERSION.match(version)), "version", "required: letters, digits, _ . + - (max 64)"
-        )
+        problems = _identity_problems(name, version)
         problems.require(
             0 < len(onnx_model) <= MAX_MODEL_BYTES,
             "onnx_model",
@@ -325,6 +319,7 @@ class ScoringService:
 
     async def activate_model(self, name: str, version: str) -> ModelInfo:
         """Atomically make ``version`` the serving one; the previous one is retired."""
+        _identity_problems(name, version).raise_if_any()
         async with self._units(True) as uow:
             await uow.models.lock(name)
             found = await uow.models.get(name, version)
@@ -338,6 +333,7 @@ class ScoringService:
 
     async def rollback_model(self, name: str) -> ModelInfo:
         """Re-activate the version that was active before the active one (which retires)."""
+        _identity_problems(name).raise_if_any()
         async with self._units(True) as uow:
             await uow.models.lock(name)
             if not await uow.models.all(name):
@@ -358,6 +354,7 @@ class ScoringService:
         """Let ``version`` score ``share`` (0 < share < 1) of the profiles beside the active
         version, replacing any other challenger; share 0 ends the challenge. Returns the
         challenger as stored (None when there was no challenge to end)."""
+        _identity_problems(name, version if share else None).raise_if_any()
         if not (math.isfinite(share) and 0.0 <= share < 1.0):
             raise InvalidArgument(
                 FieldViolation("share", "a share of profiles in (0, 1), or 0 to end")
@@ -440,3 +437,16 @@ def _validate(info: ModelInfo, onnx_model: bytes) -> None:
         load_model(info.name, info.version, onnx_model, names)
     except ModelValidationError as error:
         raise InvalidArgument(FieldViolation("onnx_model", str(error))) from None
+
+
+def _identity_problems(name: str, version: str | None = None) -> Violations:
+    """A model's name (and version, when given) as every registry call requires them."""
+    problems = Violations()
+    problems.require(
+        bool(_NAME.match(name)), "name", "required: lower-case letters, digits, _ . - (max 128)"
+    )
+    if version is not None:
+        problems.require(
+            bool(_VERSION.match(version)), "version", "required: letters, digits, _ . + - (max 64)"
+        )
+    return problems

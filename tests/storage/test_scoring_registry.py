@@ -477,3 +477,15 @@ async def test_a_model_file_carries_its_own_feature_list(
         await service.register_model(MODEL, "3", demo_model_bytes, [])
     assert [v.field for v in none.value.violations] == ["features"]
     assert [m.version for m in await service.list_models()] == ["1"]
+
+
+async def test_registry_calls_name_a_bad_model_name_or_version(database: Database) -> None:
+    admin = scoring_service(database)
+    for call, expected in (
+        (admin.rollback_model(""), {"name"}),
+        (admin.activate_model("Bad Name", "1"), {"name"}),
+        (admin.set_challenger(MODEL, "", 0.1), {"version"}),
+    ):
+        with pytest.raises(InvalidArgument) as refused:
+            await call
+        assert {v.field for v in refused.value.violations} == expected
