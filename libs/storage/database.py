@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import DeclarativeBase, sessionmaker
+from sqlalchemy.orm import DeclarativeBase
 
-from libs.storage.session import BlockingSession, DbSession
+from libs.storage.session import BlockingSession, DbSession, SqliteConnections, exec_driver_sql
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -47,7 +49,9 @@ def sync_url(url: str) -> str:
     return url
 
 
-def _sqlite_engine(url: str, begin: str) -> Engine:
+def _sqlite_engine(url: str, begin: str | None) -> Engine:
+    """``begin``: the statement that starts a transaction; None: statements run without one
+    (each one is atomic on its own in SQLite, and reads from a consistent snapshot)."""
     engine = create_engine(sync_url(url), connect_args={"timeout": 30})
 
     @event.listens_for(engine, "connect")
@@ -64,18 +68,35 @@ def _sqlite_engine(url: str, begin: str) -> Engine:
         cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         cursor.close()
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql(begin)
+    if begin is not None:
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(connection: Any) -> None:
+            # Straight to the driver: through Connection.exec_driver_sql (execution context,
+            # cursor events, result) the BEGIN cost as much CPU as a write unit's INSERT.
+            # Errors are wrapped as SQLAlchemy would (e.g. OperationalError: locked).
+            try:
+                connection.connection.driver_connection.execute(begin)
+            except sqlite3.Error as error:
+                raise DBAPIError.instance(
+                    begin, None, error, sqlite3.Error, dialect=connection.dialect
+                ) from error
 
     return engine
 
 
 SQLITE_MMAP_BYTES = 256 * 1024 * 1024
 SQLITE_CACHE_KIB = 64 * 1024
+# Connections per SQLite engine kept open between units of work (see SqliteConnections): the
+# units of one process open at the same time, usually one; SQLAlchemy's pool_size default.
+SQLITE_KEPT_CONNECTIONS = 5
 # Per process on PostgreSQL: enough for the concurrency one process can use on its cores
-# (an asyncio process holds a connection only while a unit of work runs).
-POSTGRES_POOL_SIZE = 10
+# (an asyncio process holds a connection only while a unit of work runs). Kept connections
+# must cover the usual concurrency (16 calls in flight plus the group-commit writers):
+# beyond pool_size every unit opens and closes an overflow connection, which at 10 cost
+# ~0.8 new psycopg connections per first-seen resolve at concurrency 16. Four processes of
+# the mesh keep at most 4 x 20 = 80 (PostgreSQL's default max_connections is 100).
+POSTGRES_POOL_SIZE = 20
 POSTGRES_MAX_OVERFLOW = 10
 
 
@@ -85,16 +106,18 @@ class Database:
     PostgreSQL: one asyncio engine (psycopg 3). SQLite: synchronous engines used from the
     event loop (see libs/storage/session.py for why); it allows one writer at a time, so
     write transactions start with BEGIN IMMEDIATE and queue on the lock (another process in
-    the mesh shape) instead of deadlocking when a read turns into a write; reads use a
-    deferred BEGIN and run beside the writer (WAL).
+    the mesh shape) instead of deadlocking when a read turns into a write; reads run beside
+    the writer (WAL).
 
-    Read sessions (``session(write=False)``) on PostgreSQL run in autocommit: no BEGIN and
-    ROLLBACK round trips around their statements (two of the three round trips of a
-    one-statement read). Under READ COMMITTED, PostgreSQL's default, every statement sees
-    its own snapshot inside a transaction too, so a read sees nothing different; a read
-    session must therefore never write (a statement would commit on its own). Every
-    service's read-only units of work (``SqlUnitOfWork(write=False)``) get this without
-    change; ``autocommit_reads=False`` turns it off.
+    Read sessions (``session(write=False)``) run in autocommit: no BEGIN and ROLLBACK around
+    their statements (on PostgreSQL two of the three round trips of a one-statement read; on
+    SQLite the larger part of a small read's CPU). Under READ COMMITTED, PostgreSQL's
+    default, every statement sees its own snapshot inside a transaction too, so a read sees
+    nothing different there; on SQLite each statement reads from its own snapshot, as on
+    PostgreSQL (a one-statement read is as atomic as before). A read session must therefore
+    never write (a statement would commit on its own). Every service's read-only units of
+    work (``SqlUnitOfWork(write=False)``) get this without change; ``autocommit_reads=False``
+    turns it off (reads in a deferred transaction, one snapshot for the whole unit).
     """
 
     def __init__(
@@ -112,9 +135,9 @@ class Database:
         self._async: AsyncEngine | None = None
         if self.is_sqlite:
             self._sqlite_write = _sqlite_engine(self.url, "BEGIN IMMEDIATE")
-            self._sqlite_read = _sqlite_engine(self.url, "BEGIN")
-            self._write_sessions = sessionmaker(self._sqlite_write, expire_on_commit=False)
-            self._read_sessions = sessionmaker(self._sqlite_read, expire_on_commit=False)
+            self._sqlite_read = _sqlite_engine(self.url, None if autocommit_reads else "BEGIN")
+            self._write_connections = SqliteConnections(self._sqlite_write, SQLITE_KEPT_CONNECTIONS)
+            self._read_connections = SqliteConnections(self._sqlite_read, SQLITE_KEPT_CONNECTIONS)
         else:
             self._async = create_async_engine(
                 self.url, pool_size=POSTGRES_POOL_SIZE, max_overflow=POSTGRES_MAX_OVERFLOW
@@ -141,8 +164,7 @@ class Database:
     def session(self, *, write: bool) -> DbSession:
         if self._async is not None:
             return self._async_sessions() if write else self._async_read_sessions()
-        factory = self._write_sessions if write else self._read_sessions
-        return BlockingSession(factory())
+        return BlockingSession(self._write_connections if write else self._read_connections)
 
     async def warm_up(self) -> None:
         """Open a pooled connection now rather than on the first request."""
@@ -150,14 +172,20 @@ class Database:
             async with self._async.connect() as connection:
                 await connection.exec_driver_sql("SELECT 1")
             return
-        for engine in (self._sqlite_write, self._sqlite_read):
-            assert engine is not None
-            with engine.connect() as connection:
-                connection.exec_driver_sql("SELECT 1")
+        # Through the connections the units of work are lent, so that they are kept open.
+        for connections in (self._write_connections, self._read_connections):
+            session = BlockingSession(connections)
+            try:
+                await exec_driver_sql(session, "SELECT 1")
+            finally:
+                await session.close()
 
     async def dispose(self) -> None:
         if self._async is not None:
             await self._async.dispose()
+            return
+        self._write_connections.close()
+        self._read_connections.close()
         for engine in (self._sqlite_write, self._sqlite_read):
             if engine is not None:
                 engine.dispose()

@@ -48,10 +48,8 @@ class SqlUnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        try:
-            await self.session.rollback()
-        finally:
-            await self.session.close()
+        # Closing rolls back what was not committed (one call, not a rollback then a close).
+        await self.session.close()
 
     async def commit(self) -> None:
         try:

@@ -397,5 +397,27 @@ async def test_interceptor_binds_the_callers_request_id() -> None:
     structlog.contextvars.clear_contextvars()
 
 
+async def test_interceptor_binds_each_calls_own_context_and_drops_the_last_ones() -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def decide(request: Any, context: Any) -> str:
+        seen.append(structlog.contextvars.get_contextvars())
+        structlog.contextvars.bind_contextvars(profile_id="p-1")  # as the orchestrator does
+        return "ok"
+
+    handler = await intercepted(decide)
+    # Calls in one context, one after another (gRPC gives each its own task; this is worse).
+    await handler(object(), FakeServicerContext([(REQUEST_ID_KEY, "req-1")]))
+    await handler(object(), FakeServicerContext([(REQUEST_ID_KEY, "req-2")]))
+    await handler(object(), FakeServicerContext())
+
+    rpc = "/nextbest.decision.v1.DecisionService/Decide"
+    assert seen[0] == {"request_id": "req-1", "rpc": rpc}
+    assert seen[1] == {"request_id": "req-2", "rpc": rpc}  # no profile_id of the last call
+    assert set(seen[2]) == {"request_id", "rpc"}
+    assert len(seen[2]["request_id"]) == 32 and seen[2]["request_id"] not in ("req-1", "req-2")
+    structlog.contextvars.clear_contextvars()
+
+
 def test_rpc_status_helper_agrees_on_the_trailer_key() -> None:
     assert rpc_status.GRPC_DETAILS_METADATA_KEY == DETAILS_KEY
