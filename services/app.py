@@ -162,6 +162,8 @@ def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
         if hosted.context is not None:
             # Closed in reverse: the decision log drains before the database is disposed.
             closers.append(hosted.context.close)
+        if hosted.identity is not None:
+            closers.append(hosted.identity.close)  # the profiles being created, likewise
     if target in (Target.ALL, Target.ORCHESTRATOR):
         if target == Target.ALL:
             assert hosted.identity and hosted.context and hosted.scoring and hosted.arbitration

@@ -12,7 +12,6 @@ the current key by the service when it sees them).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 from dataclasses import dataclass, field
@@ -133,21 +132,23 @@ class IdentifierKeyring:
         dropped. The result may be empty when every identifier was a placeholder. More
         values of one type than a profile may hold (two customer_ids) is an error.
         """
+        # Runs on every Decide: field names and messages are built only for a problem.
         problems = Violations()
-        problems.require(bool(identifiers), field, "at least one identifier is required")
-        problems.require(
-            len(identifiers) <= MAX_IDENTIFIERS, field, f"at most {MAX_IDENTIFIERS} identifiers"
-        )
+        if not identifiers:
+            problems.add(field, "at least one identifier is required")
+        elif len(identifiers) > MAX_IDENTIFIERS:
+            problems.add(field, f"at most {MAX_IDENTIFIERS} identifiers")
         rules = self.rules
         keyed: dict[tuple[str, str], KeyedIdentifier] = {}
         per_type: dict[str, int] = {}
         for index, identifier in enumerate(identifiers[:MAX_IDENTIFIERS]):
-            where = f"{field}[{index}]"
             if not _TYPE_PATTERN.match(identifier.type):
-                problems.add(f"{where}.type", "must match [a-z][a-z0-9_]{0,31}")
+                problems.add(f"{field}[{index}].type", "must match [a-z][a-z0-9_]{0,31}")
                 continue
             if len(identifier.value) > MAX_VALUE_LENGTH:
-                problems.add(f"{where}.value", f"longer than {MAX_VALUE_LENGTH} characters")
+                problems.add(
+                    f"{field}[{index}].value", f"longer than {MAX_VALUE_LENGTH} characters"
+                )
                 continue
             if is_placeholder(identifier.value, rules.blocked_values):
                 continue
@@ -155,7 +156,7 @@ class IdentifierKeyring:
             try:
                 value = normalise_value(kind, identifier.value, rules.phone_region)
             except InvalidValue as error:
-                problems.add(f"{where}.value", str(error))
+                problems.add(f"{field}[{index}].value", str(error))
                 continue
             item = KeyedIdentifier(
                 kind.name,
@@ -168,16 +169,18 @@ class IdentifierKeyring:
             per_type[kind.name] = per_type.get(kind.name, 0) + 1
             if kind.limit is not None and per_type[kind.name] > kind.limit:
                 problems.add(
-                    f"{where}.value",
+                    f"{field}[{index}].value",
                     f"more than {kind.limit} {kind.name} in one request "
                     f"(a profile holds at most {kind.limit})",
                 )
                 continue
             keyed[(item.type, item.digest)] = item
         problems.raise_if_any()
+        if len(keyed) == 1:  # the usual request: nothing to sort
+            return list(keyed.values())
         return sorted(keyed.values(), key=lambda k: (-k.priority, k.type, k.digest))
 
 
 def _hmac(key: bytes, kind: str, normalised_value: str) -> str:
-    message = f"{kind}\x00{normalised_value}".encode()
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
+    # hmac.digest: OpenSSL's one-shot HMAC (the same bytes as hmac.new(...).digest()).
+    return hmac.digest(key, f"{kind}\x00{normalised_value}".encode(), "sha256").hex()

@@ -8,15 +8,16 @@ deadlock or serialisation error becomes ``StorageConflict`` so that the service 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Table, bindparam, delete, exists, insert, or_, select, update
+from sqlalchemy import Table, delete, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from libs.storage import SqlUnitOfWork, StorageConflict, UnitOfWork
-from libs.storage.session import DbSession
+from libs.storage.session import DbSession, exec_driver_sql
 from services.identity.model import MergeRecord, RepointRecord, StoredLink
 from services.identity.tables import (
     IdentifierRow,
@@ -33,36 +34,52 @@ _repoints = cast(Table, RepointRow.__table__)
 _unsettled = cast(Table, UnsettledMergeRow.__table__)
 # PostgreSQL: deadlock_detected, serialization_failure -> another writer won; retry.
 _RETRYABLE_SQLSTATES = {"40P01", "40001"}
-# The hot path's one statement, built once: two IN lists on the primary key's columns (an
-# index lookup on both databases), the exact pairs picked out in Python; whether the profile
-# has unsettled merges is one more index probe per row (almost always: none).
-_FIND_LINKS = select(
-    _identifiers.c.id_type,
-    _identifiers.c.id_hash,
-    _identifiers.c.profile_id,
-    _identifiers.c.last_seen,
-    exists()
-    .where(_unsettled.c.survivor_id == _identifiers.c.profile_id)
-    .correlate(_identifiers)
-    .label("unsettled"),
-).where(
-    _identifiers.c.id_type.in_(bindparam("types", expanding=True)),
-    _identifiers.c.id_hash.in_(bindparam("digests", expanding=True)),
+# The hot path's statements, written for each dialect and run through the driver
+# (libs.storage.session.exec_driver_sql): no statement compilation, no per-row type
+# processing, which cost more than SQLite's own work. find_links: two IN lists on the
+# primary key's columns (an index lookup on both databases), the exact pairs picked out in
+# Python; whether the profile has unsettled merges is one more index probe per row (almost
+# always: none). PostgreSQL takes the lists as arrays (one constant statement, prepared
+# once by psycopg); SQLite gets one placeholder per value.
+_FIND_LINKS_HEAD = (
+    "SELECT i.id_type, i.id_hash, i.profile_id, i.last_seen, EXISTS (SELECT 1 FROM"
+    " identity_unsettled_merges u WHERE u.survivor_id = i.profile_id) FROM"
+    " identity_identifiers i WHERE"
 )
+_FIND_LINKS_POSTGRES = f"{_FIND_LINKS_HEAD} i.id_type = ANY(%s) AND i.id_hash = ANY(%s)"
+# New profiles and identifiers: one multi-row INSERT (PostgreSQL: from arrays, a constant
+# statement; SQLite: a VALUES row per row, at most _SQLITE_ROWS rows per statement).
+_ADD_PROFILES_POSTGRES = (
+    "INSERT INTO identity_profiles (profile_id, created_at)"
+    " SELECT p, %s FROM unnest(%s::varchar[]) AS p"
+)
+_ADD_PROFILES_SQLITE = "INSERT INTO identity_profiles (profile_id, created_at) VALUES "
+_LINK_MANY_POSTGRES = (
+    "INSERT INTO identity_identifiers (id_type, id_hash, profile_id, first_seen, last_seen)"
+    " SELECT t, h, p, %s, %s FROM unnest(%s::varchar[], %s::varchar[], %s::varchar[])"
+    " AS x(t, h, p)"
+)
+_LINK_MANY_SQLITE = (
+    "INSERT INTO identity_identifiers (id_type, id_hash, profile_id, first_seen, last_seen) VALUES "
+)
+# Rows per SQLite statement: well within its 32,766 parameters (5 per identifier row).
+_SQLITE_ROWS = 500
 
-# Writes of a new profile, built once (building a statement costs more than running it).
-_ADD_PROFILE = insert(_profiles)
-_LINK = insert(_identifiers)
+
+def _sqlite_time(value: datetime) -> str:
+    """UtcDateTime's SQLite text: naive UTC "YYYY-MM-DD HH:MM:SS.ffffff" (the first 26
+    characters of the aware UTC form)."""
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat(" ", "microseconds")[:26]
 
 
-def _link_row(kind: str, digest: str, profile_id: str, now: datetime) -> dict[str, Any]:
-    return {
-        "id_type": kind,
-        "id_hash": digest,
-        "profile_id": profile_id,
-        "first_seen": now,
-        "last_seen": now,
-    }
+def _sqlite_read_time(value: str) -> datetime:
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+def _postgres_read_time(value: datetime) -> datetime:
+    return value.astimezone(UTC)
 
 
 class IdentityRepository(Protocol):
@@ -138,6 +155,8 @@ def _conflict(error: DBAPIError) -> StorageConflict | None:
 class SqlIdentityRepository:
     def __init__(self, session: DbSession) -> None:
         self._session = session
+        bind = session.bind
+        self._postgres = bind is not None and bind.dialect.name == "postgresql"
 
     async def _execute(self, statement: Any, params: Any = None) -> Any:
         try:
@@ -148,21 +167,36 @@ class SqlIdentityRepository:
                 raise
             raise conflict from error
 
+    async def _driver(self, sql: str, params: Any) -> Any:
+        """``sql`` (this dialect's) straight through the driver, errors mapped as above."""
+        try:
+            return await exec_driver_sql(self._session, sql, params)
+        except DBAPIError as error:
+            conflict = _conflict(error)
+            if conflict is None:
+                raise
+            raise conflict from error
+
     async def find_links(self, pairs: Sequence[tuple[str, str]]) -> list[StoredLink]:
         wanted = set(pairs)
         if not wanted:
             return []
-        rows = await self._execute(
-            _FIND_LINKS,
-            {
-                "types": sorted({kind for kind, _ in wanted}),
-                "digests": sorted({digest for _, digest in wanted}),
-            },
-        )
+        types = sorted({kind for kind, _ in wanted})
+        digests = sorted({digest for _, digest in wanted})
+        if self._postgres:
+            rows = await self._driver(_FIND_LINKS_POSTGRES, (types, digests))
+            read_time: Any = _postgres_read_time
+        else:
+            sql = (
+                f"{_FIND_LINKS_HEAD} i.id_type IN ({', '.join(['?'] * len(types))})"
+                f" AND i.id_hash IN ({', '.join(['?'] * len(digests))})"
+            )
+            rows = await self._driver(sql, (*types, *digests))
+            read_time = _sqlite_read_time
         return [
-            StoredLink(row[0], row[1], row[2], row[3], bool(row[4]))
-            for row in rows
-            if (row[0], row[1]) in wanted
+            StoredLink(kind, digest, profile_id, read_time(last_seen), bool(unsettled))
+            for kind, digest, profile_id, last_seen, unsettled in rows
+            if (kind, digest) in wanted
         ]
 
     async def lock_profiles(self, profile_ids: Sequence[str]) -> set[str]:
@@ -201,10 +235,10 @@ class SqlIdentityRepository:
         return current
 
     async def add_profile(self, profile_id: str, now: datetime) -> None:
-        await self._execute(_ADD_PROFILE, {"profile_id": profile_id, "created_at": now})
+        await self.add_profiles([profile_id], now)
 
     async def link(self, kind: str, digest: str, profile_id: str, now: datetime) -> None:
-        await self._execute(_LINK, _link_row(kind, digest, profile_id, now))
+        await self.link_many([(kind, digest, profile_id)], now)
 
     async def relink(
         self, kind: str, stored_digest: str, digest: str, profile_id: str, now: datetime
@@ -241,19 +275,40 @@ class SqlIdentityRepository:
         )
 
     async def add_profiles(self, profile_ids: Sequence[str], now: datetime) -> None:
-        if profile_ids:
-            await self._execute(
-                _ADD_PROFILE, [{"profile_id": p, "created_at": now} for p in sorted(profile_ids)]
+        if not profile_ids:
+            return
+        ordered = sorted(profile_ids)
+        if self._postgres:
+            await self._driver(_ADD_PROFILES_POSTGRES, (now, ordered))
+            return
+        stamp = _sqlite_time(now)
+        for start in range(0, len(ordered), _SQLITE_ROWS):
+            chunk = ordered[start : start + _SQLITE_ROWS]
+            await self._driver(
+                _ADD_PROFILES_SQLITE + ", ".join(["(?, ?)"] * len(chunk)),
+                tuple(itertools.chain.from_iterable((p, stamp) for p in chunk)),
             )
 
     async def link_many(self, links: Sequence[tuple[str, str, str]], now: datetime) -> None:
-        if len(links) == 1:  # one row: a plain execute, not executemany
-            await self._execute(_LINK, _link_row(*links[0], now))
-        elif links:
-            # Key order: concurrent writers on PostgreSQL wait on the unique index in the same
-            # order (a conflict, not a deadlock).
-            await self._execute(
-                _LINK, [_link_row(kind, digest, p, now) for kind, digest, p in sorted(links)]
+        if not links:
+            return
+        # Key order: concurrent writers on PostgreSQL wait on the unique index in the same
+        # order (a conflict, not a deadlock).
+        ordered = sorted(links)
+        if self._postgres:
+            kinds, digests, owners = (list(column) for column in zip(*ordered, strict=True))
+            await self._driver(_LINK_MANY_POSTGRES, (now, now, kinds, digests, owners))
+            return
+        stamp = _sqlite_time(now)
+        for start in range(0, len(ordered), _SQLITE_ROWS):
+            chunk = ordered[start : start + _SQLITE_ROWS]
+            await self._driver(
+                _LINK_MANY_SQLITE + ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk)),
+                tuple(
+                    itertools.chain.from_iterable(
+                        (kind, digest, owner, stamp, stamp) for kind, digest, owner in chunk
+                    )
+                ),
             )
 
     async def touch(self, pairs: Sequence[tuple[str, str]], now: datetime) -> None:

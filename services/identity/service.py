@@ -6,8 +6,10 @@ stored under the previous hash key, a stale last_seen -- is decided by
 ``services.identity.stitching.plan_stitch`` and applied in one write transaction that locks
 the profiles it changes; a concurrent writer that got there first makes it start again.
 A set none of whose identifiers is stored (a first-seen cookie, on every Decide of a new
-visitor) needs none of that: one transaction inserts the profile and its identifiers, and a
-concurrent request that stored one of them first (unique key) sends it to the stitch.
+visitor) needs none of that: the profile and its identifiers are inserted, together with
+those of the other first-seen sets queued meanwhile (``FirstSightings``: one transaction per
+batch), and a concurrent request that stored one of them first (unique key) sends it to a
+second read and, if that does not settle it, to the stitch.
 
 Batches (``resolve_profiles``, the distinct identifier sets of a TrackEvents call) give the
 results resolving each set in order would give, with a handful of statements: one read of
@@ -29,8 +31,8 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import structlog
@@ -83,6 +85,134 @@ def _cause() -> Cause:
     )
 
 
+Creation = tuple[str, Sequence[KeyedIdentifier]]
+"""A profile to create: its id and its identifiers (none of them stored when read)."""
+
+MAX_CREATIONS_PER_COMMIT = 256
+
+
+@dataclass
+class _Waiting:
+    profile_id: str
+    keys: Sequence[KeyedIdentifier]
+    done: asyncio.Future[bool]
+
+
+class FirstSightings:
+    """Group commit of new profiles: identifier sets seen for the first time concurrently
+    (a first-seen cookie on most Decides of new visitors) are created together, in one
+    transaction and two INSERTs per batch, instead of a transaction each (the session,
+    the commit and the statements' overhead were most of the cost of a creation).
+
+    A batch is whatever is queued when the writer is free (at most ``max_batch``): no timer,
+    so a lone caller waits for nobody. The writer is a task started by the first creation
+    queued and ending when the queue is empty (no task idles, none outlives its loop).
+    ``create`` answers once its batch is committed: True, created; False, one of its
+    identifiers was stored first -- by another writer (unique key), or by an earlier set of
+    the same batch (such a set is not written, and is answered after the batch commits, so
+    that the caller's stitch finds what the batch stored). On StorageConflict the batch is
+    written again one set at a time, so that only the conflicting sets answer False. Any
+    other error fails every caller of the batch (nothing of it was committed). A caller
+    that gives up waiting (cancelled) does not cancel the write.
+    """
+
+    def __init__(
+        self,
+        write: Callable[[Sequence[Creation]], Awaitable[None]],
+        *,
+        max_batch: int = MAX_CREATIONS_PER_COMMIT,
+    ) -> None:
+        self._write_batch = write
+        self._max_batch = max_batch
+        self._queue: list[_Waiting] = []
+        self._writer: asyncio.Task[None] | None = None
+        self.batches = 0  # batches committed in one transaction (tests, benchmarks)
+
+    async def create(self, profile_id: str, keys: Sequence[KeyedIdentifier]) -> bool:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bool] = loop.create_future()
+        self._queue.append(_Waiting(profile_id, keys, done))
+        if self._writer is None:
+            self._writer = loop.create_task(self._write_queued())
+        return await done
+
+    async def close(self) -> None:
+        """Wait until everything queued is written (graceful stop)."""
+        while self._writer is not None:
+            await asyncio.shield(self._writer)
+
+    async def _write_queued(self) -> None:
+        try:
+            while self._queue:
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+                await self._write(batch)
+        except BaseException:  # cancelled (the loop is closing): fail what still waits
+            queued, self._queue = self._queue, []
+            for waiting in queued:
+                _fail(waiting.done, _stopped())
+            raise
+        finally:
+            self._writer = None
+
+    async def _write(self, batch: list[_Waiting]) -> None:
+        # A set sharing an identifier with an earlier set of the batch would make the whole
+        # batch conflict: it waits for the batch instead, then goes to the stitch. So does a
+        # set sharing one with such a set (its stitch may link it first: a new profile for
+        # this one would be merged away).
+        taken: set[tuple[str, str]] = set()
+        writing: list[_Waiting] = []
+        later: list[_Waiting] = []
+        for waiting in batch:
+            pairs = {(key.type, key.digest) for key in waiting.keys}
+            (writing if taken.isdisjoint(pairs) else later).append(waiting)
+            taken |= pairs
+        try:
+            try:
+                await self._write_batch([(w.profile_id, w.keys) for w in writing])
+            except StorageConflict:
+                if len(writing) == 1:  # nothing to tell apart: that set conflicted
+                    _resolve(writing[0].done, False)
+                else:
+                    for waiting in writing:
+                        await self._write_alone(waiting)
+            else:
+                self.batches += 1
+                for waiting in writing:
+                    _resolve(waiting.done, True)
+            for waiting in later:
+                _resolve(waiting.done, False)
+        except BaseException as error:  # incl. cancellation: no caller waits forever
+            for waiting in batch:
+                _fail(waiting.done, error if isinstance(error, Exception) else _stopped())
+            if not isinstance(error, Exception):
+                raise
+
+    async def _write_alone(self, waiting: _Waiting) -> None:
+        try:
+            await self._write_batch([(waiting.profile_id, waiting.keys)])
+        except StorageConflict:
+            _resolve(waiting.done, False)
+        except Exception as error:
+            _fail(waiting.done, error)
+        else:
+            _resolve(waiting.done, True)
+
+
+def _stopped() -> Exception:
+    return RuntimeError("identity stopped before this profile was created")
+
+
+def _resolve(done: asyncio.Future[bool], created: bool) -> None:
+    if not done.done():  # the caller may have given up (cancelled)
+        done.set_result(created)
+
+
+def _fail(done: asyncio.Future[bool], error: Exception) -> None:
+    if not done.done():
+        done.set_exception(error)
+
+
 class IdentityService:
     def __init__(
         self,
@@ -96,6 +226,16 @@ class IdentityService:
         self._rules = keyring.rules
         self._clock = clock
         self._new_id = new_id
+        self._first_sightings = FirstSightings(self._write_creations)
+
+    @property
+    def first_sightings(self) -> FirstSightings:
+        return self._first_sightings
+
+    async def close(self) -> None:
+        """Finish the profiles being created (the composition root calls it before the
+        database is disposed)."""
+        await self._first_sightings.close()
 
     async def resolve_profile(self, identifiers: list[Identifier]) -> Resolution:
         """One profile for identifiers seen together; empty id when all are placeholders."""
@@ -108,35 +248,54 @@ class IdentityService:
         # recently -> read only.
         async with self._units(False) as uow:
             stored = await uow.identity.find_links(_pairs(keys))
-            settled = self._settled(keys, stored)
+            settled = await self._answer_settled(uow, keys, stored)
             if settled is not None:
-                unsettled: list[str] = []
-                if any(row.unsettled for row in stored):
-                    found = await uow.identity.unsettled_merges([settled])
-                    unsettled = found.get(settled, [])
-                return Resolution(profile_id=settled, unsettled_merged_ids=tuple(unsettled))
+                return settled
         if not stored:
-            created = await self._create(keys)
-            if created is not None:
-                return created
+            # A new profile for identifiers none of which is stored (a first-seen cookie),
+            # written with the others queued meanwhile (FirstSightings), without the
+            # stitch's locks and second read, which have nothing to find (``plan_stitch``
+            # of an unknown set links every key to a new profile).
+            profile_id = self._new_id()
+            if await self._first_sightings.create(profile_id, keys):
+                return Resolution(profile_id=profile_id, created=True)
+            # A concurrent request (or an earlier set of the same batch) stored one of them
+            # first: usually the very same set, which is now known -- read again before the
+            # stitch (which would find it too, in a write transaction).
+            async with self._units(False) as uow:
+                settled_now = await self._read_settled(uow, keys)
+            if settled_now is not None:
+                return settled_now
         return await self._stitch_retrying(keys)
 
-    async def _create(self, keys: list[KeyedIdentifier]) -> Resolution | None:
-        """A new profile for identifiers none of which is stored (a first-seen cookie): two
-        INSERTs in one transaction, without the stitch's locks and second read, which have
-        nothing to find (``plan_stitch`` of an unknown set links every key to a new
-        profile). None when a concurrent request stored one of them first (unique key):
-        the caller stitches, which finds it."""
-        profile_id = self._new_id()
+    async def _write_creations(self, creations: Sequence[Creation]) -> None:
+        """New profiles with their identifiers, in one transaction (two INSERTs)."""
         now = self._clock()
-        try:
-            async with self._units(True) as uow:
-                await uow.identity.add_profile(profile_id, now)
-                await uow.identity.link_many([(k.type, k.digest, profile_id) for k in keys], now)
-                await uow.commit()
-        except StorageConflict:
+        async with self._units(True) as uow:
+            await uow.identity.add_profiles([profile_id for profile_id, _ in creations], now)
+            await uow.identity.link_many(
+                [(k.type, k.digest, profile_id) for profile_id, keys in creations for k in keys],
+                now,
+            )
+            await uow.commit()
+
+    async def _read_settled(
+        self, uow: IdentityUnitOfWork, keys: list[KeyedIdentifier]
+    ) -> Resolution | None:
+        return await self._answer_settled(uow, keys, await uow.identity.find_links(_pairs(keys)))
+
+    async def _answer_settled(
+        self, uow: IdentityUnitOfWork, keys: list[KeyedIdentifier], stored: list[StoredLink]
+    ) -> Resolution | None:
+        """The resolution when ``stored`` settles ``keys`` (see ``_settled``), else None."""
+        settled = self._settled(keys, stored)
+        if settled is None:
             return None
-        return Resolution(profile_id=profile_id, created=True)
+        unsettled: list[str] = []
+        if any(row.unsettled for row in stored):
+            found = await uow.identity.unsettled_merges([settled])
+            unsettled = found.get(settled, [])
+        return Resolution(profile_id=settled, unsettled_merged_ids=tuple(unsettled))
 
     async def _stitch_retrying(self, keys: list[KeyedIdentifier]) -> Resolution:
         for attempt in range(_ATTEMPTS):
