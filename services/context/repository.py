@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import orjson
 from sqlalchemy import (
     BindParameter,
     String,
@@ -102,6 +103,29 @@ PROFILE_TABLES = (
 _LEVEL_RANK = {"none": 0, "basic": 1, "full": 2}
 DEFAULT_CONTACT_HISTORY_S = 90 * 86400
 _ROWS_PER_STATEMENT = 400
+# orjson is made to refuse, rather than convert, what the json module would refuse or write
+# differently (datetimes, dataclasses, subclasses of str, int, dict and list other than
+# enums, integers beyond 64 bits, non-str keys, lone surrogates): json.dumps writes those.
+_ORJSON_OPTIONS = (
+    orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
+
+def json_text(value: Any) -> str:
+    """``value`` as JSON text, for a JSON column or a document of rows.
+
+    orjson, compact, non-ASCII characters as UTF-8: a decision's payload (about 18 KB with
+    a 50-candidate snapshot) took 0.4 ms in json.dumps and takes 0.03 ms here. Readers get
+    the same values back (SQLAlchemy's JSON type and psycopg parse it with json.loads);
+    only the spacing and the escaping of non-ASCII characters of the stored text differ.
+    NaN and infinities, which the json module writes as invalid JSON (refused by
+    PostgreSQL) are written as null; the API refuses them before they get here."""
+    try:
+        return orjson.dumps(value, option=_ORJSON_OPTIONS).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value)
 
 
 class _Bulk:
@@ -110,8 +134,8 @@ class _Bulk:
     without SQLAlchemy's per-row parameter processing, which cost more than the database
     itself. SQLite: a multi-row VALUES (at most _ROWS_PER_STATEMENT rows). PostgreSQL: the
     rows as one JSON document, ``SELECT * FROM json_to_recordset(%s::json)``: a short
-    constant statement prepared once, one parameter serialised by the json module's C
-    encoder (a long VALUES list is re-parsed by psycopg on every call, and arrays of text
+    constant statement prepared once, one parameter serialised by orjson (``json_text``;
+    a long VALUES list is re-parsed by psycopg on every call, and arrays of text
     are escaped in Python). Values are converted here as SQLAlchemy's column types would
     (UTC text for SQLite timestamps, JSON text), so the ORM reads them back unchanged."""
 
@@ -132,7 +156,7 @@ class _Bulk:
 
     def json(self, value: Any) -> Any:
         """A JSON column's value: text for SQLite, the object inside PostgreSQL's document."""
-        return value if self.postgres else json.dumps(value)
+        return value if self.postgres else json_text(value)
 
     def statement(self, name: str, head: str, types: Sequence[str], tail: str, rows: int) -> str:
         """``types``: PostgreSQL's type of each column of ``head``, in order."""
@@ -151,7 +175,7 @@ class _Bulk:
     def parameters(self, rows: Sequence[Sequence[Any]]) -> tuple[Any, ...]:
         if self.postgres:  # one JSON document: [{"c0": ..., "c1": ...}, ...]
             names = [f"c{n}" for n in range(len(rows[0]))] if rows else []
-            return (json.dumps([dict(zip(names, row, strict=True)) for row in rows]),)
+            return (json_text([dict(zip(names, row, strict=True)) for row in rows]),)
         return tuple(itertools.chain.from_iterable(rows))
 
 
@@ -716,23 +740,32 @@ class SqlContextRepository:
         Raises StorageConflict when a decision id or request id is taken (nothing of the
         batch is written then: the caller rolls back)."""
         bulk = self._bulk
-        time, to_json = bulk.time, bulk.json
-        rows = [
-            (
-                r.decision_id,
-                r.request_id or None,
-                r.profile_id,
-                r.channel,
-                r.placement,
-                r.action_id,
-                time(r.decided_at),
-                to_json(r.payload),
-            )
-            for r in records
-        ]
+        to_json = bulk.json
+        # Each distinct time converted once: a decision's predictions carry its own time.
+        times: dict[datetime, Any] = {}
+
+        def time(at: datetime) -> Any:
+            found = times.get(at)
+            if found is None:
+                found = times[at] = bulk.time(at)
+            return found
+
+        rows: list[tuple[Any, ...]] = []
         decided: dict[tuple[str, str, str], int] = {}
         predictions: dict[tuple[str, str], Prediction] = {}
         for r in records:
+            rows.append(
+                (
+                    r.decision_id,
+                    r.request_id or None,
+                    r.profile_id,
+                    r.channel,
+                    r.placement,
+                    r.action_id,
+                    time(r.decided_at),
+                    to_json(r.payload),
+                )
+            )
             if not r.profile_id:
                 continue
             if r.action_id:

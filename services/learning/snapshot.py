@@ -44,41 +44,61 @@ def decision_snapshot(
     ranked = {r.action_id: r for r in result.ranked}
     best = result.best
     candidates: list[dict[str, Any]] = []
+    append = candidates.append
+    # One dict literal per candidate, its keys in the order they always had (a candidate
+    # per action of the channel: 50 in the benchmark, built on every recorded decision).
     for action in listed.candidates:
-        score = score_of.get(action.action_id)
-        propensity = score.propensity if score is not None else action.prior_propensity
-        factors = ranked.get(action.action_id)
-        if factors is None and best is not None and best.action_id == action.action_id:
-            factors = best
-        entry: dict[str, Any] = {
-            "action_id": action.action_id,
-            "issue": action.issue,
-            "group": action.group,
-            "model": action.model,
-            "value": action.value,
-            "lever": action.lever,
-            "prior_propensity": action.prior_propensity,
-            "propensity": propensity,
-            "model_version": score.model_version if score is not None else "",
-            "fallback": score.fallback if score is not None else True,
-        }
-        if factors is not None:
-            entry.update(
-                value=factors.value,
-                lever=factors.lever,
-                context_weight=factors.context_weight,
-                priority=factors.priority,
-                eligible=factors.eligible,
-                removed_by=factors.removed_by,
+        action_id = action.action_id
+        score = score_of.get(action_id)
+        if score is not None:
+            propensity, model_version, fallback = (
+                score.propensity,
+                score.model_version,
+                score.fallback,
             )
         else:
-            entry.update(
-                context_weight=1.0,
-                priority=propensity * action.value * action.lever,
-                eligible=True,
-                removed_by="",
+            propensity, model_version, fallback = action.prior_propensity, "", True
+        factors = ranked.get(action_id)
+        if factors is None and best is not None and best.action_id == action_id:
+            factors = best
+        if factors is not None:
+            append(
+                {
+                    "action_id": action_id,
+                    "issue": action.issue,
+                    "group": action.group,
+                    "model": action.model,
+                    "value": factors.value,
+                    "lever": factors.lever,
+                    "prior_propensity": action.prior_propensity,
+                    "propensity": propensity,
+                    "model_version": model_version,
+                    "fallback": fallback,
+                    "context_weight": factors.context_weight,
+                    "priority": factors.priority,
+                    "eligible": factors.eligible,
+                    "removed_by": factors.removed_by,
+                }
             )
-        candidates.append(entry)
+        else:
+            append(
+                {
+                    "action_id": action_id,
+                    "issue": action.issue,
+                    "group": action.group,
+                    "model": action.model,
+                    "value": action.value,
+                    "lever": action.lever,
+                    "prior_propensity": action.prior_propensity,
+                    "propensity": propensity,
+                    "model_version": model_version,
+                    "fallback": fallback,
+                    "context_weight": 1.0,
+                    "priority": propensity * action.value * action.lever,
+                    "eligible": True,
+                    "removed_by": "",
+                }
+            )
     # Removed by the catalog listing (only present when the decision was explained).
     for removed in listed.removed:
         candidates.append(

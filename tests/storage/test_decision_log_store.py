@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import text
 
 from libs.errors import AlreadyExists
 from libs.storage import Database
@@ -143,3 +147,30 @@ async def test_close_drains_the_decision_log(database: Database) -> None:
 
     assert all(task.done() and not task.exception() for task in pending)
     assert await stored_ids(database, "p-close") == [f"c{i}" for i in range(5)]
+
+
+async def test_a_payload_comes_back_as_written_whatever_it_holds(database: Database) -> None:
+    service = context_service(database)
+    payload = {
+        "action": "offer_a",
+        "headline": "Café ☕ 東京 — 10 % off",
+        "numbers": [0.1, 1e-7, 123456789.123, -0.0, 7, True, None],
+        "nested": {"empty": {}, "list": [], "quote": '"\\\n'},
+    }
+    # orjson does not write integers beyond 64 bits: that batch is written by the json module.
+    odd = {"action": "offer_a", "big": 2**70}
+
+    await asyncio.gather(
+        service.record_decision(replace(decision("j-1", profile_id="p-json"), payload=payload)),
+        service.record_decision(replace(decision("j-2", profile_id="p-json"), payload=odd)),
+    )
+
+    export = await context_service(database).export_profile("p-json")
+    stored = {d.decision_id: d.payload for d in export.decisions}
+    assert stored == {"j-1": payload, "j-2": odd}
+    # The column holds valid JSON text (PostgreSQL's json type checked it on the way in).
+    async with SqlContextUnitOfWork(database, write=False) as uow:
+        rows = await uow.session.execute(
+            text("SELECT CAST(payload AS TEXT) FROM context_decisions WHERE decision_id = 'j-1'")
+        )
+        assert json.loads(rows.scalar_one()) == payload

@@ -1,18 +1,22 @@
 """The decision log's group commit (services/context/service.py DecisionLog), with fake
 writers: batching, a conflicting batch written one by one, errors to every caller,
-cancellation and the drain on close."""
+cancellation and the drain on close; the JSON text its payloads are stored as and the
+check of a record's sizes."""
 
 from __future__ import annotations
 
 import asyncio
+import enum
+import json
 from datetime import UTC, datetime
 
 import pytest
 
-from libs.errors import AlreadyExists
+from libs.errors import AlreadyExists, InvalidArgument
 from libs.storage import StorageConflict
 from services.context.model import DecisionRecord, RecordedDecision
-from services.context.service import DecisionLog
+from services.context.repository import json_text
+from services.context.service import DecisionLog, _validate_record
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -164,3 +168,45 @@ async def test_close_drains_what_is_queued() -> None:
     assert writers.stored == [f"d{i}" for i in range(5)]
     assert all(task.done() for task in pending)
     await log.close()  # nothing queued: returns at once
+
+
+# ---------------------------------------------------------------------- stored JSON text
+
+
+class Level(enum.StrEnum):
+    FULL = "full"
+
+
+def test_json_text_reads_back_as_the_json_module_wrote_it() -> None:
+    value = {
+        "name": "Café ☕ 東京",
+        "nested": {"list": [1, 2.5, -0.0, 1e-7, 1e16, True, False, None], "empty": {}},
+        "tuple": (1, "two"),
+        "control": '\x00\n\t"\\',
+        "level": Level.FULL,
+    }
+
+    text = json_text(value)
+
+    assert isinstance(text, str)
+    assert json.loads(text) == json.loads(json.dumps(value))
+
+
+def test_json_text_leaves_what_orjson_would_write_differently_to_the_json_module() -> None:
+    # Integers beyond 64 bits, non-str keys: the json module's own text.
+    for value in ({"big": 2**70}, {1: "one", None: 2}):
+        assert json_text(value) == json.dumps(value)
+    # What the json module refuses is still refused (a record that cannot be stored).
+    for refused in ({"at": NOW}, {"record": record("d1")}):
+        with pytest.raises(TypeError):
+            json_text(refused)
+
+
+def test_a_record_too_long_for_its_columns_is_refused_naming_the_field() -> None:
+    too_long = DecisionRecord("d1", "", "p1", "w" * 65, "home", "offer_a", NOW)
+
+    with pytest.raises(InvalidArgument) as refused:
+        _validate_record(too_long)
+
+    assert [v.field for v in refused.value.violations] == ["record.channel"]
+    _validate_record(record("d1"))  # a valid one passes
