@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import overload
@@ -42,6 +42,8 @@ from services.context.model import PERSONALIZATION, PersonalizationLevel, Profil
 UnitOfWorkFactory = Callable[[bool], ArbitrationUnitOfWork]
 EMPTY_CATALOG = Catalog(actions=(), min_priority=0.0, version="")
 _log = get_logger("nextbest.arbitration")
+# Channels whose listing of the current catalog is kept.
+_LISTINGS = 256
 
 
 def checked_candidates(
@@ -204,10 +206,40 @@ class _Ranking(Sequence[CandidateExplanation]):
             raise IndexError(index)
         made = self._made[index]
         if made is None:
-            _, _, action, candidate, weight = self._kept[index]
-            made = priority_factors(action, candidate, weight, rank=index + 1)
-            self._made[index] = made
+            made = self._made[index] = self._make(index)
         return made
+
+    def _make(self, index: int) -> CandidateExplanation:
+        """``priority_factors`` of the item; with every factor on, made directly: the
+        priority is the one it was ranked by (the same product, negated back exactly)."""
+        negated, action_id, action, candidate, weight = self._kept[index]
+        if not action.factors.all_on:
+            return priority_factors(action, candidate, weight, rank=index + 1)
+        return CandidateExplanation(
+            action_id,
+            True,
+            "",
+            "",
+            candidate.propensity,
+            weight,
+            action.value,
+            action.lever,
+            -negated,
+            index + 1,
+            False,
+            candidate.model_version,
+        )
+
+    def __iter__(self) -> Iterator[CandidateExplanation]:
+        return iter(self.explained())
+
+    def explained(self) -> tuple[CandidateExplanation, ...]:
+        """Every item, made in one pass (what an explained or recorded decision reads)."""
+        made = self._made
+        for index in range(self._length):
+            if made[index] is None:
+                made[index] = self._make(index)
+        return tuple(made[: self._length])  # type: ignore[arg-type]  # all made above
 
 
 def _rank_key(
@@ -242,6 +274,12 @@ class ArbitrationService:
         self._volume = VolumeGate(units)
         self._catalog = EMPTY_CATALOG
         self._checked_at = -float("inf")
+        # Listing per channel of the catalog ``_listings_of`` (see _listing).
+        self._listings: dict[
+            str, tuple[tuple[ActionDefinition, ...], tuple[CandidateExplanation, ...]]
+        ] = {}
+        self._listings_of: Catalog | None = None
+        self._timeless = False  # no action of ``_listings_of`` has a validity window
 
     async def catalog(self) -> Catalog:
         if time.monotonic() - self._checked_at >= self._refresh_s:
@@ -281,6 +319,33 @@ class ArbitrationService:
     ) -> CandidateList:
         """Catalog-level filtering (no customer context: see arbitration.proto)."""
         catalog = await self.catalog()
+        candidates, removed = self._listing(catalog, channel)
+        return CandidateList(
+            candidates,
+            removed if explain else (),
+            catalog.version,
+            catalog.min_priority,
+            catalog.default_for(channel, placement),
+        )
+
+    def _listing(
+        self, catalog: Catalog, channel: str
+    ) -> tuple[tuple[ActionDefinition, ...], tuple[CandidateExplanation, ...]]:
+        """The catalog's actions offered on ``channel`` now, and why the others are not.
+
+        Kept per channel while the catalog stays the same: without validity windows the
+        listing does not change; with them it is made again at every call, and the kept
+        tuple given again while it holds the same actions. The same tuple is what lets the
+        orchestrator and scoring find what they derived from it (services/scoring/memo.py)."""
+        if self._listings_of is not catalog:
+            self._listings = {}
+            self._listings_of = catalog
+            self._timeless = not any(
+                a.valid_from is not None or a.valid_until is not None for a in catalog.actions
+            )
+        known = self._listings.get(channel)
+        if known is not None and self._timeless:
+            return known
         now = self._clock()
         candidates: list[ActionDefinition] = []
         removed: list[CandidateExplanation] = []
@@ -299,13 +364,18 @@ class ArbitrationService:
                 removed.append(CandidateExplanation(action.action_id, False, "validity", problem))
             else:
                 candidates.append(action)
-        return CandidateList(
-            tuple(candidates),
-            tuple(removed) if explain else (),
-            catalog.version,
-            catalog.min_priority,
-            catalog.default_for(channel, placement),
-        )
+        if (
+            known is not None
+            and len(known[0]) == len(candidates)
+            and all(a is b for a, b in zip(known[0], candidates, strict=True))
+        ):
+            listing = (known[0], tuple(removed))
+        else:
+            listing = (tuple(candidates), tuple(removed))
+        if len(self._listings) >= _LISTINGS and channel not in self._listings:
+            self._listings.clear()  # channels are names callers choose: keep a bounded few
+        self._listings[channel] = listing
+        return listing
 
     async def prioritize(
         self,
@@ -478,7 +548,9 @@ class ArbitrationService:
         else:
             marked = replace(served, won=True)
             if explain:
-                ranked = tuple(marked if r.action_id == served.action_id else r for r in ranked)
+                every = ranked.explained() if isinstance(ranked, _Ranking) else tuple(ranked)
+                served_id = served.action_id
+                ranked = tuple(marked if r.action_id == served_id else r for r in every)
             best = marked
             if selection.explored:
                 top = ranked[0]
@@ -489,6 +561,8 @@ class ArbitrationService:
                 )
             else:
                 summary = f"{served.action_id} has the highest priority ({served.priority:.4g})"
+        if explain and isinstance(ranked, _Ranking):  # nothing served: made here
+            ranked = ranked.explained()
         return Prioritization(
             winner=catalog.action(served.action_id) if served is not None else None,
             best=best,

@@ -20,7 +20,13 @@ from libs.errors import FailedPrecondition, FieldViolation, InvalidArgument, Not
 from libs.logging import get_logger
 from libs.resilience import CircuitBreaker
 from libs.rpc.client import remaining_s, set_deadline
-from services.arbitration.model import CandidateList, Catalog, Prioritization, ScoredCandidate
+from services.arbitration.model import (
+    ActionDefinition,
+    CandidateList,
+    Catalog,
+    Prioritization,
+    ScoredCandidate,
+)
 from services.arbitration.service import rank_candidates
 from services.context.model import (
     PROFILING,
@@ -65,11 +71,14 @@ from services.orchestrator.ports import (
     SettlingIdentityPort,
     ValidatedEventsPort,
 )
+from services.scoring.memo import ByIdentity
 from services.scoring.model import CandidateScore, ScoringCandidate
 
 T = TypeVar("T")
 ChangeFeed = InProcessChangeFeed
 _CANDIDATE_CACHE_SIZE = 1024
+# Listed action tuples whose scoring candidates are kept (a few per channel and catalog).
+_SCORING_INPUTS = 64
 _log = get_logger("nextbest.orchestrator")
 
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
@@ -113,8 +122,17 @@ def _prefixed(error: InvalidArgument, prefix: str) -> InvalidArgument:
     )
 
 
+def _models_of(listed: CandidateList) -> dict[str, str]:
+    """The model of each listed action, by action id."""
+    return {action.action_id: action.model for action in listed.candidates}
+
+
 def _predictions(
-    profile: ProfileContext, listed: CandidateList, scores: list[CandidateScore], at: datetime
+    profile: ProfileContext,
+    listed: CandidateList,
+    scores: list[CandidateScore],
+    at: datetime,
+    models_of: Callable[[CandidateList], dict[str, str]] | None = None,
 ) -> tuple[Prediction, ...]:
     """Per model, the best propensity it gave the customer in this decision: kept by the
     context as her latest prediction of that model (feature ``prediction:<model>``), when
@@ -125,13 +143,14 @@ def _predictions(
         or profile.consents.get(PROFILING) is False
     ):
         return ()
-    model_of = {action.action_id: action.model for action in listed.candidates}
+    model_of = models_of(listed) if models_of is not None else _models_of(listed)
     best: dict[str, CandidateScore] = {}
     for score in scores:
         if score.fallback or not score.model_version:
             continue
         model = model_of.get(score.action_id) or score.model_version.partition(":")[0]
-        if model not in best or score.propensity > best[model].propensity:
+        found = best.get(model)
+        if found is None or score.propensity > found.propensity:
             best[model] = score
     return tuple(
         Prediction(model, score.propensity, score.model_version, at)
@@ -237,6 +256,13 @@ class DecisionEngine:
         }
         # Last candidates per (channel, placement): the fallback when arbitration is down.
         self._candidates: OrderedDict[tuple[str, str], CandidateList] = OrderedDict()
+        # The scoring candidates of each listed tuple of actions (see _scoring_candidates).
+        self._scoring_inputs: ByIdentity[
+            tuple[ActionDefinition, ...], tuple[ScoringCandidate, ...]
+        ] = ByIdentity(_SCORING_INPUTS)
+        self._listed_models: ByIdentity[tuple[ActionDefinition, ...], dict[str, str]] = ByIdentity(
+            _SCORING_INPUTS
+        )
 
     def breaker(self, dependency: str) -> CircuitBreaker:
         return self._breakers[dependency]
@@ -356,7 +382,7 @@ class DecisionEngine:
             predictions = (
                 ()
                 if attempt.reasons
-                else _predictions(profile, listed, scores, decision.decided_at)
+                else _predictions(profile, listed, scores, decision.decided_at, self._models_of)
             )
             snapshot = decision_snapshot(
                 profile, command.context, command.channel, command.placement, listed, scores, result
@@ -383,6 +409,34 @@ class DecisionEngine:
             return listed
         return self._candidates.get(key) or CandidateList((), (), "")
 
+    def _models_of(self, listed: CandidateList) -> dict[str, str]:
+        """``_models_of``, kept with the scoring candidates of the same tuple (read-only)."""
+        known = self._listed_models.get(listed.candidates)
+        if known is None:
+            known = _models_of(listed)
+            self._listed_models.put(listed.candidates, known)
+        return known
+
+    def _scoring_candidates(self, listed: CandidateList) -> tuple[ScoringCandidate, ...]:
+        """What scoring reads of the listed actions; the same tuple again while arbitration
+        lists the same actions (scoring then finds what it derived from it by identity)."""
+        known = self._scoring_inputs.get(listed.candidates)
+        if known is None:
+            known = tuple(
+                ScoringCandidate(
+                    action_id=a.action_id,
+                    model=a.model,
+                    issue=a.issue,
+                    group=a.group,
+                    value=a.value,
+                    lever=a.lever,
+                    prior_propensity=a.prior_propensity,
+                )
+                for a in listed.candidates
+            )
+            self._scoring_inputs.put(listed.candidates, known)
+        return known
+
     async def _scores(
         self,
         command: DecideCommand,
@@ -395,21 +449,7 @@ class DecisionEngine:
         scores = await self._guarded(
             "scoring",
             lambda: self._scoring.score_candidates(
-                profile,
-                command.context,
-                command.channel,
-                [
-                    ScoringCandidate(
-                        action_id=a.action_id,
-                        model=a.model,
-                        issue=a.issue,
-                        group=a.group,
-                        value=a.value,
-                        lever=a.lever,
-                        prior_propensity=a.prior_propensity,
-                    )
-                    for a in listed.candidates
-                ],
+                profile, command.context, command.channel, self._scoring_candidates(listed)
             ),
             attempt,
         )

@@ -32,6 +32,7 @@ A feature with no value for this customer takes its declared default. A feature 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -44,6 +45,7 @@ from libs.clock import utc_now
 from libs.config import duration_s
 from libs.errors import FieldViolation, InvalidArgument, Violations
 from services.context.model import Outcome, PersonalizationLevel, ProfileContext
+from services.scoring.memo import ByIdentity
 from services.scoring.model import FeatureSpec, FeatureType, ScoringCandidate
 
 _INTERACTIONS = ("decisions", "impressions", "clicks", "accepts", "rejects", "conversions")
@@ -238,32 +240,171 @@ def resolve_features(specs: Sequence[FeatureSpec]) -> tuple[FeatureSpec, ...]:
     return tuple(resolved)
 
 
+# What a feature reads, so that a decision computes each column once where it can:
+# the customer and request only (one value for every row), the candidate only (cached per
+# candidate list), or both (contact and interaction counts: per row, from an index built
+# once per decision).
+_PROFILE, _CANDIDATE, _BOTH = "profile", "candidate", "both"
+# Candidate lists whose action columns are kept (a catalog lists a few per channel).
+_CANDIDATE_BLOCKS = 64
+# Prepares, once per decision, the per-candidate reader of a "both" feature.
+Preparer = Callable[[ScoringInput], Callable[[ScoringCandidate], float | None]]
+
+
+def _scope(name: str) -> str:
+    """Which inputs the feature ``name`` (one ``_compile`` accepts) reads."""
+    if name.startswith("action."):
+        return _CANDIDATE
+    kind, sep, arg = name.partition(":")
+    if sep and arg and (kind.startswith("contact_count_") or kind == "interaction"):
+        return _BOTH
+    return _PROFILE
+
+
+def _preparer(name: str) -> Preparer:
+    """For a "both" feature: counts per action made once per decision, so 50 candidates
+    do not walk the customer's contacts (or interactions) 50 times. Same values as the
+    feature's extractor (integer sums, so the order of the additions does not matter)."""
+    kind, _, arg = name.partition(":")
+    if kind == "interaction":
+
+        def interactions(s: ScoringInput) -> Callable[[ScoringCandidate], float | None]:
+            totals: dict[str, int] = {}
+            for i in s.context.interactions:
+                totals[i.action_id] = totals.get(i.action_id, 0) + getattr(i, arg)
+            return lambda c: float(totals.get(c.action_id, 0))
+
+        return interactions
+    window = timedelta(seconds=duration_s(kind.removeprefix("contact_count_")))
+
+    def contacts(s: ScoringInput) -> Callable[[ScoringCandidate], float | None]:
+        since = s.now - window
+        counts: dict[str, int] = {}
+        for contact in s.context.contacts:
+            if (arg == "any" or contact.kind == arg) and contact.occurred_at >= since:
+                counts[contact.action_id] = counts.get(contact.action_id, 0) + 1
+        return lambda c: float(counts.get(c.action_id, 0))
+
+    return contacts
+
+
+def _flagged(prepare: Preparer) -> Preparer:
+    def flags(s: ScoringInput) -> Callable[[ScoringCandidate], float | None]:
+        read = prepare(s)
+        return lambda c: None if (value := read(c)) is None else float(value != 0)
+
+    return flags
+
+
 class FeatureBuilder:
-    """The compiled extractors of one model's feature list."""
+    """The compiled extractors of one model's feature list.
+
+    ``matrix`` fills a column once per decision when the feature reads only the customer
+    and the request, takes the candidates' own columns (``action.*``) from a cache kept per
+    candidate list (candidates are immutable values: a changed catalog gives other
+    candidates, hence another entry; a new model version gets a new builder), and runs the
+    rest per row. The values are those of every extractor run on every row."""
 
     def __init__(self, specs: Sequence[FeatureSpec]) -> None:
         extractors: list[tuple[Extractor, float]] = []
+        profile: list[tuple[Extractor, float]] = []
+        own: list[tuple[Extractor, float]] = []
+        both: list[tuple[Preparer, float]] = []
+        columns: dict[str, list[int]] = {_PROFILE: [], _CANDIDATE: [], _BOTH: []}
         for index, spec in enumerate(specs):
             try:
                 extract, implied = _compile(spec.name)
             except _UnknownFeature as error:
                 violation = FieldViolation(_field(index, spec.name), str(error))
                 raise InvalidArgument(violation) from None
-            if spec.type is FeatureType.BOOLEAN and implied is not FeatureType.BOOLEAN:
+            flag = spec.type is FeatureType.BOOLEAN and implied is not FeatureType.BOOLEAN
+            if flag:
                 extract = _as_flag(extract)
             extractors.append((extract, spec.default))
+            scope = _scope(spec.name)
+            columns[scope].append(index)
+            if scope == _PROFILE:
+                profile.append((extract, spec.default))
+            elif scope == _CANDIDATE:
+                own.append((extract, spec.default))
+            else:
+                prepare = _preparer(spec.name)
+                both.append((_flagged(prepare) if flag else prepare, spec.default))
         self._extractors = extractors
+        self._profile = profile
+        self._own = own
+        self._both = both
+        self._profile_columns = np.array(columns[_PROFILE], dtype=np.intp)
+        self._own_columns = np.array(columns[_CANDIDATE], dtype=np.intp)
+        self._both_columns = np.array(columns[_BOTH], dtype=np.intp)
+        # Candidate list -> a (rows, width) matrix with the candidates' own columns filled
+        # (the others are overwritten by every decision), most recently used last.
+        self._blocks: OrderedDict[tuple[ScoringCandidate, ...], npt.NDArray[np.float32]] = (
+            OrderedDict()
+        )
+        # The same blocks by the identity of a candidate tuple: the embedded shape passes
+        # the same tuple to every decision on a channel, found without hashing it.
+        self._known: ByIdentity[Sequence[ScoringCandidate], npt.NDArray[np.float32]] = ByIdentity(
+            _CANDIDATE_BLOCKS
+        )
 
     @property
     def width(self) -> int:
         return len(self._extractors)
 
+    def _template(
+        self, scoring_input: ScoringInput, candidates: Sequence[ScoringCandidate]
+    ) -> npt.NDArray[np.float32]:
+        """A matrix for ``candidates`` whose own columns hold their values (not to be
+        written: callers copy it)."""
+        known = self._known.get(candidates)
+        if known is not None:
+            return known
+        key = tuple(candidates)
+        block = self._blocks.get(key)
+        if block is None:
+            block = np.zeros((len(key), len(self._extractors)), dtype=np.float32)
+            if self._own:
+                own = [
+                    [
+                        default if (v := extract(scoring_input, c)) is None else v
+                        for extract, default in self._own
+                    ]
+                    for c in key
+                ]
+                block[:, self._own_columns] = np.array(own, dtype=np.float32)
+            block.flags.writeable = False
+            self._blocks[key] = block
+            while len(self._blocks) > _CANDIDATE_BLOCKS:
+                self._blocks.popitem(last=False)
+        else:
+            self._blocks.move_to_end(key)
+        if isinstance(candidates, tuple):  # immutable: safe to know again by identity
+            self._known.put(candidates, block)
+        return block
+
     def matrix(
         self, scoring_input: ScoringInput, candidates: Sequence[ScoringCandidate]
     ) -> npt.NDArray[np.float32]:
-        rows = np.empty((len(candidates), len(self._extractors)), dtype=np.float32)
-        for i, candidate in enumerate(candidates):
-            for j, (extract, default) in enumerate(self._extractors):
-                value = extract(scoring_input, candidate)
-                rows[i, j] = default if value is None else value
+        if not candidates:
+            return np.empty((0, len(self._extractors)), dtype=np.float32)
+        rows = self._template(scoring_input, candidates).copy()
+        if self._profile:
+            first = candidates[0]  # not read: these features depend on no candidate
+            rows[:, self._profile_columns] = np.array(
+                [
+                    default if (v := extract(scoring_input, first)) is None else v
+                    for extract, default in self._profile
+                ],
+                dtype=np.float32,
+            )
+        if self._both:
+            readers = [(prepare(scoring_input), default) for prepare, default in self._both]
+            rows[:, self._both_columns] = np.array(
+                [
+                    [default if (v := read(c)) is None else v for read, default in readers]
+                    for c in candidates
+                ],
+                dtype=np.float32,
+            )
         return rows

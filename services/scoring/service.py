@@ -39,6 +39,7 @@ from libs.logging import get_logger
 from libs.storage import StorageConflict
 from services.context.model import ProfileContext
 from services.scoring.features import FeatureBuilder, ScoringInput, resolve_features
+from services.scoring.memo import ByIdentity
 from services.scoring.metadata import FEATURES_KEY, embedded_features
 from services.scoring.model import (
     CandidateScore,
@@ -55,6 +56,8 @@ UnitOfWorkFactory = Callable[[bool], ScoringUnitOfWork]
 InferenceObserver = Callable[[str, str, float], None]
 MAX_MODEL_BYTES = 64 * 1024 * 1024
 MAX_FEATURES = 512
+# Candidate tuples whose grouping per model is kept (a few per channel and catalog).
+_GROUPINGS = 64
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 _log = get_logger("nextbest.scoring")
@@ -158,6 +161,11 @@ class ScoringService:
         self._backend: ModelBackend = backend or OnnxRuntimeBackend()
         self._routes: dict[str, ModelRoute] = {}
         self._checked_at = -float("inf")
+        # Candidate tuples grouped per model (see _groups).
+        self._grouped: ByIdentity[
+            Sequence[ScoringCandidate],
+            list[tuple[str, tuple[int, ...], tuple[ScoringCandidate, ...]]],
+        ] = ByIdentity(_GROUPINGS)
 
     async def serving_models(self) -> dict[str, ModelRoute]:
         """The route of every model that serves, re-read from the database every refresh_s."""
@@ -219,28 +227,42 @@ class ScoringService:
         """P for every candidate: one batched model run per model, priors where none serves."""
         routes = await self.serving_models()
         scores: list[CandidateScore | None] = [None] * len(candidates)
-        by_model: dict[str, list[int]] = {}
-        for index, candidate in enumerate(candidates):
-            by_model.setdefault(candidate.model, []).append(index)
         scoring_input = ScoringInput(context, request_context, channel)
-        for name, indexes in by_model.items():
+        for name, indexes, group in self._groups(candidates):
             route = routes.get(name)
             entry = route.pick(context.profile_id) if route is not None else None
             propensities = None
             if entry is not None:
-                group = [candidates[index] for index in indexes]
                 matrix = entry.features.matrix(scoring_input, group)
                 propensities = await self._predict(entry, matrix)
             if entry is None or propensities is None:
-                for index in indexes:
-                    c = candidates[index]
+                for index, c in zip(indexes, group, strict=True):
                     scores[index] = CandidateScore(c.action_id, c.prior_propensity, "", True)
                 continue
-            for index, propensity in zip(indexes, propensities, strict=True):
-                scores[index] = CandidateScore(
-                    candidates[index].action_id, float(propensity), entry.info.label
-                )
+            label = entry.info.label
+            # tolist(): Python floats at once, the values float() gives one by one.
+            for index, c, propensity in zip(indexes, group, propensities.tolist(), strict=True):
+                scores[index] = CandidateScore(c.action_id, propensity, label)
         return [score for score in scores if score is not None]
+
+    def _groups(
+        self, candidates: Sequence[ScoringCandidate]
+    ) -> list[tuple[str, tuple[int, ...], tuple[ScoringCandidate, ...]]]:
+        """The candidates per model (name, their indexes, them), in order of first
+        appearance; kept for a tuple passed again (the embedded shape's candidate lists)."""
+        known = self._grouped.get(candidates)
+        if known is not None:
+            return known
+        by_model: dict[str, list[int]] = {}
+        for index, candidate in enumerate(candidates):
+            by_model.setdefault(candidate.model, []).append(index)
+        groups = [
+            (name, tuple(indexes), tuple(candidates[index] for index in indexes))
+            for name, indexes in by_model.items()
+        ]
+        if isinstance(candidates, tuple):  # immutable: safe to know again by identity
+            self._grouped.put(candidates, groups)
+        return groups
 
     async def _predict(
         self, entry: ServingModel, matrix: npt.NDArray[np.float32]

@@ -415,6 +415,40 @@ async def test_list_candidates_filters_disabled_and_off_channel_actions() -> Non
     assert quiet.removed == ()
 
 
+async def test_listings_are_kept_per_channel_and_follow_the_clock_and_the_catalog() -> None:
+    """The same tuple of actions while nothing changes (what the orchestrator and scoring
+    find their derived data by); validity windows are judged at every call, and a new
+    catalog lists its own actions."""
+    now = [NOW]
+    service = ArbitrationService(arbitration_units(FakeCatalogStore()), clock=lambda: now[0])
+    await service.apply_catalog(
+        Catalog(actions=(action("a", 1.0), action("m", 1.0, channels=("mobile",))), version="v1")
+    )
+    web = await service.list_candidates("web", "", {})
+    assert [a.action_id for a in web.candidates] == ["a"]
+    assert (await service.list_candidates("web", "home", {})).candidates is web.candidates
+    mobile = await service.list_candidates("mobile", "", {}, explain=True)
+    assert [a.action_id for a in mobile.candidates] == ["a", "m"]
+    assert mobile.removed == ()
+    web_explained = await service.list_candidates("web", "", {}, explain=True)
+    assert [(r.action_id, r.removed_by) for r in web_explained.removed] == [("m", "channels")]
+
+    later = datetime(2025, 3, 2, 12, 0, tzinfo=UTC)
+    await service.apply_catalog(
+        Catalog(
+            actions=(action("a", 2.0), action("until", 1.0, valid_until=later)),
+            version="v2",
+        )
+    )
+    windowed = await service.list_candidates("web", "", {})
+    assert [(a.action_id, a.value) for a in windowed.candidates] == [("a", 2.0), ("until", 1.0)]
+    assert (await service.list_candidates("web", "", {})).candidates is windowed.candidates
+    now[0] = later
+    expired = await service.list_candidates("web", "", {}, explain=True)
+    assert [a.action_id for a in expired.candidates] == ["a"]
+    assert [(r.action_id, r.removed_by) for r in expired.removed] == [("until", "validity")]
+
+
 async def test_prioritize_marks_the_winner_and_ranks_only_when_explaining() -> None:
     service = ArbitrationService(arbitration_units(FakeCatalogStore()), clock=lambda: NOW)
     await service.apply_catalog(CATALOG)

@@ -124,6 +124,33 @@ async def test_winner_is_the_highest_p_v_l_and_its_factors_are_copied() -> None:
     assert hub.context.decisions["d-1"].profile_id == "p-ann"
 
 
+async def test_scoring_reads_the_catalog_applied_last() -> None:
+    """The scoring candidates kept for a listed tuple of actions are those of its catalog:
+    a catalog applied later (same ids, new values and models) is what scoring reads."""
+    hub = await make_hub()
+    await hub.engine.decide(DecideCommand(ANN, "web"))
+    await hub.engine.decide(DecideCommand(ANN, "web"))
+    assert hub.scoring.calls[0] == hub.scoring.calls[1]
+    changed = {
+        **CATALOG,
+        "actions": [
+            {**a, "value": a["value"] * 2, "model": "other", "issue": "moved"}
+            for a in CATALOG["actions"]
+        ],
+    }
+    await hub.arbitration.apply_catalog(parse_catalog(changed))
+    decision = await hub.engine.decide(DecideCommand(ANN, "web"))
+    assert [(c.action_id, c.value, c.model, c.issue) for c in hub.scoring.calls[2]] == [
+        ("alpha", 20.0, "other", "moved"),
+        ("bravo", 8.0, "other", "moved"),
+        ("charlie", 100.0, "other", "moved"),
+    ]
+    assert decision.value == 8.0  # bravo still wins, at its new value
+    # Predictions are kept under the model each action now names.
+    predictions = hub.context.decisions[decision.decision_id].predictions
+    assert [(p.name, p.value) for p in predictions] == [("other", 0.5)]
+
+
 async def test_treatment_falls_back_to_the_default_on_another_channel() -> None:
     hub = await make_hub(propensities={"alpha": 0.0, "bravo": 0.5, "charlie": 0.0})
 

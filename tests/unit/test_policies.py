@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,7 +16,7 @@ from libs.errors import InvalidArgument
 from services.arbitration.catalog import catalog_to_document, parse_catalog, parse_catalog_yaml
 from services.arbitration.exploration import select
 from services.arbitration.model import CandidateExplanation, Exploration, ScoredCandidate
-from services.arbitration.service import ArbitrationService
+from services.arbitration.service import ArbitrationService, priority_factors
 from services.context.model import (
     Contact,
     EventCounter,
@@ -263,6 +264,31 @@ async def test_policies_consent_and_factors_make_the_explanation() -> None:
     assert [c.rank for c in result.ranked] == [1, 2, 0]
     assert result.winner is not None and result.winner.action_id == "gold_card"
     assert (result.selection_probability, result.exploration) == (1.0, "greedy")
+
+
+async def test_every_ranked_explanation_is_what_priority_factors_gives() -> None:
+    """Explanations are made without priority_factors when every factor is on: the same
+    values, field by field, as it gives (and as an unexplained decision's winner)."""
+    service = await service_with(DOCUMENT)
+    catalog = await service.catalog()
+    profile = customer(consents={"marketing_email": True})
+
+    result = await service.prioritize(
+        SCORED, "web", explain=True, context=profile, request_context={}
+    )
+    quiet = await service.prioritize(SCORED, "web", context=profile, request_context={})
+
+    scored = {s.action_id: s for s in SCORED}
+    ranked = [c for c in result.ranked if c.eligible]
+    assert len(ranked) == 3
+    for explained in ranked:
+        action = catalog.action(explained.action_id)
+        assert action is not None
+        expected = priority_factors(
+            action, scored[action.action_id], explained.context_weight, rank=explained.rank
+        )
+        assert explained == replace(expected, won=explained.won)
+    assert quiet.best == result.best
 
 
 @pytest.mark.parametrize(
