@@ -184,8 +184,11 @@ def _sqlite_time(value: datetime | None) -> str | None:
 class _SqliteWriter:
     def __init__(self, path: str, now: datetime) -> None:
         self.connection = sqlite3.connect(path, isolation_level=None)
+        # No journal while building: in WAL mode the single build transaction would first
+        # be written whole to the WAL (the size of the database) and then copied again by
+        # the checkpoint; a half-built bench database is rebuilt, never rolled back.
         for pragma in (
-            "journal_mode=WAL",
+            "journal_mode=OFF",
             "synchronous=OFF",
             "cache_size=-500000",
             "temp_store=MEMORY",
@@ -236,6 +239,8 @@ class _SqliteWriter:
         self.connection.execute("COMMIT")
         on_phase("analyse")
         self.connection.execute("ANALYZE")
+        # Back to the journal the services expect (libs/storage/database.py sets WAL too).
+        self.connection.execute("PRAGMA journal_mode=WAL")
         self.connection.close()
 
 
