@@ -3,18 +3,18 @@ profile attributes, predictions, consent, merges, export and erasure."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from libs.clock import utc_now
 from libs.config import AggregatesConfig, duration_s
 from libs.errors import AlreadyExists, NotFound, Violations
+from libs.group_commit import GroupCommit, Pending
 from libs.storage import StorageConflict
 from services.context.aggregates import PRUNE_EVERY, AggregatePlan, BatchAggregates
 from services.context.model import (
@@ -218,29 +218,17 @@ def _validate_record(record: DecisionRecord) -> None:
 MAX_DECISIONS_PER_COMMIT = 256
 
 
-@dataclass
-class _Waiting:
-    record: DecisionRecord
-    done: asyncio.Future[RecordedDecision]
-
-
 class DecisionLog:
-    """Group commit of the decision log: decisions recorded concurrently are written
-    together, one transaction and a few bulk statements per batch, instead of one
-    transaction each (the commit, the session and the statements' overhead were most of
-    the cost of recording a decision).
+    """Group commit of the decision log (libs/group_commit.py): decisions recorded
+    concurrently are written together, one transaction and a few bulk statements per batch,
+    instead of one transaction each.
 
-    Each caller waits for the commit of its batch: a decision is durable before
-    ``record`` returns (its outcome can be recorded as soon as it is answered). A batch is
-    whatever is queued when the writer is free (at most ``max_batch``): no timer, so a lone
-    caller waits for nobody. The writer is a task started by the first record queued and
-    ending when the queue is empty (no task idles, none outlives its event loop).
-
-    ``write_batch`` writes a batch in one transaction; on StorageConflict (a decision or
-    request id taken meanwhile, by another process) the batch is written again one record
-    at a time by ``write_one``, so that only the conflicting record gets its own answer
-    (replay or AlreadyExists). Any other error fails every caller of the batch (nothing of
-    it was committed). A caller that gives up waiting (cancelled) does not cancel the write.
+    Each caller waits for the commit of its batch: a decision is durable before ``record``
+    returns (its outcome can be recorded as soon as it is answered). ``write_batch`` writes
+    a batch in one transaction; on StorageConflict (a decision or request id taken
+    meanwhile, by another process) the batch is written again one record at a time by
+    ``write_one``, so that only the conflicting record gets its own answer (replay or
+    AlreadyExists). Any other error fails every caller of the batch.
     """
 
     def __init__(
@@ -252,70 +240,33 @@ class DecisionLog:
     ) -> None:
         self._write_batch = write_batch
         self._write_one = write_one
-        self._max_batch = max_batch
-        self._queue: list[_Waiting] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._commits: GroupCommit[DecisionRecord, RecordedDecision] = GroupCommit(
+            self._write,
+            max_batch=max_batch,
+            stopped="the decision log stopped before this decision was written",
+        )
         self.batches = 0  # batches committed (tests, benchmarks)
 
     async def record(self, record: DecisionRecord) -> RecordedDecision:
-        done: asyncio.Future[RecordedDecision] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Waiting(record, done))
-        if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._write_queued())
-        return await done
+        return await self._commits.submit(record)
 
     async def close(self) -> None:
         """Wait until everything queued is written (graceful stop)."""
-        while self._writer is not None:
-            await asyncio.shield(self._writer)
+        await self._commits.close()
 
-    async def _write_queued(self) -> None:
+    async def _write(self, batch: list[Pending[DecisionRecord, RecordedDecision]]) -> None:
         try:
-            while self._queue:
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
-                await self._write(batch)
-        except BaseException:  # cancelled (the loop is closing): fail what still waits
-            queued, self._queue = self._queue, []
-            for waiting in queued:
-                _fail(waiting.done, _stopped())
-            raise
-        finally:
-            self._writer = None
-
-    async def _write(self, batch: list[_Waiting]) -> None:
-        try:
-            try:
-                results = await self._write_batch([waiting.record for waiting in batch])
-            except StorageConflict:
-                for waiting in batch:
-                    try:
-                        _resolve(waiting.done, await self._write_one(waiting.record))
-                    except Exception as error:
-                        _fail(waiting.done, error)
-                return
-            self.batches += 1
-            for waiting, result in zip(batch, results, strict=True):
-                _resolve(waiting.done, result)
-        except BaseException as error:  # incl. cancellation: no caller waits forever
-            for waiting in batch:
-                _fail(waiting.done, error if isinstance(error, Exception) else _stopped())
-            if not isinstance(error, Exception):
-                raise
-
-
-def _stopped() -> Exception:
-    return RuntimeError("the decision log stopped before this decision was written")
-
-
-def _resolve(done: asyncio.Future[RecordedDecision], result: RecordedDecision) -> None:
-    if not done.done():  # the caller may have given up (cancelled)
-        done.set_result(result)
-
-
-def _fail(done: asyncio.Future[RecordedDecision], error: Exception) -> None:
-    if not done.done():
-        done.set_exception(error)
+            results = await self._write_batch([pending.item for pending in batch])
+        except StorageConflict:
+            for pending in batch:
+                try:
+                    pending.resolve(await self._write_one(pending.item))
+                except Exception as error:
+                    pending.fail(error)
+            return
+        self.batches += 1
+        for pending, result in zip(batch, results, strict=True):
+            pending.resolve(result)
 
 
 class ContextService:

@@ -32,13 +32,14 @@ import asyncio
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 
 import structlog
 
 from libs.clock import utc_now
 from libs.errors import InvalidArgument, Violations
+from libs.group_commit import GroupCommit, Pending
 from libs.logging import get_logger
 from libs.storage import StorageConflict
 from services.identity.model import (
@@ -91,29 +92,18 @@ Creation = tuple[str, Sequence[KeyedIdentifier]]
 MAX_CREATIONS_PER_COMMIT = 256
 
 
-@dataclass
-class _Waiting:
-    profile_id: str
-    keys: Sequence[KeyedIdentifier]
-    done: asyncio.Future[bool]
-
-
 class FirstSightings:
-    """Group commit of new profiles: identifier sets seen for the first time concurrently
-    (a first-seen cookie on most Decides of new visitors) are created together, in one
-    transaction and two INSERTs per batch, instead of a transaction each (the session,
-    the commit and the statements' overhead were most of the cost of a creation).
+    """Group commit of new profiles (libs/group_commit.py): identifier sets seen for the
+    first time concurrently (a first-seen cookie on most Decides of new visitors) are
+    created together, in one transaction and two INSERTs per batch, instead of a
+    transaction each.
 
-    A batch is whatever is queued when the writer is free (at most ``max_batch``): no timer,
-    so a lone caller waits for nobody. The writer is a task started by the first creation
-    queued and ending when the queue is empty (no task idles, none outlives its loop).
     ``create`` answers once its batch is committed: True, created; False, one of its
     identifiers was stored first -- by another writer (unique key), or by an earlier set of
     the same batch (such a set is not written, and is answered after the batch commits, so
     that the caller's stitch finds what the batch stored). On StorageConflict the batch is
     written again one set at a time, so that only the conflicting sets answer False. Any
-    other error fails every caller of the batch (nothing of it was committed). A caller
-    that gives up waiting (cancelled) does not cancel the write.
+    other error fails every caller of the batch (nothing of it was committed).
     """
 
     def __init__(
@@ -123,94 +113,56 @@ class FirstSightings:
         max_batch: int = MAX_CREATIONS_PER_COMMIT,
     ) -> None:
         self._write_batch = write
-        self._max_batch = max_batch
-        self._queue: list[_Waiting] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._commits: GroupCommit[Creation, bool] = GroupCommit(
+            self._write,
+            max_batch=max_batch,
+            stopped="identity stopped before this profile was created",
+        )
         self.batches = 0  # batches committed in one transaction (tests, benchmarks)
 
     async def create(self, profile_id: str, keys: Sequence[KeyedIdentifier]) -> bool:
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[bool] = loop.create_future()
-        self._queue.append(_Waiting(profile_id, keys, done))
-        if self._writer is None:
-            self._writer = loop.create_task(self._write_queued())
-        return await done
+        return await self._commits.submit((profile_id, keys))
 
     async def close(self) -> None:
         """Wait until everything queued is written (graceful stop)."""
-        while self._writer is not None:
-            await asyncio.shield(self._writer)
+        await self._commits.close()
 
-    async def _write_queued(self) -> None:
-        try:
-            while self._queue:
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
-                await self._write(batch)
-        except BaseException:  # cancelled (the loop is closing): fail what still waits
-            queued, self._queue = self._queue, []
-            for waiting in queued:
-                _fail(waiting.done, _stopped())
-            raise
-        finally:
-            self._writer = None
-
-    async def _write(self, batch: list[_Waiting]) -> None:
+    async def _write(self, batch: list[Pending[Creation, bool]]) -> None:
         # A set sharing an identifier with an earlier set of the batch would make the whole
         # batch conflict: it waits for the batch instead, then goes to the stitch. So does a
         # set sharing one with such a set (its stitch may link it first: a new profile for
         # this one would be merged away).
         taken: set[tuple[str, str]] = set()
-        writing: list[_Waiting] = []
-        later: list[_Waiting] = []
-        for waiting in batch:
-            pairs = {(key.type, key.digest) for key in waiting.keys}
-            (writing if taken.isdisjoint(pairs) else later).append(waiting)
+        writing: list[Pending[Creation, bool]] = []
+        later: list[Pending[Creation, bool]] = []
+        for pending in batch:
+            pairs = {(key.type, key.digest) for key in pending.item[1]}
+            (writing if taken.isdisjoint(pairs) else later).append(pending)
             taken |= pairs
         try:
-            try:
-                await self._write_batch([(w.profile_id, w.keys) for w in writing])
-            except StorageConflict:
-                if len(writing) == 1:  # nothing to tell apart: that set conflicted
-                    _resolve(writing[0].done, False)
-                else:
-                    for waiting in writing:
-                        await self._write_alone(waiting)
-            else:
-                self.batches += 1
-                for waiting in writing:
-                    _resolve(waiting.done, True)
-            for waiting in later:
-                _resolve(waiting.done, False)
-        except BaseException as error:  # incl. cancellation: no caller waits forever
-            for waiting in batch:
-                _fail(waiting.done, error if isinstance(error, Exception) else _stopped())
-            if not isinstance(error, Exception):
-                raise
-
-    async def _write_alone(self, waiting: _Waiting) -> None:
-        try:
-            await self._write_batch([(waiting.profile_id, waiting.keys)])
+            await self._write_batch([pending.item for pending in writing])
         except StorageConflict:
-            _resolve(waiting.done, False)
-        except Exception as error:
-            _fail(waiting.done, error)
+            if len(writing) == 1:  # nothing to tell apart: that set conflicted
+                writing[0].resolve(False)
+            else:
+                for pending in writing:
+                    await self._write_alone(pending)
         else:
-            _resolve(waiting.done, True)
+            self.batches += 1
+            for pending in writing:
+                pending.resolve(True)
+        for pending in later:
+            pending.resolve(False)
 
-
-def _stopped() -> Exception:
-    return RuntimeError("identity stopped before this profile was created")
-
-
-def _resolve(done: asyncio.Future[bool], created: bool) -> None:
-    if not done.done():  # the caller may have given up (cancelled)
-        done.set_result(created)
-
-
-def _fail(done: asyncio.Future[bool], error: Exception) -> None:
-    if not done.done():
-        done.set_exception(error)
+    async def _write_alone(self, pending: Pending[Creation, bool]) -> None:
+        try:
+            await self._write_batch([pending.item])
+        except StorageConflict:
+            pending.resolve(False)
+        except Exception as error:
+            pending.fail(error)
+        else:
+            pending.resolve(True)
 
 
 class IdentityService:

@@ -48,7 +48,7 @@ def writers() -> list[asyncio.Task[object]]:
     return [
         task
         for task in asyncio.all_tasks()
-        if getattr(task.get_coro(), "__qualname__", "") == "FirstSightings._write_queued"
+        if getattr(task.get_coro(), "__qualname__", "") == "GroupCommit._write_queued"
     ]
 
 

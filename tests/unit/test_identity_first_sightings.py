@@ -63,7 +63,7 @@ async def test_a_lone_creation_waits_for_nobody_and_leaves_no_task() -> None:
     assert not [
         task
         for task in asyncio.all_tasks()
-        if getattr(task.get_coro(), "__qualname__", "") == "FirstSightings._write_queued"
+        if getattr(task.get_coro(), "__qualname__", "") == "GroupCommit._write_queued"
     ]
 
 
