@@ -38,6 +38,7 @@ from sqlalchemy.engine import make_url
 from libs.config import Settings
 from libs.storage.database import sync_url
 from libs.storage.migrate import upgrade
+from libs.storage.types import sqlite_time_text
 from services.context.aggregates import AggregatePlan, BatchAggregates
 from services.identity.normalize import IdentifierKeyring
 from services.identity.tables import ProfileRow
@@ -175,10 +176,7 @@ class _Generator:
 
 
 def _sqlite_time(value: datetime | None) -> str | None:
-    # As libs.storage.types.UtcDateTime stores it on SQLite: naive UTC text.
-    if value is None:
-        return None
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    return sqlite_time_text(value) if value is not None else None
 
 
 class _SqliteWriter:

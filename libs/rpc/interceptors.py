@@ -12,7 +12,6 @@ import inspect
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,28 +126,6 @@ def _reject_undecodable(request: Any) -> None:
         )
 
 
-class _CallLogContext:
-    """Binds a call's request id and method into structlog's contextvars, cleared first.
-
-    ``bind_contextvars`` builds each key's variable name and looks its variable up on every
-    call, about three quarters of this interceptor's own CPU per call; the variables are the
-    same every time, so they are taken once from the tokens it returns and set directly.
-    """
-
-    def __init__(self) -> None:
-        self._variables: tuple[ContextVar[Any], ContextVar[Any]] | None = None
-
-    def bind(self, request_id: str, method: str) -> None:
-        structlog.contextvars.clear_contextvars()
-        variables = self._variables
-        if variables is None:
-            tokens = structlog.contextvars.bind_contextvars(request_id=request_id, rpc=method)
-            self._variables = (tokens["request_id"].var, tokens["rpc"].var)
-            return
-        variables[0].set(request_id)
-        variables[1].set(method)
-
-
 class RpcInterceptor(grpc.aio.ServerInterceptor):
     """``message_limits``: per method path, the largest request it takes, when smaller than
     the server's transport limit (which must admit the largest upload of any method)."""
@@ -159,7 +136,6 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         self._default_limit = default_limit
         self._limits = dict(message_limits or {})
         self._wrapped = WrappedHandlers()
-        self._log_context = _CallLogContext()
 
     async def intercept_service(
         self,
@@ -177,30 +153,27 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
     ) -> grpc.RpcMethodHandler[Any, Any]:
         limit = self._limits.get(method, self._default_limit)
-        decode = _tolerant(handler.request_deserializer, limit)
-        # Only a tolerant deserializer hands over markers for the wrapper to reject.
-        tolerant = decode is not handler.request_deserializer
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method, self._log_context, tolerant),
-                request_deserializer=decode,
+                _wrap_unary(handler.unary_unary, method),
+                request_deserializer=_tolerant(handler.request_deserializer, limit),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method, self._log_context),
-                request_deserializer=decode,
+                _wrap_stream(handler.unary_stream, method),
+                request_deserializer=_tolerant(handler.request_deserializer, limit),
                 response_serializer=handler.response_serializer,
             )
         return handler
 
 
-def _wrap_unary(behaviour: Any, method: str, log_context: _CallLogContext, tolerant: bool) -> Any:
+def _wrap_unary(behaviour: Any, method: str) -> Any:
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        log_context.bind(_request_id(context), method)
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=_request_id(context), rpc=method)
         try:
-            if tolerant:
-                _reject_undecodable(request)
+            _reject_undecodable(request)
             return await behaviour(request, context)
         except grpc.aio.AbortError:
             raise
@@ -210,9 +183,10 @@ def _wrap_unary(behaviour: Any, method: str, log_context: _CallLogContext, toler
     return call
 
 
-def _wrap_stream(behaviour: Any, method: str, log_context: _CallLogContext) -> Any:
+def _wrap_stream(behaviour: Any, method: str) -> Any:
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        log_context.bind(_request_id(context), method)
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=_request_id(context), rpc=method)
         try:
             _reject_undecodable(request)
             responses = behaviour(request, context)

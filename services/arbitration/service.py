@@ -210,25 +210,8 @@ class _Ranking(Sequence[CandidateExplanation]):
         return made
 
     def _make(self, index: int) -> CandidateExplanation:
-        """``priority_factors`` of the item; with every factor on, made directly: the
-        priority is the one it was ranked by (the same product, negated back exactly)."""
-        negated, action_id, action, candidate, weight = self._kept[index]
-        if not action.factors.all_on:
-            return priority_factors(action, candidate, weight, rank=index + 1)
-        return CandidateExplanation(
-            action_id,
-            True,
-            "",
-            "",
-            candidate.propensity,
-            weight,
-            action.value,
-            action.lever,
-            -negated,
-            index + 1,
-            False,
-            candidate.model_version,
-        )
+        _, _, action, candidate, weight = self._kept[index]
+        return priority_factors(action, candidate, weight, rank=index + 1)
 
     def __iter__(self) -> Iterator[CandidateExplanation]:
         return iter(self.explained())
@@ -336,7 +319,7 @@ class ArbitrationService:
         Kept per channel while the catalog stays the same: without validity windows the
         listing does not change; with them it is made again at every call, and the kept
         tuple given again while it holds the same actions. The same tuple is what lets the
-        orchestrator and scoring find what they derived from it (services/scoring/memo.py)."""
+        orchestrator and scoring find what they derived from it (libs/memo.py)."""
         if self._listings_of is not catalog:
             self._listings = {}
             self._listings_of = catalog

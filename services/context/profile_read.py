@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from libs.storage.session import DbSession, exec_driver_sql
+from libs.storage.types import sqlite_time_text, sqlite_time_value
 from services.context.aggregates import AggregatePlan
 from services.context.model import (
     PERSONALIZATION,
@@ -137,14 +138,7 @@ def _postgres_statement() -> str:
 
 
 def _sqlite_time(value: str | None) -> datetime | None:
-    # SQLAlchemy's DateTime on SQLite: naive UTC text. Parsed with its offset appended: a
-    # fifth of the cost of parsing then replace(tzinfo=UTC) (a read parses up to ~600).
-    if value is None:
-        return None
-    try:
-        return datetime.fromisoformat(value + "+00:00")
-    except ValueError:  # text that carries an offset already
-        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    return sqlite_time_value(value) if value is not None else None
 
 
 def _postgres_time(value: str | None) -> datetime | None:
@@ -186,7 +180,7 @@ class ProfileReader:
         since = now - timedelta(seconds=contact_history_s)
         params = {
             "p": profile_id,
-            "since": since if self.postgres else _sqlite_text(since),
+            "since": since if self.postgres else sqlite_time_text(since),
             "oldest": plan.oldest_read(now),
             "default": default_level.value,
             "everything": everything,
@@ -301,8 +295,3 @@ class ProfileReader:
                 purposes.append(PurposeConsent(purpose, bool(granted), given_by, self._time(at)))  # type: ignore[arg-type]
         purposes.sort(key=lambda p: p.purpose)
         return Consent(level, source, updated_at, tuple(purposes))
-
-
-def _sqlite_text(value: datetime) -> str:
-    """A bound time as SQLAlchemy's DateTime stores it on SQLite (naive UTC text)."""
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")

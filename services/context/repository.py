@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
@@ -36,7 +36,7 @@ from sqlalchemy.exc import IntegrityError
 
 from libs.storage import SqlUnitOfWork, StorageConflict, UnitOfWork
 from libs.storage.session import DbSession, exec_driver_sql
-from libs.storage.types import UtcDateTime
+from libs.storage.types import UtcDateTime, sqlite_time_text
 from libs.storage.upsert import upsert, upsert_many
 from services.context.aggregates import AggregatePlan, BatchAggregates
 from services.context.model import (
@@ -146,13 +146,7 @@ class _Bulk:
     def time(self, value: datetime | None) -> Any:
         if value is None:
             return None
-        if self.postgres:
-            return value.isoformat()
-        if value.tzinfo is not UTC:
-            value = value.astimezone(UTC)
-        # "YYYY-MM-DD HH:MM:SS.ffffff" (UtcDateTime's SQLite text) is the first 26
-        # characters of the aware UTC form: no naive copy of the datetime needed.
-        return value.isoformat(" ", "microseconds")[:26]
+        return value.isoformat() if self.postgres else sqlite_time_text(value)
 
     def json(self, value: Any) -> Any:
         """A JSON column's value: text for SQLite, the object inside PostgreSQL's document."""

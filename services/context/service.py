@@ -189,17 +189,6 @@ def _check_profile_id(problems: Violations, field: str, profile_id: str) -> None
 
 def _validate_record(record: DecisionRecord) -> None:
     """The columns' sizes (a longer value would fail in PostgreSQL, not in SQLite)."""
-    # Runs on every recorded decision: a valid record (all of them, in practice) is told by
-    # comparisons alone; the violations, with their formatted names, only for a bad one.
-    if (
-        0 < len(record.decision_id) <= 32
-        and len(record.profile_id) <= MAX_PROFILE_ID
-        and len(record.request_id) <= 128
-        and len(record.channel) <= 64
-        and len(record.placement) <= 64
-        and len(record.action_id) <= 128
-    ):
-        return
     problems = Violations()
     problems.require(
         0 < len(record.decision_id) <= 32, "record.decision_id", "required, at most 32 chars"

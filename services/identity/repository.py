@@ -9,7 +9,7 @@ deadlock or serialisation error becomes ``StorageConflict`` so that the service 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from libs.storage import SqlUnitOfWork, StorageConflict, UnitOfWork
 from libs.storage.session import DbSession, exec_driver_sql
+from libs.storage.types import sqlite_time_text, sqlite_time_value
 from services.identity.model import MergeRecord, RepointRecord, StoredLink
 from services.identity.tables import (
     IdentifierRow,
@@ -64,18 +65,6 @@ _LINK_MANY_SQLITE = (
 )
 # Rows per SQLite statement: well within its 32,766 parameters (5 per identifier row).
 _SQLITE_ROWS = 500
-
-
-def _sqlite_time(value: datetime) -> str:
-    """UtcDateTime's SQLite text: naive UTC "YYYY-MM-DD HH:MM:SS.ffffff" (the first 26
-    characters of the aware UTC form)."""
-    if value.tzinfo is not UTC:
-        value = value.astimezone(UTC)
-    return value.isoformat(" ", "microseconds")[:26]
-
-
-def _sqlite_read_time(value: str) -> datetime:
-    return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
 def _postgres_read_time(value: datetime) -> datetime:
@@ -152,6 +141,18 @@ def _conflict(error: DBAPIError) -> StorageConflict | None:
     return None
 
 
+async def _conflicts_mapped(statement: Awaitable[Any]) -> Any:
+    """The statement's result; a unique violation, deadlock or serialisation error as
+    StorageConflict (another writer won: the service retries)."""
+    try:
+        return await statement
+    except DBAPIError as error:
+        conflict = _conflict(error)
+        if conflict is None:
+            raise
+        raise conflict from error
+
+
 class SqlIdentityRepository:
     def __init__(self, session: DbSession) -> None:
         self._session = session
@@ -159,23 +160,19 @@ class SqlIdentityRepository:
         self._postgres = bind is not None and bind.dialect.name == "postgresql"
 
     async def _execute(self, statement: Any, params: Any = None) -> Any:
-        try:
-            return await self._session.execute(statement, params)
-        except DBAPIError as error:
-            conflict = _conflict(error)
-            if conflict is None:
-                raise
-            raise conflict from error
+        return await _conflicts_mapped(self._session.execute(statement, params))
 
     async def _driver(self, sql: str, params: Any) -> Any:
-        """``sql`` (this dialect's) straight through the driver, errors mapped as above."""
-        try:
-            return await exec_driver_sql(self._session, sql, params)
-        except DBAPIError as error:
-            conflict = _conflict(error)
-            if conflict is None:
-                raise
-            raise conflict from error
+        """``sql`` (this dialect's) straight through the driver."""
+        return await _conflicts_mapped(exec_driver_sql(self._session, sql, params))
+
+    async def _insert_sqlite(self, head: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        """``head`` ("INSERT ... VALUES ") with one placeholder row per row, in chunks."""
+        holders = f"({', '.join(['?'] * len(rows[0]))})" if rows else ""
+        for start in range(0, len(rows), _SQLITE_ROWS):
+            chunk = rows[start : start + _SQLITE_ROWS]
+            values = tuple(itertools.chain.from_iterable(chunk))
+            await self._driver(head + ", ".join([holders] * len(chunk)), values)
 
     async def find_links(self, pairs: Sequence[tuple[str, str]]) -> list[StoredLink]:
         wanted = set(pairs)
@@ -192,7 +189,7 @@ class SqlIdentityRepository:
                 f" AND i.id_hash IN ({', '.join(['?'] * len(digests))})"
             )
             rows = await self._driver(sql, (*types, *digests))
-            read_time = _sqlite_read_time
+            read_time = sqlite_time_value
         return [
             StoredLink(kind, digest, profile_id, read_time(last_seen), bool(unsettled))
             for kind, digest, profile_id, last_seen, unsettled in rows
@@ -281,13 +278,8 @@ class SqlIdentityRepository:
         if self._postgres:
             await self._driver(_ADD_PROFILES_POSTGRES, (now, ordered))
             return
-        stamp = _sqlite_time(now)
-        for start in range(0, len(ordered), _SQLITE_ROWS):
-            chunk = ordered[start : start + _SQLITE_ROWS]
-            await self._driver(
-                _ADD_PROFILES_SQLITE + ", ".join(["(?, ?)"] * len(chunk)),
-                tuple(itertools.chain.from_iterable((p, stamp) for p in chunk)),
-            )
+        stamp = sqlite_time_text(now)
+        await self._insert_sqlite(_ADD_PROFILES_SQLITE, [(p, stamp) for p in ordered])
 
     async def link_many(self, links: Sequence[tuple[str, str, str]], now: datetime) -> None:
         if not links:
@@ -299,17 +291,10 @@ class SqlIdentityRepository:
             kinds, digests, owners = (list(column) for column in zip(*ordered, strict=True))
             await self._driver(_LINK_MANY_POSTGRES, (now, now, kinds, digests, owners))
             return
-        stamp = _sqlite_time(now)
-        for start in range(0, len(ordered), _SQLITE_ROWS):
-            chunk = ordered[start : start + _SQLITE_ROWS]
-            await self._driver(
-                _LINK_MANY_SQLITE + ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk)),
-                tuple(
-                    itertools.chain.from_iterable(
-                        (kind, digest, owner, stamp, stamp) for kind, digest, owner in chunk
-                    )
-                ),
-            )
+        stamp = sqlite_time_text(now)
+        await self._insert_sqlite(
+            _LINK_MANY_SQLITE, [(kind, digest, p, stamp, stamp) for kind, digest, p in ordered]
+        )
 
     async def touch(self, pairs: Sequence[tuple[str, str]], now: datetime) -> None:
         if not pairs:

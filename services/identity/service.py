@@ -215,7 +215,8 @@ class IdentityService:
             # first: usually the very same set, which is now known -- read again before the
             # stitch (which would find it too, in a write transaction).
             async with self._units(False) as uow:
-                settled_now = await self._read_settled(uow, keys)
+                stored = await uow.identity.find_links(_pairs(keys))
+                settled_now = await self._answer_settled(uow, keys, stored)
             if settled_now is not None:
                 return settled_now
         return await self._stitch_retrying(keys)
@@ -230,11 +231,6 @@ class IdentityService:
                 now,
             )
             await uow.commit()
-
-    async def _read_settled(
-        self, uow: IdentityUnitOfWork, keys: list[KeyedIdentifier]
-    ) -> Resolution | None:
-        return await self._answer_settled(uow, keys, await uow.identity.find_links(_pairs(keys)))
 
     async def _answer_settled(
         self, uow: IdentityUnitOfWork, keys: list[KeyedIdentifier], stored: list[StoredLink]

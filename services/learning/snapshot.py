@@ -44,9 +44,8 @@ def decision_snapshot(
     ranked = {r.action_id: r for r in result.ranked}
     best = result.best
     candidates: list[dict[str, Any]] = []
-    append = candidates.append
-    # One dict literal per candidate, its keys in the order they always had (a candidate
-    # per action of the channel: 50 in the benchmark, built on every recorded decision).
+    # One dict per candidate, its keys in the order they always had (a candidate per action
+    # of the channel: 50 in the benchmark, built on every recorded decision).
     for action in listed.candidates:
         action_id = action.action_id
         score = score_of.get(action_id)
@@ -62,43 +61,29 @@ def decision_snapshot(
         if factors is None and best is not None and best.action_id == action_id:
             factors = best
         if factors is not None:
-            append(
-                {
-                    "action_id": action_id,
-                    "issue": action.issue,
-                    "group": action.group,
-                    "model": action.model,
-                    "value": factors.value,
-                    "lever": factors.lever,
-                    "prior_propensity": action.prior_propensity,
-                    "propensity": propensity,
-                    "model_version": model_version,
-                    "fallback": fallback,
-                    "context_weight": factors.context_weight,
-                    "priority": factors.priority,
-                    "eligible": factors.eligible,
-                    "removed_by": factors.removed_by,
-                }
-            )
-        else:
-            append(
-                {
-                    "action_id": action_id,
-                    "issue": action.issue,
-                    "group": action.group,
-                    "model": action.model,
-                    "value": action.value,
-                    "lever": action.lever,
-                    "prior_propensity": action.prior_propensity,
-                    "propensity": propensity,
-                    "model_version": model_version,
-                    "fallback": fallback,
-                    "context_weight": 1.0,
-                    "priority": propensity * action.value * action.lever,
-                    "eligible": True,
-                    "removed_by": "",
-                }
-            )
+            value, lever, weight = factors.value, factors.lever, factors.context_weight
+            priority, eligible, removed_by = factors.priority, factors.eligible, factors.removed_by
+        else:  # not ranked (e.g. arbitration was down): what P x V x L would have given
+            value, lever, weight = action.value, action.lever, 1.0
+            priority, eligible, removed_by = propensity * action.value * action.lever, True, ""
+        candidates.append(
+            {
+                "action_id": action_id,
+                "issue": action.issue,
+                "group": action.group,
+                "model": action.model,
+                "value": value,
+                "lever": lever,
+                "prior_propensity": action.prior_propensity,
+                "propensity": propensity,
+                "model_version": model_version,
+                "fallback": fallback,
+                "context_weight": weight,
+                "priority": priority,
+                "eligible": eligible,
+                "removed_by": removed_by,
+            }
+        )
     # Removed by the catalog listing (only present when the decision was explained).
     for removed in listed.removed:
         candidates.append(

@@ -18,6 +18,7 @@ from libs.changes import ALL, ChangePublisher, InProcessChangeFeed
 from libs.clock import utc_now
 from libs.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Violations
 from libs.logging import get_logger
+from libs.memo import ByIdentity
 from libs.resilience import CircuitBreaker
 from libs.rpc.client import remaining_s, set_deadline
 from services.arbitration.model import (
@@ -71,7 +72,6 @@ from services.orchestrator.ports import (
     SettlingIdentityPort,
     ValidatedEventsPort,
 )
-from services.scoring.memo import ByIdentity
 from services.scoring.model import CandidateScore, ScoringCandidate
 
 T = TypeVar("T")
@@ -122,17 +122,8 @@ def _prefixed(error: InvalidArgument, prefix: str) -> InvalidArgument:
     )
 
 
-def _models_of(listed: CandidateList) -> dict[str, str]:
-    """The model of each listed action, by action id."""
-    return {action.action_id: action.model for action in listed.candidates}
-
-
 def _predictions(
-    profile: ProfileContext,
-    listed: CandidateList,
-    scores: list[CandidateScore],
-    at: datetime,
-    models_of: Callable[[CandidateList], dict[str, str]] | None = None,
+    profile: ProfileContext, listed: CandidateList, scores: list[CandidateScore], at: datetime
 ) -> tuple[Prediction, ...]:
     """Per model, the best propensity it gave the customer in this decision: kept by the
     context as her latest prediction of that model (feature ``prediction:<model>``), when
@@ -143,14 +134,13 @@ def _predictions(
         or profile.consents.get(PROFILING) is False
     ):
         return ()
-    model_of = models_of(listed) if models_of is not None else _models_of(listed)
+    model_of = {action.action_id: action.model for action in listed.candidates}
     best: dict[str, CandidateScore] = {}
     for score in scores:
         if score.fallback or not score.model_version:
             continue
         model = model_of.get(score.action_id) or score.model_version.partition(":")[0]
-        found = best.get(model)
-        if found is None or score.propensity > found.propensity:
+        if model not in best or score.propensity > best[model].propensity:
             best[model] = score
     return tuple(
         Prediction(model, score.propensity, score.model_version, at)
@@ -260,9 +250,6 @@ class DecisionEngine:
         self._scoring_inputs: ByIdentity[
             tuple[ActionDefinition, ...], tuple[ScoringCandidate, ...]
         ] = ByIdentity(_SCORING_INPUTS)
-        self._listed_models: ByIdentity[tuple[ActionDefinition, ...], dict[str, str]] = ByIdentity(
-            _SCORING_INPUTS
-        )
 
     def breaker(self, dependency: str) -> CircuitBreaker:
         return self._breakers[dependency]
@@ -382,7 +369,7 @@ class DecisionEngine:
             predictions = (
                 ()
                 if attempt.reasons
-                else _predictions(profile, listed, scores, decision.decided_at, self._models_of)
+                else _predictions(profile, listed, scores, decision.decided_at)
             )
             snapshot = decision_snapshot(
                 profile, command.context, command.channel, command.placement, listed, scores, result
@@ -408,14 +395,6 @@ class DecisionEngine:
                 self._candidates.popitem(last=False)
             return listed
         return self._candidates.get(key) or CandidateList((), (), "")
-
-    def _models_of(self, listed: CandidateList) -> dict[str, str]:
-        """``_models_of``, kept with the scoring candidates of the same tuple (read-only)."""
-        known = self._listed_models.get(listed.candidates)
-        if known is None:
-            known = _models_of(listed)
-            self._listed_models.put(listed.candidates, known)
-        return known
 
     def _scoring_candidates(self, listed: CandidateList) -> tuple[ScoringCandidate, ...]:
         """What scoring reads of the listed actions; the same tuple again while arbitration

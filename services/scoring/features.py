@@ -44,8 +44,8 @@ import numpy.typing as npt
 from libs.clock import utc_now
 from libs.config import duration_s
 from libs.errors import FieldViolation, InvalidArgument, Violations
+from libs.memo import ByIdentity
 from services.context.model import Outcome, PersonalizationLevel, ProfileContext
-from services.scoring.memo import ByIdentity
 from services.scoring.model import FeatureSpec, FeatureType, ScoringCandidate
 
 _INTERACTIONS = ("decisions", "impressions", "clicks", "accepts", "rejects", "conversions")
@@ -108,29 +108,47 @@ def _window(name: str, label: str) -> str:
     return label
 
 
-def _contact_counter(window: timedelta, kind: str) -> Extractor:
-    def count(s: ScoringInput, c: ScoringCandidate) -> float:
+Tally = Callable[[ScoringInput], dict[str, int]]
+"""Counts per action id over the customer's history, made once per decision."""
+
+
+def _contact_tally(window: timedelta, kind: str) -> Tally:
+    def tally(s: ScoringInput) -> dict[str, int]:
         since = s.now - window
-        return float(
-            sum(
-                1
-                for contact in s.context.contacts
-                if contact.action_id == c.action_id
-                and (kind == "any" or contact.kind == kind)
-                and contact.occurred_at >= since
-            )
-        )
+        counts: dict[str, int] = {}
+        for contact in s.context.contacts:
+            if (kind == "any" or contact.kind == kind) and contact.occurred_at >= since:
+                counts[contact.action_id] = counts.get(contact.action_id, 0) + 1
+        return counts
 
-    return count
+    return tally
 
 
-def _interaction_counter(kind: str) -> Extractor:
-    def count(s: ScoringInput, c: ScoringCandidate) -> float:
-        return float(
-            sum(getattr(i, kind) for i in s.context.interactions if i.action_id == c.action_id)
-        )
+def _interaction_tally(kind: str) -> Tally:
+    def tally(s: ScoringInput) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for i in s.context.interactions:
+            totals[i.action_id] = totals.get(i.action_id, 0) + getattr(i, kind)
+        return totals
 
-    return count
+    return tally
+
+
+def _tally(name: str) -> Tally | None:
+    """The tally of a ``contact_count_<window>:<kind>`` or ``interaction:<kind>`` feature
+    (a per-action count: the one feature kind that reads both customer and candidate)."""
+    kind, sep, arg = name.partition(":")
+    if not (sep and arg):
+        return None
+    if kind.startswith("contact_count_"):
+        label = _window(name, kind.removeprefix("contact_count_"))
+        if arg not in _CONTACT_KINDS:
+            kinds = ", ".join(sorted(_CONTACT_KINDS))
+            raise _UnknownFeature(f"{name!r}: contact kind {arg!r} is not one of {kinds}")
+        return _contact_tally(timedelta(seconds=duration_s(label)), arg)
+    if kind == "interaction" and arg in _INTERACTIONS:
+        return _interaction_tally(arg)
+    return None
 
 
 def _keyed(kind: str, arg: str) -> tuple[Extractor, FeatureType | None]:
@@ -175,14 +193,9 @@ def _compile(name: str) -> tuple[Extractor, FeatureType | None]:
             return _keyed(kind, arg)
         if kind == "consent":
             return (lambda s, c: _number(s.context.consents.get(arg))), boolean
-        if kind.startswith("contact_count_"):
-            label = _window(name, kind.removeprefix("contact_count_"))
-            if arg not in _CONTACT_KINDS:
-                kinds = ", ".join(sorted(_CONTACT_KINDS))
-                raise _UnknownFeature(f"{name!r}: contact kind {arg!r} is not one of {kinds}")
-            return _contact_counter(timedelta(seconds=duration_s(label)), arg), number
-        if kind == "interaction" and arg in _INTERACTIONS:
-            return _interaction_counter(arg), number
+        tally = _tally(name)
+        if tally is not None:
+            return (lambda s, c: float(tally(s).get(c.action_id, 0))), number
     field_name, eq, expected = name.partition("=")
     if eq:
         if field_name == "channel":
@@ -240,60 +253,16 @@ def resolve_features(specs: Sequence[FeatureSpec]) -> tuple[FeatureSpec, ...]:
     return tuple(resolved)
 
 
-# What a feature reads, so that a decision computes each column once where it can:
-# the customer and request only (one value for every row), the candidate only (cached per
-# candidate list), or both (contact and interaction counts: per row, from an index built
-# once per decision).
-_PROFILE, _CANDIDATE, _BOTH = "profile", "candidate", "both"
 # Candidate lists whose action columns are kept (a catalog lists a few per channel).
 _CANDIDATE_BLOCKS = 64
-# Prepares, once per decision, the per-candidate reader of a "both" feature.
-Preparer = Callable[[ScoringInput], Callable[[ScoringCandidate], float | None]]
 
 
-def _scope(name: str) -> str:
-    """Which inputs the feature ``name`` (one ``_compile`` accepts) reads."""
-    if name.startswith("action."):
-        return _CANDIDATE
-    kind, sep, arg = name.partition(":")
-    if sep and arg and (kind.startswith("contact_count_") or kind == "interaction"):
-        return _BOTH
-    return _PROFILE
+def _tallied(count: int, flag: bool) -> float:
+    return float(count != 0) if flag else float(count)
 
 
-def _preparer(name: str) -> Preparer:
-    """For a "both" feature: counts per action made once per decision, so 50 candidates
-    do not walk the customer's contacts (or interactions) 50 times. Same values as the
-    feature's extractor (integer sums, so the order of the additions does not matter)."""
-    kind, _, arg = name.partition(":")
-    if kind == "interaction":
-
-        def interactions(s: ScoringInput) -> Callable[[ScoringCandidate], float | None]:
-            totals: dict[str, int] = {}
-            for i in s.context.interactions:
-                totals[i.action_id] = totals.get(i.action_id, 0) + getattr(i, arg)
-            return lambda c: float(totals.get(c.action_id, 0))
-
-        return interactions
-    window = timedelta(seconds=duration_s(kind.removeprefix("contact_count_")))
-
-    def contacts(s: ScoringInput) -> Callable[[ScoringCandidate], float | None]:
-        since = s.now - window
-        counts: dict[str, int] = {}
-        for contact in s.context.contacts:
-            if (arg == "any" or contact.kind == arg) and contact.occurred_at >= since:
-                counts[contact.action_id] = counts.get(contact.action_id, 0) + 1
-        return lambda c: float(counts.get(c.action_id, 0))
-
-    return contacts
-
-
-def _flagged(prepare: Preparer) -> Preparer:
-    def flags(s: ScoringInput) -> Callable[[ScoringCandidate], float | None]:
-        read = prepare(s)
-        return lambda c: None if (value := read(c)) is None else float(value != 0)
-
-    return flags
+def _reads_only_candidate(name: str) -> bool:
+    return name.startswith("action.")
 
 
 class FeatureBuilder:
@@ -306,11 +275,16 @@ class FeatureBuilder:
     rest per row. The values are those of every extractor run on every row."""
 
     def __init__(self, specs: Sequence[FeatureSpec]) -> None:
+        # Every feature's extractor, on any row (the definition the matrix below computes
+        # faster).
         extractors: list[tuple[Extractor, float]] = []
+        # A decision computes each column once where it can: the customer and request only
+        # (one value for every row), the candidate only (cached per candidate list), or
+        # per-action counts (per row, from a tally made once per decision).
         profile: list[tuple[Extractor, float]] = []
         own: list[tuple[Extractor, float]] = []
-        both: list[tuple[Preparer, float]] = []
-        columns: dict[str, list[int]] = {_PROFILE: [], _CANDIDATE: [], _BOTH: []}
+        both: list[tuple[Tally, bool]] = []  # and whether the model reads it as a flag
+        columns: tuple[list[int], list[int], list[int]] = ([], [], [])
         for index, spec in enumerate(specs):
             try:
                 extract, implied = _compile(spec.name)
@@ -321,22 +295,23 @@ class FeatureBuilder:
             if flag:
                 extract = _as_flag(extract)
             extractors.append((extract, spec.default))
-            scope = _scope(spec.name)
-            columns[scope].append(index)
-            if scope == _PROFILE:
-                profile.append((extract, spec.default))
-            elif scope == _CANDIDATE:
+            tally = _tally(spec.name)
+            if tally is not None:
+                columns[2].append(index)
+                both.append((tally, flag))
+            elif _reads_only_candidate(spec.name):
+                columns[1].append(index)
                 own.append((extract, spec.default))
             else:
-                prepare = _preparer(spec.name)
-                both.append((_flagged(prepare) if flag else prepare, spec.default))
+                columns[0].append(index)
+                profile.append((extract, spec.default))
         self._extractors = extractors
         self._profile = profile
         self._own = own
         self._both = both
-        self._profile_columns = np.array(columns[_PROFILE], dtype=np.intp)
-        self._own_columns = np.array(columns[_CANDIDATE], dtype=np.intp)
-        self._both_columns = np.array(columns[_BOTH], dtype=np.intp)
+        self._profile_columns = np.array(columns[0], dtype=np.intp)
+        self._own_columns = np.array(columns[1], dtype=np.intp)
+        self._both_columns = np.array(columns[2], dtype=np.intp)
         # Candidate list -> a (rows, width) matrix with the candidates' own columns filled
         # (the others are overwritten by every decision), most recently used last.
         self._blocks: OrderedDict[tuple[ScoringCandidate, ...], npt.NDArray[np.float32]] = (
@@ -399,10 +374,10 @@ class FeatureBuilder:
                 dtype=np.float32,
             )
         if self._both:
-            readers = [(prepare(scoring_input), default) for prepare, default in self._both]
+            tallies = [(tally(scoring_input), flag) for tally, flag in self._both]
             rows[:, self._both_columns] = np.array(
                 [
-                    [default if (v := read(c)) is None else v for read, default in readers]
+                    [_tallied(table.get(c.action_id, 0), flag) for table, flag in tallies]
                     for c in candidates
                 ],
                 dtype=np.float32,

@@ -36,10 +36,10 @@ from libs.changes import ALL, ChangePublisher
 from libs.clock import utc_now
 from libs.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Violations
 from libs.logging import get_logger
+from libs.memo import ByIdentity
 from libs.storage import StorageConflict
 from services.context.model import ProfileContext
 from services.scoring.features import FeatureBuilder, ScoringInput, resolve_features
-from services.scoring.memo import ByIdentity
 from services.scoring.metadata import FEATURES_KEY, embedded_features
 from services.scoring.model import (
     CandidateScore,

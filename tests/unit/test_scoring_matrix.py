@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from libs.clock import utc_now
+from libs.memo import ByIdentity
 from services.context.model import (
     Contact,
     EventCounter,
@@ -20,7 +21,6 @@ from services.context.model import (
     WindowAggregate,
 )
 from services.scoring.features import FeatureBuilder, ScoringInput, resolve_features
-from services.scoring.memo import ByIdentity
 from services.scoring.model import FeatureSpec, FeatureType, ScoringCandidate
 
 NOW = utc_now()
