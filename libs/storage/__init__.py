@@ -1,6 +1,13 @@
 """Shared storage runtime: declarative base, engines, unit of work, migrations runner."""
 
 from libs.storage.database import Base, Database
-from libs.storage.uow import SqlUnitOfWork, StorageConflict, UnitOfWork
+from libs.storage.uow import ErasingUnitOfWork, SqlUnitOfWork, StorageConflict, UnitOfWork
 
-__all__ = ["Base", "Database", "SqlUnitOfWork", "StorageConflict", "UnitOfWork"]
+__all__ = [
+    "Base",
+    "Database",
+    "ErasingUnitOfWork",
+    "SqlUnitOfWork",
+    "StorageConflict",
+    "UnitOfWork",
+]

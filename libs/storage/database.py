@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -49,9 +49,10 @@ def sync_url(url: str) -> str:
     return url
 
 
-def _sqlite_engine(url: str, begin: str | None) -> Engine:
+def _sqlite_engine(url: str, begin: str | None, *, writer: bool) -> Engine:
     """``begin``: the statement that starts a transaction; None: statements run without one
-    (each one is atomic on its own in SQLite, and reads from a consistent snapshot)."""
+    (each one is atomic on its own in SQLite, and reads from a consistent snapshot).
+    ``writer``: the engine of write units (the only one that deletes)."""
     engine = create_engine(sync_url(url), connect_args={"timeout": 30})
 
     @event.listens_for(engine, "connect")
@@ -66,6 +67,13 @@ def _sqlite_engine(url: str, begin: str | None) -> Engine:
         # of copying pages through read() calls, and keep more of it cached per connection.
         cursor.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
         cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+        if writer:
+            # An erased customer must not survive in the file's free space: SQLite overwrites
+            # deleted content with zeros instead of leaving it in free cells and free pages
+            # (Database.purge_deleted clears the write-ahead log). Debian's SQLite is built
+            # with this on, others are not. It costs little here: hot paths insert and update
+            # in place; deletes are pruning, merges and erasure.
+            cursor.execute("PRAGMA secure_delete=ON")
         cursor.close()
 
     if begin is not None:
@@ -134,8 +142,10 @@ class Database:
         self._sqlite_read: Engine | None = None
         self._async: AsyncEngine | None = None
         if self.is_sqlite:
-            self._sqlite_write = _sqlite_engine(self.url, "BEGIN IMMEDIATE")
-            self._sqlite_read = _sqlite_engine(self.url, None if autocommit_reads else "BEGIN")
+            self._sqlite_write = _sqlite_engine(self.url, "BEGIN IMMEDIATE", writer=True)
+            self._sqlite_read = _sqlite_engine(
+                self.url, None if autocommit_reads else "BEGIN", writer=False
+            )
             self._write_connections = SqliteConnections(self._sqlite_write, SQLITE_KEPT_CONNECTIONS)
             self._read_connections = SqliteConnections(self._sqlite_read, SQLITE_KEPT_CONNECTIONS)
         else:
@@ -179,6 +189,31 @@ class Database:
                 await exec_driver_sql(session, "SELECT 1")
             finally:
                 await session.close()
+
+    async def purge_deleted(self) -> bool:
+        """After a committed erasure, leave no copy of the deleted rows in the database's
+        files; False if that could not be done now (a reader held on for over 30 s).
+
+        SQLite: the writer zeroed them in the database file (``secure_delete``), but the
+        write-ahead log still holds the pages as they were before, until a checkpoint copies
+        the new ones over and the log is truncated: this does both. PostgreSQL keeps deleted
+        row versions until VACUUM reuses their space and its WAL until recycled; that is the
+        server's to manage (docs/operations.md, "Erasure on disk"), so nothing is done here.
+        """
+        if self._async is not None:
+            return True
+        session = self._write_connections.take()
+        try:
+            # On the driver connection: a checkpoint cannot run inside a transaction, and
+            # SQLAlchemy would begin one (BEGIN IMMEDIATE) around any statement it executes.
+            bound = cast(Connection, session.bind).connection
+            driver = cast(sqlite3.Connection, bound.driver_connection)
+            busy, _log_frames, _copied = driver.execute(
+                "PRAGMA wal_checkpoint(TRUNCATE)"
+            ).fetchone()
+        finally:
+            self._write_connections.give_back(session)
+        return bool(busy == 0)
 
     async def dispose(self) -> None:
         if self._async is not None:

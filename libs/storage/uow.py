@@ -7,8 +7,11 @@ from typing import Protocol, Self
 
 from sqlalchemy.exc import IntegrityError
 
+from libs.logging import get_logger
 from libs.storage.database import Database
 from libs.storage.session import DbSession
+
+_log = get_logger("nextbest.storage")
 
 
 class UnitOfWork(Protocol):
@@ -24,6 +27,15 @@ class UnitOfWork(Protocol):
     ) -> None: ...
 
     async def commit(self) -> None: ...
+
+
+class ErasingUnitOfWork(UnitOfWork, Protocol):
+    """A unit of work of a service that erases customers' data (identity, context)."""
+
+    async def purge_deleted(self) -> None:
+        """After an erasure was committed: no copy of the deleted rows left on disk
+        (libs.storage.Database.purge_deleted)."""
+        ...
 
 
 class SqlUnitOfWork:
@@ -59,6 +71,12 @@ class SqlUnitOfWork:
 
     async def rollback(self) -> None:
         await self.session.rollback()
+
+    async def purge_deleted(self) -> None:
+        if not await self._database.purge_deleted():
+            # The rows are deleted and zeroed in the database file; only the log's old
+            # copies remain until the next checkpoint, which SQLite runs on its own.
+            _log.warning("erasure_log_not_truncated", reason="a reader held the log")
 
 
 class StorageConflict(Exception):

@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from libs.storage import SqlUnitOfWork, StorageConflict, UnitOfWork
+from libs.storage import ErasingUnitOfWork, SqlUnitOfWork, StorageConflict
 from libs.storage.session import DbSession, exec_driver_sql
 from libs.storage.types import UtcDateTime, sqlite_time_text
 from libs.storage.upsert import upsert, upsert_many
@@ -328,7 +328,7 @@ class ContextRepository(Protocol):
     async def erase(self, profile_id: str) -> int: ...
 
 
-class ContextUnitOfWork(UnitOfWork, Protocol):
+class ContextUnitOfWork(ErasingUnitOfWork, Protocol):
     @property
     def context(self) -> ContextRepository: ...
 

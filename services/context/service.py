@@ -602,4 +602,5 @@ class ContextService:
         async with self._units(True) as uow:
             removed = await uow.context.erase(profile_id)
             await uow.commit()
+            await uow.purge_deleted()
         return removed

@@ -16,7 +16,7 @@ from typing import Any, Protocol, cast
 from sqlalchemy import Table, delete, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from libs.storage import SqlUnitOfWork, StorageConflict, UnitOfWork
+from libs.storage import ErasingUnitOfWork, SqlUnitOfWork, StorageConflict
 from libs.storage.session import DbSession, exec_driver_sql
 from libs.storage.types import sqlite_time_text, sqlite_time_value
 from services.identity.model import MergeRecord, RepointRecord, StoredLink
@@ -128,7 +128,7 @@ class IdentityRepository(Protocol):
     async def erase(self, profile_id: str) -> int: ...
 
 
-class IdentityUnitOfWork(UnitOfWork, Protocol):
+class IdentityUnitOfWork(ErasingUnitOfWork, Protocol):
     @property
     def identity(self) -> IdentityRepository: ...
 

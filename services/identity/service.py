@@ -441,6 +441,7 @@ class IdentityService:
         async with self._units(True) as uow:
             removed = await uow.identity.erase(profile_id)
             await uow.commit()
+            await uow.purge_deleted()
         return removed
 
 

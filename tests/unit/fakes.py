@@ -553,6 +553,9 @@ class FakeIdentityUnitOfWork:
         self._store.unsettled = self._working.unsettled
         self._store.commits += 1
 
+    async def purge_deleted(self) -> None:
+        """Nothing outlives a delete in memory."""
+
 
 def identity_units(store: FakeIdentityStore) -> IdentityUnits:
     """The ``units`` factory IdentityService takes."""
