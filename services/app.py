@@ -113,6 +113,7 @@ def _local_services(
             aggregates=settings.aggregates,
             default_level=settings.default_personalization,
             contact_history=settings.contact_history,
+            on_redacted=observability.redaction_observer,
         )
     if target in (Target.ALL, Target.SCORING):
         hosted.scoring = ScoringService(

@@ -169,6 +169,15 @@ class Metrics:
         self.event_batches = Counter(
             "nextbest_event_batches", "TrackEvents batches stored.", registry=r
         )
+        # --- personal data (told by the context service and the orchestrator): field is one
+        # of a fixed few (event_attributes, profile_attributes, request_context).
+        self.redactions = Counter(
+            "nextbest_personal_data_redacted",
+            "Stored string values in which an e-mail address or a phone number was replaced"
+            " before writing, by the field that held them.",
+            ["field"],
+            registry=r,
+        )
 
         # --- model and database latency
         self.inference_seconds = Histogram(
@@ -246,6 +255,10 @@ class Metrics:
             self._events_accepted.inc(accepted)
         if duplicates:
             self._events_duplicate.inc(duplicates)
+
+    # --- the context service's redaction observer (and the orchestrator's DecisionObserver)
+    def personal_data_redacted(self, field: str, count: int) -> None:
+        self.redactions.labels(field).inc(count)
 
     # --- the scoring service's inference observer
     def model_inferred(self, model: str, version: str, elapsed_s: float) -> None:

@@ -3,6 +3,7 @@ profile attributes, predictions, consent, merges, export and erasure."""
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import OrderedDict
@@ -15,6 +16,7 @@ from libs.clock import utc_now
 from libs.config import AggregatesConfig, duration_s
 from libs.errors import AlreadyExists, NotFound, Violations
 from libs.group_commit import GroupCommit, Pending
+from libs.pii import contains_email, redact_for_storage
 from libs.storage import StorageConflict
 from services.context.aggregates import PRUNE_EVERY, AggregatePlan, BatchAggregates
 from services.context.model import (
@@ -37,6 +39,9 @@ from services.context.model import (
 from services.context.repository import ContextUnitOfWork
 
 UnitOfWorkFactory = Callable[[bool], ContextUnitOfWork]
+# Told (field, count) when personal data was replaced in values about to be stored; field is
+# EVENT_ATTRIBUTES or PROFILE_ATTRIBUTES (a metric's label).
+RedactionObserver = Callable[[str, int], None]
 
 MAX_EVENTS_PER_BATCH = 1000
 MAX_ATTRIBUTES_BYTES = 16 * 1024
@@ -52,6 +57,13 @@ _PRUNED_REMEMBERED = 100_000
 # Events of this type set profile attributes (relationship and personal context); it is
 # always accepted, whatever event types the configuration declares.
 PROFILE_UPDATE_EVENT = "profile_update"
+# The free-form values redacted before they are stored (PRODUCT.md §7: no raw e-mail or phone
+# in the database): what each redaction is counted as.
+EVENT_ATTRIBUTES = "event_attributes"
+PROFILE_ATTRIBUTES = "profile_attributes"
+# Ids chosen by the caller are stored as given and compared for idempotency: replacing the
+# address in one would make two different ids equal, so an id holding one is refused.
+EMAIL_IN_ID = "must not hold personal data (an e-mail address); send it as an identifier"
 _INTERACTION_FIELD = {
     Outcome.IMPRESSION: "impressions",
     Outcome.CLICK: "clicks",
@@ -62,18 +74,17 @@ _INTERACTION_FIELD = {
 }
 
 
-_VALID_NAMES: set[str] = set()
-
-
+@functools.lru_cache(maxsize=4096)
 def _valid_name(name: str) -> bool:
     """``_NAME.match`` remembered for the (few) event types seen, a check per event."""
-    if name in _VALID_NAMES:
-        return True
-    if not _NAME.match(name):
-        return False
-    if len(_VALID_NAMES) < 10_000:
-        _VALID_NAMES.add(name)
-    return True
+    return _NAME.match(name) is not None
+
+
+def check_id_without_email(problems: Violations, field: str, value: str) -> None:
+    """Refuse a caller-chosen id (event id, request id, idempotency key) holding an e-mail
+    address; a phone-like id is accepted (numeric ids look like one)."""
+    if contains_email(value):
+        problems.add(field, EMAIL_IN_ID)
 
 
 def _check_time(problems: Violations, field: str, at: datetime | None, now: datetime) -> None:
@@ -102,6 +113,8 @@ def check_event_fields(
     for events from elsewhere), so field names are only formatted for a violation."""
     if not 0 < len(event_id) <= 128:
         problems.add(f"events[{index}].event_id", "required, 1-128 characters")
+    elif "@" in event_id:  # the cheap test first: this runs for every event
+        check_id_without_email(problems, f"events[{index}].event_id", event_id)
     if not _valid_name(event_type):
         problems.add(
             f"events[{index}].type", "required, a name of at most 64 letters, digits, _ . : -"
@@ -195,6 +208,7 @@ def _validate_record(record: DecisionRecord) -> None:
     )
     problems.require(len(record.profile_id) <= MAX_PROFILE_ID, "record.profile_id", "too long")
     problems.require(len(record.request_id) <= 128, "record.request_id", "at most 128 chars")
+    check_id_without_email(problems, "record.request_id", record.request_id)
     for name, value, limit in (
         ("channel", record.channel, 64),
         ("placement", record.placement, 64),
@@ -267,10 +281,13 @@ class ContextService:
         aggregates: AggregatesConfig | None = None,
         default_level: PersonalizationLevel | str = PersonalizationLevel.FULL,
         contact_history: str = "90d",
+        on_redacted: RedactionObserver | None = None,
     ) -> None:
         """``contact_history``: how far back the contacts of a profile context reach (the
-        longest contact policy window that can see them all)."""
+        longest contact policy window that can see them all). ``on_redacted``: told how many
+        stored values had personal data replaced (a metric)."""
         self._units = units
+        self._on_redacted = on_redacted
         self._contact_history_s = duration_s(contact_history)
         self._clock = clock
         self._plan = AggregatePlan(aggregates)
@@ -291,6 +308,43 @@ class ContextService:
     @property
     def plan(self) -> AggregatePlan:
         return self._plan
+
+    # Free-form values are redacted here, in the domain layer, on their way to storage: both
+    # shapes (and the events the orchestrator hands over in-process) come through it. E-mail
+    # addresses and phone numbers written as such are replaced; a bare run of digits is kept
+    # (an id or a timestamp cannot be told from an unformatted phone: libs/pii.py).
+
+    def _redacted(self, field: str, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` as they may be stored (the same dict when they hold no personal data)."""
+        redacted: dict[str, Any]
+        redacted, count = redact_for_storage(values)
+        if count:
+            self._counted(field, count)
+        return redacted
+
+    def _counted(self, field: str, count: int) -> None:
+        if self._on_redacted is not None:
+            self._on_redacted(field, count)
+
+    def _events_redacted(self, events: list[ProfileEvent]) -> list[ProfileEvent]:
+        """The events with personal data replaced in their attributes (hence in the
+        counters' last values and the profile attributes taken from them), in one walk of
+        each event's attributes; the list itself when none held any."""
+        redacted: list[ProfileEvent] | None = None
+        total = 0
+        for index, event in enumerate(events):
+            if not event.attributes:
+                continue
+            attributes, count = redact_for_storage(event.attributes)
+            if count:
+                if redacted is None:
+                    redacted = list(events)
+                redacted[index] = replace(event, attributes=attributes)
+                total += count
+        if redacted is None:
+            return events
+        self._counted(EVENT_ATTRIBUTES, total)
+        return redacted
 
     async def _retrying(self, work: Callable[[], Any]) -> Any:
         """Run a write again when a concurrent writer got there first."""
@@ -365,7 +419,7 @@ class ContextService:
         return await self._append_checked(events, self._clock())
 
     async def _append_checked(self, events: list[ProfileEvent], now: datetime) -> AppendResult:
-        unique = list({event.event_id: event for event in events}.values())
+        unique = self._events_redacted(list({event.event_id: event for event in events}.values()))
         result: AppendResult = await self._retrying(lambda: self._append(unique, len(events), now))
         return result
 
@@ -423,6 +477,9 @@ class ContextService:
         _check_profile_id(problems, "profile_id", profile_id)
         check_attribute_change(problems, change, now)
         problems.raise_if_any()
+        values = self._redacted(PROFILE_ATTRIBUTES, change.set)
+        if values is not change.set:
+            change = replace(change, set=values)
         stamped = change if change.at is not None else replace(change, at=now)
 
         async def work() -> dict[str, Any]:
@@ -493,6 +550,9 @@ class ContextService:
         Written by the decision log's group commit (DecisionLog): returns once the batch
         holding it is committed."""
         _validate_record(record)
+        # The payload is not walked here: the orchestrator builds it from stored context
+        # (redacted when it was written), the catalog, and the request's situational
+        # context, which it redacts itself (services/orchestrator/service.py).
         return await self._decision_log.record(record)
 
     async def _record_batch(self, records: list[DecisionRecord]) -> list[RecordedDecision]:
@@ -553,6 +613,7 @@ class ContextService:
         problems.require(
             len(report.idempotency_key) <= 200, "idempotency_key", "at most 200 characters"
         )
+        check_id_without_email(problems, "idempotency_key", report.idempotency_key)
         problems.raise_if_any()
         key = report.idempotency_key or f"{report.decision_id}:{report.outcome.value}"
         occurred_at = report.occurred_at or self._clock()

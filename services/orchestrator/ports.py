@@ -127,6 +127,7 @@ class DecisionObserver(Protocol):
     ) -> None: ...
     def outcome_recorded(self, *, action_id: str, outcome: str, duplicate: bool) -> None: ...
     def events_ingested(self, *, accepted: int, duplicates: int) -> None: ...
+    def personal_data_redacted(self, field: str, count: int) -> None: ...
 
 
 class NoObserver:
@@ -145,4 +146,7 @@ class NoObserver:
         pass
 
     def events_ingested(self, *, accepted: int, duplicates: int) -> None:
+        pass
+
+    def personal_data_redacted(self, field: str, count: int) -> None:
         pass

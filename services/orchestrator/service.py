@@ -19,6 +19,7 @@ from libs.clock import utc_now
 from libs.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Violations
 from libs.logging import get_logger
 from libs.memo import ByIdentity
+from libs.pii import redact_for_storage
 from libs.resilience import CircuitBreaker
 from libs.rpc.client import remaining_s, set_deadline
 from services.arbitration.model import (
@@ -49,6 +50,7 @@ from services.context.service import (
     check_attribute_change,
     check_consent_change,
     check_event_fields,
+    check_id_without_email,
     check_predictions,
 )
 from services.identity.model import Identifier, ProfileLookup, Resolution
@@ -73,6 +75,9 @@ from services.orchestrator.ports import (
     ValidatedEventsPort,
 )
 from services.scoring.model import CandidateScore, ScoringCandidate
+
+# The metric label of redactions of a Decide's request context (see _decide).
+REQUEST_CONTEXT = "request_context"
 
 T = TypeVar("T")
 ChangeFeed = InProcessChangeFeed
@@ -108,6 +113,7 @@ def _validate_decide(command: DecideCommand) -> None:
         "lower-case name of at most 64 characters",
     )
     problems.require(len(command.request_id) <= 128, "request_id", "at most 128 characters")
+    check_id_without_email(problems, "request_id", command.request_id)
     problems.require(
         len(repr(command.context)) <= MAX_CONTEXT_BYTES,
         "context",
@@ -371,8 +377,14 @@ class DecisionEngine:
                 if attempt.reasons
                 else _predictions(profile, listed, scores, decision.decided_at)
             )
+            # The request's situational context is the one part of the recorded payload that
+            # comes straight from the caller: no raw e-mail or phone may reach the decision log
+            # (PRODUCT.md §7; libs/pii.py). Rules above saw it as sent.
+            request_context, redacted = redact_for_storage(command.context)
+            if redacted:
+                self._observer.personal_data_redacted(REQUEST_CONTEXT, redacted)
             snapshot = decision_snapshot(
-                profile, command.context, command.channel, command.placement, listed, scores, result
+                profile, request_context, command.channel, command.placement, listed, scores, result
             )
             decision = await self._record(
                 command, decision, started + budget, predictions, snapshot=snapshot

@@ -127,7 +127,8 @@ async def story(address: str) -> None:
                 identifiers=people,
                 channel="web",
                 context=struct(contact=EMAIL, phone=OTHER_PHONE, note=f"call me on {PHONE}"),
-                request_id=f"{EMAIL}-1",
+                # An id holding an e-mail address is refused (below); a phone-like one is not.
+                request_id=f"{PHONE}-1",
                 explain=True,
             ),
             metadata=auth(DECIDE_TOKEN, EMAIL),
@@ -171,6 +172,15 @@ async def story(address: str) -> None:
                 timeout=10,
             )
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.aio.AioRpcError) as personal_id:
+            await decisions.Decide(
+                decision_pb2.DecideRequest(
+                    identifiers=people, channel="web", request_id=f"{EMAIL}-1"
+                ),
+                metadata=auth(DECIDE_TOKEN, EMAIL),
+                timeout=10,
+            )
+        assert personal_id.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         privacy = privacy_pb2_grpc.PrivacyServiceStub(channel)
         exported = await privacy.ExportProfile(
             privacy_pb2.ExportProfileRequest(identifiers=[ident("email", EMAIL)]),
