@@ -114,36 +114,23 @@ def redact_for_storage(value: Any) -> tuple[Any, int]:
     if isinstance(value, str):
         redacted = redact_text(value, bare_digits_are_phones=False)
         return (value, 0) if redacted == value else (redacted, 1)
-    if isinstance(value, dict):
-        return _redact_dict(value)
-    if isinstance(value, list | tuple):
-        return _redact_items(value)
+    if isinstance(value, dict | list | tuple):
+        return _redact_container(value)
     return value, 0
 
 
-def _redact_dict(value: dict[Any, Any]) -> tuple[dict[Any, Any], int]:
-    copy: dict[Any, Any] | None = None
+def _redact_container(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> tuple[Any, int]:
+    """A dict's values or a list's or tuple's items, each redacted; copied on first change."""
+    entries = value.items() if isinstance(value, dict) else enumerate(value)
+    copy: dict[Any, Any] | list[Any] | None = None
     count = 0
-    for key, item in value.items():
+    for key, item in entries:
         redacted, changed = redact_for_storage(item)
         if changed:
             if copy is None:
-                copy = dict(value)
+                copy = dict(value) if isinstance(value, dict) else list(value)
             copy[key] = redacted
-            count += changed
-    return (value, 0) if copy is None else (copy, count)
-
-
-def _redact_items(value: list[Any] | tuple[Any, ...]) -> tuple[Any, int]:
-    copy: list[Any] | None = None
-    count = 0
-    for index, item in enumerate(value):
-        redacted, changed = redact_for_storage(item)
-        if changed:
-            if copy is None:
-                copy = list(value)
-            copy[index] = redacted
             count += changed
     if copy is None:
         return value, 0
-    return (copy if isinstance(value, list) else tuple(copy)), count
+    return (tuple(copy) if isinstance(value, tuple) else copy), count

@@ -10,16 +10,13 @@ import grpc
 import pytest
 
 from libs.config import Settings, Target
-from services.app import build_target
-from services.arbitration.catalog import parse_catalog_yaml
-from services.demo.seed import DEMO_CATALOG, demo_features
-from services.demo.train import DEMO_MODEL_NAME, DEMO_MODEL_VERSION
 from tests.conftest import (
     create_postgres_database,
     drop_postgres_database,
     postgres_available,
     require_postgres,
 )
+from tests.demo_hub import serve_demo
 from tests.e2e.harness import LocalDeployment
 
 
@@ -46,19 +43,7 @@ async def hub(
     workdir = tmp_path_factory.mktemp(f"hub-{request.param}")
     if request.param == "embedded":
         settings = Settings(target=Target.ALL, host="127.0.0.1", port=0, data_dir=workdir)
-        built = build_target(settings)
-        services = built.services
-        assert services.arbitration is not None and services.scoring is not None
-        await services.arbitration.apply_catalog(parse_catalog_yaml(DEMO_CATALOG.read_text()))
-        await services.scoring.register_model(
-            DEMO_MODEL_NAME,
-            DEMO_MODEL_VERSION,
-            demo_model_bytes,
-            demo_features(),
-            activate=True,
-        )
-        await built.warm_up()
-        await built.server.start()
+        built = await serve_demo(settings, demo_model_bytes)
         address = f"127.0.0.1:{built.port}"
         async with grpc.aio.insecure_channel(address) as channel:
             yield Hub(

@@ -19,11 +19,10 @@ from libs.config import ConfigError, Settings, Target
 from libs.errors import Unavailable
 from libs.observability import Observability
 from libs.observability.metrics import RPC_BUCKETS
-from services.app import BuiltTarget, build_target
-from services.arbitration.catalog import parse_catalog_yaml
-from services.demo.seed import DEMO_CATALOG, demo_features
+from services.app import BuiltTarget
 from services.demo.train import DEMO_MODEL_NAME, DEMO_MODEL_VERSION
 from services.launch import free_port
+from tests.demo_hub import serve_demo
 from tests.observability.scrape import Scrape, scrape
 
 DECISIONS = "nextbest.decision.v1.DecisionService"
@@ -52,16 +51,8 @@ async def hub(
         metrics_port=metrics_port,
         decision_budget_ms=5000,
     )
-    built = build_target(settings)
-    services = built.services
-    assert services.arbitration is not None and services.scoring is not None
-    await services.arbitration.apply_catalog(parse_catalog_yaml(DEMO_CATALOG.read_text()))
-    await services.scoring.register_model(
-        DEMO_MODEL_NAME, DEMO_MODEL_VERSION, demo_model_bytes, demo_features(), activate=True
-    )
-    await built.warm_up()
+    built = await serve_demo(settings, demo_model_bytes)
     built.observability.start()
-    await built.server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{built.port}") as channel:
             yield Hub(built, decision_pb2_grpc.DecisionServiceStub(channel), metrics_port)

@@ -21,10 +21,7 @@ from nextbest.scoring.v1 import model_pb2, model_pb2_grpc
 
 from libs.config import Settings, Target
 from libs.rpc.security import MESH_TOKEN_HEADER, channel_security
-from services.app import build_target
-from services.arbitration.catalog import parse_catalog_yaml
-from services.demo.seed import DEMO_CATALOG, demo_features
-from services.demo.train import DEMO_MODEL_NAME, DEMO_MODEL_VERSION
+from tests.demo_hub import serve_demo
 from tests.security.conftest import (
     ADMIN_TOKEN,
     DECIDE_TOKEN,
@@ -66,14 +63,7 @@ async def hub(
         auth_tokens_file=tokens_file,
         mesh_token=MESH_TOKEN,
     )
-    built = build_target(settings)
-    assert built.services.arbitration is not None and built.services.scoring is not None
-    await built.services.arbitration.apply_catalog(parse_catalog_yaml(DEMO_CATALOG.read_text()))
-    await built.services.scoring.register_model(
-        DEMO_MODEL_NAME, DEMO_MODEL_VERSION, demo_model_bytes, demo_features(), activate=True
-    )
-    await built.warm_up()
-    await built.server.start()
+    built = await serve_demo(settings, demo_model_bytes)
     address = f"127.0.0.1:{built.port}"
     try:
         async with grpc.aio.insecure_channel(address) as channel:

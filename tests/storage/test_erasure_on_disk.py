@@ -17,10 +17,7 @@ from nextbest.privacy.v1 import privacy_pb2, privacy_pb2_grpc
 from sqlalchemy.engine import make_url
 
 from libs.config import Settings, Target
-from services.app import build_target
-from services.arbitration.catalog import parse_catalog_yaml
-from services.demo.seed import DEMO_CATALOG, demo_features
-from services.demo.train import DEMO_MODEL_NAME, DEMO_MODEL_VERSION
+from tests.demo_hub import serve_demo
 
 # Letters only, so nothing on the write path (e-mail and phone redaction) rewrites it.
 MARKER = "zebraquokkamarker"
@@ -35,17 +32,9 @@ class EmbeddedHub:
 @pytest.fixture
 async def embedded(tmp_path: Path, demo_model_bytes: bytes) -> AsyncIterator[EmbeddedHub]:
     settings = Settings(target=Target.ALL, host="127.0.0.1", port=0, data_dir=tmp_path)
-    built = build_target(settings)
-    services = built.services
-    assert services.arbitration is not None and services.scoring is not None
-    await services.arbitration.apply_catalog(parse_catalog_yaml(DEMO_CATALOG.read_text()))
-    await services.scoring.register_model(
-        DEMO_MODEL_NAME, DEMO_MODEL_VERSION, demo_model_bytes, demo_features(), activate=True
-    )
     url = make_url(settings.effective_database_url)
     assert url.get_backend_name() == "sqlite" and url.database
-    await built.warm_up()
-    await built.server.start()
+    built = await serve_demo(settings, demo_model_bytes)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{built.port}") as channel:
             yield EmbeddedHub(channel, Path(url.database))
