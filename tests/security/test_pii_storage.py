@@ -1,6 +1,6 @@
 """No raw e-mail address or phone number in the database (PRODUCT.md §7), for the free-form
 values the context service stores: event attributes (and the counters' last values and the
-profile attributes taken from them), profile attributes, decision payloads. Ids holding an
+profile attributes taken from them) and profile attributes. Ids holding an
 e-mail address are refused. Against a real database, SQLite and PostgreSQL."""
 
 from __future__ import annotations
