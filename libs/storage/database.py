@@ -12,6 +12,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
+from libs.storage.checkpoint import BACKSTOP_AUTOCHECKPOINT_PAGES, WalCheckpointer
 from libs.storage.session import BlockingSession, DbSession, SqliteConnections, exec_driver_sql
 
 NAMING_CONVENTION = {
@@ -68,6 +69,9 @@ def _sqlite_engine(url: str, begin: str | None, *, writer: bool) -> Engine:
         cursor.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
         cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         if writer:
+            # Checkpoints run in a thread of their own (libs/storage/checkpoint.py); the
+            # writers' own, at a higher threshold, is the backstop.
+            cursor.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_AUTOCHECKPOINT_PAGES}")
             # An erased customer must not survive in the file's free space: SQLite overwrites
             # deleted content with zeros instead of leaving it in free cells and free pages
             # (Database.purge_deleted clears the write-ahead log). Debian's SQLite is built
@@ -141,12 +145,16 @@ class Database:
         self._sqlite_write: Engine | None = None
         self._sqlite_read: Engine | None = None
         self._async: AsyncEngine | None = None
+        self._checkpointer: WalCheckpointer | None = None
         if self.is_sqlite:
             self._sqlite_write = _sqlite_engine(self.url, "BEGIN IMMEDIATE", writer=True)
             self._sqlite_read = _sqlite_engine(
                 self.url, None if autocommit_reads else "BEGIN", writer=False
             )
             self._write_connections = SqliteConnections(self._sqlite_write, SQLITE_KEPT_CONNECTIONS)
+            # Started with the first write unit (a read-only user never needs it).
+            path = make_url(self.url).database
+            self._checkpointer = WalCheckpointer(path) if path and path != ":memory:" else None
             self._read_connections = SqliteConnections(self._sqlite_read, SQLITE_KEPT_CONNECTIONS)
         else:
             self._async = create_async_engine(
@@ -174,6 +182,8 @@ class Database:
     def session(self, *, write: bool) -> DbSession:
         if self._async is not None:
             return self._async_sessions() if write else self._async_read_sessions()
+        if write and self._checkpointer is not None:
+            self._checkpointer.start()
         return BlockingSession(self._write_connections if write else self._read_connections)
 
     async def warm_up(self) -> None:
@@ -219,6 +229,8 @@ class Database:
         if self._async is not None:
             await self._async.dispose()
             return
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self._write_connections.close()
         self._read_connections.close()
         for engine in (self._sqlite_write, self._sqlite_read):
