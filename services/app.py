@@ -113,7 +113,7 @@ def _local_services(
             aggregates=settings.aggregates,
             default_level=settings.default_personalization,
             contact_history=settings.contact_history,
-            on_redacted=observability.redaction_observer,
+            on_redacted=observability.personal_data_redacted,
         )
     if target in (Target.ALL, Target.SCORING):
         hosted.scoring = ScoringService(

@@ -111,11 +111,6 @@ class Observability:
         return self.metrics.model_inferred if self.metrics is not None else None
 
     @property
-    def redaction_observer(self) -> Callable[[str, int], None] | None:
-        """For ContextService: told (field, count) of stored values it redacted."""
-        return self.personal_data_redacted if self.metrics is not None else None
-
-    @property
     def engine_hook(self) -> Callable[[Engine], None] | None:
         """For Database: instruments each SQLAlchemy engine it creates."""
         metrics = self.metrics
@@ -155,6 +150,7 @@ class Observability:
             self.metrics.events_ingested(accepted=accepted, duplicates=duplicates)
 
     def personal_data_redacted(self, field: str, count: int) -> None:
+        """Told (field, count) of stored values redacted (context service, orchestrator)."""
         if self.metrics is not None:
             self.metrics.personal_data_redacted(field, count)
 

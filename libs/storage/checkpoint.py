@@ -34,7 +34,6 @@ class WalCheckpointer:
         self._interval_s = interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.checkpoints = 0  # completed (not busy) checkpoints that copied pages, for tests
 
     def start(self) -> None:
         """Start the thread (once; later calls do nothing)."""
@@ -55,14 +54,9 @@ class WalCheckpointer:
         try:
             while not self._stop.wait(self._interval_s):
                 try:
-                    busy, _log_frames, copied = connection.execute(
-                        "PRAGMA wal_checkpoint(PASSIVE)"
-                    ).fetchone()
+                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except sqlite3.Error as error:
                     # Rare (e.g. the file went away): the writers' backstop still checkpoints.
                     _log.warning("sqlite_checkpoint_failed", error=str(error))
-                    continue
-                if not busy and copied > 0:
-                    self.checkpoints += 1
         finally:
             connection.close()
