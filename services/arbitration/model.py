@@ -7,6 +7,9 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from services.arbitration.contact import ContactPolicy
 from services.arbitration.policies import Rule, RulePlan, action_variable, plan_rules
 from services.arbitration.volume import VolumeConstraint
@@ -209,3 +212,23 @@ class Prioritization:
     # Probability that the served action (or "no action") was chosen under ``exploration``.
     selection_probability: float = 1.0
     exploration: str = "greedy"
+
+
+@dataclass(frozen=True, eq=False)
+class CandidateTable:
+    """Every candidate of one decision as arrays, in the order of the channel's listing:
+    what the decision log keeps (services/learning/snapshot.py) without one object per
+    candidate. ``positions``: each candidate's index in ``Catalog.actions`` of
+    ``catalog_version``; ``propensity`` as scored (before a factor is switched off);
+    ``model_versions``: per candidate, "" when its prior propensity stood in;
+    ``context_weight`` 1.0 where none was evaluated; ``priority`` 0.0 for a removed one;
+    ``removed_by``: candidate index -> the rule that removed it."""
+
+    catalog_version: str
+    action_ids: tuple[str, ...]
+    positions: npt.NDArray[np.int64]
+    propensity: npt.NDArray[np.float64]
+    model_versions: tuple[str, ...]
+    context_weight: npt.NDArray[np.float64]
+    priority: npt.NDArray[np.float64]
+    removed_by: dict[int, str] = field(default_factory=dict)
