@@ -199,21 +199,6 @@ class ScoredCandidate:
     model_version: str = ""
 
 
-@dataclass(frozen=True)
-class Prioritization:
-    """The winner (None = "no action") and every candidate: ranked ones in rank order, then
-    those a policy removed (when explaining)."""
-
-    winner: ActionDefinition | None
-    best: CandidateExplanation | None
-    ranked: tuple[CandidateExplanation, ...]
-    min_priority: float
-    summary: str
-    # Probability that the served action (or "no action") was chosen under ``exploration``.
-    selection_probability: float = 1.0
-    exploration: str = "greedy"
-
-
 @dataclass(frozen=True, eq=False)
 class CandidateTable:
     """Every candidate of one decision as arrays, in the order of the channel's listing:
@@ -232,3 +217,21 @@ class CandidateTable:
     context_weight: npt.NDArray[np.float64]
     priority: npt.NDArray[np.float64]
     removed_by: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Prioritization:
+    """The winner (None = "no action") and every candidate: ranked ones in rank order, then
+    those a policy removed (when explaining)."""
+
+    winner: ActionDefinition | None
+    best: CandidateExplanation | None
+    ranked: tuple[CandidateExplanation, ...]
+    min_priority: float
+    summary: str
+    # Probability that the served action (or "no action") was chosen under ``exploration``.
+    selection_probability: float = 1.0
+    exploration: str = "greedy"
+    # Every candidate's factors as arrays (what the decision log keeps); None when ranked
+    # outside the kernel (the orchestrator's fallback).
+    table: CandidateTable | None = field(default=None, compare=False)

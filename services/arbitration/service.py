@@ -15,17 +15,25 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import overload
 
 from libs.changes import ALL, ChangePublisher
 from libs.clock import utc_now
 from libs.errors import InvalidArgument, Violations
 from libs.logging import get_logger
-from services.arbitration.contact import ContactHistory, contact_block
 from services.arbitration.exploration import THOMPSON, Selection, select
+from services.arbitration.kernel import (
+    ChannelPlan,
+    FloatArray,
+    IndexArray,
+    Judgement,
+    Ranking,
+    judge,
+    plan_channel,
+    scored_arrays,
+)
 from services.arbitration.model import (
     ActionDefinition,
     CandidateExplanation,
@@ -34,10 +42,9 @@ from services.arbitration.model import (
     Prioritization,
     ScoredCandidate,
 )
-from services.arbitration.policies import PolicyEvaluation, customer_variable
 from services.arbitration.repository import ArbitrationUnitOfWork
 from services.arbitration.volume import VolumeGate, choose_with_volume
-from services.context.model import PERSONALIZATION, PersonalizationLevel, ProfileContext
+from services.context.model import ProfileContext
 
 UnitOfWorkFactory = Callable[[bool], ArbitrationUnitOfWork]
 EMPTY_CATALOG = Catalog(actions=(), min_priority=0.0, version="")
@@ -152,87 +159,8 @@ def rank_candidates(
     )
 
 
-def consent_problem(action: ActionDefinition, profile: ProfileContext) -> tuple[str, str] | None:
-    """The first purpose the action needs that the customer has not granted. A purpose is
-    granted only by an explicit yes (refused and never asked both block: these are opt-in
-    purposes such as marketing_email); ``personalization`` is her level (basic or full)."""
-    for purpose in action.consent:
-        if purpose == PERSONALIZATION:
-            if profile.personalization == PersonalizationLevel.NONE:
-                return f"consent:{purpose}", "personalization level is none"
-            continue
-        granted = profile.consents.get(purpose)
-        if granted is not True:
-            said = "refused" if granted is False else "never given"
-            return f"consent:{purpose}", f"consent to {purpose} {said}"
-    return None
-
-
-class _Ranking(Sequence[CandidateExplanation]):
-    """The eligible candidates, best first, each explanation made when first read: a decision
-    that is not explained reads only the one served (and, when a volume cap refuses it, the
-    next ones), so 50 candidates do not cost 50 explanations. ``of``: the ranking this one
-    is the first ``length`` items of (they share what was made)."""
-
-    def __init__(
-        self,
-        kept: list[tuple[float, str, ActionDefinition, ScoredCandidate, float]],
-        of: _Ranking | None = None,
-        length: int | None = None,
-    ) -> None:
-        self._kept = kept
-        self._made: list[CandidateExplanation | None] = (
-            of._made if of is not None else [None] * len(kept)
-        )
-        self._length = len(kept) if length is None else length
-
-    def __len__(self) -> int:
-        return self._length
-
-    @overload
-    def __getitem__(self, index: int) -> CandidateExplanation: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[CandidateExplanation]: ...
-
-    def __getitem__(
-        self, index: int | slice
-    ) -> CandidateExplanation | Sequence[CandidateExplanation]:
-        if isinstance(index, slice):
-            return tuple(self[i] for i in range(*index.indices(self._length)))
-        if index < 0:
-            index += self._length
-        if not 0 <= index < self._length:
-            raise IndexError(index)
-        made = self._made[index]
-        if made is None:
-            made = self._made[index] = self._make(index)
-        return made
-
-    def _make(self, index: int) -> CandidateExplanation:
-        _, _, action, candidate, weight = self._kept[index]
-        return priority_factors(action, candidate, weight, rank=index + 1)
-
-    def __iter__(self) -> Iterator[CandidateExplanation]:
-        return iter(self.explained())
-
-    def explained(self) -> tuple[CandidateExplanation, ...]:
-        """Every item, made in one pass (what an explained or recorded decision reads)."""
-        made = self._made
-        for index in range(self._length):
-            if made[index] is None:
-                made[index] = self._make(index)
-        return tuple(made[: self._length])  # type: ignore[arg-type]  # all made above
-
-
-def _rank_key(
-    kept: tuple[float, str, ActionDefinition, ScoredCandidate, float],
-) -> tuple[float, str]:
-    return kept[0], kept[1]
-
-
-def _removals(removed: list[CandidateExplanation]) -> str:
-    counts = Counter(r.removed_by for r in removed)
+def _removal_counts(names: Iterable[str]) -> str:
+    counts = Counter(names)
     return ", ".join(f"{name} x{count}" for name, count in sorted(counts.items()))
 
 
@@ -262,6 +190,9 @@ class ArbitrationService:
             str, tuple[tuple[ActionDefinition, ...], tuple[CandidateExplanation, ...]]
         ] = {}
         self._listings_of: Catalog | None = None
+        # The kernel's plan per channel of the catalog ``_plans_of``.
+        self._plans: dict[str, ChannelPlan] = {}
+        self._plans_of: Catalog | None = None
         self._timeless = False  # no action of ``_listings_of`` has a validity window
 
     async def catalog(self) -> Catalog:
@@ -360,6 +291,18 @@ class ArbitrationService:
         self._listings[channel] = listing
         return listing
 
+    def channel_plan(self, catalog: Catalog, channel: str) -> ChannelPlan:
+        """The kernel's plan of ``channel`` for ``catalog``, made once per catalog."""
+        if self._plans_of is not catalog:
+            self._plans = {}
+            self._plans_of = catalog
+        plan = self._plans.get(channel)
+        if plan is None:
+            if len(self._plans) >= _LISTINGS:
+                self._plans.clear()  # channels are names callers choose: keep a bounded few
+            plan = self._plans[channel] = plan_channel(catalog, channel)
+        return plan
+
     async def prioritize(
         self,
         scored: list[ScoredCandidate],
@@ -372,107 +315,93 @@ class ArbitrationService:
     ) -> Prioritization:
         """Customer-level filters, P x C x V x L, minimum priority, then the served action."""
         catalog = await self.catalog()
-        candidates = checked_candidates(catalog, scored)
-        now = self._clock()
-        profile = context or ProfileContext(profile_id="")
-        evaluation: PolicyEvaluation | None = None
-        history: ContactHistory | None = None
-        # (-priority, action id, action, candidate, context weight): ranked before any
-        # explanation is made, so each is made once, with its rank.
-        kept: list[tuple[float, str, ActionDefinition, ScoredCandidate, float]] = []
-        removed: list[CandidateExplanation] = []
-        for action, candidate in candidates:
-            removal: tuple[str, str] | None = None
-            weight = 1.0
-            action_id = action.action_id
-            if (action.valid_from is not None or action.valid_until is not None) and (
-                problem := action.validity_problem(now)
-            ):
-                removal = ("validity", problem)
-            elif action.consent:
-                removal = consent_problem(action, profile)
-            weighting = action.context_weight_rule if action.factors.context_weight else None
-            if removal is None and (action.rules or weighting is not None):
-                if evaluation is None:
-                    evaluation = self._evaluation(
-                        catalog, profile, channel, placement, request_context, now
-                    )
-                if action.rules:
-                    removal = evaluation.removal(action.rule_plan, action_id)
-            if removal is None and action.contact_policies and profile.contacts:
-                if history is None:  # the contacts indexed once for every candidate
-                    history = ContactHistory(profile.contacts, catalog.issue_of)
-                if history.concerns(action_id, action.issue, action.group):
-                    blocked = contact_block(
-                        action.contact_policies,
-                        action_id=action_id,
-                        issue=action.issue,
-                        group=action.group,
-                        issue_of=catalog.issue_of,
-                        contacts=profile.contacts,
-                        channel=channel,
-                        now=now,
-                        history=history,
-                    )
-                    if blocked is not None:
-                        removal = (f"contact:{blocked[0]}", blocked[1])
-            if removal is None and weighting is not None:
-                assert evaluation is not None
-                # The same expression, with the action's fields written in (policies.py).
-                specialised = action.rule_plan.weight or weighting
-                weight, error = evaluation.weight(specialised, action_id)
-                if error:
-                    removal = (weighting.name, error)
-            if removal is None:
-                kept.append(
-                    (-_priority(action, candidate, weight), action_id, action, candidate, weight)
-                )
-            else:
-                removed.append(priority_factors(action, candidate, weight, removal=removal))
-        kept.sort(key=_rank_key)
-        ranking = _Ranking(kept)
-        floor = -catalog.min_priority  # kept is sorted by -priority
-        above = len(kept)
-        while above and kept[above - 1][0] > floor:
-            above -= 1
-        contenders = _Ranking(kept, ranking, above) if above < len(kept) else ranking
+        checked_candidates(catalog, scored)
+        plan = self.channel_plan(catalog, channel)
+        members, propensity, versions, elsewhere = scored_arrays(plan, scored)
+        judgement = judge(
+            plan,
+            members,
+            propensity,
+            versions,
+            context or ProfileContext(profile_id=""),
+            placement=placement,
+            request_context=request_context,
+            now=self._clock(),
+        )
+        # Actions of the catalog that are not offered on this channel (a caller's own list).
+        unlisted = [
+            CandidateExplanation(
+                scored[i].action_id, False, "channels", f"not offered on {channel!r}"
+            )
+            for i in elsewhere
+        ]
+        return await self.settle(judgement, explain=explain, unlisted=unlisted)
+
+    async def prioritize_members(
+        self,
+        plan: ChannelPlan,
+        members: IndexArray,
+        propensity: FloatArray,
+        model_versions: tuple[str, ...],
+        *,
+        explain: bool = False,
+        context: ProfileContext,
+        request_context: dict[str, object] | None = None,
+        placement: str = "",
+    ) -> Prioritization:
+        """``prioritize`` for candidates given as the kernel's arrays over ``plan`` (the
+        embedded decision path: nothing is converted per candidate)."""
+        judgement = judge(
+            plan,
+            members,
+            propensity,
+            model_versions,
+            context,
+            placement=placement,
+            request_context=request_context,
+            now=self._clock(),
+        )
+        return await self.settle(judgement, explain=explain)
+
+    async def settle(
+        self,
+        judgement: Judgement,
+        *,
+        explain: bool,
+        unlisted: Sequence[CandidateExplanation] = (),
+    ) -> Prioritization:
+        """The minimum priority and the served action of a judged decision."""
+        catalog = judgement.plan.catalog
+        ranking = Ranking(judgement)
+        contenders = (
+            Ranking(judgement, judgement.contenders)
+            if judgement.contenders < len(ranking)
+            else ranking
+        )
         ranked: Sequence[CandidateExplanation] = ranking
         capped: list[CandidateExplanation] = []
         selection = await self.select_winner(
-            catalog, contenders, channel=channel, now=now, capped=capped
+            catalog, contenders, channel=judgement.plan.channel, now=self._clock(), capped=capped
         )
+        removed: list[CandidateExplanation] = (
+            [*judgement.removed_explanations(), *unlisted] if explain else list(unlisted)
+        )
+        removal_names = [name for name, _ in judgement.removals.values()]
+        removal_names.extend(c.removed_by for c in unlisted)
         if capped:  # explained as removed (volume:<name>), no longer ranked
             gone = {c.action_id for c in capped}
             ranked = ranked_in_order(r for r in ranked if r.action_id not in gone)
             removed.extend(capped)
+            removal_names.extend(c.removed_by for c in capped)
             if selection.winner is not None:
                 served = selection.winner.action_id
                 winner = next(r for r in ranked if r.action_id == served)
                 selection = replace(selection, winner=winner)
-        return self._outcome(catalog, ranked, removed, selection, explain, bool(scored))
-
-    @staticmethod
-    def _evaluation(
-        catalog: Catalog,
-        profile: ProfileContext,
-        channel: str,
-        placement: str,
-        request_context: dict[str, object] | None,
-        now: datetime,
-    ) -> PolicyEvaluation:
-        """The CEL variables of this decision, converted once and only what rules read."""
-        fields = catalog.request_fields
-        request: dict[str, object] | None = None
-        if fields is None or fields:
-            request = {**(request_context or {}), "channel": channel, "placement": placement}
-            if fields is not None:
-                request = {name: value for name, value in request.items() if name in fields}
-        return PolicyEvaluation(
-            customer_variable(profile, catalog.customer_fields),
-            request,
-            now if catalog.uses_now else None,
-            catalog.cel_actions,
+        anything = len(judgement.members) > 0 or bool(unlisted)
+        result = self._outcome(
+            catalog, ranked, removed, removal_names, selection, explain, anything
         )
+        return replace(result, table=judgement.table())
 
     async def select_winner(
         self,
@@ -510,6 +439,7 @@ class ArbitrationService:
         catalog: Catalog,
         ranked: Sequence[CandidateExplanation],
         removed: list[CandidateExplanation],
+        removal_names: list[str],
         selection: Selection,
         explain: bool,
         anything_scored: bool,
@@ -520,18 +450,20 @@ class ArbitrationService:
             if not anything_scored:
                 summary = "no action: no action in the catalog is available on this channel"
             elif best is None:
-                summary = f"no action: every candidate was removed ({_removals(removed)})"
+                summary = (
+                    f"no action: every candidate was removed ({_removal_counts(removal_names)})"
+                )
             else:
                 summary = (
                     f"no action: the best candidate {best.action_id} has priority "
                     f"{best.priority:.4g}, below the minimum {catalog.min_priority:.4g}"
                 )
-                if removed:
-                    summary += f"; removed: {_removals(removed)}"
+                if removal_names:
+                    summary += f"; removed: {_removal_counts(removal_names)}"
         else:
             marked = replace(served, won=True)
             if explain:
-                every = ranked.explained() if isinstance(ranked, _Ranking) else tuple(ranked)
+                every = ranked.explained() if isinstance(ranked, Ranking) else tuple(ranked)
                 served_id = served.action_id
                 ranked = tuple(marked if r.action_id == served_id else r for r in every)
             best = marked
@@ -544,7 +476,7 @@ class ArbitrationService:
                 )
             else:
                 summary = f"{served.action_id} has the highest priority ({served.priority:.4g})"
-        if explain and isinstance(ranked, _Ranking):  # nothing served: made here
+        if explain and isinstance(ranked, Ranking):  # nothing served: made here
             ranked = ranked.explained()
         return Prioritization(
             winner=catalog.action(served.action_id) if served is not None else None,

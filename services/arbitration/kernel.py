@@ -1,0 +1,503 @@
+"""The decision kernel: one decision's arbitration over arrays, per catalog version and channel.
+
+A ``ChannelPlan`` is made once per (catalog, channel): the actions offered there, their
+value, lever and prior as arrays with each issue's factor switches applied, which actions
+share a consent requirement, which have rules, contact policies or their own context weight.
+A decision (``judge``) then:
+
+- runs each distinct CEL rule once (a catalog, issue or group rule shared by many actions is
+  one execution; an action's own rules one execution each: policies.py ``RulePlan``);
+- checks consent once per distinct set of purposes, contact policies only for the actions the
+  customer's contacts concern, a shared context weight once for every action it covers;
+- computes Priority = P x C x V x L for every candidate at once (numpy) and orders the
+  eligible ones by (priority desc, action id);
+- builds no explanation: ``Judgement.explanation(i)`` makes one when a caller reads it.
+
+The order of checks, and so the rule an explanation names, is the one described in
+services/arbitration/service.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import overload
+
+import numpy as np
+import numpy.typing as npt
+
+from services.arbitration.contact import ContactHistory, contact_block
+from services.arbitration.model import (
+    ActionDefinition,
+    CandidateExplanation,
+    CandidateTable,
+    Catalog,
+    ScoredCandidate,
+)
+from services.arbitration.policies import PolicyEvaluation, Rule, customer_variable
+from services.context.model import PERSONALIZATION, PersonalizationLevel, ProfileContext
+
+FloatArray = npt.NDArray[np.float64]
+IndexArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+def _epoch(moment: datetime | None, missing: float) -> float:
+    return moment.timestamp() if moment is not None else missing
+
+
+@dataclass(frozen=True, eq=False)
+class ChannelPlan:
+    """What a decision on one channel needs of one catalog, made once (see module doc)."""
+
+    catalog: Catalog
+    channel: str
+    actions: tuple[ActionDefinition, ...]
+    ids: tuple[str, ...]
+    positions: IndexArray
+    index: dict[str, int]
+    # Explanations of the catalog's actions that are not offered on this channel.
+    unlisted: tuple[CandidateExplanation, ...]
+    value: FloatArray
+    lever: FloatArray
+    prior: FloatArray
+    # The factors as they enter the product: V and L are 1 where switched off; P and C are
+    # replaced by 1 where ``propensity_on`` / ``weight_on`` is False.
+    value_used: FloatArray
+    lever_used: FloatArray
+    propensity_on: BoolArray
+    weight_on: BoolArray
+    all_propensity_on: bool
+    all_weight_on: bool
+    # Validity windows as epoch seconds (-inf / inf when open); None: no action has one.
+    valid_from: FloatArray | None
+    valid_until: FloatArray | None
+    # Position of each action id in sorted order: ties of priority go to the smaller id.
+    tie_rank: IndexArray
+    consent_groups: tuple[tuple[tuple[str, ...], IndexArray], ...]
+    ruled: tuple[int, ...]
+    shared_weights: tuple[tuple[Rule, IndexArray], ...]
+    own_weights: tuple[tuple[int, Rule], ...]
+    contacted: tuple[int, ...]
+    # Candidates per model name (scoring runs one batch per model).
+    by_model: tuple[tuple[str, IndexArray], ...]
+    # 0..size-1: every action of the plan as the candidates, in plan order.
+    everyone: IndexArray
+
+    @property
+    def size(self) -> int:
+        return len(self.actions)
+
+
+def plan_channel(catalog: Catalog, channel: str) -> ChannelPlan:
+    """The plan of ``channel``: the enabled actions offered there, in catalog order."""
+    actions: list[ActionDefinition] = []
+    positions: list[int] = []
+    unlisted: list[CandidateExplanation] = []
+    for position, action in enumerate(catalog.actions):
+        if not action.enabled:
+            unlisted.append(
+                CandidateExplanation(action.action_id, False, "enabled", "action is disabled")
+            )
+        elif not action.offered_on(channel):
+            unlisted.append(
+                CandidateExplanation(
+                    action.action_id, False, "channels", f"not offered on {channel!r}"
+                )
+            )
+        else:
+            actions.append(action)
+            positions.append(position)
+    n = len(actions)
+    value = np.array([a.value for a in actions], dtype=np.float64)
+    lever = np.array([a.lever for a in actions], dtype=np.float64)
+    prior = np.array([a.prior_propensity for a in actions], dtype=np.float64)
+    value_on = np.array([a.factors.value for a in actions], dtype=np.bool_)
+    lever_on = np.array([a.factors.lever for a in actions], dtype=np.bool_)
+    propensity_on = np.array([a.factors.propensity for a in actions], dtype=np.bool_)
+    weight_on = np.array([a.factors.context_weight for a in actions], dtype=np.bool_)
+    windowed = any(a.valid_from is not None or a.valid_until is not None for a in actions)
+    ids = tuple(a.action_id for a in actions)
+    tie_rank = np.empty(n, dtype=np.int64)
+    tie_rank[np.array(sorted(range(n), key=ids.__getitem__), dtype=np.int64)] = np.arange(n)
+    consent: dict[tuple[str, ...], list[int]] = {}
+    ruled: list[int] = []
+    shared_weights: dict[int, tuple[Rule, list[int]]] = {}
+    own_weights: list[tuple[int, Rule]] = []
+    contacted: list[int] = []
+    by_model: dict[str, list[int]] = {}
+    for i, action in enumerate(actions):
+        by_model.setdefault(action.model, []).append(i)
+        if action.consent:
+            consent.setdefault(action.consent, []).append(i)
+        if action.rules:
+            ruled.append(i)
+        if action.contact_policies:
+            contacted.append(i)
+        weighting = action.context_weight_rule if action.factors.context_weight else None
+        if weighting is not None:
+            # The same expression with the action's fields written in (policies.py).
+            rule = action.rule_plan.weight or weighting
+            if rule.uses_action:
+                own_weights.append((i, rule))
+            else:
+                shared_weights.setdefault(id(rule), (rule, []))[1].append(i)
+    return ChannelPlan(
+        catalog=catalog,
+        channel=channel,
+        actions=tuple(actions),
+        ids=ids,
+        positions=np.array(positions, dtype=np.int64),
+        index={action_id: i for i, action_id in enumerate(ids)},
+        unlisted=tuple(unlisted),
+        value=value,
+        lever=lever,
+        prior=prior,
+        value_used=np.where(value_on, value, 1.0),
+        lever_used=np.where(lever_on, lever, 1.0),
+        propensity_on=propensity_on,
+        weight_on=weight_on,
+        all_propensity_on=bool(propensity_on.all()),
+        all_weight_on=bool(weight_on.all()),
+        valid_from=np.array([_epoch(a.valid_from, -np.inf) for a in actions]) if windowed else None,
+        valid_until=np.array([_epoch(a.valid_until, np.inf) for a in actions])
+        if windowed
+        else None,
+        tie_rank=tie_rank,
+        consent_groups=tuple(
+            (purposes, np.array(members, dtype=np.int64)) for purposes, members in consent.items()
+        ),
+        ruled=tuple(ruled),
+        shared_weights=tuple(
+            (rule, np.array(members, dtype=np.int64)) for rule, members in shared_weights.values()
+        ),
+        own_weights=tuple(own_weights),
+        contacted=tuple(contacted),
+        everyone=np.arange(n, dtype=np.int64),
+        by_model=tuple(
+            (name, np.array(members, dtype=np.int64)) for name, members in by_model.items()
+        ),
+    )
+
+
+def consent_problem(purposes: Sequence[str], profile: ProfileContext) -> tuple[str, str] | None:
+    """The first purpose not granted. A purpose is granted only by an explicit yes (refused
+    and never asked both block: these are opt-in purposes such as marketing_email);
+    ``personalization`` is her level (basic or full)."""
+    for purpose in purposes:
+        if purpose == PERSONALIZATION:
+            if profile.personalization == PersonalizationLevel.NONE:
+                return f"consent:{purpose}", "personalization level is none"
+            continue
+        granted = profile.consents.get(purpose)
+        if granted is not True:
+            said = "refused" if granted is False else "never given"
+            return f"consent:{purpose}", f"consent to {purpose} {said}"
+    return None
+
+
+def evaluation_for(
+    catalog: Catalog,
+    profile: ProfileContext,
+    channel: str,
+    placement: str,
+    request_context: dict[str, object] | None,
+    now: datetime,
+) -> PolicyEvaluation:
+    """The CEL variables of this decision, converted once and only what rules read."""
+    fields = catalog.request_fields
+    request: dict[str, object] | None = None
+    if fields is None or fields:
+        request = {**(request_context or {}), "channel": channel, "placement": placement}
+        if fields is not None:
+            request = {name: value for name, value in request.items() if name in fields}
+    return PolicyEvaluation(
+        customer_variable(profile, catalog.customer_fields),
+        request,
+        now if catalog.uses_now else None,
+        catalog.cel_actions,
+    )
+
+
+@dataclass(eq=False)
+class Judgement:
+    """One decision's candidates judged: arrays over ``members`` (indexes into the plan)."""
+
+    plan: ChannelPlan
+    members: IndexArray
+    propensity: FloatArray
+    model_versions: tuple[str, ...]
+    weight: FloatArray
+    priority: FloatArray
+    # Candidate (index into members) -> (rule name, why).
+    removals: dict[int, tuple[str, str]]
+    # Eligible candidates best first (indexes into members).
+    order: IndexArray
+    # How many of ``order`` reach the minimum priority.
+    contenders: int
+
+    def action(self, candidate: int) -> ActionDefinition:
+        return self.plan.actions[int(self.members[candidate])]
+
+    def explanation(self, candidate: int, rank: int = 0) -> CandidateExplanation:
+        """P, C, V, L as they entered the product (a factor switched off is 1 and the reason
+        says what it would have been); a removed candidate's priority is 0."""
+        action = self.action(candidate)
+        member = int(self.members[candidate])
+        plan = self.plan
+        scored = float(self.propensity[candidate])
+        weight = float(self.weight[candidate])
+        propensity = scored if plan.propensity_on[member] else 1.0
+        used_weight = weight if plan.weight_on[member] else 1.0
+        reason = ""
+        switches = action.factors
+        if not switches.all_on:
+            was = {
+                "propensity": scored,
+                "context_weight": weight,
+                "value": action.value,
+                "lever": action.lever,
+            }
+            listed = ", ".join(f"{name} (would be {was[name]:.4g})" for name in switches.off())
+            reason = f"switched off for issue {action.issue}: {listed}"
+        removal = self.removals.get(candidate)
+        return CandidateExplanation(
+            action_id=action.action_id,
+            eligible=removal is None,
+            removed_by=removal[0] if removal else "",
+            reason=removal[1] if removal else reason,
+            propensity=propensity,
+            context_weight=used_weight,
+            value=float(plan.value_used[member]),
+            lever=float(plan.lever_used[member]),
+            priority=0.0 if removal else float(self.priority[candidate]),
+            rank=rank,
+            model_version=self.model_versions[candidate],
+        )
+
+    def removed_explanations(self) -> list[CandidateExplanation]:
+        return [self.explanation(candidate) for candidate in sorted(self.removals)]
+
+    def table(self) -> CandidateTable:
+        priority = self.priority.copy()
+        if self.removals:
+            priority[np.fromiter(self.removals, dtype=np.int64, count=len(self.removals))] = 0.0
+        return CandidateTable(
+            catalog_version=self.plan.catalog.version,
+            action_ids=self.plan.ids
+            if self.members is self.plan.everyone
+            else tuple(self.plan.ids[m] for m in self.members.tolist()),
+            positions=self.plan.positions[self.members],
+            propensity=self.propensity,
+            model_versions=self.model_versions,
+            context_weight=self.weight,
+            priority=priority,
+            removed_by={candidate: why[0] for candidate, why in self.removals.items()},
+        )
+
+
+class Ranking(Sequence[CandidateExplanation]):
+    """The eligible candidates of a judgement, best first, each explanation made when first
+    read: an unexplained decision reads only the one served (and, when a volume cap refuses
+    it, the next ones). ``length``: only the first ``length`` (the contenders)."""
+
+    def __init__(self, judgement: Judgement, length: int | None = None) -> None:
+        self._judgement = judgement
+        self._order = judgement.order
+        self._length = len(self._order) if length is None else length
+        self._made: dict[int, CandidateExplanation] = {}
+
+    def __len__(self) -> int:
+        return self._length
+
+    @overload
+    def __getitem__(self, index: int) -> CandidateExplanation: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[CandidateExplanation]: ...
+
+    def __getitem__(
+        self, index: int | slice
+    ) -> CandidateExplanation | Sequence[CandidateExplanation]:
+        if isinstance(index, slice):
+            return tuple(self[i] for i in range(*index.indices(self._length)))
+        if index < 0:
+            index += self._length
+        if not 0 <= index < self._length:
+            raise IndexError(index)
+        made = self._made.get(index)
+        if made is None:
+            made = self._made[index] = self._judgement.explanation(
+                int(self._order[index]), rank=index + 1
+            )
+        return made
+
+    def __iter__(self) -> Iterator[CandidateExplanation]:
+        return iter(self.explained())
+
+    def explained(self) -> tuple[CandidateExplanation, ...]:
+        return tuple(self[i] for i in range(self._length))
+
+    def propensity_counts(self) -> list[bool]:
+        """Per contender, whether its propensity factor is on (Thompson samples only those)."""
+        plan = self._judgement.plan
+        members = self._judgement.members
+        return [bool(plan.propensity_on[members[c]]) for c in self._order[: self._length]]
+
+
+def judge(
+    plan: ChannelPlan,
+    members: IndexArray,
+    propensity: FloatArray,
+    model_versions: tuple[str, ...],
+    profile: ProfileContext,
+    *,
+    placement: str,
+    request_context: dict[str, object] | None,
+    now: datetime,
+) -> Judgement:
+    """Validity, consent, engagement policies, contact policies and context weights for the
+    candidates ``members`` (plan indexes, aligned with ``propensity``), then P x C x V x L and
+    the order of the eligible ones."""
+    catalog = plan.catalog
+    n = len(members)
+    full = members is plan.everyone or (
+        n == plan.size and bool(np.array_equal(members, plan.everyone))
+    )
+    # Candidate index of each plan member in this decision (-1: not a candidate).
+    where: IndexArray | None = None
+    if not full:
+        where = np.full(plan.size, -1, dtype=np.int64)
+        where[members] = np.arange(n)
+    removals: dict[int, tuple[str, str]] = {}
+    weight = np.ones(n, dtype=np.float64)
+
+    def candidate_of(member: int) -> int:
+        return member if where is None else int(where[member])
+
+    if plan.valid_from is not None and plan.valid_until is not None:
+        moment = now.timestamp()
+        outside = (plan.valid_from[members] > moment) | (plan.valid_until[members] <= moment)
+        for candidate in np.flatnonzero(outside).tolist():
+            why = plan.actions[int(members[candidate])].validity_problem(now)
+            removals[candidate] = ("validity", why)
+    for purposes, group in plan.consent_groups:
+        refusal = consent_problem(purposes, profile)
+        if refusal is None:
+            continue
+        for member in group.tolist():
+            candidate = candidate_of(member)
+            if candidate >= 0 and candidate not in removals:
+                removals[candidate] = refusal
+    evaluation: PolicyEvaluation | None = None
+    if plan.ruled or plan.shared_weights or plan.own_weights:
+        evaluation = evaluation_for(catalog, profile, plan.channel, placement, request_context, now)
+    if plan.ruled:
+        assert evaluation is not None
+        actions = plan.actions
+        for member in plan.ruled:
+            candidate = candidate_of(member)
+            if candidate < 0 or candidate in removals:
+                continue
+            action = actions[member]
+            removal = evaluation.removal(action.rule_plan, action.action_id)
+            if removal is not None:
+                removals[candidate] = removal
+    if plan.contacted and profile.contacts:
+        history = ContactHistory(profile.contacts, catalog.issue_of)
+        for member in plan.contacted:
+            candidate = candidate_of(member)
+            if candidate < 0 or candidate in removals:
+                continue
+            action = plan.actions[member]
+            if not history.concerns(action.action_id, action.issue, action.group):
+                continue
+            blocked = contact_block(
+                action.contact_policies,
+                action_id=action.action_id,
+                issue=action.issue,
+                group=action.group,
+                issue_of=catalog.issue_of,
+                contacts=profile.contacts,
+                channel=plan.channel,
+                now=now,
+                history=history,
+            )
+            if blocked is not None:
+                removals[candidate] = (f"contact:{blocked[0]}", blocked[1])
+    if evaluation is not None:
+        # Weights only for the candidates still in: a removed one keeps C = 1.
+        alive = np.ones(n, dtype=np.bool_)
+        if removals:
+            alive[np.fromiter(removals, dtype=np.int64, count=len(removals))] = False
+        for rule, group in plan.shared_weights:
+            covered = group if where is None else where[group]
+            covered = covered[covered >= 0]
+            covered = covered[alive[covered]]
+            if not len(covered):
+                continue
+            value, error = evaluation.weight(rule, plan.actions[int(group[0])].action_id)
+            weight[covered] = value
+            if error:
+                for candidate in covered.tolist():
+                    removals[candidate] = (_weight_name(plan, candidate, members), error)
+        for member, rule in plan.own_weights:
+            candidate = candidate_of(member)
+            if candidate < 0 or candidate in removals:
+                continue
+            value, error = evaluation.weight(rule, plan.actions[member].action_id)
+            weight[candidate] = value
+            if error:
+                removals[candidate] = (_weight_name(plan, candidate, members), error)
+    used_p = (
+        propensity
+        if plan.all_propensity_on
+        else np.where(plan.propensity_on[members], propensity, 1.0)
+    )
+    used_w = weight if plan.all_weight_on else np.where(plan.weight_on[members], weight, 1.0)
+    priority = used_p * used_w * plan.value_used[members] * plan.lever_used[members]
+    if removals:
+        eligible = np.ones(n, dtype=np.bool_)
+        eligible[np.fromiter(removals, dtype=np.int64, count=len(removals))] = False
+        kept = np.flatnonzero(eligible)
+    else:
+        kept = np.arange(n, dtype=np.int64)
+    kept_priority = priority[kept]
+    order = kept[np.lexsort((plan.tie_rank[members[kept]], -kept_priority))]
+    contenders = int(np.count_nonzero(priority[order] >= catalog.min_priority))
+    return Judgement(
+        plan, members, propensity, model_versions, weight, priority, removals, order, contenders
+    )
+
+
+def _weight_name(plan: ChannelPlan, candidate: int, members: IndexArray) -> str:
+    rule = plan.actions[int(members[candidate])].context_weight_rule
+    return rule.name if rule is not None else "context_weight"
+
+
+def scored_arrays(
+    plan: ChannelPlan, scored: Sequence[ScoredCandidate]
+) -> tuple[IndexArray, FloatArray, tuple[str, ...], list[int]]:
+    """Scored candidates named by id (the Prioritize RPC) as the kernel's arrays: plan
+    indexes, propensities, model versions; and the positions in ``scored`` of ids the plan
+    does not hold (the caller refuses or explains them)."""
+    index = plan.index
+    members: list[int] = []
+    propensity: list[float] = []
+    versions: list[str] = []
+    unknown: list[int] = []
+    for position, candidate in enumerate(scored):
+        member = index.get(candidate.action_id)
+        if member is None:
+            unknown.append(position)
+            continue
+        members.append(member)
+        propensity.append(candidate.propensity)
+        versions.append(candidate.model_version)
+    return (
+        np.array(members, dtype=np.int64),
+        np.array(propensity, dtype=np.float64),
+        tuple(versions),
+        unknown,
+    )
