@@ -18,6 +18,7 @@ from libs.config import ConfigError, Settings, Target
 from libs.logging import get_logger
 from libs.observability import Observability
 from libs.rpc.channels import open_channel
+from libs.rpc.guarded import guarded
 from libs.rpc.security import channel_security, server_security
 from libs.rpc.server import GrpcServer, ServiceBinding, create_server
 from libs.storage import Database
@@ -25,7 +26,7 @@ from libs.storage.migrate import upgrade
 from services.arbitration.api import ArbitrationClient, arbitration_bindings
 from services.arbitration.repository import SqlArbitrationUnitOfWork
 from services.arbitration.service import ArbitrationService
-from services.context.api import ContextClient, context_binding
+from services.context.api import ContextClient, ProfileContextEncoder, context_binding
 from services.context.model import PersonalizationLevel
 from services.context.repository import SqlContextUnitOfWork
 from services.context.service import ContextService
@@ -190,10 +191,17 @@ def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
                 )
             }
             closers.extend(_closer(channel) for channel in channels.values())
-            identity = IdentityClient(channels["identity"])  # type: ignore[assignment]
-            context = ContextClient(channels["context"])  # type: ignore[assignment]
-            scoring = ScoringClient(channels["scoring"])  # type: ignore[assignment]
-            arbitration = ArbitrationClient(channels["arbitration"])  # type: ignore[assignment]
+            # Deadlines and breakers where the network is (libs/rpc/guarded.py); one
+            # encoding of a decision's profile context for scoring and arbitration.
+            encoder = ProfileContextEncoder()
+            identity = guarded(IdentityClient(channels["identity"]), "identity")  # type: ignore[assignment]
+            context = guarded(ContextClient(channels["context"]), "context")  # type: ignore[assignment]
+            scoring = guarded(  # type: ignore[assignment]
+                ScoringClient(channels["scoring"], encoder), "scoring"
+            )
+            arbitration = guarded(  # type: ignore[assignment]
+                ArbitrationClient(channels["arbitration"], encoder=encoder), "arbitration"
+            )
         hosted.decisions = DecisionEngine(
             identity,
             context,
@@ -207,7 +215,11 @@ def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
             parallel_reads=target != Target.ALL,
             new_profile_level=PersonalizationLevel(settings.default_personalization),
         )
-        hosted.privacy = PrivacyAdmin(identity, context, changes=changes)
+        # Closed before the services it writes to: the outbox drains into context first.
+        closers.append(hosted.decisions.close)
+        hosted.privacy = PrivacyAdmin(
+            identity, context, changes=changes, outbox=hosted.decisions.outbox
+        )
     security = server_security(settings)
     server, bound = create_server(
         f"{settings.host}:{settings.port if port is None else port}",

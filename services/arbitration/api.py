@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, fields
 from typing import Any
 
 import grpc
+import numpy as np
 from nextbest.arbitration.v1 import arbitration_pb2, arbitration_pb2_grpc
 from nextbest.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from nextbest.decision.v1 import decision_pb2
@@ -19,15 +21,16 @@ from services.arbitration.model import (
     ActionDefinition,
     CandidateExplanation,
     CandidateList,
+    CandidateTable,
     Catalog,
     Prioritization,
     ScoredCandidate,
 )
 from services.arbitration.service import ArbitrationService
 from services.context.api import (
+    ProfileContextEncoder,
     checked_struct,
     profile_context_from_proto,
-    profile_context_to_proto,
 )
 from services.context.model import ProfileContext
 
@@ -130,6 +133,7 @@ class ArbitrationServicer(arbitration_pb2_grpc.ArbitrationServiceServicer):
             catalog_version=listed.catalog_version,
             min_priority=listed.min_priority,
             default_action_id=listed.default_action_id,
+            unconditional_action_ids=sorted(listed.unconditional),
         )
 
     async def Prioritize(
@@ -145,6 +149,8 @@ class ArbitrationServicer(arbitration_pb2_grpc.ArbitrationServiceServicer):
             context=profile_context_from_proto(request.profile_context),
             request_context=checked_struct(request.request_context, "request_context"),
             placement=request.placement,
+            profile_known=not request.profile_unread,
+            listed_version=request.catalog_version,
         )
         response = arbitration_pb2.PrioritizeResponse(
             ranked=[explanation_to_proto(r) for r in result.ranked],
@@ -153,6 +159,17 @@ class ArbitrationServicer(arbitration_pb2_grpc.ArbitrationServiceServicer):
             selection_probability=result.selection_probability,
             exploration=result.exploration,
         )
+        table = result.table
+        if table is not None and len(table.action_ids) == len(request.candidates):
+            response.factors.CopyFrom(
+                arbitration_pb2.CandidateFactors(
+                    catalog_version=table.catalog_version,
+                    positions=table.positions.tolist(),
+                    context_weights=table.context_weight.tolist(),
+                    priorities=table.priority.tolist(),
+                    removed_by=table.removed_by,
+                )
+            )
         if result.winner is not None:
             winner = result.winner
             response.action.CopyFrom(
@@ -220,11 +237,29 @@ def arbitration_bindings(service: ArbitrationService) -> list[ServiceBinding]:
     ]
 
 
-class ArbitrationClient:
-    """The arbitration port over gRPC, for the orchestrator of the mesh shape."""
+# Channels and placements whose listing a client keeps (names callers choose: bounded).
+_KEPT_LISTINGS = 1024
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+
+class ArbitrationClient:
+    """The arbitration port over gRPC, for the orchestrator of the mesh shape.
+
+    A channel's listing (its candidates with their treatments) is kept for ``listing_ttl_s``
+    and for as long as Prioritize reports the same catalog version, so a decision makes one
+    arbitration call, not two: a new catalog or a validity window that opens reaches the
+    decisions of this orchestrator within that time."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        listing_ttl_s: float = 1.0,
+        encoder: ProfileContextEncoder | None = None,
+    ) -> None:
         self._stub = arbitration_pb2_grpc.ArbitrationServiceStub(channel)
+        self._encoder = encoder or ProfileContextEncoder()
+        self._listing_ttl_s = listing_ttl_s
+        self._listings: dict[tuple[str, str], tuple[float, CandidateList]] = {}
 
     async def list_candidates(
         self,
@@ -234,6 +269,11 @@ class ArbitrationClient:
         *,
         explain: bool = False,
     ) -> CandidateList:
+        key = (channel, placement)
+        if not explain and self._listing_ttl_s > 0:
+            kept = self._listings.get(key)
+            if kept is not None and time.monotonic() - kept[0] < self._listing_ttl_s:
+                return kept[1]
         response = await call_peer(
             "arbitration",
             self._stub.ListCandidates,
@@ -244,13 +284,19 @@ class ArbitrationClient:
                 explain=explain,
             ),
         )
-        return CandidateList(
+        listed = CandidateList(
             tuple(action_from_proto(a) for a in response.candidates),
             tuple(explanation_from_proto(r) for r in response.removed),
             response.catalog_version,
             response.min_priority,
             response.default_action_id,
+            frozenset(response.unconditional_action_ids),
         )
+        if not explain and self._listing_ttl_s > 0:
+            if len(self._listings) >= _KEPT_LISTINGS:
+                self._listings.clear()
+            self._listings[key] = (time.monotonic(), listed)
+        return listed
 
     async def prioritize(
         self,
@@ -261,6 +307,8 @@ class ArbitrationClient:
         context: ProfileContext | None = None,
         request_context: dict[str, object] | None = None,
         placement: str = "",
+        profile_known: bool = True,
+        listed_version: str = "",
     ) -> Prioritization:
         request = arbitration_pb2.PrioritizeRequest(
             candidates=[
@@ -273,10 +321,15 @@ class ArbitrationClient:
             explain=explain,
             request_context=dict_to_struct(request_context or {}),
             placement=placement,
+            profile_unread=not profile_known,
+            catalog_version=listed_version,
         )
         if context is not None:
-            request.profile_context.CopyFrom(profile_context_to_proto(context))
+            request.profile_context.CopyFrom(self._encoder.encode(context))
         response = await call_peer("arbitration", self._stub.Prioritize, request)
+        served = response.factors.catalog_version
+        if served and listed_version and served != listed_version:
+            self._listings.clear()  # a new catalog: list again
         winner = None
         if response.HasField("action"):
             action = response.action
@@ -297,4 +350,24 @@ class ArbitrationClient:
             summary=response.summary,
             selection_probability=response.selection_probability,
             exploration=response.exploration,
+            table=_table_from_proto(response.factors, scored)
+            if response.HasField("factors")
+            else None,
         )
+
+
+def _table_from_proto(
+    factors: arbitration_pb2.CandidateFactors, scored: list[ScoredCandidate]
+) -> CandidateTable | None:
+    if len(factors.priorities) != len(scored):
+        return None
+    return CandidateTable(
+        catalog_version=factors.catalog_version,
+        action_ids=tuple(c.action_id for c in scored),
+        positions=np.array(factors.positions, dtype=np.int64),
+        propensity=np.array([c.propensity for c in scored], dtype=np.float64),
+        model_versions=tuple(c.model_version for c in scored),
+        context_weight=np.array(factors.context_weights, dtype=np.float64),
+        priority=np.array(factors.priorities, dtype=np.float64),
+        removed_by=dict(factors.removed_by),
+    )

@@ -65,6 +65,7 @@ _ACTION_KEYS = {
     "valid_from",
     "valid_until",
     "consent",
+    "offer_without_profile",
     "policies",
     "context_weight",
     "contact_policies",
@@ -386,6 +387,12 @@ def _action(
     ):
         problems.add(f"{where}.consent", "must be a list of consent purposes (identifiers)")
         consent = []
+    without_profile = raw.get("offer_without_profile", False)
+    problems.require(
+        isinstance(without_profile, bool),
+        f"{where}.offer_without_profile",
+        "must be true or false",
+    )
     own = _level(problems, where, raw, f"action:{action_id}")
     weight = issue.context_weight if issue is not None else None
     if raw.get("context_weight") is not None:
@@ -416,6 +423,7 @@ def _action(
         rules=rules,
         context_weight_rule=weight,
         factors=issue.factors if issue is not None else Factors(),
+        offer_without_profile=without_profile is True,
         contact_policies=tuple(p for level in present for p in level.contact),
         volume=tuple(v for level in present for v in level.volume),
     )
@@ -426,6 +434,8 @@ def _action(
             normal[key] = moment.isoformat()
     if action.consent:
         normal["consent"] = list(action.consent)
+    if action.offer_without_profile:
+        normal["offer_without_profile"] = True
     for key in ("policies", "context_weight", "contact_policies", "volume"):
         if raw.get(key) is not None:
             normal[key] = json_safe(raw[key])

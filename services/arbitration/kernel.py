@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import overload
+from typing import Any, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -84,6 +84,20 @@ class ChannelPlan:
     by_model: tuple[tuple[str, IndexArray], ...]
     # 0..size-1: every action of the plan as the candidates, in plan order.
     everyone: IndexArray
+    # Actions whose checks read the customer (rules, context weight, consent, contact
+    # policies) and that the author did not declare safe without her profile.
+    needs_profile: tuple[int, ...]
+    # Ids of actions with nothing to check at all (see CandidateList.unconditional).
+    unconditional: frozenset[str]
+    # The engagement policies of ``ruled`` in one pass: every distinct conjunction of
+    # shared (catalog, issue, group) rules once, then each action's own conjunction; only
+    # a candidate that fails (or whose rules need the ``action`` variable) is run rule by
+    # rule to name the rule that removes it (policies.py ``PolicyEvaluation.removal``).
+    shared_levels: tuple[Any, ...]
+    # Per ruled action, the indexes of its shared levels (len(shared_levels) = "holds").
+    level_matrix: IndexArray
+    # Per ruled action: its own conjunction, None (nothing of its own), or SLOW.
+    own_programs: tuple[Any, ...]
 
     @property
     def size(self) -> int:
@@ -143,6 +157,7 @@ def plan_channel(catalog: Catalog, channel: str) -> ChannelPlan:
                 own_weights.append((i, rule))
             else:
                 shared_weights.setdefault(id(rule), (rule, []))[1].append(i)
+    shared_levels, level_matrix, own_programs = _rule_passes(actions, ruled)
     return ChannelPlan(
         catalog=catalog,
         channel=channel,
@@ -175,10 +190,70 @@ def plan_channel(catalog: Catalog, channel: str) -> ChannelPlan:
         own_weights=tuple(own_weights),
         contacted=tuple(contacted),
         everyone=np.arange(n, dtype=np.int64),
+        shared_levels=shared_levels,
+        level_matrix=level_matrix,
+        own_programs=own_programs,
+        needs_profile=tuple(i for i, a in enumerate(actions) if _needs_profile(a)),
+        unconditional=frozenset(
+            a.action_id
+            for a in actions
+            if not (a.rules or a.consent or a.contact_policies or a.volume)
+            and (a.context_weight_rule is None or not a.factors.context_weight)
+        ),
         by_model=tuple(
             (name, np.array(members, dtype=np.int64)) for name, members in by_model.items()
         ),
     )
+
+
+# An action whose rules run one by one in ``PolicyEvaluation.removal`` (see ChannelPlan).
+SLOW = object()
+
+
+def _rule_passes(
+    actions: Sequence[ActionDefinition], ruled: Sequence[int]
+) -> tuple[tuple[Any, ...], IndexArray, tuple[Any, ...]]:
+    """``ChannelPlan.shared_levels``, ``level_matrix`` and ``own_programs``."""
+    level_index: dict[str, int] = {}
+    programs: list[Any] = []
+    rows: list[list[int]] = []
+    owns: list[Any] = []
+    for member in ruled:
+        plan = actions[member].rule_plan
+        row: list[int] = []
+        for key, program in plan.shared:
+            if key not in level_index:
+                level_index[key] = len(programs)
+                programs.append(program)
+            row.append(level_index[key])
+        rows.append(row)
+        if not plan.combined or plan.own_uses_action:
+            owns.append(SLOW)
+        else:
+            owns.append(plan.own)
+    width = max((len(row) for row in rows), default=0) or 1
+    holds = len(programs)  # the padding: an index that always holds
+    matrix = np.full((len(rows), width), holds, dtype=np.int64)
+    for i, row in enumerate(rows):
+        matrix[i, : len(row)] = row
+    return tuple(programs), matrix, tuple(owns)
+
+
+def _needs_profile(action: ActionDefinition) -> bool:
+    if action.offer_without_profile:
+        return False
+    if action.consent or action.contact_policies:
+        return True
+    weight = action.context_weight_rule if action.factors.context_weight else None
+    rules = (*action.rules, weight) if weight is not None else action.rules
+    return any(rule.customer_fields != frozenset() for rule in rules)
+
+
+PROFILE_UNREAD = (
+    "profile",
+    "the customer's profile could not be read: the rules, consent and contact policies "
+    "that use it cannot be checked",
+)
 
 
 def consent_problem(purposes: Sequence[str], profile: ProfileContext) -> tuple[str, str] | None:
@@ -356,10 +431,12 @@ def judge(
     placement: str,
     request_context: dict[str, object] | None,
     now: datetime,
+    profile_known: bool = True,
 ) -> Judgement:
     """Validity, consent, engagement policies, contact policies and context weights for the
     candidates ``members`` (plan indexes, aligned with ``propensity``), then P x C x V x L and
-    the order of the eligible ones."""
+    the order of the eligible ones. ``profile_known`` False: the profile could not be read,
+    and every candidate whose checks use it is removed (fails closed)."""
     catalog = plan.catalog
     n = len(members)
     full = members is plan.everyone or (
@@ -376,12 +453,18 @@ def judge(
     def candidate_of(member: int) -> int:
         return member if where is None else int(where[member])
 
+    if not profile_known:
+        for member in plan.needs_profile:
+            candidate = candidate_of(member)
+            if candidate >= 0:
+                removals[candidate] = PROFILE_UNREAD
     if plan.valid_from is not None and plan.valid_until is not None:
         moment = now.timestamp()
         outside = (plan.valid_from[members] > moment) | (plan.valid_until[members] <= moment)
         for candidate in np.flatnonzero(outside).tolist():
-            why = plan.actions[int(members[candidate])].validity_problem(now)
-            removals[candidate] = ("validity", why)
+            if candidate not in removals:
+                why = plan.actions[int(members[candidate])].validity_problem(now)
+                removals[candidate] = ("validity", why)
     for purposes, group in plan.consent_groups:
         refusal = consent_problem(purposes, profile)
         if refusal is None:
@@ -395,11 +478,30 @@ def judge(
         evaluation = evaluation_for(catalog, profile, plan.channel, placement, request_context, now)
     if plan.ruled:
         assert evaluation is not None
+        context = evaluation.context
+        holds = np.ones(len(plan.shared_levels) + 1, dtype=np.bool_)
+        for level, program in enumerate(plan.shared_levels):
+            try:
+                holds[level] = program.execute(context) is True
+            except Exception:  # the rule at fault is named below
+                holds[level] = False
+        levels_hold: list[bool] = np.logical_and.reduce(holds[plan.level_matrix], axis=1).tolist()
         actions = plan.actions
-        for member in plan.ruled:
+        owns = plan.own_programs
+        for row, member in enumerate(plan.ruled):
             candidate = candidate_of(member)
             if candidate < 0 or candidate in removals:
                 continue
+            if levels_hold[row]:
+                own = owns[row]
+                if own is None:
+                    continue
+                if own is not SLOW:
+                    try:
+                        if own.execute(context) is True:
+                            continue
+                    except Exception:  # the rule at fault is named below
+                        pass
             action = actions[member]
             removal = evaluation.removal(action.rule_plan, action.action_id)
             if removal is not None:

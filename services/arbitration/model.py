@@ -75,6 +75,9 @@ class ActionDefinition:
     # C: the action's expression, else its issue's; None = 1.
     context_weight_rule: Rule | None = None
     factors: Factors = field(default_factory=Factors)
+    # The author declares the action safe to offer when the customer's profile cannot be
+    # read (its rules then see an empty customer); otherwise such an action is withheld.
+    offer_without_profile: bool = False
     # Effective contact policies and volume constraints (catalog, issue, group, action).
     contact_policies: tuple[ContactPolicy, ...] = ()
     volume: tuple[VolumeConstraint, ...] = ()
@@ -190,6 +193,13 @@ class CandidateList:
     catalog_version: str
     min_priority: float = 0.0
     default_action_id: str = ""
+    # Candidates with nothing to check (no engagement or contact policy, consent or volume
+    # constraint): the only ones that may be ranked when arbitration cannot be asked.
+    unconditional: frozenset[str] = frozenset()
+    # In-process listings: the kernel's plan (kernel.ChannelPlan) and the candidates'
+    # indexes in it, so that the decision path converts nothing per candidate.
+    plan: Any = field(default=None, compare=False, repr=False)
+    members: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

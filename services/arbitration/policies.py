@@ -514,6 +514,11 @@ class PolicyEvaluation:
         self._holds: dict[str, bool] = {}
         self._weights: dict[int, tuple[float, str]] = {}
 
+    @property
+    def context(self) -> Any:
+        """The CEL context of this decision (customer, request, now; no ``action``)."""
+        return self._context
+
     def _set_action(self, action_id: str) -> None:
         if self._action_id != action_id:
             self._context.add_variable("action", self._actions[action_id])

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
 
+import numpy as np
+
 from libs.changes import ALL, ChangePublisher
 from libs.clock import utc_now
 from libs.errors import InvalidArgument, Violations
@@ -185,15 +187,9 @@ class ArbitrationService:
         self._volume = VolumeGate(units)
         self._catalog = EMPTY_CATALOG
         self._checked_at = -float("inf")
-        # Listing per channel of the catalog ``_listings_of`` (see _listing).
-        self._listings: dict[
-            str, tuple[tuple[ActionDefinition, ...], tuple[CandidateExplanation, ...]]
-        ] = {}
-        self._listings_of: Catalog | None = None
         # The kernel's plan per channel of the catalog ``_plans_of``.
         self._plans: dict[str, ChannelPlan] = {}
         self._plans_of: Catalog | None = None
-        self._timeless = False  # no action of ``_listings_of`` has a validity window
 
     async def catalog(self) -> Catalog:
         if time.monotonic() - self._checked_at >= self._refresh_s:
@@ -233,63 +229,35 @@ class ArbitrationService:
     ) -> CandidateList:
         """Catalog-level filtering (no customer context: see arbitration.proto)."""
         catalog = await self.catalog()
-        candidates, removed = self._listing(catalog, channel)
+        plan = self.channel_plan(catalog, channel)
+        members = plan.everyone
+        candidates = plan.actions
+        removed: tuple[CandidateExplanation, ...] = plan.unlisted
+        if plan.valid_from is not None and plan.valid_until is not None:
+            moment = self._clock()
+            stamp = moment.timestamp()
+            inside = (plan.valid_from <= stamp) & (plan.valid_until > stamp)
+            if not inside.all():
+                members = np.flatnonzero(inside)
+                candidates = tuple(plan.actions[m] for m in members.tolist())
+                if explain:
+                    removed += tuple(
+                        CandidateExplanation(
+                            a.action_id, False, "validity", a.validity_problem(moment)
+                        )
+                        for i, a in enumerate(plan.actions)
+                        if not inside[i]
+                    )
         return CandidateList(
             candidates,
             removed if explain else (),
             catalog.version,
             catalog.min_priority,
             catalog.default_for(channel, placement),
+            plan.unconditional,
+            plan,
+            members,
         )
-
-    def _listing(
-        self, catalog: Catalog, channel: str
-    ) -> tuple[tuple[ActionDefinition, ...], tuple[CandidateExplanation, ...]]:
-        """The catalog's actions offered on ``channel`` now, and why the others are not.
-
-        Kept per channel while the catalog stays the same: without validity windows the
-        listing does not change; with them it is made again at every call, and the kept
-        tuple given again while it holds the same actions. The same tuple is what lets the
-        orchestrator and scoring find what they derived from it (libs/memo.py)."""
-        if self._listings_of is not catalog:
-            self._listings = {}
-            self._listings_of = catalog
-            self._timeless = not any(
-                a.valid_from is not None or a.valid_until is not None for a in catalog.actions
-            )
-        known = self._listings.get(channel)
-        if known is not None and self._timeless:
-            return known
-        now = self._clock()
-        candidates: list[ActionDefinition] = []
-        removed: list[CandidateExplanation] = []
-        for action in catalog.actions:
-            if not action.enabled:
-                removed.append(
-                    CandidateExplanation(action.action_id, False, "enabled", "action is disabled")
-                )
-            elif not action.offered_on(channel):
-                removed.append(
-                    CandidateExplanation(
-                        action.action_id, False, "channels", f"not offered on {channel!r}"
-                    )
-                )
-            elif problem := action.validity_problem(now):
-                removed.append(CandidateExplanation(action.action_id, False, "validity", problem))
-            else:
-                candidates.append(action)
-        if (
-            known is not None
-            and len(known[0]) == len(candidates)
-            and all(a is b for a, b in zip(known[0], candidates, strict=True))
-        ):
-            listing = (known[0], tuple(removed))
-        else:
-            listing = (tuple(candidates), tuple(removed))
-        if len(self._listings) >= _LISTINGS and channel not in self._listings:
-            self._listings.clear()  # channels are names callers choose: keep a bounded few
-        self._listings[channel] = listing
-        return listing
 
     def channel_plan(self, catalog: Catalog, channel: str) -> ChannelPlan:
         """The kernel's plan of ``channel`` for ``catalog``, made once per catalog."""
@@ -312,10 +280,19 @@ class ArbitrationService:
         context: ProfileContext | None = None,
         request_context: dict[str, object] | None = None,
         placement: str = "",
+        profile_known: bool = True,
+        listed_version: str = "",
     ) -> Prioritization:
-        """Customer-level filters, P x C x V x L, minimum priority, then the served action."""
+        """Customer-level filters, P x C x V x L, minimum priority, then the served action.
+        ``profile_known`` False: the profile could not be read (kernel.judge).
+        ``listed_version``: the catalog version the caller listed the candidates from; when
+        the catalog changed since, candidates it no longer holds are explained as removed
+        rather than refused (a caller's listing may lag a new catalog by its cache time)."""
         catalog = await self.catalog()
-        checked_candidates(catalog, scored)
+        if listed_version and listed_version != catalog.version:
+            checked_candidates(catalog, [c for c in scored if c.action_id in catalog.by_id])
+        else:
+            checked_candidates(catalog, scored)
         plan = self.channel_plan(catalog, channel)
         members, propensity, versions, elsewhere = scored_arrays(plan, scored)
         judgement = judge(
@@ -327,11 +304,19 @@ class ArbitrationService:
             placement=placement,
             request_context=request_context,
             now=self._clock(),
+            profile_known=profile_known,
         )
-        # Actions of the catalog that are not offered on this channel (a caller's own list).
+        # Actions not offered on this channel (a caller's own list), or gone from the catalog.
         unlisted = [
             CandidateExplanation(
                 scored[i].action_id, False, "channels", f"not offered on {channel!r}"
+            )
+            if scored[i].action_id in catalog.by_id
+            else CandidateExplanation(
+                scored[i].action_id,
+                False,
+                "catalog",
+                f"not in the catalog in force (version {catalog.version})",
             )
             for i in elsewhere
         ]
@@ -348,6 +333,7 @@ class ArbitrationService:
         context: ProfileContext,
         request_context: dict[str, object] | None = None,
         placement: str = "",
+        profile_known: bool = True,
     ) -> Prioritization:
         """``prioritize`` for candidates given as the kernel's arrays over ``plan`` (the
         embedded decision path: nothing is converted per candidate)."""
@@ -360,6 +346,7 @@ class ArbitrationService:
             placement=placement,
             request_context=request_context,
             now=self._clock(),
+            profile_known=profile_known,
         )
         return await self.settle(judgement, explain=explain)
 

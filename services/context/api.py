@@ -10,6 +10,7 @@ from nextbest.context.v1 import context_pb2, context_pb2_grpc
 from nextbest.decision.v1 import decision_pb2
 
 from libs.errors import FieldViolation, InvalidArgument
+from libs.memo import ByIdentity
 from libs.rpc.client import call_peer
 from libs.rpc.convert import (
     datetime_to_timestamp,
@@ -214,6 +215,22 @@ def outcome_report_from_proto(
         idempotency_key=request.idempotency_key,
         occurred_at=checked_time(request.occurred_at, "occurred_at"),
     )
+
+
+class ProfileContextEncoder:
+    """``profile_context_to_proto``, once per context: in the mesh a decision sends the same
+    context to scoring and then to arbitration, and the conversion is what costs (the
+    clients of both share one encoder)."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._encoded: ByIdentity[ProfileContext, context_pb2.ProfileContext] = ByIdentity(size)
+
+    def encode(self, context: ProfileContext) -> context_pb2.ProfileContext:
+        message = self._encoded.get(context)
+        if message is None:
+            message = profile_context_to_proto(context)
+            self._encoded.put(context, message)
+        return message
 
 
 def profile_context_to_proto(context: ProfileContext) -> context_pb2.ProfileContext:

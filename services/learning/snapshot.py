@@ -42,11 +42,22 @@ def decision_snapshot(
     """The JSON-safe snapshot of one decision's inputs (see the module docstring)."""
     score_of = {s.action_id: s for s in scores}
     ranked = {r.action_id: r for r in result.ranked}
+    table = result.table
+    # The kernel's arrays: every candidate's C, priority and removal, in listing order.
+    tabled = (
+        table is not None
+        and not ranked
+        and table.action_ids == tuple(a.action_id for a in listed.candidates)
+    )
+    if tabled:
+        assert table is not None
+        weights, priorities = table.context_weight.tolist(), table.priority.tolist()
+        removed_by = table.removed_by
     best = result.best
     candidates: list[dict[str, Any]] = []
     # One dict per candidate, its keys in the order they always had (a candidate per action
     # of the channel: 50 in the benchmark, built on every recorded decision).
-    for action in listed.candidates:
+    for index, action in enumerate(listed.candidates):
         action_id = action.action_id
         score = score_of.get(action_id)
         if score is not None:
@@ -57,15 +68,27 @@ def decision_snapshot(
             )
         else:
             propensity, model_version, fallback = action.prior_propensity, "", True
-        factors = ranked.get(action_id)
-        if factors is None and best is not None and best.action_id == action_id:
-            factors = best
-        if factors is not None:
-            value, lever, weight = factors.value, factors.lever, factors.context_weight
-            priority, eligible, removed_by = factors.priority, factors.eligible, factors.removed_by
-        else:  # not ranked (e.g. arbitration was down): what P x V x L would have given
-            value, lever, weight = action.value, action.lever, 1.0
-            priority, eligible, removed_by = propensity * action.value * action.lever, True, ""
+        if tabled:
+            switches = action.factors
+            value = action.value if switches.value else 1.0
+            lever = action.lever if switches.lever else 1.0
+            weight, priority = weights[index], priorities[index]
+            removal = removed_by.get(index, "")
+            eligible = not removal
+        else:
+            factors = ranked.get(action_id)
+            if factors is None and best is not None and best.action_id == action_id:
+                factors = best
+            if factors is not None:
+                value, lever, weight = factors.value, factors.lever, factors.context_weight
+                priority, eligible, removal = (
+                    factors.priority,
+                    factors.eligible,
+                    factors.removed_by,
+                )
+            else:  # not ranked (e.g. arbitration was down): what P x V x L would have given
+                value, lever, weight = action.value, action.lever, 1.0
+                priority, eligible, removal = propensity * action.value * action.lever, True, ""
         candidates.append(
             {
                 "action_id": action_id,
@@ -81,7 +104,7 @@ def decision_snapshot(
                 "context_weight": weight,
                 "priority": priority,
                 "eligible": eligible,
-                "removed_by": removed_by,
+                "removed_by": removal,
             }
         )
     # Removed by the catalog listing (only present when the decision was explained).
@@ -97,6 +120,6 @@ def decision_snapshot(
         "placement": placement,
         "catalog_version": listed.catalog_version,
         "min_priority": result.min_priority,
-        "ranked": bool(result.ranked),
+        "ranked": bool(result.ranked) or tabled,
         "candidates": candidates,
     }

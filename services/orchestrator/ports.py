@@ -9,6 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+import numpy.typing as npt
+
 from services.arbitration.model import CandidateList, Prioritization, ScoredCandidate
 from services.context.model import (
     AppendResult,
@@ -92,6 +95,20 @@ class ScoringPort(Protocol):
     ) -> list[CandidateScore]: ...
 
 
+@runtime_checkable
+class ArrayScoringPort(Protocol):
+    """Optional: a scoring that answers with arrays aligned with the candidates (the
+    propensities, and each one's model version, "" where the prior stood in)."""
+
+    async def score_arrays(
+        self,
+        context: ProfileContext,
+        request_context: dict[str, Any],
+        channel: str,
+        candidates: Sequence[ScoringCandidate],
+    ) -> tuple[npt.NDArray[np.float64], tuple[str, ...]]: ...
+
+
 class ArbitrationPort(Protocol):
     async def list_candidates(
         self,
@@ -110,6 +127,8 @@ class ArbitrationPort(Protocol):
         context: ProfileContext | None = None,
         request_context: dict[str, object] | None = None,
         placement: str = "",
+        profile_known: bool = True,
+        listed_version: str = "",
     ) -> Prioritization: ...
 
 

@@ -7,11 +7,13 @@ import os
 import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, TypeVar
 
+import numpy as np
+import numpy.typing as npt
 import structlog
 
 from libs.changes import ALL, ChangePublisher, InProcessChangeFeed
@@ -20,10 +22,11 @@ from libs.errors import FailedPrecondition, FieldViolation, InvalidArgument, Not
 from libs.logging import get_logger
 from libs.memo import ByIdentity
 from libs.pii import redact_for_storage
-from libs.resilience import CircuitBreaker
 from libs.rpc.client import remaining_s, set_deadline
+from libs.rpc.guarded import DependencyFailed
 from services.arbitration.model import (
     ActionDefinition,
+    CandidateExplanation,
     CandidateList,
     Catalog,
     Prioritization,
@@ -63,8 +66,10 @@ from services.orchestrator.model import (
     ProfileErasure,
     TrackedEvent,
 )
+from services.orchestrator.outbox import DecisionOutbox
 from services.orchestrator.ports import (
     ArbitrationPort,
+    ArrayScoringPort,
     BatchIdentityPort,
     ContextPort,
     DecisionObserver,
@@ -82,6 +87,8 @@ REQUEST_CONTEXT = "request_context"
 T = TypeVar("T")
 ChangeFeed = InProcessChangeFeed
 _CANDIDATE_CACHE_SIZE = 1024
+# How long an outcome waits for its decision to leave the outbox before UNAVAILABLE.
+_OUTCOME_FLUSH_S = 2.0
 # Listed action tuples whose scoring candidates are kept (a few per channel and catalog).
 _SCORING_INPUTS = 64
 _log = get_logger("nextbest.orchestrator")
@@ -129,83 +136,132 @@ def _prefixed(error: InvalidArgument, prefix: str) -> InvalidArgument:
 
 
 def _predictions(
-    profile: ProfileContext, listed: CandidateList, scores: list[CandidateScore], at: datetime
+    profile: ProfileContext,
+    groups: tuple[tuple[str, npt.NDArray[np.int64]], ...],
+    propensity: npt.NDArray[np.float64],
+    model_versions: Sequence[str],
+    at: datetime,
 ) -> tuple[Prediction, ...]:
     """Per model, the best propensity it gave the customer in this decision: kept by the
     context as her latest prediction of that model (feature ``prediction:<model>``), when
-    her consent allows predictions (level full, profiling not refused)."""
+    her consent allows predictions (level full, profiling not refused). ``groups``: the
+    candidates' indexes per model name (scoring runs one batch per model, so a group's
+    candidates share a model version, "" where the prior stood in)."""
     if (
         not profile.profile_id
         or profile.personalization != PersonalizationLevel.FULL
         or profile.consents.get(PROFILING) is False
     ):
         return ()
-    model_of = {action.action_id: action.model for action in listed.candidates}
-    best: dict[str, CandidateScore] = {}
-    for score in scores:
-        if score.fallback or not score.model_version:
+    best: dict[str, tuple[float, str]] = {}
+    for model, members in groups:
+        version = model_versions[int(members[0])]
+        if not version:  # the prior stood in: no model spoke
             continue
-        model = model_of.get(score.action_id) or score.model_version.partition(":")[0]
-        if model not in best or score.propensity > best[model].propensity:
-            best[model] = score
+        top = int(members[int(np.argmax(propensity[members]))])
+        name = model or version.partition(":")[0]
+        score = float(propensity[top])
+        known = best.get(name)
+        if known is None or score > known[0]:
+            best[name] = (score, model_versions[top])
     return tuple(
-        Prediction(model, score.propensity, score.model_version, at)
-        for model, score in sorted(best.items())
+        Prediction(model, score, version, at) for model, (score, version) in sorted(best.items())
+    )
+
+
+def _default_action(
+    listed: CandidateList, command: DecideCommand, why: str
+) -> Prioritization | None:
+    """The catalog's default action for the channel (its author declared it safe to show
+    anyone), or None when the catalog declares none."""
+    default = next((a for a in listed.candidates if a.action_id == listed.default_action_id), None)
+    if default is None:
+        return None
+    factors = CandidateExplanation(
+        action_id=default.action_id,
+        eligible=True,
+        reason=why,
+        propensity=default.prior_propensity,
+        context_weight=1.0,
+        value=default.value,
+        lever=default.lever,
+        priority=default.prior_propensity * default.value * default.lever,
+        rank=1,
+        won=True,
+    )
+    return Prioritization(
+        default,
+        factors,
+        (factors,) if command.explain else (),
+        listed.min_priority,
+        f"fallback: the default action for {command.channel!r} ({why})",
     )
 
 
 def _prioritize_here(
     listed: CandidateList, scores: list[CandidateScore], command: DecideCommand
 ) -> Prioritization:
-    """Arbitration could not prioritise: the catalog's default action for the channel (which
-    the business declared safe to show anyone), else P x V x L ranked here."""
+    """Arbitration could not be asked: the catalog's default action for the channel, else
+    P x V x L ranked here among the candidates with nothing to check (fails closed: a
+    candidate with rules, consent, contact policies or volume is not offered unchecked)."""
+    default = _default_action(listed, command, "arbitration unavailable")
+    if default is not None:
+        return default
     catalog = Catalog(listed.candidates, listed.min_priority)
+    free = listed.unconditional
     ranked = rank_candidates(
-        catalog, [ScoredCandidate(s.action_id, s.propensity, s.model_version) for s in scores]
+        catalog,
+        [
+            ScoredCandidate(s.action_id, s.propensity, s.model_version)
+            for s in scores
+            if s.action_id in free
+        ],
     )
     shown = ranked if command.explain else ()
-    default = catalog.action(listed.default_action_id) if listed.default_action_id else None
-    if default is not None:
-        factors = next((r for r in ranked if r.action_id == default.action_id), None)
-        return Prioritization(
-            default,
-            replace(factors, won=True) if factors else None,
-            shown,
-            listed.min_priority,
-            f"fallback: the default action for {command.channel!r}",
-        )
     best = ranked[0] if ranked else None
     if best is None or best.priority < listed.min_priority:
         return Prioritization(
-            None, best, shown, listed.min_priority, "no action (ranked without arbitration)"
+            None,
+            best,
+            shown,
+            listed.min_priority,
+            "no action: arbitration unavailable, and no candidate without rules to check"
+            if best is None
+            else "no action (ranked without arbitration)",
         )
     return Prioritization(
         catalog.action(best.action_id),
         replace(best, won=True),
         shown,
         listed.min_priority,
-        f"{best.action_id} ranked first without arbitration",
+        f"{best.action_id} ranked first without arbitration (it has no rules to check)",
     )
 
 
-@dataclass
-class _Attempt:
-    """What went wrong while deciding (each entry a dependency that did not answer)."""
-
-    reasons: list[str] = field(default_factory=list)
+class DegradedReasons(list[str]):
+    """Each dependency that did not answer in a decision, and how ("context: timeout")."""
 
     @property
-    def degraded_reason(self) -> str:
-        return "; ".join(self.reasons)
+    def text(self) -> str:
+        return "; ".join(self)
 
 
 class DecisionEngine:
-    """Decides with whatever answers in time; falls back for whatever does not.
+    """Decides with whatever answers; falls back for whatever does not.
 
-    Fallbacks (all declared, none invented): an unknown profile -> anonymous; no context ->
-    the request's situational context only; no candidates -> the last candidates seen for the
-    channel and placement; no scores -> each action's prior propensity; no prioritisation ->
-    the catalog's default action for the channel, else P x V x L ranked here.
+    The ports are called plainly: in the embedded shape they are the domain services; in
+    the mesh the composition root wraps their gRPC clients with deadlines and breakers
+    (libs/rpc/guarded.py), so a failure arrives here as an exception.
+
+    Fallbacks (all declared, none invented, none looser than the customer's rules): an
+    unknown profile -> anonymous; no context -> the request's situational context only, and
+    every candidate whose rules, consent or contact policies use the profile withheld; no
+    candidates -> the last candidates seen for the channel and placement; no scores -> each
+    action's prior propensity; no prioritisation -> the catalog's default action for the
+    channel, else P x V x L among the candidates with nothing to check. When what is left
+    is "no action" and the profile was not read, the channel's default action is served.
+
+    Decisions are answered first and stored right behind the answer (outbox.py).
     """
 
     def __init__(
@@ -220,20 +276,16 @@ class DecisionEngine:
         new_id: Callable[[], str] = new_decision_id,
         observer: DecisionObserver | None = None,
         changes: ChangeFeed | None = None,
-        breaker_failures: int = 3,
-        breaker_open_s: float = 2.0,
         event_types: Iterable[str] = (),
         parallel_reads: bool = True,
         new_profile_level: PersonalizationLevel = PersonalizationLevel.FULL,
     ) -> None:
         # Context and candidates are read concurrently when the ports are remote (the mesh:
-        # two round trips overlap). In-process ports (the embedded shape) barely wait, so
-        # gather's two tasks would only cost (~25 us of CPU a decision) and overlap nothing:
-        # the composition root turns it off there.
+        # two round trips overlap); in-process ports barely wait, so gather's two tasks
+        # would only cost CPU: the composition root turns it off there.
         self._parallel_reads = parallel_reads
         # A profile identity has just created holds no context yet: its context is the
-        # default level and nothing else, known without asking context (a whole read saved
-        # for every first-time visitor). ``new_profile_level`` = NEXTBEST_DEFAULT_PERSONALIZATION.
+        # default level and nothing else, known without asking context.
         self._new_profile_level = new_profile_level
         # Declared event types (configuration): others are refused before anything is resolved.
         self._event_types = frozenset(event_types)
@@ -246,46 +298,45 @@ class DecisionEngine:
         self._clock = clock
         self._new_id = new_id
         self._changes = changes or InProcessChangeFeed()
-        self._breakers = {
-            name: CircuitBreaker(name, failure_threshold=breaker_failures, open_s=breaker_open_s)
-            for name in ("identity", "context", "scoring", "arbitration")
-        }
+        self.outbox = DecisionOutbox(context)
         # Last candidates per (channel, placement): the fallback when arbitration is down.
-        self._candidates: OrderedDict[tuple[str, str], CandidateList] = OrderedDict()
+        self._last_candidates: OrderedDict[tuple[str, str], CandidateList] = OrderedDict()
         # The scoring candidates of each listed tuple of actions (see _scoring_candidates).
         self._scoring_inputs: ByIdentity[
             tuple[ActionDefinition, ...], tuple[ScoringCandidate, ...]
         ] = ByIdentity(_SCORING_INPUTS)
+        self._model_groups_of: ByIdentity[
+            tuple[ActionDefinition, ...], tuple[tuple[str, npt.NDArray[np.int64]], ...]
+        ] = ByIdentity(_SCORING_INPUTS)
 
-    def breaker(self, dependency: str) -> CircuitBreaker:
-        return self._breakers[dependency]
+    async def close(self) -> None:
+        """Store what the outbox holds (graceful stop)."""
+        await self.outbox.close()
 
-    async def _guarded(
-        self, dependency: str, call: Callable[[], Awaitable[T]], attempt: _Attempt
-    ) -> T | None:
-        """The dependency's answer, or None (and a reason) when it fails, is slow or its
-        circuit is open. The caller's own mistakes (bad input...) are raised, not absorbed."""
-        breaker = self._breakers[dependency]
-        if not breaker.allow():
-            attempt.reasons.append(f"{dependency}: circuit open")
-            return None
+    async def flush_decisions(self, timeout_s: float = _OUTCOME_FLUSH_S) -> None:
+        """Wait until every decision answered so far is stored."""
+        await self.outbox.flush_all(timeout_s)
+
+    async def _ask(self, dependency: str, call: Awaitable[T], reasons: DegradedReasons) -> T | None:
+        """The dependency's answer, or None (and a reason) when it failed. The caller's own
+        mistakes (bad input...) are raised, not absorbed."""
         try:
-            async with asyncio.timeout(remaining_s()):
-                result = await call()
+            return await call
         except (InvalidArgument, NotFound, FailedPrecondition):
-            breaker.success()  # it answered
             raise
-        except Exception as error:  # down, slow or broken: decide without it
-            breaker.failure()
-            kind = "timeout" if isinstance(error, TimeoutError) else "unavailable"
-            attempt.reasons.append(f"{dependency}: {kind}")
-            _log.warning("dependency failed", dependency=dependency, error=str(error) or kind)
-            return None
-        breaker.success()
-        return result
+        except DependencyFailed as error:
+            reasons.append(f"{dependency}: {error.kind}")
+        except Exception as error:  # down or broken: decide without it
+            reasons.append(f"{dependency}: unavailable")
+            _log.warning("dependency failed", dependency=dependency, error=str(error) or "?")
+        return None
 
     async def decide(self, command: DecideCommand) -> Decision:
         _validate_decide(command)
+        if command.request_id:
+            queued = self.outbox.queued_for_request(command.request_id)
+            if queued is not None:  # a retry while the first answer is being stored
+                return Decision.from_payload(queued.payload)
         return await self._decide(command, record=True)
 
     async def _decide(
@@ -296,16 +347,16 @@ class DecisionEngine:
         record_if: Callable[[Decision], bool] | None = None,
     ) -> Decision:
         """Decide; store the decision when ``record`` (and ``record_if`` says so: a watch
-        stores only a decision it will push), with the snapshot learning needs."""
+        stores only a decision it will push), with what learning needs of it."""
         started = time.monotonic()
         budget = self._budget_s
         if command.time_remaining_s is not None:
             budget = min(budget, command.time_remaining_s)
         # The hops share 80 % of the budget; the rest is kept to record the decision.
         set_deadline(started + budget * 0.8)
-        attempt = _Attempt()
-        resolution = await self._guarded(
-            "identity", lambda: self._identity.resolve_profile(command.identifiers), attempt
+        reasons = DegradedReasons()
+        resolution = await self._ask(
+            "identity", self._identity.resolve_profile(command.identifiers), reasons
         )
         profile_id = resolution.profile_id if resolution else ""
         structlog.contextvars.bind_contextvars(profile_id=profile_id)
@@ -314,68 +365,97 @@ class DecisionEngine:
             # Identity merged profiles (e.g. a login joins two anonymous cookies), now or
             # while context was down: their history moves to the survivor first, so this
             # decision already sees it; then identity stops reporting them (settled).
-            moved = await self._guarded(
-                "context", lambda: self._context.merge_profiles(profile_id, merged), attempt
+            moved = await self._ask(
+                "context", self._context.merge_profiles(profile_id, merged), reasons
             )
             if moved is not None:
                 await _settle(self._identity, profile_id, merged)
                 await self._announce([profile_id, *merged])
 
         fresh = resolution is not None and resolution.created and not merged
-
-        # Independent of each other: the customer's context and the channel's candidates.
-        def read_context() -> Awaitable[ProfileContext | None]:
-            if fresh:
-                return _ready(ProfileContext(profile_id, personalization=self._new_profile_level))
-            return self._guarded(
-                "context", lambda: self._context.get_profile_context(profile_id), attempt
+        read_profile: Awaitable[ProfileContext | None]
+        if fresh:
+            read_profile = _ready(
+                ProfileContext(profile_id, personalization=self._new_profile_level)
             )
-
-        def read_candidates() -> Awaitable[CandidateList | None]:
-            return self._guarded(
-                "arbitration",
-                lambda: self._arbitration.list_candidates(
-                    command.channel,
-                    command.placement,
-                    command.context,
-                    explain=command.explain,
-                ),
-                attempt,
-            )
-
-        if self._parallel_reads:
-            profile, listed = await asyncio.gather(read_context(), read_candidates())
+        elif resolution is None:
+            read_profile = _ready(None)
         else:
-            profile = await read_context()
-            listed = await read_candidates()
+            read_profile = self._ask(
+                "context", self._context.get_profile_context(profile_id), reasons
+            )
+        read_candidates = self._ask(
+            "arbitration",
+            self._arbitration.list_candidates(
+                command.channel, command.placement, command.context, explain=command.explain
+            ),
+            reasons,
+        )
+        if self._parallel_reads:
+            stored, listed_now = await asyncio.gather(read_profile, read_candidates)
+        else:
+            stored = await read_profile
+            listed_now = await read_candidates
+        # Fails closed without the profile: arbitration withholds what needs it.
+        profile_known = stored is not None
         # Only what the customer's consent allows reaches scoring and arbitration (the
         # context service filters already; this holds whichever context answered).
-        profile = (profile or ProfileContext(profile_id=profile_id)).honouring_consent()
-        listed = self._remember(command, listed)
-        scores = await self._scores(command, profile, listed, attempt)
-        result = await self._guarded(
-            "arbitration",
-            lambda: self._arbitration.prioritize(
-                [ScoredCandidate(s.action_id, s.propensity, s.model_version) for s in scores],
-                command.channel,
-                # A recorded decision's snapshot keeps every candidate's factors (context
-                # weight, the rule that removed it): the ranked list arbitration computed
-                # anyway. The Decision carries it only when the caller asked (_decision).
-                explain=record or command.explain,
-                context=profile,
-                request_context=command.context,
-                placement=command.placement,
-            ),
-            attempt,
-        )
+        profile = (stored or ProfileContext(profile_id=profile_id)).honouring_consent()
+        listed = self._candidates_for(command, listed_now)
+        propensity, versions = await self._scores(command, profile, listed, reasons)
+        result: Prioritization | None
+        if listed.plan is not None and hasattr(self._arbitration, "prioritize_members"):
+            result = await self._ask(
+                "arbitration",
+                self._arbitration.prioritize_members(
+                    listed.plan,
+                    listed.members,
+                    propensity,
+                    versions,
+                    explain=command.explain,
+                    context=profile,
+                    request_context=command.context,
+                    placement=command.placement,
+                    profile_known=profile_known,
+                ),
+                reasons,
+            )
+        else:
+            result = await self._ask(
+                "arbitration",
+                self._arbitration.prioritize(
+                    [
+                        ScoredCandidate(a.action_id, p, v)
+                        for a, p, v in zip(
+                            listed.candidates, propensity.tolist(), versions, strict=True
+                        )
+                    ],
+                    command.channel,
+                    explain=command.explain,
+                    context=profile,
+                    request_context=command.context,
+                    placement=command.placement,
+                    profile_known=profile_known,
+                    listed_version=listed.catalog_version,
+                ),
+                reasons,
+            )
         if result is None:
+            scores = [
+                CandidateScore(a.action_id, p, v, not v)
+                for a, p, v in zip(listed.candidates, propensity.tolist(), versions, strict=True)
+            ]
             result = _prioritize_here(listed, scores, command)
-        decision = self._decision(command, profile_id, listed, result, attempt)
+        elif result.winner is None and not profile_known:
+            result = _default_action(listed, command, "profile unavailable") or result
+        decision = self._decision(command, profile_id, listed, result, reasons)
         if record and (record_if is None or record_if(decision)):
             predictions = (
                 ()
-                if attempt.reasons
-                else _predictions(profile, listed, scores, decision.decided_at)
+                if reasons
+                else _predictions(
+                    profile, self._model_groups(listed), propensity, versions, decision.decided_at
+                )
             )
             # The request's situational context is the one part of the recorded payload that
             # comes straight from the caller: no raw e-mail or phone may reach the decision log
@@ -384,11 +464,21 @@ class DecisionEngine:
             if redacted:
                 self._observer.personal_data_redacted(REQUEST_CONTEXT, redacted)
             snapshot = decision_snapshot(
-                profile, request_context, command.channel, command.placement, listed, scores, result
+                profile,
+                request_context,
+                command.channel,
+                command.placement,
+                listed,
+                [
+                    CandidateScore(a.action_id, p, v, not v)
+                    for a, p, v in zip(
+                        listed.candidates, propensity.tolist(), versions, strict=True
+                    )
+                ],
+                result,
             )
-            decision = await self._record(
-                command, decision, started + budget, predictions, snapshot=snapshot
-            )
+            set_deadline(started + budget)
+            decision = await self._record(command, decision, predictions, snapshot=snapshot)
         self._observer.decided(
             channel=decision.channel,
             issue=decision.action.issue if decision.action else "",
@@ -398,15 +488,19 @@ class DecisionEngine:
         )
         return decision
 
-    def _remember(self, command: DecideCommand, listed: CandidateList | None) -> CandidateList:
+    def _candidates_for(
+        self, command: DecideCommand, listed: CandidateList | None
+    ) -> CandidateList:
+        """The listing arbitration gave, kept per (channel, placement); the last one kept when
+        arbitration did not answer."""
         key = (command.channel, command.placement)
         if listed is not None:
-            self._candidates[key] = listed
-            self._candidates.move_to_end(key)
-            while len(self._candidates) > _CANDIDATE_CACHE_SIZE:
-                self._candidates.popitem(last=False)
+            self._last_candidates[key] = listed
+            self._last_candidates.move_to_end(key)
+            while len(self._last_candidates) > _CANDIDATE_CACHE_SIZE:
+                self._last_candidates.popitem(last=False)
             return listed
-        return self._candidates.get(key) or CandidateList((), (), "")
+        return self._last_candidates.get(key) or CandidateList((), (), "")
 
     def _scoring_candidates(self, listed: CandidateList) -> tuple[ScoringCandidate, ...]:
         """What scoring reads of the listed actions; the same tuple again while arbitration
@@ -428,28 +522,53 @@ class DecisionEngine:
             self._scoring_inputs.put(listed.candidates, known)
         return known
 
+    def _model_groups(self, listed: CandidateList) -> tuple[tuple[str, npt.NDArray[np.int64]], ...]:
+        """The listed candidates' indexes per model name (kept per listed tuple)."""
+        known = self._model_groups_of.get(listed.candidates)
+        if known is None:
+            by_model: dict[str, list[int]] = {}
+            for index, action in enumerate(listed.candidates):
+                by_model.setdefault(action.model, []).append(index)
+            known = tuple(
+                (model, np.array(indexes, dtype=np.int64)) for model, indexes in by_model.items()
+            )
+            self._model_groups_of.put(listed.candidates, known)
+        return known
+
     async def _scores(
         self,
         command: DecideCommand,
         profile: ProfileContext,
         listed: CandidateList,
-        attempt: _Attempt,
-    ) -> list[CandidateScore]:
+        reasons: DegradedReasons,
+    ) -> tuple[npt.NDArray[np.float64], tuple[str, ...]]:
+        """Every candidate's propensity and model version ("" where its prior stood in)."""
         if not listed.candidates:
-            return []
-        scores = await self._guarded(
-            "scoring",
-            lambda: self._scoring.score_candidates(
-                profile, command.context, command.channel, self._scoring_candidates(listed)
-            ),
-            attempt,
-        )
-        if scores is None:
-            return [
-                CandidateScore(a.action_id, a.prior_propensity, "", fallback=True)
-                for a in listed.candidates
-            ]
-        return scores
+            return np.zeros(0), ()
+        candidates = self._scoring_candidates(listed)
+        if isinstance(self._scoring, ArrayScoringPort):
+            arrays = await self._ask(
+                "scoring",
+                self._scoring.score_arrays(profile, command.context, command.channel, candidates),
+                reasons,
+            )
+            if arrays is not None:
+                return arrays
+        else:
+            scores = await self._ask(
+                "scoring",
+                self._scoring.score_candidates(
+                    profile, command.context, command.channel, candidates
+                ),
+                reasons,
+            )
+            if scores is not None:
+                return (
+                    np.array([s.propensity for s in scores], dtype=np.float64),
+                    tuple("" if s.fallback else s.model_version for s in scores),
+                )
+        priors = np.array([a.prior_propensity for a in listed.candidates], dtype=np.float64)
+        return priors, ("",) * len(listed.candidates)
 
     def _decision(
         self,
@@ -457,7 +576,7 @@ class DecisionEngine:
         profile_id: str,
         listed: CandidateList,
         result: Prioritization,
-        attempt: _Attempt,
+        reasons: DegradedReasons,
     ) -> Decision:
         winner = result.winner
         factors = result.best if winner is not None else None
@@ -482,8 +601,8 @@ class DecisionEngine:
             priority=factors.priority if factors else 0.0,
             model_version=factors.model_version if factors else "",
             decided_at=self._clock(),
-            degraded=bool(attempt.reasons),
-            degraded_reason=attempt.degraded_reason,
+            degraded=bool(reasons),
+            degraded_reason=reasons.text,
             selection_probability=result.selection_probability,
             exploration=result.exploration,
             explanation=Explanation(
@@ -499,43 +618,39 @@ class DecisionEngine:
         self,
         command: DecideCommand,
         decision: Decision,
-        deadline: float,
         predictions: tuple[Prediction, ...] = (),
         *,
         snapshot: dict[str, Any] | None = None,
     ) -> Decision:
-        """Store the decision; ``snapshot`` (what it knew, services/learning/snapshot.py) is
-        kept in its payload for the learning loop. A replay returns the stored original."""
+        """Hand the decision to the outbox; ``snapshot`` (what it knew,
+        services/learning/snapshot.py) is kept in its payload for the learning loop. A
+        request with a request_id waits for the write, since a retry must get the decision
+        stored first (a replay returns that one)."""
         structlog.contextvars.bind_contextvars(decision_id=decision.decision_id)
-        set_deadline(deadline)
-        attempt = _Attempt()
         payload = decision.to_payload()
         if snapshot is not None:
             payload[SNAPSHOT_KEY] = snapshot
-        stored = await self._guarded(
-            "context",
-            lambda: self._context.record_decision(
-                DecisionRecord(
-                    decision_id=decision.decision_id,
-                    request_id=command.request_id,
-                    profile_id=decision.profile_id,
-                    channel=decision.channel,
-                    placement=decision.placement,
-                    action_id=decision.action.action_id if decision.action else "",
-                    decided_at=decision.decided_at,
-                    payload=payload,
-                    predictions=predictions,
-                )
-            ),
-            attempt,
+        stored = self.outbox.add(
+            DecisionRecord(
+                decision_id=decision.decision_id,
+                request_id=command.request_id,
+                profile_id=decision.profile_id,
+                channel=decision.channel,
+                placement=decision.placement,
+                action_id=decision.action.action_id if decision.action else "",
+                decided_at=decision.decided_at,
+                payload=payload,
+                predictions=predictions,
+            )
         )
-        if stored is None:
-            # Answer anyway: a channel must not go without; the outcome of this decision
-            # cannot be recorded later, which the reason says.
-            reason = "; ".join(filter(None, [decision.degraded_reason, "decision not recorded"]))
-            return replace(decision, degraded=True, degraded_reason=reason)
-        if stored.replayed:
-            return Decision.from_payload(stored.record.payload)
+        if not command.request_id:
+            return decision
+        try:
+            recorded = await asyncio.wait_for(asyncio.shield(stored), remaining_s())
+        except Exception:  # stays queued: stored when context is back
+            return decision
+        if recorded.replayed:
+            return Decision.from_payload(recorded.record.payload)
         return decision
 
     async def watch(self, command: DecideCommand) -> AsyncIterator[Decision]:
@@ -578,6 +693,9 @@ class DecisionEngine:
                 yield candidate
 
     async def record_outcome(self, report: OutcomeReport) -> OutcomeResult:
+        # A decision still in the outbox is stored first (UNAVAILABLE while context is down:
+        # the channel retries, and the outcome is then applied).
+        await self.outbox.flush(report.decision_id, _OUTCOME_FLUSH_S)
         result = await self._context.record_outcome(report)
         self._observer.outcome_recorded(
             action_id=result.action_id, outcome=report.outcome.value, duplicate=result.duplicate
@@ -723,7 +841,7 @@ async def _settle(identity: object, survivor: str, merged_ids: list[str]) -> Non
         _log.warning("merge not settled", survivor=survivor, error=str(error))
 
 
-async def _ready(value: ProfileContext) -> ProfileContext:
+async def _ready(value: ProfileContext | None) -> ProfileContext | None:
     return value
 
 
@@ -757,11 +875,14 @@ class PrivacyAdmin:
         *,
         changes: ChangePublisher | None = None,
         clock: Callable[[], datetime] = utc_now,
+        outbox: DecisionOutbox | None = None,
     ) -> None:
         self._identity = identity
         self._context = context
         self._changes = changes
         self._clock = clock
+        # Decisions answered here and not stored yet: stored before an export or erasure.
+        self._outbox = outbox
 
     async def _resolve(self, identifiers: list[Identifier]) -> str:
         """The customer's profile, created for identifiers never seen (moves merged ones)."""
@@ -845,6 +966,8 @@ class PrivacyAdmin:
         found = await self._identity.lookup_profile(identifiers)
         if found.profile_id is None:
             return "", (), None
+        if self._outbox is not None:
+            await self._outbox.flush_all(_OUTCOME_FLUSH_S)
         await self._settle_lookup(found)
         export = await self._context.export_profile(found.profile_id)
         return found.profile_id, found.identifier_types, export
@@ -853,6 +976,8 @@ class PrivacyAdmin:
         found = await self._identity.lookup_profile(identifiers)
         if found.profile_id is None:
             return ProfileErasure("", 0, 0)
+        if self._outbox is not None:
+            await self._outbox.flush_all(_OUTCOME_FLUSH_S)
         await self._settle_lookup(found)
         # Context first: if identity went first and context failed, the data would be
         # orphaned with no identifier left to find it again. Then once more after identity,

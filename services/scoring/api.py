@@ -6,15 +6,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
+import numpy as np
+import numpy.typing as npt
 from nextbest.scoring.v1 import model_pb2, model_pb2_grpc, scoring_pb2, scoring_pb2_grpc
 
+from libs.memo import ByIdentity
 from libs.rpc.client import call_peer
 from libs.rpc.convert import datetime_to_timestamp, dict_to_struct
 from libs.rpc.server import ServiceBinding
 from services.context.api import (
+    ProfileContextEncoder,
     checked_struct,
     profile_context_from_proto,
-    profile_context_to_proto,
 )
 from services.context.model import ProfileContext
 from services.scoring.inference import inference_binding
@@ -30,6 +33,7 @@ from services.scoring.service import ScoringService
 
 SCORING_SERVICE = scoring_pb2.DESCRIPTOR.services_by_name["ScoringService"].full_name
 MODEL_SERVICE = model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+SCORE_CANDIDATES = f"/{SCORING_SERVICE}/ScoreCandidates"
 Context = grpc.aio.ServicerContext[Any, Any]
 
 _STATUS = {
@@ -182,10 +186,52 @@ def scoring_bindings(service: ScoringService) -> list[ServiceBinding]:
 
 
 class ScoringClient:
-    """The scoring port over gRPC, for the orchestrator of the mesh shape."""
+    """The scoring port over gRPC, for the orchestrator of the mesh shape.
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    A channel's candidates stay the same from one decision to the next (the same listed
+    tuple), so their part of the request is encoded once and appended to the rest as bytes
+    (a protobuf message is the concatenation of its fields' encodings)."""
+
+    def __init__(
+        self, channel: grpc.aio.Channel, encoder: ProfileContextEncoder | None = None
+    ) -> None:
         self._stub = scoring_pb2_grpc.ScoringServiceStub(channel)
+        self._score_encoded: grpc.aio.UnaryUnaryMultiCallable[
+            bytes, scoring_pb2.ScoreCandidatesResponse
+        ] = channel.unary_unary(
+            SCORE_CANDIDATES,
+            request_serializer=None,  # bytes, encoded here
+            response_deserializer=scoring_pb2.ScoreCandidatesResponse.FromString,
+        )
+        self._encoder = encoder or ProfileContextEncoder()
+        self._candidates: ByIdentity[Sequence[ScoringCandidate], bytes] = ByIdentity(64)
+
+    def _encoded_candidates(self, candidates: Sequence[ScoringCandidate]) -> bytes:
+        encoded = self._candidates.get(candidates)
+        if encoded is None:
+            encoded = scoring_pb2.ScoreCandidatesRequest(
+                candidates=[candidate_to_proto(c) for c in candidates]
+            ).SerializeToString()
+            if isinstance(candidates, tuple):  # immutable: safe to find again by identity
+                self._candidates.put(candidates, encoded)
+        return encoded
+
+    async def _score(
+        self,
+        context: ProfileContext,
+        request_context: dict[str, Any],
+        channel: str,
+        candidates: Sequence[ScoringCandidate],
+    ) -> scoring_pb2.ScoreCandidatesResponse:
+        head = scoring_pb2.ScoreCandidatesRequest(
+            profile_context=self._encoder.encode(context),
+            request_context=dict_to_struct(request_context),
+            channel=channel,
+        ).SerializeToString()
+        response: scoring_pb2.ScoreCandidatesResponse = await call_peer(
+            "scoring", self._score_encoded, head + self._encoded_candidates(candidates)
+        )
+        return response
 
     async def score_candidates(
         self,
@@ -194,17 +240,22 @@ class ScoringClient:
         channel: str,
         candidates: Sequence[ScoringCandidate],
     ) -> list[CandidateScore]:
-        response = await call_peer(
-            "scoring",
-            self._stub.ScoreCandidates,
-            scoring_pb2.ScoreCandidatesRequest(
-                profile_context=profile_context_to_proto(context),
-                request_context=dict_to_struct(request_context),
-                channel=channel,
-                candidates=[candidate_to_proto(c) for c in candidates],
-            ),
-        )
+        response = await self._score(context, request_context, channel, candidates)
         return [
             CandidateScore(s.action_id, s.propensity, s.model_version, s.fallback)
             for s in response.scores
         ]
+
+    async def score_arrays(
+        self,
+        context: ProfileContext,
+        request_context: dict[str, Any],
+        channel: str,
+        candidates: Sequence[ScoringCandidate],
+    ) -> tuple[npt.NDArray[np.float64], tuple[str, ...]]:
+        response = await self._score(context, request_context, channel, candidates)
+        scores = response.scores
+        return (
+            np.array([s.propensity for s in scores], dtype=np.float64),
+            tuple("" if s.fallback else s.model_version for s in scores),
+        )

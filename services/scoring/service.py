@@ -225,25 +225,42 @@ class ScoringService:
         candidates: Sequence[ScoringCandidate],
     ) -> list[CandidateScore]:
         """P for every candidate: one batched model run per model, priors where none serves."""
+        propensity, versions = await self.score_arrays(
+            context, request_context, channel, candidates
+        )
+        return [
+            CandidateScore(c.action_id, p, version, not version)
+            for c, p, version in zip(candidates, propensity.tolist(), versions, strict=True)
+        ]
+
+    async def score_arrays(
+        self,
+        context: ProfileContext,
+        request_context: dict[str, Any],
+        channel: str,
+        candidates: Sequence[ScoringCandidate],
+    ) -> tuple[npt.NDArray[np.float64], tuple[str, ...]]:
+        """``score_candidates`` as arrays aligned with ``candidates``: the propensities and
+        each one's model version ("" where the prior stood in)."""
         routes = await self.serving_models()
-        scores: list[CandidateScore | None] = [None] * len(candidates)
+        propensity = np.empty(len(candidates), dtype=np.float64)
+        versions: list[str] = [""] * len(candidates)
         scoring_input = ScoringInput(context, request_context, channel)
         for name, indexes, group in self._groups(candidates):
             route = routes.get(name)
             entry = route.pick(context.profile_id) if route is not None else None
-            propensities = None
+            scored = None
             if entry is not None:
                 matrix = entry.features.matrix(scoring_input, group)
-                propensities = await self._predict(entry, matrix)
-            if entry is None or propensities is None:
-                for index, c in zip(indexes, group, strict=True):
-                    scores[index] = CandidateScore(c.action_id, c.prior_propensity, "", True)
+                scored = await self._predict(entry, matrix)
+            if entry is None or scored is None:
+                propensity[list(indexes)] = [c.prior_propensity for c in group]
                 continue
+            propensity[list(indexes)] = scored
             label = entry.info.label
-            # tolist(): Python floats at once, the values float() gives one by one.
-            for index, c, propensity in zip(indexes, group, propensities.tolist(), strict=True):
-                scores[index] = CandidateScore(c.action_id, propensity, label)
-        return [score for score in scores if score is not None]
+            for index in indexes:
+                versions[index] = label
+        return propensity, tuple(versions)
 
     def _groups(
         self, candidates: Sequence[ScoringCandidate]

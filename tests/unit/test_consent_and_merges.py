@@ -81,6 +81,10 @@ class SpyArbitration(ArbitrationService):
         super().__init__(arbitration_units(FakeCatalogStore()), refresh_s=3600)
         self.seen: list[ProfileContext | None] = []
 
+    async def prioritize_members(self, *args: Any, **kwargs: Any) -> Prioritization:
+        self.seen.append(kwargs["context"])
+        return await super().prioritize_members(*args, **kwargs)
+
     async def prioritize(
         self,
         scored: list[ScoredCandidate],
@@ -166,6 +170,7 @@ async def test_predictions_are_kept_with_the_decision_when_consent_allows() -> N
 
     decision = await engine.decide(DecideCommand(ANN, "web"))
 
+    await engine.flush_decisions()
     record = context.decisions[decision.decision_id]
     assert record.predictions == (
         Prediction("churn_model", 0.9, "churn_model:1", NOW),
@@ -180,6 +185,7 @@ async def test_predictions_are_kept_with_the_decision_when_consent_allows() -> N
             "p-ann", personalization=level, consents=purposes
         )
         decision = await engine.decide(DecideCommand(ANN, "web"))
+        await engine.flush_decisions()
         assert context.decisions[decision.decision_id].predictions == (), level
 
 
@@ -202,6 +208,7 @@ async def test_at_level_none_scoring_and_arbitration_see_nothing_stored() -> Non
     assert request_context == {"page": "/plans"}  # the situational context still counts
     assert arbitration.seen[-1] == seen
     # The decision is still recorded (its outcomes can be), under her profile.
+    await engine.flush_decisions()
     assert context.decisions[decision.decision_id].profile_id == "p-ann"
 
 

@@ -120,7 +120,9 @@ async def test_winner_is_the_highest_p_v_l_and_its_factors_are_copied() -> None:
     assert decision.explanation is None
     # Only actions offered on the channel were scored; the decision was recorded.
     assert [c.action_id for c in hub.scoring.calls[0]] == ["alpha", "bravo", "charlie"]
+    await hub.engine.flush_decisions()
     assert hub.context.decisions["d-1"].action_id == "bravo"
+    await hub.engine.flush_decisions()
     assert hub.context.decisions["d-1"].profile_id == "p-ann"
 
 
@@ -147,6 +149,7 @@ async def test_scoring_reads_the_catalog_applied_last() -> None:
     ]
     assert decision.value == 8.0  # bravo still wins, at its new value
     # Predictions are kept under the model each action now names.
+    await hub.engine.flush_decisions()
     predictions = hub.context.decisions[decision.decision_id].predictions
     assert [(p.name, p.value) for p in predictions] == [("other", 0.5)]
 
@@ -170,6 +173,7 @@ async def test_no_action_when_the_best_priority_is_below_the_minimum() -> None:
     assert decision.priority == 0.0
     assert decision.propensity == 0.0
     assert decision.model_version == ""
+    await hub.engine.flush_decisions()
     assert hub.context.decisions[decision.decision_id].action_id == ""
     assert decision.explanation is not None
     assert decision.explanation.min_priority == 5.0
@@ -235,6 +239,7 @@ async def test_without_request_id_every_decide_is_a_new_decision() -> None:
     second = await hub.engine.decide(DecideCommand(ANN, "web"))
 
     assert first.decision_id != second.decision_id
+    await hub.engine.flush_decisions()
     assert len(hub.context.decisions) == 2
 
 
@@ -256,6 +261,7 @@ async def test_a_bad_channel_is_refused_naming_channel(channel: str) -> None:
         await hub.engine.decide(DecideCommand(ANN, channel))
 
     assert fields_of(caught.value) == ["channel"]
+    await hub.engine.flush_decisions()
     assert hub.context.decisions == {}
 
 
@@ -453,6 +459,7 @@ async def test_erase_profile_erases_context_before_identity_and_returns_counts()
         "identity.erase_profile",
         "context.erase_profile",
     ]
+    await hub.engine.flush_decisions()
     assert context.events == {} and context.decisions == {}
     assert set(identity.profiles.values()) == {"p-bob"}
 
@@ -472,7 +479,7 @@ async def test_erase_of_an_unknown_customer_is_an_empty_result() -> None:
 async def test_export_profile_returns_what_context_holds() -> None:
     hub = await make_hub()
     await hub.engine.decide(DecideCommand(ANN, "web"))
-    admin = PrivacyAdmin(hub.identity, hub.context)
+    admin = PrivacyAdmin(hub.identity, hub.context, outbox=hub.engine.outbox)
 
     profile_id, types, export = await admin.export_profile(ANN)
     missing = await admin.export_profile([Identifier("email", "nobody@example.com")])

@@ -44,12 +44,14 @@ async def test_an_unexplained_decision_snapshots_arbitrations_ranking_without_ex
     decision = await hub.engine.decide(DecideCommand(ANN, "web"))
 
     assert decision.explanation is None
+    await hub.engine.flush_decisions()
     snapshot = hub.context.decisions[decision.decision_id].payload[SNAPSHOT_KEY]
     assert snapshot["ranked"] is True
     by_id = {c["action_id"]: c for c in snapshot["candidates"]}
     assert by_id["bravo"]["priority"] == pytest.approx(3.0)
     assert by_id["charlie"]["priority"] == pytest.approx(2.5)
     assert all(c["eligible"] and c["removed_by"] == "" for c in by_id.values())
+    await hub.engine.flush_decisions()
     assert hub.context.decisions[decision.decision_id].payload["explanation"] is None
 
 
@@ -67,6 +69,7 @@ async def test_a_decision_pushed_to_a_watcher_is_recorded_with_its_snapshot() ->
     await stream.aclose()  # type: ignore[attr-defined]
 
     assert second.action is not None and second.action.action_id == "charlie"
+    await hub.engine.flush_decisions()
     stored = hub.context.decisions[second.decision_id].payload
     assert stored[SNAPSHOT_KEY]["ranked"] is True
     assert {c["action_id"] for c in stored[SNAPSHOT_KEY]["candidates"]} >= {"bravo", "charlie"}

@@ -71,6 +71,7 @@ async def test_the_recorded_request_context_holds_placeholders_and_is_counted() 
 
     decision = await engine.decide(DecideCommand(ANN, "web", context=request_context))
 
+    await engine.flush_decisions()
     payload = context.decisions[decision.decision_id].payload
     assert payload[SNAPSHOT_KEY]["request_context"] == {
         "referrer": "mailto:[email]",
@@ -89,6 +90,7 @@ async def test_a_context_without_personal_data_is_recorded_as_sent() -> None:
 
     decision = await engine.decide(DecideCommand(ANN, "web", context={"page": "/help"}))
 
+    await engine.flush_decisions()
     assert context.decisions[decision.decision_id].payload[SNAPSHOT_KEY]["request_context"] == {
         "page": "/help"
     }

@@ -10,7 +10,7 @@ import pytest
 
 from libs.errors import InvalidArgument, Unavailable
 from libs.resilience import BreakerState, CircuitBreaker
-from services.arbitration.model import CandidateList, Catalog
+from libs.rpc.guarded import breakers_of, guarded
 from services.arbitration.service import ArbitrationService
 from services.context.model import ProfileContext
 from services.identity.model import Identifier
@@ -126,11 +126,12 @@ async def engine_with(
 
     real_arbitration = ArbitrationService(arbitration_units(FakeCatalogStore()))
     await real_arbitration.apply_catalog(parse_catalog_yaml(CATALOG))
+    # The ports as the mesh reaches them: each behind deadlines and breakers.
     engine = DecisionEngine(
-        identity or FakeIdentity(),
-        context or FakeContext(),
-        scoring or FakeScoring({"big": 0.3, "cheap": 0.2}),
-        arbitration or real_arbitration,
+        guarded(identity or FakeIdentity(), "identity"),
+        guarded(context or FakeContext(), "context"),
+        guarded(scoring or FakeScoring({"big": 0.3, "cheap": 0.2}), "scoring"),
+        guarded(arbitration or real_arbitration, "arbitration"),
         budget_ms=200,
     )
     return engine, real_arbitration
@@ -167,14 +168,18 @@ async def test_identity_and_context_down_decide_for_an_anonymous_visitor() -> No
     assert decision.degraded and decision.profile_id == ""
     assert decision.action is not None
     assert "identity: unavailable" in decision.degraded_reason
-    assert "decision not recorded" in decision.degraded_reason
+    # Answered all the same: the decision waits in the outbox until context is back.
+    assert engine.outbox.is_queued(decision.decision_id)
 
 
 async def test_arbitration_down_after_a_first_call_falls_back_to_the_channel_default() -> None:
-    engine, real = await engine_with()
-    await engine.decide(DecideCommand(COOKIE, "web"))  # candidates now remembered
+    real = ArbitrationService(arbitration_units(FakeCatalogStore()))
     broken = Broken(real)
-    engine._arbitration = broken
+    broken.broken = False
+    engine, real = await engine_with(arbitration=broken)
+    broken._inner = real
+    await engine.decide(DecideCommand(COOKIE, "web"))  # candidates now remembered
+    broken.broken = True
     decision = await engine.decide(DecideCommand(COOKIE, "web", explain=True))
     assert decision.degraded and decision.action is not None
     assert decision.action.action_id == "cheap"  # the declared default for web
@@ -193,17 +198,18 @@ async def test_circuit_opens_after_three_failures_and_stops_calling() -> None:
 
 
 async def test_a_callers_mistake_is_not_absorbed_as_an_outage() -> None:
-    identity = Broken(FakeIdentity(), InvalidArgument([]))
-    engine, _ = await engine_with(identity=identity)
+    identity = guarded(Broken(FakeIdentity(), InvalidArgument([])), "identity")
+    arbitration = ArbitrationService(arbitration_units(FakeCatalogStore()))
+    engine = DecisionEngine(identity, FakeContext(), FakeScoring(), arbitration)
     with pytest.raises(InvalidArgument):
         await engine.decide(DecideCommand(COOKIE, "web"))
-    assert engine.breaker("identity").state is BreakerState.CLOSED
+    assert breakers_of(identity)["resolve_profile"].state is BreakerState.CLOSED
 
 
 async def test_no_candidates_ever_seen_and_arbitration_down_is_no_action() -> None:
-    engine, real = await engine_with()
-    engine._arbitration = Broken(real)
-    decision = await engine.decide(DecideCommand(COOKIE, "web"))
+    engine, _ = await engine_with(
+        arbitration=Broken(ArbitrationService(arbitration_units(FakeCatalogStore())))
+    )
+    decision = await engine.decide(DecideCommand(COOKIE, "web", explain=True))
     assert decision.action is None and decision.degraded
-    assert engine._remember(DecideCommand(COOKIE, "web"), None) == CandidateList((), (), "")
-    assert Catalog(()).defaults == {}
+    assert decision.explanation is not None and decision.explanation.candidates == ()

@@ -59,9 +59,7 @@ async def setup() -> tuple[DecisionEngine, IdentityService, FakeIdentityStore, D
     context = DownableContext()
     arbitration = SpyArbitration()
     await arbitration.apply_catalog(parse_catalog(CATALOG))
-    engine = DecisionEngine(
-        identity, context, ContextScoring(), arbitration, clock=lambda: NOW, breaker_failures=100
-    )
+    engine = DecisionEngine(identity, context, ContextScoring(), arbitration, clock=lambda: NOW)
     return engine, identity, store, context
 
 

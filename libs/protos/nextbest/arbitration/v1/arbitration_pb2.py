@@ -28,23 +28,29 @@ from nextbest.context.v1 import context_pb2 as nextbest_dot_context_dot_v1_dot_c
 from nextbest.decision.v1 import decision_pb2 as nextbest_dot_decision_dot_v1_dot_decision__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)nextbest/arbitration/v1/arbitration.proto\x12\x17nextbest.arbitration.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a!nextbest/catalog/v1/catalog.proto\x1a!nextbest/context/v1/context.proto\x1a#nextbest/decision/v1/decision.proto\"\x95\x01\n\x15ListCandidatesRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x11\n\tplacement\x18\x02 \x01(\t\x12\x30\n\x0frequest_context\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07\x65xplain\x18\x05 \x01(\x08J\x04\x08\x03\x10\x04R\x0fprofile_context\"\xda\x01\n\x16ListCandidatesResponse\x12\x39\n\ncandidates\x18\x01 \x03(\x0b\x32%.nextbest.catalog.v1.ActionDefinition\x12;\n\x07removed\x18\x02 \x03(\x0b\x32*.nextbest.decision.v1.CandidateExplanation\x12\x17\n\x0f\x63\x61talog_version\x18\x03 \x01(\t\x12\x14\n\x0cmin_priority\x18\x04 \x01(\x01\x12\x19\n\x11\x64\x65\x66\x61ult_action_id\x18\x05 \x01(\t\"O\n\x0fScoredCandidate\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x12\n\npropensity\x18\x02 \x01(\x01\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"\xf6\x01\n\x11PrioritizeRequest\x12<\n\ncandidates\x18\x01 \x03(\x0b\x32(.nextbest.arbitration.v1.ScoredCandidate\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x0f\n\x07\x65xplain\x18\x03 \x01(\x08\x12<\n\x0fprofile_context\x18\x04 \x01(\x0b\x32#.nextbest.context.v1.ProfileContext\x12\x30\n\x0frequest_context\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tplacement\x18\x06 \x01(\t\"\x95\x02\n\x12PrioritizeResponse\x12,\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\x1c.nextbest.decision.v1.Action\x12:\n\x06winner\x18\x02 \x01(\x0b\x32*.nextbest.decision.v1.CandidateExplanation\x12:\n\x06ranked\x18\x03 \x03(\x0b\x32*.nextbest.decision.v1.CandidateExplanation\x12\x14\n\x0cmin_priority\x18\x04 \x01(\x01\x12\x0f\n\x07summary\x18\x05 \x01(\t\x12\x1d\n\x15selection_probability\x18\x06 \x01(\x01\x12\x13\n\x0b\x65xploration\x18\x07 \x01(\t2\xee\x01\n\x12\x41rbitrationService\x12q\n\x0eListCandidates\x12..nextbest.arbitration.v1.ListCandidatesRequest\x1a/.nextbest.arbitration.v1.ListCandidatesResponse\x12\x65\n\nPrioritize\x12*.nextbest.arbitration.v1.PrioritizeRequest\x1a+.nextbest.arbitration.v1.PrioritizeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)nextbest/arbitration/v1/arbitration.proto\x12\x17nextbest.arbitration.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a!nextbest/catalog/v1/catalog.proto\x1a!nextbest/context/v1/context.proto\x1a#nextbest/decision/v1/decision.proto\"\x95\x01\n\x15ListCandidatesRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x11\n\tplacement\x18\x02 \x01(\t\x12\x30\n\x0frequest_context\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07\x65xplain\x18\x05 \x01(\x08J\x04\x08\x03\x10\x04R\x0fprofile_context\"\xfc\x01\n\x16ListCandidatesResponse\x12\x39\n\ncandidates\x18\x01 \x03(\x0b\x32%.nextbest.catalog.v1.ActionDefinition\x12;\n\x07removed\x18\x02 \x03(\x0b\x32*.nextbest.decision.v1.CandidateExplanation\x12\x17\n\x0f\x63\x61talog_version\x18\x03 \x01(\t\x12\x14\n\x0cmin_priority\x18\x04 \x01(\x01\x12\x19\n\x11\x64\x65\x66\x61ult_action_id\x18\x05 \x01(\t\x12 \n\x18unconditional_action_ids\x18\x06 \x03(\t\"O\n\x0fScoredCandidate\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x12\n\npropensity\x18\x02 \x01(\x01\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"\xa7\x02\n\x11PrioritizeRequest\x12<\n\ncandidates\x18\x01 \x03(\x0b\x32(.nextbest.arbitration.v1.ScoredCandidate\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x0f\n\x07\x65xplain\x18\x03 \x01(\x08\x12<\n\x0fprofile_context\x18\x04 \x01(\x0b\x32#.nextbest.context.v1.ProfileContext\x12\x30\n\x0frequest_context\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tplacement\x18\x06 \x01(\t\x12\x16\n\x0eprofile_unread\x18\x07 \x01(\x08\x12\x17\n\x0f\x63\x61talog_version\x18\x08 \x01(\t\"\xd1\x02\n\x12PrioritizeResponse\x12,\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\x1c.nextbest.decision.v1.Action\x12:\n\x06winner\x18\x02 \x01(\x0b\x32*.nextbest.decision.v1.CandidateExplanation\x12:\n\x06ranked\x18\x03 \x03(\x0b\x32*.nextbest.decision.v1.CandidateExplanation\x12\x14\n\x0cmin_priority\x18\x04 \x01(\x01\x12\x0f\n\x07summary\x18\x05 \x01(\t\x12\x1d\n\x15selection_probability\x18\x06 \x01(\x01\x12\x13\n\x0b\x65xploration\x18\x07 \x01(\t\x12:\n\x07\x66\x61\x63tors\x18\x08 \x01(\x0b\x32).nextbest.arbitration.v1.CandidateFactors\"\xeb\x01\n\x10\x43\x61ndidateFactors\x12\x17\n\x0f\x63\x61talog_version\x18\x01 \x01(\t\x12\x11\n\tpositions\x18\x02 \x03(\x03\x12\x17\n\x0f\x63ontext_weights\x18\x03 \x03(\x01\x12\x12\n\npriorities\x18\x04 \x03(\x01\x12L\n\nremoved_by\x18\x05 \x03(\x0b\x32\x38.nextbest.arbitration.v1.CandidateFactors.RemovedByEntry\x1a\x30\n\x0eRemovedByEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xee\x01\n\x12\x41rbitrationService\x12q\n\x0eListCandidates\x12..nextbest.arbitration.v1.ListCandidatesRequest\x1a/.nextbest.arbitration.v1.ListCandidatesResponse\x12\x65\n\nPrioritize\x12*.nextbest.arbitration.v1.PrioritizeRequest\x1a+.nextbest.arbitration.v1.PrioritizeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nextbest.arbitration.v1.arbitration_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_CANDIDATEFACTORS_REMOVEDBYENTRY']._loaded_options = None
+  _globals['_CANDIDATEFACTORS_REMOVEDBYENTRY']._serialized_options = b'8\001'
   _globals['_LISTCANDIDATESREQUEST']._serialized_start=208
   _globals['_LISTCANDIDATESREQUEST']._serialized_end=357
   _globals['_LISTCANDIDATESRESPONSE']._serialized_start=360
-  _globals['_LISTCANDIDATESRESPONSE']._serialized_end=578
-  _globals['_SCOREDCANDIDATE']._serialized_start=580
-  _globals['_SCOREDCANDIDATE']._serialized_end=659
-  _globals['_PRIORITIZEREQUEST']._serialized_start=662
-  _globals['_PRIORITIZEREQUEST']._serialized_end=908
-  _globals['_PRIORITIZERESPONSE']._serialized_start=911
-  _globals['_PRIORITIZERESPONSE']._serialized_end=1188
-  _globals['_ARBITRATIONSERVICE']._serialized_start=1191
-  _globals['_ARBITRATIONSERVICE']._serialized_end=1429
+  _globals['_LISTCANDIDATESRESPONSE']._serialized_end=612
+  _globals['_SCOREDCANDIDATE']._serialized_start=614
+  _globals['_SCOREDCANDIDATE']._serialized_end=693
+  _globals['_PRIORITIZEREQUEST']._serialized_start=696
+  _globals['_PRIORITIZEREQUEST']._serialized_end=991
+  _globals['_PRIORITIZERESPONSE']._serialized_start=994
+  _globals['_PRIORITIZERESPONSE']._serialized_end=1331
+  _globals['_CANDIDATEFACTORS']._serialized_start=1334
+  _globals['_CANDIDATEFACTORS']._serialized_end=1569
+  _globals['_CANDIDATEFACTORS_REMOVEDBYENTRY']._serialized_start=1521
+  _globals['_CANDIDATEFACTORS_REMOVEDBYENTRY']._serialized_end=1569
+  _globals['_ARBITRATIONSERVICE']._serialized_start=1572
+  _globals['_ARBITRATIONSERVICE']._serialized_end=1810
 # @@protoc_insertion_point(module_scope)

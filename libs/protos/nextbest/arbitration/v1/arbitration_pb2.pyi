@@ -66,6 +66,7 @@ class ListCandidatesResponse(_message.Message):
     CATALOG_VERSION_FIELD_NUMBER: _builtins.int
     MIN_PRIORITY_FIELD_NUMBER: _builtins.int
     DEFAULT_ACTION_ID_FIELD_NUMBER: _builtins.int
+    UNCONDITIONAL_ACTION_IDS_FIELD_NUMBER: _builtins.int
     catalog_version: _builtins.str
     min_priority: _builtins.float
     """Below this priority a decision is "no action" (so a caller can rank by itself when
@@ -79,6 +80,12 @@ class ListCandidatesResponse(_message.Message):
     def removed(self) -> _containers.RepeatedCompositeFieldContainer[_decision_pb2.CandidateExplanation]:
         """When explain: the actions removed and the policy that removed them."""
 
+    @_builtins.property
+    def unconditional_action_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Candidates with nothing to check (no engagement or contact policy, consent or volume
+        constraint): the only ones a caller may rank by itself when Prioritize cannot be asked.
+        """
+
     def __init__(
         self,
         *,
@@ -87,10 +94,11 @@ class ListCandidatesResponse(_message.Message):
         catalog_version: _builtins.str = ...,
         min_priority: _builtins.float = ...,
         default_action_id: _builtins.str = ...,
+        unconditional_action_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "catalog_version", b"catalog_version", "default_action_id", b"default_action_id", "min_priority", b"min_priority", "removed", b"removed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "catalog_version", b"catalog_version", "default_action_id", b"default_action_id", "min_priority", b"min_priority", "removed", b"removed", "unconditional_action_ids", b"unconditional_action_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -131,9 +139,20 @@ class PrioritizeRequest(_message.Message):
     PROFILE_CONTEXT_FIELD_NUMBER: _builtins.int
     REQUEST_CONTEXT_FIELD_NUMBER: _builtins.int
     PLACEMENT_FIELD_NUMBER: _builtins.int
+    PROFILE_UNREAD_FIELD_NUMBER: _builtins.int
+    CATALOG_VERSION_FIELD_NUMBER: _builtins.int
     channel: _builtins.str
     explain: _builtins.bool
     placement: _builtins.str
+    profile_unread: _builtins.bool
+    """The caller could not read the customer's profile: every candidate whose rules, consent
+    or contact policies use it is removed (fails closed), unless its catalog entry says
+    offer_without_profile.
+    """
+    catalog_version: _builtins.str
+    """The catalog version the candidates were listed from. When the catalog has changed
+    since, candidates it no longer holds are explained as removed instead of refused.
+    """
     @_builtins.property
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScoredCandidate]: ...
     @_builtins.property
@@ -151,10 +170,12 @@ class PrioritizeRequest(_message.Message):
         profile_context: _context_pb2.ProfileContext | None = ...,
         request_context: _struct_pb2.Struct | None = ...,
         placement: _builtins.str = ...,
+        profile_unread: _builtins.bool = ...,
+        catalog_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["profile_context", b"profile_context", "request_context", b"request_context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "channel", b"channel", "explain", b"explain", "placement", b"placement", "profile_context", b"profile_context", "request_context", b"request_context"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "catalog_version", b"catalog_version", "channel", b"channel", "explain", b"explain", "placement", b"placement", "profile_context", b"profile_context", "profile_unread", b"profile_unread", "request_context", b"request_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -171,6 +192,7 @@ class PrioritizeResponse(_message.Message):
     SUMMARY_FIELD_NUMBER: _builtins.int
     SELECTION_PROBABILITY_FIELD_NUMBER: _builtins.int
     EXPLORATION_FIELD_NUMBER: _builtins.int
+    FACTORS_FIELD_NUMBER: _builtins.int
     min_priority: _builtins.float
     summary: _builtins.str
     selection_probability: _builtins.float
@@ -192,6 +214,10 @@ class PrioritizeResponse(_message.Message):
     def ranked(self) -> _containers.RepeatedCompositeFieldContainer[_decision_pb2.CandidateExplanation]:
         """Every scored candidate in rank order, when explain."""
 
+    @_builtins.property
+    def factors(self) -> Global___CandidateFactors:
+        """Every candidate's factors, in the order of the request's candidates."""
+
     def __init__(
         self,
         *,
@@ -202,11 +228,77 @@ class PrioritizeResponse(_message.Message):
         summary: _builtins.str = ...,
         selection_probability: _builtins.float = ...,
         exploration: _builtins.str = ...,
+        factors: Global___CandidateFactors | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "winner", b"winner"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "factors", b"factors", "winner", b"winner"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "exploration", b"exploration", "min_priority", b"min_priority", "ranked", b"ranked", "selection_probability", b"selection_probability", "summary", b"summary", "winner", b"winner"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "exploration", b"exploration", "factors", b"factors", "min_priority", b"min_priority", "ranked", b"ranked", "selection_probability", b"selection_probability", "summary", b"summary", "winner", b"winner"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PrioritizeResponse: _TypeAlias = PrioritizeResponse  # noqa: Y015
+
+@_typing.final
+class CandidateFactors(_message.Message):
+    """A decision's candidates as packed arrays (what the decision log keeps of them)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RemovedByEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CATALOG_VERSION_FIELD_NUMBER: _builtins.int
+    POSITIONS_FIELD_NUMBER: _builtins.int
+    CONTEXT_WEIGHTS_FIELD_NUMBER: _builtins.int
+    PRIORITIES_FIELD_NUMBER: _builtins.int
+    REMOVED_BY_FIELD_NUMBER: _builtins.int
+    catalog_version: _builtins.str
+    @_builtins.property
+    def positions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Each candidate's index in the catalog's list of actions."""
+
+    @_builtins.property
+    def context_weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """C; 1 where no context weight was evaluated."""
+
+    @_builtins.property
+    def priorities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """P x C x V x L; 0 for a removed candidate."""
+
+    @_builtins.property
+    def removed_by(self) -> _containers.ScalarMap[_builtins.int, _builtins.str]:
+        """Candidate index -> the rule that removed it."""
+
+    def __init__(
+        self,
+        *,
+        catalog_version: _builtins.str = ...,
+        positions: _abc.Iterable[_builtins.int] | None = ...,
+        context_weights: _abc.Iterable[_builtins.float] | None = ...,
+        priorities: _abc.Iterable[_builtins.float] | None = ...,
+        removed_by: _abc.Mapping[_builtins.int, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_version", b"catalog_version", "context_weights", b"context_weights", "positions", b"positions", "priorities", b"priorities", "removed_by", b"removed_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CandidateFactors: _TypeAlias = CandidateFactors  # noqa: Y015

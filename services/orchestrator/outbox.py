@@ -1,0 +1,185 @@
+"""The decision outbox: decisions are answered first and stored right behind the answer.
+
+A channel must not wait for the decision log, and a decision it was given must accept its
+outcomes later even when context was down at the time. So a decision goes to the outbox when
+it is answered; one writer task hands what is queued to context (concurrently, where the
+context service's group commit makes one transaction of them) and keeps what fails, retrying
+with backoff until context takes it. An outcome for a decision still queued waits for that
+decision to be stored first (``flush``).
+
+What is at risk: a decision queued in a process that is killed without a chance to drain
+(kill -9, OOM) — at most what was queued since the writer's last batch, normally the
+decisions of the last few milliseconds, or everything answered during a context outage.
+SIGTERM drains the outbox (``close``, within the drain period). docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from libs.errors import FailedPrecondition, InvalidArgument, Unavailable
+from libs.logging import get_logger
+from libs.rpc.client import set_deadline
+from services.context.model import DecisionRecord, RecordedDecision
+from services.orchestrator.ports import ContextPort
+
+_log = get_logger("nextbest.orchestrator.outbox")
+
+
+@dataclass
+class _Queued:
+    record: DecisionRecord
+    stored: asyncio.Future[RecordedDecision]
+
+
+class DecisionOutbox:
+    """Decisions answered and not yet stored, written behind the answers (module doc)."""
+
+    def __init__(
+        self,
+        context: ContextPort,
+        *,
+        max_batch: int = 64,
+        max_queued: int = 100_000,
+        retry_s: float = 0.05,
+        max_retry_s: float = 2.0,
+    ) -> None:
+        self._context = context
+        self._max_batch = max_batch
+        self._max_queued = max_queued
+        self._retry_s = retry_s
+        self._max_retry_s = max_retry_s
+        self._queued: OrderedDict[str, _Queued] = OrderedDict()
+        self._by_request: dict[str, str] = {}
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._queued)
+
+    def add(self, record: DecisionRecord) -> asyncio.Future[RecordedDecision]:
+        """Queue ``record``; the future resolves once it is stored (nobody need wait)."""
+        loop = asyncio.get_running_loop()
+        if len(self._queued) >= self._max_queued:
+            # Bounded memory during a long outage: the oldest decision is the one given up.
+            _, oldest = self._queued.popitem(last=False)
+            self._forget(oldest.record)
+            self.dropped += 1
+            if not oldest.stored.done():
+                oldest.stored.set_exception(Unavailable("decision log full: not stored"))
+                oldest.stored.exception()  # retrieved: nobody may be waiting
+            _log.error("decision outbox full: oldest decision dropped", dropped=self.dropped)
+        queued = _Queued(record, loop.create_future())
+        self._queued[record.decision_id] = queued
+        if record.request_id:
+            self._by_request[record.request_id] = record.decision_id
+        if self._writer is None:
+            self._writer = loop.create_task(self._write_queued())
+        return queued.stored
+
+    def queued_for_request(self, request_id: str) -> DecisionRecord | None:
+        """A decision answered for ``request_id`` and still queued (a retried request)."""
+        decision_id = self._by_request.get(request_id)
+        queued = self._queued.get(decision_id) if decision_id else None
+        return queued.record if queued is not None else None
+
+    def is_queued(self, decision_id: str) -> bool:
+        return decision_id in self._queued
+
+    async def flush(self, decision_id: str, timeout_s: float) -> None:
+        """Wait until ``decision_id`` (if queued) is stored; Unavailable when it cannot be
+        within ``timeout_s`` (context is down: the caller retries later)."""
+        queued = self._queued.get(decision_id)
+        if queued is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(queued.stored), timeout_s)
+        except TimeoutError:
+            raise Unavailable(
+                f"decision {decision_id} is not stored yet (context unavailable); retry"
+            ) from None
+
+    async def flush_all(self, timeout_s: float) -> None:
+        """Wait until every decision queued now is stored (before a profile is exported or
+        erased, so that nothing of hers is written after); Unavailable when that cannot be
+        within ``timeout_s``."""
+        waiting = [asyncio.shield(q.stored) for q in self._queued.values()]
+        if not waiting:
+            return
+        done, pending = await asyncio.wait(waiting, timeout=timeout_s)
+        for future in done:
+            future.exception()  # a dropped or refused one: nothing more to wait for
+        if pending:
+            raise Unavailable("decisions are not stored yet (context unavailable); retry")
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Drain (graceful stop): wait for the writer to store what is queued."""
+        self._closing = True
+        writer = self._writer
+        if writer is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(writer), timeout_s)
+        except TimeoutError:
+            _log.error("decision outbox not drained", queued=len(self._queued))
+            writer.cancel()
+
+    def _give_up(self, queued: _Queued, error: Exception) -> None:
+        self._queued.pop(queued.record.decision_id, None)
+        self._forget(queued.record)
+        _log.error("decision refused by the decision log", error=str(error))
+        if not queued.stored.done():
+            queued.stored.set_exception(error)
+            queued.stored.exception()
+
+    def _forget(self, record: DecisionRecord) -> None:
+        if record.request_id and self._by_request.get(record.request_id) == record.decision_id:
+            del self._by_request[record.request_id]
+
+    async def _write_queued(self) -> None:
+        # The writer outlives the decision that started it: not its deadline, the default.
+        set_deadline(None)
+        delay = self._retry_s
+        try:
+            while self._queued:
+                batch = list(itertools.islice(self._queued.values(), self._max_batch))
+                results = await asyncio.gather(
+                    *(self._context.record_decision(q.record) for q in batch),
+                    return_exceptions=True,
+                )
+                failed = 0
+                for queued, result in zip(batch, results, strict=True):
+                    if isinstance(result, BaseException):
+                        if isinstance(result, asyncio.CancelledError):
+                            raise result
+                        if isinstance(result, InvalidArgument | FailedPrecondition):
+                            # Refused, not unavailable: retrying cannot help.
+                            self._give_up(queued, result)
+                            continue
+                        failed += 1
+                        continue
+                    self._queued.pop(queued.record.decision_id, None)
+                    self._forget(queued.record)
+                    if not queued.stored.done():
+                        queued.stored.set_result(result)
+                if failed:
+                    error = next(r for r in results if isinstance(r, BaseException))
+                    if self._closing and delay >= self._max_retry_s:
+                        _log.error("decision outbox not drained", queued=len(self._queued))
+                        return
+                    _log.warning(
+                        "decisions not stored yet; retrying",
+                        failed=failed,
+                        queued=len(self._queued),
+                        error=str(error) or type(error).__name__,
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self._max_retry_s)
+                else:
+                    delay = self._retry_s
+        finally:
+            self._writer = None
