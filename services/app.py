@@ -200,7 +200,12 @@ def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
                 ScoringClient(channels["scoring"], encoder), "scoring"
             )
             arbitration = guarded(  # type: ignore[assignment]
-                ArbitrationClient(channels["arbitration"], encoder=encoder), "arbitration"
+                ArbitrationClient(
+                    channels["arbitration"],
+                    encoder=encoder,
+                    listing_ttl_s=settings.catalog_refresh_s,
+                ),
+                "arbitration",
             )
         hosted.decisions = DecisionEngine(
             identity,
