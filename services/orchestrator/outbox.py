@@ -16,13 +16,13 @@ SIGTERM drains the outbox (``close``, within the drain period). docs/reliability
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from libs.errors import FailedPrecondition, InvalidArgument, Unavailable
 from libs.logging import get_logger
-from libs.rpc.client import set_deadline
 from services.context.model import DecisionRecord, RecordedDecision
 from services.orchestrator.ports import ContextPort
 
@@ -78,7 +78,9 @@ class DecisionOutbox:
         if record.request_id:
             self._by_request[record.request_id] = record.decision_id
         if self._writer is None:
-            self._writer = loop.create_task(self._write_queued())
+            # A context of its own: not the deadline, trace or log bindings of the decision
+            # that happens to start it.
+            self._writer = loop.create_task(self._write_queued(), context=contextvars.Context())
         return queued.stored
 
     def queued_for_request(self, request_id: str) -> DecisionRecord | None:
@@ -141,8 +143,6 @@ class DecisionOutbox:
             del self._by_request[record.request_id]
 
     async def _write_queued(self) -> None:
-        # The writer outlives the decision that started it: not its deadline, the default.
-        set_deadline(None)
         delay = self._retry_s
         try:
             while self._queued:

@@ -130,9 +130,18 @@ class FuzzHub:
         answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
         return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
 
+    def settle(self) -> None:
+        """Wait until the decisions answered so far are stored (they are written behind
+        the answer: services/orchestrator/outbox.py)."""
+        assert self._built is not None and self._built.services.decisions is not None
+        flushed = self._built.services.decisions.flush_decisions(10.0)
+        asyncio.run_coroutine_threadsafe(flushed, self._loop).result(30)
+
     def row_counts(self) -> dict[str, int]:
-        """Rows per table of every service, in one round trip."""
+        """Rows per table of every service, in one round trip (decisions answered so far
+        stored first)."""
         assert self._engine is not None
+        self.settle()
         query = " UNION ALL ".join(
             f"SELECT '{table.name}', COUNT(*) FROM {table.name}" for table in metadata.sorted_tables
         )

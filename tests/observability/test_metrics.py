@@ -207,6 +207,7 @@ async def test_degraded_decisions_are_counted_by_reason(
         raise Unavailable("scoring is down")
 
     monkeypatch.setattr(scoring, "score_candidates", down)
+    monkeypatch.setattr(scoring, "score_arrays", down)
     before = await hub.scrape()
     decision = await decide(hub, channel="mobile")
     after = await hub.scrape()

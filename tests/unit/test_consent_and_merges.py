@@ -94,6 +94,8 @@ class SpyArbitration(ArbitrationService):
         context: ProfileContext | None = None,
         request_context: dict[str, object] | None = None,
         placement: str = "",
+        profile_known: bool = True,
+        listed_version: str = "",
     ) -> Prioritization:
         self.seen.append(context)
         return await super().prioritize(
@@ -103,6 +105,8 @@ class SpyArbitration(ArbitrationService):
             context=context,
             request_context=request_context,
             placement=placement,
+            profile_known=profile_known,
+            listed_version=listed_version,
         )
 
 
