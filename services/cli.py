@@ -40,7 +40,7 @@ async def _serve(settings: Settings, demo: bool) -> None:
     if demo:
         from services.demo.seed import seed_demo
 
-        await seed_demo(built.services)
+        await seed_demo(built.services, settings.data_dir)
     await built.warm_up()
     built.observability.start()
     if settings.target == Target.ALL:
