@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +42,7 @@ async def _serve(settings: Settings, demo: bool) -> None:
     if demo:
         from services.demo.seed import seed_demo
 
-        await seed_demo(built.services)
+        await seed_demo(built.services, settings.data_dir)
     await built.warm_up()
     built.observability.start()
     if settings.target == Target.ALL:
@@ -596,7 +598,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# How a writer whose reader went away ends by convention (128 + SIGPIPE): as `yes | head` does.
+CLOSED_STDOUT_EXIT = 128 + signal.SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Every command; stdout closed early by its reader (``nextbest decide ... | head``) ends
+    it quietly rather than in a BrokenPipeError traceback."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # Flushed here, where a closed pipe can be handled, not at interpreter exit.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # Python's recipe: stdout onto /dev/null, so that the interpreter's own last flush
+        # has nothing left to fail on.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return CLOSED_STDOUT_EXIT
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.handler(args)

@@ -69,6 +69,21 @@ def drop_postgres_database(url: str) -> None:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def terminate_postgres_connections(url: str) -> int:
+    """Kill every server process connected to ``url``'s database (as a restart or a failover
+    would), from another database; returns how many, once they are gone."""
+    name = make_url(url).database
+    with psycopg.connect(_libpq(POSTGRES_URL), autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        ).fetchall()
+    if not all(killed for (killed,) in rows):
+        raise RuntimeError("a backend outlived pg_terminate_backend's 10 s wait")
+    return len(rows)
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A fresh, migrated PostgreSQL database for this test session, dropped at the end."""

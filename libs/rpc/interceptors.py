@@ -2,8 +2,9 @@
 
 It binds a request id (from ``x-request-id`` metadata, or a new one) and the method name to
 structlog's contextvars for the duration of the call, and maps domain errors to gRPC status
-codes with google.rpc details. Anything unexpected is logged with its traceback and answered
-with a bare INTERNAL, never a stack trace to the caller.
+codes with google.rpc details. A lost database connection is UNAVAILABLE (retryable).
+Anything unexpected is logged with its traceback and answered with a bare INTERNAL, never a
+stack trace to the caller.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from libs.errors import DomainError, FieldViolation, InvalidArgument, ResourceEx
 from libs.logging import get_logger
 from libs.rpc.status import status_for
 from libs.rpc.wire import undecodable_field
+from libs.storage.errors import is_connection_lost
 
 REQUEST_ID_KEY = "x-request-id"
 _log = get_logger("nextbest.rpc")
@@ -71,6 +73,11 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: Exception) 
     if isinstance(error, NotImplementedError):
         # The generated servicer base of an RPC the proto declares but no servicer serves yet.
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not implemented by this server")
+    if is_connection_lost(error):
+        # Not a bug: the database went away (restart, failover, a killed backend) or refused
+        # a connection; the pool replaces the connection, so the caller may retry.
+        _log.warning("database unavailable", error=type(error).__name__)
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "database unavailable; retry")
     _log.exception("unhandled error")
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 

@@ -1,6 +1,7 @@
 """Shared storage runtime: declarative base, engines, unit of work, migrations runner."""
 
 from libs.storage.database import Base, Database
+from libs.storage.errors import is_connection_lost
 from libs.storage.uow import ErasingUnitOfWork, SqlUnitOfWork, StorageConflict, UnitOfWork
 
 __all__ = [
@@ -10,4 +11,5 @@ __all__ = [
     "SqlUnitOfWork",
     "StorageConflict",
     "UnitOfWork",
+    "is_connection_lost",
 ]

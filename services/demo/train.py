@@ -26,6 +26,7 @@ __all__ = [
     "DEMO_FEATURES",
     "DEMO_MODEL_NAME",
     "DEMO_MODEL_VERSION",
+    "DEMO_SEED",
     "demo_feature_specs",
     "generate_training_data",
     "simulate_demo_decisions",
@@ -34,6 +35,7 @@ __all__ = [
 
 DEMO_MODEL_NAME: Final = "demo_propensity"
 DEMO_MODEL_VERSION: Final = "1"
+DEMO_SEED: Final = 7
 
 # Order matters: it is the column order of the model's input tensor.
 #   event_count:X  - number of events of type X the customer has
@@ -158,7 +160,7 @@ def generate_training_data(
     return training_matrix(simulate_demo_decisions(rows, seed), demo_feature_specs())
 
 
-def train_demo_model(seed: int = 7) -> bytes:
+def train_demo_model(seed: int = DEMO_SEED) -> bytes:
     """The demo GradientBoostingClassifier, fitted on all simulated rows, as ONNX bytes."""
     x, y = generate_training_data(seed=seed)
     result = train_propensity(

@@ -95,8 +95,25 @@ def export_onnx(model: Any, n_features: int) -> bytes:
         options={id(final): {"zipmap": False}},
         target_opset=_TARGET_OPSET,
     )
-    data: bytes = onx.SerializeToString()
+    _canonical_opsets(onx)
+    data: bytes = onx.SerializeToString(deterministic=True)
     return data
+
+
+def _canonical_opsets(model: Any) -> None:
+    """One ``opset_import`` entry per domain, sorted by domain.
+
+    skl2onnx collects the opsets its converters used in a set, so their order (and with it
+    the bytes and the checksum) changed with the process's hash seed: the same seed must give
+    the same bytes, or registering the same version again is refused. A pipeline also lists
+    a domain once per step; the highest version of each domain is the one that applies.
+    """
+    versions: dict[str, int] = {}
+    for entry in model.opset_import:
+        versions[entry.domain] = max(versions.get(entry.domain, 0), entry.version)
+    del model.opset_import[:]
+    for domain in sorted(versions):
+        model.opset_import.add(domain=domain, version=versions[domain])
 
 
 def _metrics(

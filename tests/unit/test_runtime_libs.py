@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psycopg
 import pytest
+import sqlalchemy.exc
 import structlog
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -371,6 +373,45 @@ async def test_interceptor_answers_a_domain_error_with_its_rich_status() -> None
 async def test_interceptor_hides_unexpected_errors_behind_internal() -> None:
     async def decide(request: Any, context: Any) -> Any:
         raise RuntimeError("secret table name in a traceback")
+
+    context = FakeServicerContext()
+
+    with pytest.raises(Aborted):
+        await (await intercepted(decide))(object(), context)
+
+    assert context.aborted == (grpc.StatusCode.INTERNAL, "internal error", ())
+
+
+def _lost_connection_errors() -> list[BaseException]:
+    """What a dropped PostgreSQL connection looks like when it reaches a handler: as the
+    driver raises it, as SQLAlchemy wraps it, and wrapped again by a caller."""
+    driver = psycopg.errors.AdminShutdown("terminating connection due to administrator command")
+    wrapped = sqlalchemy.exc.OperationalError("SELECT 1", {}, driver, connection_invalidated=True)
+    invalidated = sqlalchemy.exc.DBAPIError("SELECT 1", {}, driver, connection_invalidated=True)
+    rewrapped = RuntimeError("could not record the decision")
+    rewrapped.__cause__ = wrapped
+    return [driver, wrapped, invalidated, rewrapped]
+
+
+@pytest.mark.parametrize("error", _lost_connection_errors(), ids=type)
+async def test_interceptor_answers_a_lost_database_connection_with_unavailable(
+    error: BaseException,
+) -> None:
+    async def decide(request: Any, context: Any) -> Any:
+        raise error
+
+    context = FakeServicerContext()
+
+    with pytest.raises(Aborted):
+        await (await intercepted(decide))(object(), context)
+
+    assert context.aborted is not None
+    assert context.aborted[0] == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_interceptor_keeps_other_database_errors_internal() -> None:
+    async def decide(request: Any, context: Any) -> Any:
+        raise sqlalchemy.exc.ProgrammingError("SELECT x", {}, Exception("no such column"))
 
     context = FakeServicerContext()
 
