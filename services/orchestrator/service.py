@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import re
 import time
@@ -169,6 +170,26 @@ def _predictions(
     )
 
 
+_LEVEL_ORDER = (
+    PersonalizationLevel.NONE,
+    PersonalizationLevel.BASIC,
+    PersonalizationLevel.FULL,
+)
+
+
+def strictest_consent(own: ProfileContext, others: Sequence[ProfileContext]) -> ProfileContext:
+    """``own`` with the lowest personalisation level of all and every purpose refused by
+    any of them refused (granted where one granted it and none refused)."""
+    level = min((own.personalization, *(o.personalization for o in others)), key=_LEVEL_ORDER.index)
+    consents = dict(own.consents)
+    for other in others:
+        for purpose, granted in other.consents.items():
+            consents[purpose] = consents.get(purpose, granted) and granted
+    if level == own.personalization and consents == own.consents:
+        return own
+    return replace(own, personalization=level, consents=consents)
+
+
 def _default_action(
     listed: CandidateList, command: DecideCommand, why: str
 ) -> Prioritization | None:
@@ -299,6 +320,8 @@ class DecisionEngine:
         self._new_id = new_id
         self._changes = changes or InProcessChangeFeed()
         self.outbox = DecisionOutbox(context)
+        # Context moves of merged profiles under way, by survivor (see _move_later).
+        self._moves: dict[str, asyncio.Task[None]] = {}
         # Last candidates per (channel, placement): the fallback when arbitration is down.
         self._last_candidates: OrderedDict[tuple[str, str], CandidateList] = OrderedDict()
         # The scoring candidates of each listed tuple of actions (see _scoring_candidates).
@@ -310,8 +333,49 @@ class DecisionEngine:
         ] = ByIdentity(_SCORING_INPUTS)
 
     async def close(self) -> None:
-        """Store what the outbox holds (graceful stop)."""
+        """Finish the moves under way and store what the outbox holds (graceful stop)."""
+        if self._moves:
+            await asyncio.wait(list(self._moves.values()), timeout=10.0)
         await self.outbox.close()
+
+    def _move_later(self, survivor: str, merged: list[str]) -> None:
+        """Move the context of ``merged`` to ``survivor`` behind the current decision, then
+        settle the merge with identity and wake the profiles' watchers. A move that fails
+        stays unsettled in identity, which reports it again: the next decision or event of
+        the customer moves it (the move is idempotent)."""
+
+        async def move() -> None:
+            try:
+                await self._context.merge_profiles(survivor, merged)
+            except Exception as error:
+                _log.warning("merge not moved yet", survivor=survivor, error=str(error))
+                return
+            finally:
+                self._moves.pop(survivor, None)
+            await _settle(self._identity, survivor, merged)
+            await self._announce([survivor, *merged])
+
+        # A context of its own: the move is not bound by this decision's deadline.
+        self._moves[survivor] = asyncio.get_running_loop().create_task(
+            move(), context=contextvars.Context()
+        )
+
+    async def _read_while_merging(
+        self, survivor: str, merged: list[str], reasons: DegradedReasons
+    ) -> ProfileContext | None:
+        """The survivor's context, under the strictest consent among the survivor's and the
+        merged profiles' (the move behind the decision settles them; until then nothing
+        one of them refused is used). None when any of them cannot be read."""
+        contexts = await asyncio.gather(
+            *(
+                self._ask("context", self._context.get_profile_context(p), reasons)
+                for p in (survivor, *merged)
+            )
+        )
+        if any(c is None for c in contexts):
+            return None
+        own, *others = [c for c in contexts if c is not None]
+        return strictest_consent(own, others)
 
     async def flush_decisions(self, timeout_s: float = _OUTCOME_FLUSH_S) -> None:
         """Wait until every decision answered so far is stored."""
@@ -361,17 +425,12 @@ class DecisionEngine:
         profile_id = resolution.profile_id if resolution else ""
         structlog.contextvars.bind_contextvars(profile_id=profile_id)
         merged = _to_move(resolution) if resolution is not None else []
-        if merged:
-            # Identity merged profiles (e.g. a login joins two anonymous cookies), now or
-            # while context was down: their history moves to the survivor first, so this
-            # decision already sees it; then identity stops reporting them (settled).
-            moved = await self._ask(
-                "context", self._context.merge_profiles(profile_id, merged), reasons
-            )
-            if moved is not None:
-                await _settle(self._identity, profile_id, merged)
-                await self._announce([profile_id, *merged])
-
+        moving = self._moves.get(profile_id) if merged else None
+        if moving is not None:
+            # A move of these profiles is under way (a decision just before this one
+            # started it): wait for it, so this decision sees the whole history.
+            await self._ask("context", asyncio.shield(moving), reasons)
+            merged = []
         fresh = resolution is not None and resolution.created and not merged
         read_profile: Awaitable[ProfileContext | None]
         if fresh:
@@ -380,6 +439,12 @@ class DecisionEngine:
             )
         elif resolution is None:
             read_profile = _ready(None)
+        elif merged:
+            # Identity merged profiles (e.g. a login joins two anonymous cookies): their
+            # history moves to the survivor behind this decision, which reads the
+            # survivor's context under the strictest consent of them all.
+            self._move_later(profile_id, merged)
+            read_profile = self._read_while_merging(profile_id, merged, reasons)
         else:
             read_profile = self._ask(
                 "context", self._context.get_profile_context(profile_id), reasons
