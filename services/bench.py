@@ -184,6 +184,43 @@ def cpu_probe(pids: Mapping[str, int]) -> CpuProbe:
     return lambda: {name: cpu_seconds(pid) for name, pid in frozen.items()}
 
 
+class PostgresBackendsCpu:
+    """Cumulative CPU seconds of the PostgreSQL backends serving one database, when the
+    server runs on this host (its processes are in /proc); None when they cannot be read.
+
+    Backends come and go with the servers' connection pools: each one seen keeps counting
+    with its last reading, so the sum never goes back (a backend's CPU between its last
+    reading and its exit is missed, which the warm-up's settled pools make rare)."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self._connection = psycopg.connect(_libpq(url), autocommit=True)
+        self._seen: dict[int, float] = {}
+
+    def __call__(self) -> float | None:
+        rows = self._connection.execute(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+        for (pid,) in rows:
+            # Only a local postgres process: a remote server's pid names some other process.
+            if _command(pid) == "postgres" and (seconds := cpu_seconds(pid)) is not None:
+                self._seen[pid] = seconds
+        return sum(self._seen.values()) if self._seen else None
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def _command(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as comm:
+            return comm.read().strip()
+    except OSError:
+        return ""
+
+
 def cpu_ms_per_call(
     before: CpuSnapshot, after: CpuSnapshot, calls: int
 ) -> tuple[float | None, dict[str, float | None]]:
@@ -584,18 +621,17 @@ async def sweep(
     channel: str = "web",
     identifier: IdentifierOf | None = None,
     peak_rss: Callable[[], dict[str, float | None]] | None = None,
-    server_pids: Mapping[str, int] | None = None,
+    server_cpu: CpuProbe | None = None,
 ) -> dict[str, Any]:
     """Echo baseline then Decide at each concurrency; JSON-serialisable result.
 
     ``peak_rss`` (if given) is read after each level: the high-water mark of every server
-    process so far. ``server_pids`` (the processes serving ``target``, by name) give the
-    servers' CPU per Decide; without them it is unknown (None). The echo chain's CPU per
-    call is always measured: the bench starts it."""
+    process so far. ``server_cpu`` (the CPU seconds of the processes serving ``target``, by
+    name; see cpu_probe) gives the servers' CPU per Decide; without it that is unknown
+    (None). The echo chain's CPU per call is always measured: the bench starts it."""
     # The chain start blocks (spawn + probes): keep it off the event loop.
     chain = await asyncio.to_thread(launch_echo_chain, baseline_hops)
     echo_cpu = cpu_probe(chain.pids)
-    server_cpu = cpu_probe(server_pids) if server_pids else None
     levels: list[dict[str, Any]] = []
     try:
         for concurrency in concurrencies:
@@ -651,7 +687,7 @@ async def sweep(
             "load_generator": "same host, closed loop",
             "max_fallback_share": MAX_FALLBACK_SHARE,
             "server_cpu": "measured"
-            if server_pids
+            if server_cpu
             else "unknown (servers not started by the bench)",
         },
         "levels": levels,
@@ -708,8 +744,9 @@ def format_table(result: dict[str, Any]) -> str:
         f"{settings.get('duration_s', '?')} s per level after {settings.get('warmup_s', '?')} s"
         f" warm-up; echo baseline with {settings.get('baseline_hops', '?')} hop(s);"
         " load generator on the same host",
-        "CPU ms: user + system CPU of all server processes together (decide) or of the echo"
-        " processes (echo), per call completed in the window",
+        "CPU ms: user + system CPU per call completed in the window, of all server processes"
+        " together (with a local PostgreSQL's backends) for decide, of the echo processes for"
+        " echo",
         header,
         "-" * len(header),
     ]
@@ -1065,6 +1102,30 @@ def decision_log_size(url: str) -> dict[str, Any] | None:
     return {"table": table, "rows": rows, **found}
 
 
+def _server_cpu(pids: Mapping[str, int], url: str) -> tuple[CpuProbe, Callable[[], None]]:
+    """The CPU probe of a deployment's processes, plus the PostgreSQL backends of its
+    database when they run on this host (the embedded shape's SQLite work is in its own
+    process, so a comparison of shapes has to count the database server too); and a
+    function that closes what the probe holds."""
+    from sqlalchemy.engine import make_url
+
+    servers = cpu_probe(pids)
+    database: PostgresBackendsCpu | None = None
+    if make_url(url).get_backend_name() == "postgresql":
+        database = PostgresBackendsCpu(url)
+        if database() is None:  # not on this host: its CPU stays out of the figures
+            database.close()
+            database = None
+
+    def probe() -> CpuSnapshot:
+        found = dict(servers())
+        if database is not None:
+            found["postgres"] = database()
+        return found
+
+    return probe, (database.close if database is not None else lambda: None)
+
+
 async def run_scenario(scenario: Scenario) -> dict[str, Any]:
     """Start the shape on loopback (services/launch.py), set up its catalog and data, run the
     sweep against it and the echo baseline, stop everything; JSON-serialisable result."""
@@ -1132,18 +1193,22 @@ async def run_scenario(scenario: Scenario) -> dict[str, Any]:
                     address, channel, identifier or cookie_identifiers(scenario.profiles)
                 )
                 pids = deployment.pids()
-                result = await sweep(
-                    address,
-                    concurrencies=scenario.concurrencies,
-                    duration_s=scenario.duration_s,
-                    warmup_s=scenario.warmup_s,
-                    baseline_hops=scenario.baseline_hops,
-                    profiles=scenario.profiles,
-                    channel=channel,
-                    identifier=identifier,
-                    peak_rss=lambda: {name: peak_rss_mb(pid) for name, pid in pids.items()},
-                    server_pids=pids,
-                )
+                server_cpu, close_cpu = _server_cpu(pids, url)
+                try:
+                    result = await sweep(
+                        address,
+                        concurrencies=scenario.concurrencies,
+                        duration_s=scenario.duration_s,
+                        warmup_s=scenario.warmup_s,
+                        baseline_hops=scenario.baseline_hops,
+                        profiles=scenario.profiles,
+                        channel=channel,
+                        identifier=identifier,
+                        peak_rss=lambda: {name: peak_rss_mb(pid) for name, pid in pids.items()},
+                        server_cpu=server_cpu,
+                    )
+                finally:
+                    close_cpu()
             finally:
                 deployment.stop()
             # Once the servers stopped: whatever they still held in memory is written.

@@ -241,7 +241,7 @@ async def test_sweep_counts_fallbacks_and_errors_apart_and_reads_server_cpu() ->
             warmup_s=0.1,
             baseline_hops=0,
             profiles=10,
-            server_pids={"fake": os.getpid()},  # the fake serves from this process
+            server_cpu=bench.cpu_probe({"fake": os.getpid()}),  # the fake serves from here
         )
     finally:
         await server.stop(0)

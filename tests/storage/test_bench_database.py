@@ -1,4 +1,5 @@
-"""`nextbest bench`'s decision-log size per decision, on SQLite and PostgreSQL."""
+"""`nextbest bench` on the database: the decision log's size per decision (SQLite and PostgreSQL)
+and the CPU of the PostgreSQL backends."""
 
 from __future__ import annotations
 
@@ -74,3 +75,26 @@ async def test_sqlite_without_dbstat_counts_about_the_same_bytes(
     assert size is not None
     # dbstat's record bytes add a header of a few bytes per row to the values themselves.
     assert columns < size["bytes_per_row"] < columns + 50
+
+
+@pytest.mark.postgres
+def test_postgres_backends_cpu_counts_the_database_servers_work(postgres_url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    from libs.storage.database import sync_url
+
+    engine = create_engine(sync_url(postgres_url))
+    probe = bench.PostgresBackendsCpu(postgres_url)
+    try:
+        with engine.connect() as worker:
+            worker.execute(text("SELECT 1"))
+            before = probe()
+            # Some CPU for the backend serving `worker` (several ticks of /proc's clock).
+            worker.execute(text("SELECT count(*) FROM generate_series(1, 3000000)"))
+            after = probe()
+    finally:
+        probe.close()
+        engine.dispose()
+
+    assert before is not None and after is not None
+    assert after > before
