@@ -1254,7 +1254,9 @@ def format_actions_table(sweep_result: Mapping[str, Any]) -> str:
         second += f" | {'rps':>8} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>6} {'CPU ms':>8}"
     first += " | decision log"
     second += " | bytes/row"
-    lines = [describe_scenario(runs[0]["scenario"]), first, second, "-" * len(second)]
+    sizes = ",".join(str(run["scenario"]["actions"]) for run in runs)
+    described = describe_scenario({**runs[0]["scenario"], "actions": sizes})
+    lines = [described, first, second, "-" * len(second)]
     notes: list[str] = []
     for run in runs:
         actions = run["scenario"]["actions"]

@@ -421,3 +421,4 @@ def test_actions_sweep_table_has_a_row_per_catalog_size() -> None:
     assert rows["1000"].count("200.0") == 1 and "n/a" in rows["1000"]
     assert rows["1000"].rstrip().endswith("40,000")
     assert "1000 actions, concurrency 16: 0.5% degraded" in table
+    assert "actions 10,1000" in table.splitlines()[0]
