@@ -8,6 +8,12 @@ against the real DecisionService. The ratio decide/echo is the figure that trave
 
 The load is closed-loop: `concurrency` workers each send the next request as soon as the
 previous one answered, so throughput and latency are measured at a fixed number in flight.
+
+A figure is only a figure when the hub really decided: answers marked `degraded` (a fallback
+decided) are counted apart, per reason, and so are errors, per status code; a level with
+more than a trace of either is reported as not valid. When the bench started the servers
+itself it also reads their CPU time (Linux /proc) around each measured window, so the cost
+of a Decide is given in server CPU milliseconds next to its throughput.
 """
 
 from __future__ import annotations
@@ -17,12 +23,14 @@ import asyncio
 import itertools
 import os
 import platform
+import re
 import select
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, cast
 
 import grpc
@@ -47,11 +55,25 @@ Call = Callable[[int], Awaitable[object]]
 # Request number -> the (type, value) of the identifier a Decide names.
 IdentifierOf = Callable[[int], tuple[str, str]]
 Close = Callable[[], Awaitable[None]]
+# An answer -> why it is a fallback (degraded), or None when the service really answered.
+FallbackOf = Callable[[object], str | None]
+# Process name -> its CPU seconds so far (None: unreadable, e.g. the process is gone).
+CpuSnapshot = Mapping[str, float | None]
+CpuProbe = Callable[[], CpuSnapshot]
+
+# A level with more than this share of degraded answers or of errors is not a figure: a
+# fallback or a failure costs far less than a decision and would flatter the throughput.
+MAX_FALLBACK_SHARE = 0.001
+# Reasons beyond this many distinct ones are counted as "other" (a result file stays small).
+MAX_REASONS = 20
 
 
 @dataclass
 class LoadResult:
-    """One measured load level. `requests` counts successful calls only; `rps` is their rate."""
+    """One measured load level. `requests` counts successful (OK) calls only, degraded
+    answers included; `rps` is their rate. `degraded` of them were fallbacks, counted per
+    normalised reason; failed calls are counted per status code. CPU is the servers' CPU
+    time over the measured window divided by the calls completed in it (None: unknown)."""
 
     name: str
     concurrency: int
@@ -62,51 +84,234 @@ class LoadResult:
     p50_ms: float
     p95_ms: float
     p99_ms: float
+    degraded: int = 0
+    degraded_reasons: dict[str, int] = field(default_factory=dict)
+    error_codes: dict[str, int] = field(default_factory=dict)
+    cpu_ms_per_call: float | None = None
+    cpu_ms_per_call_by_process: dict[str, float | None] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# --------------------------------------------------------------------------- honesty rules
+
+_HEX_ID = re.compile(r"\b(?=[0-9a-f-]*[0-9])[0-9a-f]{8,}(?:-[0-9a-f]{4,})*\b", re.IGNORECASE)
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def reason_key(reason: str) -> str:
+    """One degraded reason with its variable parts replaced, so that "context: timeout after
+    102 ms" and "... after 97 ms" count together: ids become <id>, numbers N."""
+    text = " ".join(reason.split())
+    text = _NUMBER.sub("N", _HEX_ID.sub("<id>", text))
+    return text or "unspecified"
+
+
+def count_reasons(reasons: Iterable[str], limit: int = MAX_REASONS) -> dict[str, int]:
+    """Count degraded answers per reason. An answer may give several reasons joined by
+    "; " (each counted once for it); at most ``limit`` distinct reasons, the rest "other"."""
+    counts: Counter[str] = Counter()
+    for joined in reasons:
+        parts = {reason_key(part) for part in joined.split(";") if part.strip()}
+        for key in parts or {"unspecified"}:
+            if key not in counts and len(counts) >= limit:
+                key = "other"
+            counts[key] += 1
+    return dict(counts.most_common())
+
+
+def error_code(error: BaseException) -> str:
+    """The gRPC status code name of a failed call (the exception type for anything else)."""
+    if isinstance(error, grpc.RpcError) and hasattr(error, "code"):
+        code = error.code()
+        return str(getattr(code, "name", code))
+    return type(error).__name__
+
+
+def decide_fallback(response: object) -> str | None:
+    """A DecideResponse's degraded reason (None when the hub decided normally)."""
+    decision = getattr(response, "decision", None)
+    if decision is None or not decision.degraded:
+        return None
+    return str(decision.degraded_reason)
+
+
+def invalid_because(decide: Mapping[str, Any], echo: Mapping[str, Any] | None = None) -> str:
+    """Why a level is not a valid figure ("" when it is): degraded answers or errors above
+    MAX_FALLBACK_SHARE of the calls, or nothing answered at all (also for its echo)."""
+    problems: list[str] = []
+    for label, point in (("", decide), ("echo ", echo)):
+        if point is None:
+            continue
+        ok, errors = int(point.get("requests", 0)), int(point.get("errors", 0))
+        degraded = int(point.get("degraded", 0))
+        calls = ok + errors
+        if ok == 0:
+            problems.append(f"{label}no answer")
+            continue
+        if degraded / calls > MAX_FALLBACK_SHARE:
+            problems.append(f"{label}{100 * degraded / calls:.1f}% degraded")
+        if errors / calls > MAX_FALLBACK_SHARE:
+            problems.append(f"{label}{100 * errors / calls:.1f}% errors")
+    return ", ".join(problems)
+
+
+# --------------------------------------------------------------------------- server CPU
+
+
+def parse_proc_stat(text: str, ticks_per_s: float) -> float:
+    """User + system CPU seconds of a process from the text of /proc/<pid>/stat (all its
+    threads; children it has not waited for are not included)."""
+    # The command name (field 2) is in parentheses and may itself hold spaces or ")".
+    fields = text.rsplit(")", 1)[1].split()
+    # Fields 14 and 15 of proc(5) are utime and stime; fields[0] here is field 3.
+    return (int(fields[11]) + int(fields[12])) / ticks_per_s
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU seconds a process has used so far (None when it is gone or not Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return parse_proc_stat(stat.read(), os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cpu_probe(pids: Mapping[str, int]) -> CpuProbe:
+    """A probe returning every named process's CPU seconds at the time it is called."""
+    frozen = dict(pids)
+    return lambda: {name: cpu_seconds(pid) for name, pid in frozen.items()}
+
+
+class PostgresBackendsCpu:
+    """Cumulative CPU seconds of the PostgreSQL backends serving one database, when the
+    server runs on this host (its processes are in /proc); None when they cannot be read.
+
+    Backends come and go with the servers' connection pools: each one seen keeps counting
+    with its last reading, so the sum never goes back (a backend's CPU between its last
+    reading and its exit is missed, which the warm-up's settled pools make rare)."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self._connection = psycopg.connect(_libpq(url), autocommit=True)
+        self._seen: dict[int, float] = {}
+
+    def __call__(self) -> float | None:
+        rows = self._connection.execute(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+        for (pid,) in rows:
+            # Only a local postgres process: a remote server's pid names some other process.
+            if _command(pid) == "postgres" and (seconds := cpu_seconds(pid)) is not None:
+                self._seen[pid] = seconds
+        return sum(self._seen.values()) if self._seen else None
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def _command(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as comm:
+            return comm.read().strip()
+    except OSError:
+        return ""
+
+
+def cpu_ms_per_call(
+    before: CpuSnapshot, after: CpuSnapshot, calls: int
+) -> tuple[float | None, dict[str, float | None]]:
+    """(all processes together, per process) CPU milliseconds per call between two
+    snapshots. The total is None when a process could not be read at either end (its CPU
+    is unknown, so the sum would under-count) or when no call completed."""
+    per_process: dict[str, float | None] = {}
+    for name, start in before.items():
+        end = after.get(name)
+        if start is None or end is None or calls <= 0:
+            per_process[name] = None
+        else:
+            per_process[name] = (end - start) * 1000.0 / calls
+    known = [ms for ms in per_process.values() if ms is not None]
+    total = sum(known) if per_process and len(known) == len(per_process) else None
+    return total, per_process
 
 
 # --------------------------------------------------------------------------- load driver
 
 
 async def drive(
-    call: Call, *, concurrency: int, duration_s: float, warmup_s: float, name: str
+    call: Call,
+    *,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    name: str,
+    fallback_of: FallbackOf | None = None,
+    cpu: CpuProbe | None = None,
 ) -> LoadResult:
-    """Run `concurrency` closed-loop workers for warmup_s (discarded) then duration_s."""
+    """Run `concurrency` closed-loop workers for warmup_s (discarded) then duration_s.
+
+    ``fallback_of`` tells a degraded answer from a real one; ``cpu`` is read at the start
+    and at the end of the measured window, and its difference is divided by the calls that
+    completed between the two readings (whatever their outcome: each cost the servers)."""
     if concurrency < 1:
         raise ValueError("concurrency must be >= 1")
     counter = itertools.count()
     latencies: list[float] = []
-    errors = 0
+    fallbacks: list[str] = []
+    failures: list[str] = []
+    completed = 0
     start = time.perf_counter()
     recording_from = start + warmup_s
     stop_at = recording_from + duration_s
+    readings: list[tuple[int, CpuSnapshot]] = []
 
     async def worker() -> None:
-        nonlocal errors
+        nonlocal completed
         while True:
             t0 = time.perf_counter()
             if t0 >= stop_at:
                 return
-            failed = False
+            failure: str | None = None
+            answer: object = None
             try:
-                await call(next(counter))
-            except Exception:  # a benchmark counts failures, it does not stop on them
-                failed = True
+                answer = await call(next(counter))
+            except Exception as error:  # a benchmark counts failures, it does not stop on them
+                failure = error_code(error)
             t1 = time.perf_counter()
+            completed += 1
             # Only calls wholly inside the window: no warm-up bleed, no overrun at the end.
             if t0 >= recording_from and t1 <= stop_at:
-                if failed:
-                    errors += 1
+                if failure is not None:
+                    failures.append(failure)
                 else:
                     latencies.append(t1 - t0)
+                    reason = fallback_of(answer) if fallback_of is not None else None
+                    if reason is not None:
+                        fallbacks.append(reason)
+
+    async def read_cpu(probe: CpuProbe) -> None:
+        # The completion count and the CPU are read together, on the loop that counts.
+        for at in (recording_from, stop_at):
+            await asyncio.sleep(max(0.0, at - time.perf_counter()))
+            readings.append((completed, probe()))
 
     tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    if cpu is not None:
+        tasks.append(asyncio.create_task(read_cpu(cpu)))
     await asyncio.wait(tasks, timeout=warmup_s + duration_s + CANCEL_GRACE_S)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+    cpu_total: float | None = None
+    cpu_by_process: dict[str, float | None] = {}
+    if len(readings) == 2:
+        (calls_before, before), (calls_after, after) = readings
+        cpu_total, cpu_by_process = cpu_ms_per_call(before, after, calls_after - calls_before)
 
     if latencies:
         p50, p95, p99 = (float(v) * 1000.0 for v in np.percentile(latencies, [50, 95, 99]))
@@ -116,12 +321,17 @@ async def drive(
         name=name,
         concurrency=concurrency,
         requests=len(latencies),
-        errors=errors,
+        errors=len(failures),
         duration_s=float(duration_s),
         rps=len(latencies) / duration_s if duration_s > 0 else 0.0,
         p50_ms=p50,
         p95_ms=p95,
         p99_ms=p99,
+        degraded=len(fallbacks),
+        degraded_reasons=count_reasons(fallbacks),
+        error_codes=dict(Counter(failures).most_common()),
+        cpu_ms_per_call=cpu_total,
+        cpu_ms_per_call_by_process=cpu_by_process,
     )
 
 
@@ -317,12 +527,22 @@ def _read_address(proc: subprocess.Popen[bytes], deadline: float) -> str:
                 return line
 
 
-def start_echo_chain(hops: int) -> tuple[str, Callable[[], None]]:
+@dataclass
+class EchoChain:
+    """A running echo baseline: its front's address, its processes' pids by name (front,
+    hop1...) and an idempotent stop function."""
+
+    front: str
+    pids: dict[str, int]
+    stop: Callable[[], None]
+
+
+def launch_echo_chain(hops: int) -> EchoChain:
     """Start a front echo server plus `hops` backends, each its own OS process.
 
-    Returns the front's address and an idempotent stop function. Separate processes because
-    that is what the real deployment has: one interpreter (and GIL) per service. Children
-    also exit by themselves when this process dies (they watch their parent pid).
+    Separate processes because that is what the real deployment has: one interpreter (and
+    GIL) per service. Children also exit by themselves when this process dies (they watch
+    their parent pid).
     """
     if hops < 0:
         raise ValueError("hops must be >= 0")
@@ -357,7 +577,9 @@ def start_echo_chain(hops: int) -> tuple[str, Callable[[], None]]:
     except BaseException:
         stop()
         raise
-    return front, stop
+    pids = {"front": front_proc.pid}
+    pids.update({f"hop{n}": proc.pid for n, proc in enumerate(backend_procs, 1)})
+    return EchoChain(front, pids, stop)
 
 
 # --------------------------------------------------------------------------- sweep + report
@@ -370,11 +592,19 @@ async def _measure(
     duration_s: float,
     warmup_s: float,
     name: str,
+    fallback_of: FallbackOf | None = None,
+    cpu: CpuProbe | None = None,
 ) -> LoadResult:
     call, close = opened
     try:
         return await drive(
-            call, concurrency=concurrency, duration_s=duration_s, warmup_s=warmup_s, name=name
+            call,
+            concurrency=concurrency,
+            duration_s=duration_s,
+            warmup_s=warmup_s,
+            name=name,
+            fallback_of=fallback_of,
+            cpu=cpu,
         )
     finally:
         await close()
@@ -391,22 +621,27 @@ async def sweep(
     channel: str = "web",
     identifier: IdentifierOf | None = None,
     peak_rss: Callable[[], dict[str, float | None]] | None = None,
+    server_cpu: CpuProbe | None = None,
 ) -> dict[str, Any]:
     """Echo baseline then Decide at each concurrency; JSON-serialisable result.
 
     ``peak_rss`` (if given) is read after each level: the high-water mark of every server
-    process so far."""
+    process so far. ``server_cpu`` (the CPU seconds of the processes serving ``target``, by
+    name; see cpu_probe) gives the servers' CPU per Decide; without it that is unknown
+    (None). The echo chain's CPU per call is always measured: the bench starts it."""
     # The chain start blocks (spawn + probes): keep it off the event loop.
-    echo_target, stop_echo = await asyncio.to_thread(start_echo_chain, baseline_hops)
+    chain = await asyncio.to_thread(launch_echo_chain, baseline_hops)
+    echo_cpu = cpu_probe(chain.pids)
     levels: list[dict[str, Any]] = []
     try:
         for concurrency in concurrencies:
             echo = await _measure(
-                await echo_caller(echo_target),
+                await echo_caller(chain.front),
                 concurrency=concurrency,
                 duration_s=duration_s,
                 warmup_s=warmup_s,
                 name=f"echo(hops={baseline_hops})",
+                cpu=echo_cpu,
             )
             decide = await _measure(
                 await decide_caller(
@@ -416,18 +651,23 @@ async def sweep(
                 duration_s=duration_s,
                 warmup_s=warmup_s,
                 name="decide",
+                fallback_of=decide_fallback,
+                cpu=server_cpu,
             )
+            problem = invalid_because(decide.as_dict(), echo.as_dict())
             levels.append(
                 {
                     "concurrency": concurrency,
                     "echo": echo.as_dict(),
                     "decide": decide.as_dict(),
                     "ratio": decide.rps / echo.rps if echo.rps > 0 else 0.0,
+                    "valid": not problem,
+                    "invalid_because": problem,
                     "peak_rss_mb": peak_rss() if peak_rss is not None else {},
                 }
             )
     finally:
-        await asyncio.to_thread(stop_echo)
+        await asyncio.to_thread(chain.stop)
     return {
         "target": target,
         "machine": {
@@ -445,18 +685,56 @@ async def sweep(
             "profiles": profiles,
             "channel": channel,
             "load_generator": "same host, closed loop",
+            "max_fallback_share": MAX_FALLBACK_SHARE,
+            "server_cpu": "measured"
+            if server_cpu
+            else "unknown (servers not started by the bench)",
         },
         "levels": levels,
     }
 
 
+def _ms(value: float | None, width: int = 8) -> str:
+    return f"{'?':>{width}}" if value is None else f"{value:>{width}.2f}"
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{key} {n}" for key, n in counts.items())
+
+
+def level_problem(level: Mapping[str, Any]) -> str:
+    """Why a level is not a valid figure ("" when it is); computed again for result files
+    written before the bench judged validity."""
+    if "invalid_because" in level:
+        return str(level["invalid_because"])
+    return invalid_because(level["decide"], level.get("echo"))
+
+
+def ratio_cell(level: Mapping[str, Any]) -> str:
+    """decide/echo, or "n/a (why)" when the level is not a valid figure."""
+    problem = level_problem(level)
+    return f"n/a ({problem})" if problem else f"{level['ratio']:.2f}"
+
+
+def format_decision_log(log: Mapping[str, Any] | None) -> str:
+    if not log or not log.get("rows"):
+        return "decision log: no decision recorded (or the database could not be read)"
+    stored = log.get("stored_bytes_per_row")
+    return (
+        f"decision log ({log['table']}): {log['rows']:,} rows,"
+        f" {log['bytes_per_row']:,.0f} bytes per row ({log['method']})"
+        + (f", {stored:,.0f} bytes stored per row ({log['stored_method']})" if stored else "")
+    )
+
+
 def format_table(result: dict[str, Any]) -> str:
-    """Human-readable summary of a `sweep` result."""
+    """Human-readable summary of a `sweep` (or `run_scenario`) result."""
     machine = result.get("machine", {})
     settings = result.get("settings", {})
     header = (
         f"{'conc':>5} | {'decide rps':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'err':>5}"
-        f" | {'echo rps':>10} {'p50 ms':>8} {'p99 ms':>8} | {'ratio':>6}"
+        f" {'degr':>5} {'CPU ms':>8} | {'echo rps':>10} {'p50 ms':>8} {'p99 ms':>8}"
+        f" {'CPU ms':>8} | ratio"
     )
     scenario = result.get("scenario")
     lines = [] if not scenario else [describe_scenario(scenario)]
@@ -466,18 +744,46 @@ def format_table(result: dict[str, Any]) -> str:
         f"{settings.get('duration_s', '?')} s per level after {settings.get('warmup_s', '?')} s"
         f" warm-up; echo baseline with {settings.get('baseline_hops', '?')} hop(s);"
         " load generator on the same host",
+        "CPU ms: user + system CPU per call completed in the window, of all server processes"
+        " together (with a local PostgreSQL's backends) for decide, of the echo processes for"
+        " echo",
         header,
         "-" * len(header),
     ]
-    for level in result.get("levels", []):
+    levels = result.get("levels", [])
+    for level in levels:
         d, e = level["decide"], level["echo"]
         lines.append(
             f"{level['concurrency']:>5} | {d['rps']:>10.1f} {d['p50_ms']:>8.2f} "
-            f"{d['p95_ms']:>8.2f} {d['p99_ms']:>8.2f} {d['errors']:>5}"
+            f"{d['p95_ms']:>8.2f} {d['p99_ms']:>8.2f} {d['errors']:>5} {d.get('degraded', 0):>5}"
+            f" {_ms(d.get('cpu_ms_per_call'))}"
             f" | {e['rps']:>10.1f} {e['p50_ms']:>8.2f} {e['p99_ms']:>8.2f}"
-            f" | {level['ratio']:>6.2f}"
+            f" {_ms(e.get('cpu_ms_per_call'))} | {ratio_cell(level)}"
         )
-    for level in result.get("levels", []):
+    if any(level_problem(level) for level in levels):
+        share = 100 * settings.get("max_fallback_share", MAX_FALLBACK_SHARE)
+        lines.append(
+            f"n/a: more than {share:g}% of the calls were degraded or failed; that level is"
+            " not a figure (fallbacks and failures cost less than decisions)"
+        )
+    for level in levels:
+        conc, d = level["concurrency"], level["decide"]
+        if d.get("degraded_reasons"):
+            lines.append(f"degraded at conc {conc}: {_counts(d['degraded_reasons'])}")
+        for key in ("decide", "echo"):
+            if level[key].get("error_codes"):
+                lines.append(f"{key} errors at conc {conc}: {_counts(level[key]['error_codes'])}")
+        by_process = d.get("cpu_ms_per_call_by_process") or {}
+        if len(by_process) > 1:
+            lines.append(
+                f"server CPU ms per Decide at conc {conc}: "
+                + ", ".join(f"{name} {_ms(ms, 0)}" for name, ms in by_process.items())
+            )
+    if levels and not any(level["decide"].get("cpu_ms_per_call_by_process") for level in levels):
+        lines.append("server CPU: unknown (the bench did not start the servers)")
+    if "decision_log" in result:
+        lines.append(format_decision_log(result["decision_log"]))
+    for level in levels:
         rss = level.get("peak_rss_mb") or {}
         if rss:
             lines.append(
@@ -717,6 +1023,109 @@ def _generated_profiles(url: str) -> int:
         engine.dispose()
 
 
+def _sqlite_log_size(connection: Any, table: str, rows: int) -> dict[str, Any]:
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        # dbstat (when SQLite is built with it) knows each b-tree's pages: the table's record
+        # bytes (its "payload", overflow pages included) and the pages of its indexes.
+        payload = connection.execute(
+            text("SELECT sum(payload) FROM dbstat WHERE name = :t"), {"t": table}
+        ).scalar()
+        stored = connection.execute(
+            text(
+                "SELECT sum(pgsize) FROM dbstat WHERE name IN"
+                " (SELECT name FROM sqlite_master WHERE tbl_name = :t)"
+            ),
+            {"t": table},
+        ).scalar()
+        return {
+            "bytes_per_row": int(payload or 0) / rows,
+            "method": "SQLite record bytes (dbstat payload)",
+            "stored_bytes_per_row": int(stored or 0) / rows,
+            "stored_method": "SQLite pages of the table and its indexes (dbstat)",
+        }
+    except OperationalError:  # no dbstat in this SQLite build
+        return {
+            "bytes_per_row": sqlite_column_bytes(connection, table) / rows,
+            "method": "SQLite sum of the columns' lengths",
+            "stored_bytes_per_row": None,
+            "stored_method": None,
+        }
+
+
+def sqlite_column_bytes(connection: Any, table: str) -> int:
+    """The bytes of every value of every row of ``table`` (SQLite without dbstat)."""
+    columns = [row[1] for row in connection.exec_driver_sql(f'PRAGMA table_info("{table}")')]
+    total = " + ".join(f'coalesce(length(CAST("{c}" AS BLOB)), 0)' for c in columns)
+    return int(connection.exec_driver_sql(f'SELECT sum({total}) FROM "{table}"').scalar() or 0)
+
+
+def _postgres_log_size(connection: Any, table: str, rows: int) -> dict[str, Any]:
+    from sqlalchemy import text
+
+    row_bytes = connection.execute(text(f'SELECT avg(pg_column_size(t.*)) FROM "{table}" t'))
+    stored = connection.execute(text("SELECT pg_total_relation_size(:t)"), {"t": table})
+    return {
+        "bytes_per_row": float(row_bytes.scalar() or 0),
+        "method": "PostgreSQL average pg_column_size of the row",
+        "stored_bytes_per_row": int(stored.scalar() or 0) / rows,
+        "stored_method": "PostgreSQL pg_total_relation_size (heap, TOAST, indexes)",
+    }
+
+
+def decision_log_size(url: str) -> dict[str, Any] | None:
+    """What the decision log takes per decision in the database at ``url``: the rows'
+    bytes and what is stored for them (pages or relation size, indexes included); None
+    when it holds no decision."""
+    from sqlalchemy import create_engine, func, select
+
+    from libs.storage.database import sync_url
+    from services.context.tables import DecisionRow
+
+    table = DecisionRow.__tablename__
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.connect() as connection:
+            rows = int(connection.scalar(select(func.count()).select_from(DecisionRow)) or 0)
+            if not rows:
+                return None
+            if engine.dialect.name == "sqlite":
+                found = _sqlite_log_size(connection, table, rows)
+            elif engine.dialect.name == "postgresql":
+                found = _postgres_log_size(connection, table, rows)
+            else:
+                return None
+    finally:
+        engine.dispose()
+    return {"table": table, "rows": rows, **found}
+
+
+def _server_cpu(pids: Mapping[str, int], url: str) -> tuple[CpuProbe, Callable[[], None]]:
+    """The CPU probe of a deployment's processes, plus the PostgreSQL backends of its
+    database when they run on this host (the embedded shape's SQLite work is in its own
+    process, so a comparison of shapes has to count the database server too); and a
+    function that closes what the probe holds."""
+    from sqlalchemy.engine import make_url
+
+    servers = cpu_probe(pids)
+    database: PostgresBackendsCpu | None = None
+    if make_url(url).get_backend_name() == "postgresql":
+        database = PostgresBackendsCpu(url)
+        if database() is None:  # not on this host: its CPU stays out of the figures
+            database.close()
+            database = None
+
+    def probe() -> CpuSnapshot:
+        found = dict(servers())
+        if database is not None:
+            found["postgres"] = database()
+        return found
+
+    return probe, (database.close if database is not None else lambda: None)
+
+
 async def run_scenario(scenario: Scenario) -> dict[str, Any]:
     """Start the shape on loopback (services/launch.py), set up its catalog and data, run the
     sweep against it and the echo baseline, stop everything; JSON-serialisable result."""
@@ -784,19 +1193,26 @@ async def run_scenario(scenario: Scenario) -> dict[str, Any]:
                     address, channel, identifier or cookie_identifiers(scenario.profiles)
                 )
                 pids = deployment.pids()
-                result = await sweep(
-                    address,
-                    concurrencies=scenario.concurrencies,
-                    duration_s=scenario.duration_s,
-                    warmup_s=scenario.warmup_s,
-                    baseline_hops=scenario.baseline_hops,
-                    profiles=scenario.profiles,
-                    channel=channel,
-                    identifier=identifier,
-                    peak_rss=lambda: {name: peak_rss_mb(pid) for name, pid in pids.items()},
-                )
+                server_cpu, close_cpu = _server_cpu(pids, url)
+                try:
+                    result = await sweep(
+                        address,
+                        concurrencies=scenario.concurrencies,
+                        duration_s=scenario.duration_s,
+                        warmup_s=scenario.warmup_s,
+                        baseline_hops=scenario.baseline_hops,
+                        profiles=scenario.profiles,
+                        channel=channel,
+                        identifier=identifier,
+                        peak_rss=lambda: {name: peak_rss_mb(pid) for name, pid in pids.items()},
+                        server_cpu=server_cpu,
+                    )
+                finally:
+                    close_cpu()
             finally:
                 deployment.stop()
+            # Once the servers stopped: whatever they still held in memory is written.
+            decision_log = await asyncio.to_thread(decision_log_size, url)
         finally:
             if created_database is not None:
                 await asyncio.to_thread(
@@ -809,7 +1225,64 @@ async def run_scenario(scenario: Scenario) -> dict[str, Any]:
     result["shape"] = scenario.shape
     result["database"] = scenario.database
     result["peak_rss_mb"] = result["levels"][-1]["peak_rss_mb"] if result["levels"] else {}
+    result["decision_log"] = decision_log
+    result["decision_log_bytes_per_row"] = decision_log["bytes_per_row"] if decision_log else None
     return result
+
+
+async def run_actions_sweep(scenario: Scenario, sizes: Sequence[int]) -> dict[str, Any]:
+    """``run_scenario`` once per catalog size (a fresh deployment, database and echo
+    baseline each time), to show how a Decide's cost grows with the number of actions."""
+    runs = []
+    for actions in sizes:
+        runs.append(await run_scenario(replace(scenario, actions=actions)))
+    return {"actions": list(sizes), "runs": runs}
+
+
+def format_actions_table(sweep_result: Mapping[str, Any]) -> str:
+    """One row per catalog size: at each concurrency decide rps, p50, p99, decide/echo and
+    the servers' CPU ms per Decide; then the decision log's bytes per row."""
+    runs = sweep_result["runs"]
+    if not runs:
+        return "no run"
+    concurrencies = [level["concurrency"] for level in runs[0]["levels"]]
+    first = f"{'actions':>7}"
+    second = f"{'':>7}"
+    for concurrency in concurrencies:
+        label = f"concurrency {concurrency}"
+        first += f" | {label:<42}"
+        second += f" | {'rps':>8} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>6} {'CPU ms':>8}"
+    first += " | decision log"
+    second += " | bytes/row"
+    sizes = ",".join(str(run["scenario"]["actions"]) for run in runs)
+    described = describe_scenario({**runs[0]["scenario"], "actions": sizes})
+    lines = [described, first, second, "-" * len(second)]
+    notes: list[str] = []
+    for run in runs:
+        actions = run["scenario"]["actions"]
+        row = f"{actions:>7}"
+        for level in run["levels"]:
+            d = level["decide"]
+            problem = level_problem(level)
+            if problem:
+                notes.append(f"{actions} actions, concurrency {level['concurrency']}: {problem}")
+                row += f" | {'n/a':>8}"
+            else:
+                row += f" | {d['rps']:>8.1f}"
+            row += (
+                f" {d['p50_ms']:>8.2f} {d['p99_ms']:>8.2f}"
+                f" {'n/a' if problem else format(level['ratio'], '.2f'):>6}"
+                f" {_ms(d.get('cpu_ms_per_call'))}"
+            )
+        per_row = run.get("decision_log_bytes_per_row")
+        row += f" | {'?' if per_row is None else format(per_row, ',.0f'):>9}"
+        lines.append(row)
+    lines.append(
+        "CPU ms: user + system CPU of all server processes per Decide; ratio: decide/echo"
+        " rps, each size with its own echo baseline in the same run"
+    )
+    lines += [f"n/a, not a figure: {note}" for note in notes]
+    return "\n".join(lines)
 
 
 def plot(results: Sequence[dict[str, Any]], path: str) -> None:

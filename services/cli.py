@@ -243,7 +243,10 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
     from services import bench
 
     concurrencies = [int(c) for c in args.concurrency.split(",")]
+    sizes = [int(n) for n in args.actions.split(",")]
     if not args.shape:
+        if sizes != [0]:
+            raise SystemExit("--actions needs --shape (the bench applies its catalog)")
         return await bench.sweep(
             _address(args, settings),
             concurrencies=concurrencies,
@@ -255,23 +258,24 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
     database = args.database
     if args.database_url and not database:
         database = "postgres" if args.database_url.startswith("postgres") else "sqlite"
-    return await bench.run_scenario(
-        bench.Scenario(
-            shape=args.shape,
-            database=database or "sqlite",
-            database_url=args.database_url,
-            actions=args.actions,
-            data=args.data,
-            data_profiles=args.data_profiles,
-            data_events=args.data_events,
-            concurrencies=concurrencies,
-            duration_s=args.duration,
-            warmup_s=args.warmup,
-            hops=args.hops,
-            profiles=args.profiles,
-            workers=args.workers,
-        )
+    scenario = bench.Scenario(
+        shape=args.shape,
+        database=database or "sqlite",
+        database_url=args.database_url,
+        actions=sizes[0],
+        data=args.data,
+        data_profiles=args.data_profiles,
+        data_events=args.data_events,
+        concurrencies=concurrencies,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        hops=args.hops,
+        profiles=args.profiles,
+        workers=args.workers,
     )
+    if len(sizes) > 1:
+        return await bench.run_actions_sweep(scenario, sizes)
+    return await bench.run_scenario(scenario)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -279,13 +283,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     result = asyncio.run(_bench(args, settings))
-    print(bench.format_table(result))
+    # Several catalog sizes: one row per size; else the table of the one run.
+    runs = result.get("runs")
+    print(bench.format_actions_table(result) if runs else bench.format_table(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        bench.plot([result], args.plot)
+        bench.plot(runs or [result], args.plot)
     return 0
 
 
@@ -513,10 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cmd.add_argument("--database-url", help="with --shape: use this database instead")
     bench_cmd.add_argument(
         "--actions",
-        type=int,
-        default=0,
+        default="0",
         help="with --shape: a generated catalog of N eligible actions on channel 'bench',"
-        " all scored by the demo model (0: the demo catalog, channel 'web')",
+        " all scored by the demo model (0: the demo catalog, channel 'web'); several sizes"
+        " (10,50,200,1000): one run each, one row per size",
     )
     bench_cmd.add_argument(
         "--data",

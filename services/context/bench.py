@@ -35,7 +35,7 @@ import grpc.aio
 from google.protobuf import struct_pb2
 from nextbest.decision.v1 import decision_pb2
 
-from services.bench import LoadResult, drive
+from services.bench import LoadResult, cpu_seconds, drive
 
 TRACK_EVENTS = "/nextbest.decision.v1.DecisionService/TrackEvents"
 CALL_TIMEOUT_S = 30.0
@@ -197,18 +197,9 @@ async def ingest(
 
 def process_cpu_s(pids: list[int]) -> float | None:
     """User + system CPU seconds these processes used so far (Linux /proc; None elsewhere)."""
-    total = 0.0
-    try:
-        ticks = os.sysconf("SC_CLK_TCK")
-        for pid in pids:
-            with open(f"/proc/{pid}/stat") as stat:
-                # Fields after the command name (which may hold spaces): utime is the 14th
-                # field of the line, stime the 15th.
-                fields = stat.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / ticks
-    except (OSError, ValueError, IndexError):
-        return None
-    return total
+    readings = [cpu_seconds(pid) for pid in pids]
+    known = [seconds for seconds in readings if seconds is not None]
+    return sum(known) if len(known) == len(readings) else None
 
 
 def stored_events(database_url: str) -> int:

@@ -64,12 +64,14 @@ async def decide_target() -> AsyncIterator[str]:
 @pytest.mark.parametrize("hops", [0, 1])
 async def test_echo_chain_drive_and_stop(hops: int) -> None:
     before = _children()
-    target, stop = await asyncio.to_thread(bench.start_echo_chain, hops)
+    chain = await asyncio.to_thread(bench.launch_echo_chain, hops)
+    stop = chain.stop
     started = _children() - before
     try:
         assert len(started) == hops + 1
+        assert set(chain.pids.values()) == started
         assert all(_alive(pid) for pid in started)
-        call, close = await bench.echo_caller(target)
+        call, close = await bench.echo_caller(chain.front)
         try:
             result = await bench.drive(
                 call, concurrency=4, duration_s=1.0, warmup_s=0.2, name="echo"
@@ -124,9 +126,14 @@ async def test_sweep_structure_and_table(decide_target: str) -> None:
         assert level[key]["requests"] > 0
         assert level[key]["errors"] == 0
     assert level["ratio"] == pytest.approx(level["decide"]["rps"] / level["echo"]["rps"])
+    assert level["valid"] and level["decide"]["degraded"] == 0
+    # The bench did not start this server: its CPU is unknown, the echo's is not.
+    assert level["decide"]["cpu_ms_per_call"] is None
+    assert level["echo"]["cpu_ms_per_call"] is not None
     table = bench.format_table(result)
     assert any(line.split("|")[0].strip() == "3" for line in table.splitlines())
     assert "ratio" in table
+    assert "server CPU: unknown" in table
 
 
 def test_bench_catalog_offers_every_action_on_the_bench_channel() -> None:
@@ -192,3 +199,226 @@ async def test_sweep_reports_peak_rss_per_level(decide_target: str) -> None:
     for level in result["levels"]:
         assert level["peak_rss_mb"]["self"] > 0
     assert "peak RSS MiB after conc 2: self" in bench.format_table(result)
+
+
+# --------------------------------------------------------------------------- honest figures
+
+
+class _DegradingDecisions(decision_pb2_grpc.DecisionServiceServicer):
+    """Every 4th Decide is a fallback with a timing in its reason, every 5th fails."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def Decide(
+        self, request: decision_pb2.DecideRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> decision_pb2.DecideResponse:
+        self.calls += 1
+        if self.calls % 5 == 0:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "shed")
+        decision = decision_pb2.Decision(decision_id=f"d{self.calls}")
+        if self.calls % 4 == 0:
+            decision.degraded = True
+            decision.degraded_reason = (
+                f"context: timeout after {self.calls} ms; scoring: unavailable"
+            )
+        return decision_pb2.DecideResponse(decision=decision)
+
+
+async def test_sweep_counts_fallbacks_and_errors_apart_and_reads_server_cpu() -> None:
+    server = grpc.aio.server()
+    decision_pb2_grpc.add_DecisionServiceServicer_to_server(
+        _DegradingDecisions(),  # type: ignore[abstract]
+        server,
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        result = await bench.sweep(
+            f"127.0.0.1:{port}",
+            concurrencies=[2],
+            duration_s=0.5,
+            warmup_s=0.1,
+            baseline_hops=0,
+            profiles=10,
+            server_cpu=bench.cpu_probe({"fake": os.getpid()}),  # the fake serves from here
+        )
+    finally:
+        await server.stop(0)
+    (level,) = result["levels"]
+    decide = level["decide"]
+
+    assert decide["degraded"] > 0 and decide["errors"] > 0
+    assert decide["degraded_reasons"] == {
+        "context: timeout after N ms": decide["degraded"],
+        "scoring: unavailable": decide["degraded"],
+    }
+    assert decide["error_codes"] == {"RESOURCE_EXHAUSTED": decide["errors"]}
+    assert not level["valid"] and "degraded" in level["invalid_because"]
+    assert decide["cpu_ms_per_call"] is not None
+    assert decide["cpu_ms_per_call_by_process"].keys() == {"fake"}
+    table = bench.format_table(result)
+    assert "n/a (" in table and "RESOURCE_EXHAUSTED" in table
+    assert "server CPU: unknown" not in table
+
+
+def test_reasons_are_normalised_split_and_bounded() -> None:
+    assert bench.reason_key("context: timeout after 102 ms") == "context: timeout after N ms"
+    assert bench.reason_key("  context:  timeout after 97.5 ms ") == "context: timeout after N ms"
+    assert bench.reason_key("profile 3f2a9c1b7d0e merge pending") == "profile <id> merge pending"
+    assert bench.reason_key("decision not recorded") == "decision not recorded"
+    assert bench.reason_key("") == "unspecified"
+
+    counts = bench.count_reasons(
+        [
+            "scoring: timeout; decision not recorded",
+            "scoring: timeout",
+            "context: timeout after 101 ms",
+            "context: timeout after 99 ms; context: timeout after 98 ms",
+            "",
+        ]
+    )
+    assert counts == {
+        "scoring: timeout": 2,
+        "context: timeout after N ms": 2,  # once per answer, however often it says it
+        "decision not recorded": 1,
+        "unspecified": 1,
+    }
+    bounded = bench.count_reasons(["a", "b", "c", "c", "d"], limit=2)
+    assert bounded == {"other": 3, "a": 1, "b": 1}
+
+
+def _point(requests: int, errors: int = 0, degraded: int = 0) -> dict[str, int]:
+    return {"requests": requests, "errors": errors, "degraded": degraded}
+
+
+def test_a_level_with_fallbacks_or_errors_is_not_a_figure() -> None:
+    assert bench.invalid_because(_point(1000), _point(5000)) == ""
+    assert bench.invalid_because(_point(1000, degraded=1)) == ""  # 0.1 %: a trace
+    assert bench.invalid_because(_point(1000, degraded=2)) == "0.2% degraded"
+    assert bench.invalid_because(_point(990, errors=10)) == "1.0% errors"
+    assert bench.invalid_because(_point(0)) == "no answer"
+    assert bench.invalid_because(_point(1000), _point(900, errors=100)) == "echo 10.0% errors"
+    # Result files written before degraded was counted are judged on their errors.
+    assert bench.invalid_because({"requests": 10, "errors": 0}) == ""
+
+
+def test_cpu_per_call_from_two_proc_snapshots() -> None:
+    ticks = 100.0
+    # The command name may hold spaces and parentheses; utime, stime are fields 14, 15.
+    line = "4242 (nextbest (all) x) S 1 4242 4242 0 -1 4194560 900 0 0 0 {u} {s} 3 1 20 0 9 0"
+    assert bench.parse_proc_stat(line.format(u=250, s=50), ticks) == pytest.approx(3.0)
+
+    before = {
+        "orchestrator": bench.parse_proc_stat(line.format(u=250, s=50), ticks),
+        "context": bench.parse_proc_stat(line.format(u=100, s=20), ticks),
+    }
+    after = {
+        "orchestrator": bench.parse_proc_stat(line.format(u=450, s=100), ticks),  # +2.5 s
+        "context": bench.parse_proc_stat(line.format(u=160, s=60), ticks),  # +1.0 s
+    }
+    total, by_process = bench.cpu_ms_per_call(before, after, calls=500)
+    assert by_process == {
+        "orchestrator": pytest.approx(5.0),
+        "context": pytest.approx(2.0),
+    }
+    assert total == pytest.approx(7.0)
+    # A process that could not be read: its share is unknown, and so is the sum.
+    total, by_process = bench.cpu_ms_per_call(before, {**after, "context": None}, calls=500)
+    assert total is None and by_process["context"] is None
+    assert bench.cpu_ms_per_call(before, after, calls=0)[0] is None
+    assert bench.cpu_seconds(os.getpid()) is not None
+
+
+async def test_drive_divides_the_window_cpu_by_the_calls_completed_in_it() -> None:
+    used_s = 0.0
+
+    async def costs_a_millisecond(i: int) -> object:
+        nonlocal used_s
+        await asyncio.sleep(0.001)
+        used_s += 0.001  # what a server would have spent on this call
+        return i
+
+    result = await bench.drive(
+        costs_a_millisecond,
+        concurrency=3,
+        duration_s=0.3,
+        warmup_s=0.1,
+        name="c",
+        cpu=lambda: {"server": used_s},
+    )
+    assert result.cpu_ms_per_call == pytest.approx(1.0)
+    assert result.cpu_ms_per_call_by_process == {"server": pytest.approx(1.0)}
+
+
+def _level(concurrency: int, *, degraded: int = 0, cpu: float | None = 2.5) -> dict[str, Any]:
+    decide = {
+        "rps": 200.0,
+        "p50_ms": 4.0,
+        "p95_ms": 8.0,
+        "p99_ms": 9.0,
+        "requests": 1000,
+        "errors": 0,
+        "degraded": degraded,
+        "degraded_reasons": {"context: circuit open": degraded} if degraded else {},
+        "error_codes": {},
+        "cpu_ms_per_call": cpu,
+        "cpu_ms_per_call_by_process": {"orchestrator": 1.5, "context": 1.0},
+    }
+    echo = dict(decide, rps=1000.0, degraded=0, degraded_reasons={}, cpu_ms_per_call=0.4)
+    problem = bench.invalid_because(decide, echo)
+    return {
+        "concurrency": concurrency,
+        "decide": decide,
+        "echo": echo,
+        "ratio": 0.2,
+        "valid": not problem,
+        "invalid_because": problem,
+    }
+
+
+def test_table_marks_a_degraded_level_and_shows_cpu_and_bytes() -> None:
+    result: dict[str, Any] = {
+        "settings": {"baseline_hops": 6},
+        "levels": [_level(1), _level(16, degraded=250)],
+        "decision_log": {
+            "table": "context_decisions",
+            "rows": 4321,
+            "bytes_per_row": 17012.4,
+            "method": "m",
+            "stored_bytes_per_row": 18000.0,
+            "stored_method": "s",
+        },
+    }
+    rows = {line.split("|")[0].strip(): line for line in bench.format_table(result).splitlines()}
+
+    assert rows["1"].rstrip().endswith("| 0.20")
+    assert "2.50" in rows["1"] and "0.40" in rows["1"]  # server / echo CPU ms per call
+    assert rows["16"].rstrip().endswith("| n/a (25.0% degraded)")
+    table = bench.format_table(result)
+    assert "degraded at conc 16: context: circuit open 250" in table
+    assert "server CPU ms per Decide at conc 1: orchestrator 1.50, context 1.00" in table
+    assert "4,321 rows, 17,012 bytes per row" in table
+    # A result file written before validity was judged is judged when printed.
+    del result["levels"][1]["invalid_because"]
+    assert "n/a (25.0% degraded)" in bench.format_table(result)
+
+
+def test_actions_sweep_table_has_a_row_per_catalog_size() -> None:
+    def run(actions: int, degraded: int, bytes_per_row: float) -> dict[str, Any]:
+        return {
+            "scenario": bench.Scenario(actions=actions, concurrencies=(1, 16)).as_dict(),
+            "levels": [_level(1), _level(16, degraded=degraded)],
+            "decision_log_bytes_per_row": bytes_per_row,
+        }
+
+    table = bench.format_actions_table(
+        {"actions": [10, 1000], "runs": [run(10, 0, 900.0), run(1000, 5, 40_000.0)]}
+    )
+    rows = {line.split("|")[0].strip(): line for line in table.splitlines()}
+
+    assert rows["10"].count("200.0") == 2 and rows["10"].rstrip().endswith("900")
+    assert rows["1000"].count("200.0") == 1 and "n/a" in rows["1000"]
+    assert rows["1000"].rstrip().endswith("40,000")
+    assert "1000 actions, concurrency 16: 0.5% degraded" in table
+    assert "actions 10,1000" in table.splitlines()[0]
