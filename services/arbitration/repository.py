@@ -12,16 +12,23 @@ from libs.storage import SqlUnitOfWork, UnitOfWork
 from libs.storage.session import DbSession
 from services.arbitration.catalog import catalog_to_document, parse_catalog
 from services.arbitration.model import ActionDefinition, Catalog
-from services.arbitration.tables import ActionRow, CatalogStateRow, VolumeCounterRow
+from services.arbitration.tables import (
+    ActionRow,
+    CatalogStateRow,
+    CatalogVersionRow,
+    VolumeCounterRow,
+)
 from services.arbitration.volume import VolumeClaim, VolumeRepository
 
 VOLUME: Table = VolumeCounterRow.__table__  # type: ignore[assignment]
+VERSIONS: Table = CatalogVersionRow.__table__  # type: ignore[assignment]
 
 
 class CatalogRepository(Protocol):
     async def version(self) -> str | None: ...
     async def load(self) -> Catalog | None: ...
     async def replace(self, catalog: Catalog) -> None: ...
+    async def by_version(self, version: str) -> Catalog | None: ...
 
 
 class ArbitrationUnitOfWork(UnitOfWork, Protocol):
@@ -72,8 +79,19 @@ class SqlCatalogRepository:
             actions, state.min_priority, state.version, state.applied_at, dict(state.defaults or {})
         )
 
+    async def by_version(self, version: str) -> Catalog | None:
+        """The catalog applied as ``version`` (in force or not), re-parsed; None when no
+        catalog of that version was applied since versions are kept (revision
+        0005_arbitration_versions). InvalidArgument when its document no longer parses."""
+        row = await self._session.get(CatalogVersionRow, version)
+        if row is None:
+            return None
+        parsed = parse_catalog(row.document)
+        return replace(parsed, version=row.version, applied_at=row.applied_at)
+
     async def replace(self, catalog: Catalog) -> None:
-        """Swap the whole catalog inside the caller's transaction (all or nothing)."""
+        """Swap the whole catalog inside the caller's transaction (all or nothing), and
+        keep its document by version (a version applied again keeps its first record)."""
         assert catalog.applied_at is not None
         await self._session.execute(delete(ActionRow))
         for position, action in enumerate(catalog.actions):
@@ -112,6 +130,14 @@ class SqlCatalogRepository:
             state.defaults = dict(catalog.defaults)
             state.applied_at = catalog.applied_at
             state.document = document
+        dialect = self._session.bind.dialect.name if self._session.bind is not None else ""
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        # ON CONFLICT: two replicas may apply the same catalog at once (same version).
+        await self._session.execute(
+            insert(VERSIONS)
+            .values(version=catalog.version, document=document, applied_at=catalog.applied_at)
+            .on_conflict_do_nothing(index_elements=["version"])
+        )
 
 
 class SqlVolumeRepository:

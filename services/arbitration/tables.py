@@ -47,6 +47,20 @@ class CatalogStateRow(Base):
     document: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
+class CatalogVersionRow(Base):
+    """Every catalog applied, by version: what a decision logged under that version was
+    decided with (the compact decision log keeps only the version; see
+    services/learning/snapshot.py). Written in the same transaction as the catalog in force."""
+
+    __tablename__ = "arbitration_catalog_versions"
+
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The validated, normalised document (re-parsed to read it, as the catalog in force).
+    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # When this version was first applied (applying it again keeps the first time).
+    applied_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
 class VolumeCounterRow(Base):
     """Choices of a volume constraint's counter in one period (services/arbitration/volume.py);
     the key names the constraint, its scope and what it counts."""

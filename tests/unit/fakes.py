@@ -303,12 +303,17 @@ class FakeCatalogRepository:
         assert catalog.applied_at is not None, "the service stamps applied_at"
         self.pending = catalog
 
+    async def by_version(self, version: str) -> Catalog | None:
+        return self._store.versions.get(version)
+
 
 @dataclass
 class FakeCatalogStore:
     """What the catalog tables would hold."""
 
     catalog: Catalog | None = None
+    # Every catalog committed, by version (the first of a version is kept).
+    versions: dict[str, Catalog] = field(default_factory=dict)
     loads: int = 0
     commits: int = 0
     # Volume counters: (key, period_start) -> units used.
@@ -351,6 +356,7 @@ class FakeArbitrationUnitOfWork:
         assert self._write, "commit on a read-only unit of work"
         if self._repository.pending is not None:
             self._store.catalog = self._repository.pending
+            self._store.versions.setdefault(self._store.catalog.version, self._store.catalog)
         self._store.volume.update(self._volume.pending)
         self._store.commits += 1
 
