@@ -12,10 +12,10 @@ after the decision, else 0 (no outcome, a reject, or an accept after the horizon
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -28,16 +28,30 @@ from services.context.model import (
     ProfileContext,
 )
 from services.context.snapshot import profile_context_from_dict
-from services.learning.snapshot import SNAPSHOT_KEY
+from services.learning.snapshot import (
+    COMPACT_VERSION,
+    SNAPSHOT_KEY,
+    UnknownCatalogVersion,
+    snapshot_version,
+    unpack_v2,
+    v2_profile,
+)
 from services.scoring.features import FeatureBuilder, ScoringInput
 from services.scoring.model import FeatureSpec, ScoringCandidate
 
+if TYPE_CHECKING:
+    from libs.storage.session import DbSession
+    from services.arbitration.model import Catalog
+
 __all__ = [
     "POSITIVE_OUTCOMES",
+    "CatalogVersions",
+    "LogReading",
     "LoggedCandidate",
     "LoggedDecision",
     "iter_logged_decisions",
     "logged_decision",
+    "read_logged_decision",
     "training_matrix",
 ]
 
@@ -129,31 +143,170 @@ def label_of(
     return 0
 
 
-def logged_decision(
-    record: DecisionRecord, outcomes: Sequence[OutcomeRecord], horizon: timedelta | None
-) -> LoggedDecision | None:
-    """The decision as learning sees it; None when it was recorded without a snapshot
-    (before snapshots were kept, or pushed by WatchDecisions) or the snapshot is unreadable."""
+def _v2_candidates(snapshot: dict[str, Any], catalog: Catalog) -> tuple[LoggedCandidate, ...]:
+    """A version 2 snapshot's candidates with what ``catalog`` (of its version) says of
+    their actions: V and L as served (a factor switched off for the issue counts as 1), and
+    priority = P x C x V x L with the same switches (0 for a removed candidate)."""
+    packed = unpack_v2(snapshot)
+    actions = catalog.actions
+    if packed.size and int(packed.positions.max()) >= len(actions):
+        raise ValueError(f"a position is beyond catalog {catalog.version!r}")
+    found: list[LoggedCandidate] = []
+    for n, (position, propensity, weight, model_version) in enumerate(
+        zip(
+            packed.positions.tolist(),
+            packed.propensity.tolist(),
+            packed.context_weight.tolist(),
+            packed.model_versions,
+            strict=True,
+        )
+    ):
+        action = actions[position]
+        switches = action.factors
+        value = action.value if switches.value else 1.0
+        lever = action.lever if switches.lever else 1.0
+        weight = weight if switches.context_weight else 1.0
+        removed_by = packed.removed_by.get(n)
+        priority = (
+            0.0
+            if removed_by is not None
+            else (propensity if switches.propensity else 1.0) * weight * value * lever
+        )
+        found.append(
+            LoggedCandidate(
+                action_id=action.action_id,
+                issue=action.issue,
+                group=action.group,
+                model=action.model,
+                value=value,
+                lever=lever,
+                prior_propensity=action.prior_propensity,
+                propensity=propensity,
+                model_version=model_version,
+                context_weight=weight,
+                priority=priority,
+                eligible=removed_by is None,
+                removed_by=removed_by or "",
+            )
+        )
+    return tuple(found)
+
+
+# Why ``read_logged_decision`` found no decision in a record.
+NO_SNAPSHOT = "no snapshot"
+UNREADABLE = "unreadable snapshot"
+UNKNOWN_CATALOG = "unknown catalog version"
+
+
+def read_logged_decision(
+    record: DecisionRecord,
+    outcomes: Sequence[OutcomeRecord],
+    horizon: timedelta | None,
+    catalogs: Mapping[str, Catalog | None] | None = None,
+) -> LoggedDecision | str:
+    """The decision as learning sees it from a version 1 or 2 snapshot, or why there is
+    none: ``NO_SNAPSHOT`` (recorded before snapshots were kept, or pushed by
+    WatchDecisions), ``UNREADABLE``, or ``UNKNOWN_CATALOG`` (a version 2 snapshot whose
+    catalog version ``catalogs`` does not hold)."""
     payload = record.payload
     snapshot = payload.get(SNAPSHOT_KEY)
     if not isinstance(snapshot, dict):
-        return None
+        return NO_SNAPSHOT
     try:
+        if snapshot_version(snapshot) == COMPACT_VERSION:
+            catalog = (catalogs or {}).get(str(snapshot["catalog_version"]))
+            if catalog is None:
+                raise UnknownCatalogVersion(snapshot["catalog_version"])
+            context = v2_profile(snapshot)
+            candidates = _v2_candidates(snapshot, catalog)
+        else:
+            context = profile_context_from_dict(snapshot["context"])
+            candidates = tuple(_candidate(c) for c in snapshot.get("candidates") or ())
         return LoggedDecision(
             decision_id=record.decision_id,
             decided_at=record.decided_at,
-            context=profile_context_from_dict(snapshot["context"]),
+            context=context,
             channel=str(snapshot.get("channel", record.channel)),
             placement=str(snapshot.get("placement", record.placement)),
             request_context=dict(snapshot.get("request_context") or {}),
-            candidates=tuple(_candidate(c) for c in snapshot.get("candidates") or ()),
+            candidates=candidates,
             served_action_id=record.action_id,
             label=label_of(outcomes, record.decided_at, horizon),
             selection_probability=float(payload.get("selection_probability", 1.0)),
             min_priority=float(snapshot.get("min_priority", 0.0)),
         )
-    except (KeyError, ValueError, TypeError):
-        return None
+    except UnknownCatalogVersion:
+        return UNKNOWN_CATALOG
+    except (KeyError, ValueError, TypeError, IndexError):
+        return UNREADABLE
+
+
+def logged_decision(
+    record: DecisionRecord,
+    outcomes: Sequence[OutcomeRecord],
+    horizon: timedelta | None,
+    catalogs: Mapping[str, Catalog | None] | None = None,
+) -> LoggedDecision | None:
+    """The decision as learning sees it; None when ``read_logged_decision`` says why not."""
+    found = read_logged_decision(record, outcomes, horizon, catalogs)
+    return found if isinstance(found, LoggedDecision) else None
+
+
+@dataclass
+class LogReading:
+    """What reading the logs found: decisions read, and those skipped by reason."""
+
+    read: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    def warnings(self) -> list[str]:
+        """One line per reason a decision that had a snapshot was skipped."""
+        return [
+            f"{count} logged decision(s) skipped: {reason}"
+            + (" (its catalog was never stored by version)" if reason == UNKNOWN_CATALOG else "")
+            for reason, count in sorted(self.skipped.items())
+            if reason != NO_SNAPSHOT
+        ]
+
+
+class CatalogVersions:
+    """Catalogs by version, read from the arbitration store and parsed once per version
+    while a dataset is read (None: not stored, or no longer parses)."""
+
+    def __init__(self, session: DbSession) -> None:
+        self._session = session
+        self.known: dict[str, Catalog | None] = {}
+
+    async def load(self, versions: Iterable[str]) -> None:
+        from libs.errors import InvalidArgument
+        from services.arbitration.repository import SqlCatalogRepository
+
+        repository = SqlCatalogRepository(self._session)
+        for version in versions:
+            if version in self.known:
+                continue
+            try:
+                self.known[version] = await repository.by_version(version)
+            except InvalidArgument:
+                self.known[version] = None
+
+    async def for_records(
+        self, records: Iterable[DecisionRecord], *, version: int = COMPACT_VERSION
+    ) -> Mapping[str, Catalog | None]:
+        """Every catalog known so far, with those named by the ``version`` snapshots of
+        ``records`` loaded when new."""
+        await self.load(
+            {
+                str(snapshot.get("catalog_version"))
+                for record in records
+                if isinstance(snapshot := record.payload.get(SNAPSHOT_KEY), dict)
+                and snapshot.get("version") == version
+            }
+        )
+        return self.known
 
 
 async def iter_logged_decisions(
@@ -163,11 +316,14 @@ async def iter_logged_decisions(
     *,
     page_size: int = 500,
     on_page: Callable[[int, int], None] | None = None,
+    reading: LogReading | None = None,
 ) -> AsyncIterator[LoggedDecision]:
-    """Every logged decision since ``since`` read from the database, page by page.
+    """Every logged decision since ``since`` read from the database, page by page, from
+    version 1 or 2 snapshots (the catalogs these name read once per version).
 
     ``on_page(read, total)`` is told after each page (progress bars): ``read`` counts the
-    decisions of that page, with or without a snapshot."""
+    decisions of that page, with or without a snapshot. ``reading`` counts what was read
+    and what was skipped, and why."""
     from libs.storage import Database
     from services.context.repository import count_decisions, decisions_with_outcomes
 
@@ -176,13 +332,19 @@ async def iter_logged_decisions(
         session = database.session(write=False)
         try:
             total = await count_decisions(session, since)
+            catalogs = CatalogVersions(session)
             after: tuple[datetime, str] | None = None
             while True:
                 page = await decisions_with_outcomes(session, since, after=after, limit=page_size)
+                known = await catalogs.for_records(record for record, _ in page)
                 for record, outcomes in page:
-                    decision = logged_decision(record, outcomes, horizon)
-                    if decision is not None:
+                    decision = read_logged_decision(record, outcomes, horizon, known)
+                    if isinstance(decision, LoggedDecision):
+                        if reading is not None:
+                            reading.read += 1
                         yield decision
+                    elif reading is not None:
+                        reading.skip(decision)
                 if on_page is not None:
                     on_page(len(page), total)
                 if len(page) < page_size:
