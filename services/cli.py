@@ -398,6 +398,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return run_evaluate(args, args.database_url or settings.effective_database_url)
 
 
+def cmd_log(args: argparse.Namespace) -> int:
+    from services.learning.commands import run_log
+
+    settings = _settings(args)
+    return run_log(args, args.database_url or settings.effective_database_url)
+
+
 def cmd_bench_overload(args: argparse.Namespace) -> int:
     from services.overload import format_report, overload_run
 
@@ -475,7 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo-model")
     demo.set_defaults(handler=cmd_demo)
 
-    from services.learning.commands import add_evaluate_arguments, add_train_arguments
+    from services.learning.commands import (
+        add_evaluate_arguments,
+        add_log_arguments,
+        add_train_arguments,
+    )
 
     train = add_connection_arguments(
         with_address(
@@ -491,6 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_evaluate_arguments(evaluate)
     evaluate.set_defaults(handler=cmd_evaluate)
+    log = commands.add_parser("log", help="the decision log: compact version 1 snapshots")
+    add_log_arguments(log)
+    log.set_defaults(handler=cmd_log)
 
     decide = add_connection_arguments(
         with_address(commands.add_parser("decide", help="ask for one decision"))

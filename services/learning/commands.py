@@ -1,4 +1,5 @@
-"""``nextbest train`` and ``nextbest evaluate``: the learning loop's commands.
+"""``nextbest train``, ``nextbest evaluate`` and ``nextbest log compact``: the learning
+loop's commands.
 
 Both read the logged decisions straight from the database (``--database-url``, else the
 settings' database, as ``nextbest db`` does), page by page, with progress bars on stderr.
@@ -33,8 +34,10 @@ T = TypeVar("T")
 
 __all__ = [
     "add_evaluate_arguments",
+    "add_log_arguments",
     "add_train_arguments",
     "run_evaluate",
+    "run_log",
     "run_train",
 ]
 
@@ -136,9 +139,10 @@ def _progress(enabled: bool, description: str) -> Callable[[Iterable[T]], Iterat
 
 
 async def _read_logs(args: argparse.Namespace, database_url: str) -> list[LoggedDecision]:
-    """Every logged decision with a snapshot since ``--since``, with a progress bar."""
+    """Every logged decision with a snapshot since ``--since``, with a progress bar; a
+    warning on stderr for those skipped (an unreadable snapshot, an unknown catalog)."""
     # Imported here: building the parser (every ``nextbest`` command) stays light.
-    from services.learning.dataset import iter_logged_decisions
+    from services.learning.dataset import LogReading, iter_logged_decisions
 
     since = _since(args.since, utc_now())
     bar: Any = None
@@ -152,16 +156,20 @@ async def _read_logs(args: argparse.Namespace, database_url: str) -> list[Logged
             bar.total = total
             bar.update(read)
 
+    reading = LogReading()
     try:
-        return [
+        found = [
             d
             async for d in iter_logged_decisions(
-                database_url, since, _horizon(args.horizon), on_page=on_page
+                database_url, since, _horizon(args.horizon), on_page=on_page, reading=reading
             )
         ]
     finally:
         if bar is not None:
             bar.close()
+    for warning in reading.warnings():
+        print(f"nextbest: warning: {warning}", file=sys.stderr)
+    return found
 
 
 def _features_file(path: str) -> tuple[FeatureSpec, ...]:
@@ -375,4 +383,46 @@ def run_evaluate(args: argparse.Namespace, database_url: str) -> int:
         print(json.dumps(report.as_dict(), indent=2))
     else:
         print(format_report(report))
+    return 0
+
+
+def add_log_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["compact"])
+    parser.add_argument(
+        "--database-url", help="where the decisions are logged (default: the settings')"
+    )
+    parser.add_argument(
+        "--since",
+        help="decisions taken at or after: a duration back from now (7d) or an ISO time "
+        "(default: every decision)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="count and measure only")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def run_log(args: argparse.Namespace, database_url: str) -> int:
+    """``nextbest log compact``: version 1 snapshots rewritten as version 2 (compact.py)."""
+    from services.learning.compact import compact_log
+
+    since = _since(args.since, utc_now()) if args.since else datetime.min.replace(tzinfo=UTC)
+    bar: Any = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(desc="compacting decisions", unit=" decisions", file=sys.stderr, leave=False)
+
+    def on_page(read: int, total: int) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.update(read)
+
+    try:
+        report = asyncio.run(
+            compact_log(database_url, since, dry_run=args.dry_run, on_page=on_page)
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
     return 0
