@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
-import pytest
 from alembic import command
 from sqlalchemy import create_engine, inspect, text
 
 from libs.storage.database import sync_url
 from libs.storage.migrate import alembic_config, upgrade
 from services.app import MIGRATIONS
-from tests.conftest import create_postgres_database, drop_postgres_database, require_postgres
 
 AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'old.db'}"
-        return
-    require_postgres()
-    url = create_postgres_database()
-    yield url
-    drop_postgres_database(url)
 
 
 def test_upgrade_backfills_from_the_event_log_and_downgrade_removes(empty_url: str) -> None:
