@@ -196,3 +196,51 @@ async def test_decisions_train_a_challenger_that_is_evaluated_then_activated(
         timeout=10,
     )
     assert after.decision.model_version == f"demo_propensity:{trained['version']}"
+
+
+async def test_train_and_evaluate_read_a_log_holding_both_snapshot_formats(
+    hub: Hub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from services.demo.seed import demo_features
+
+    await simulate(hub, seed=9)
+    features = tmp_path / "features.json"
+    features.write_text(
+        json.dumps([{"name": f.name, "default": f.default} for f in demo_features()])
+    )
+    common = ["--database-url", hub.database_url, "--since", "1h", "--no-progress"]
+    train = ["train", *common, "--no-register", "--features", str(features), "--json"]
+    evaluate = ["evaluate", *common, "--lever", "service_setup_help=3", "--json"]
+    trained_v1 = await run_json(capsys, *train)
+    evaluated_v1 = await run_json(capsys, *evaluate)
+
+    # The newer half of the log rewritten as version 2: a log of both formats.
+    since = datetime.now(UTC) - timedelta(hours=1)
+    logged = [d async for d in iter_logged_decisions(hub.database_url, since, None)]
+    middle = sorted(d.decided_at for d in logged)[len(logged) // 2]
+    half = await run_json(
+        capsys,
+        "log",
+        "compact",
+        "--database-url",
+        hub.database_url,
+        "--since",
+        middle.isoformat(),
+        "--no-progress",
+        "--json",
+    )
+    assert 0 < half["compacted"] < len(logged) and half["unknown_catalog"] == 0
+    assert half["bytes_after"] * 2 < half["bytes_before"]  # 6 actions, rich contexts
+
+    trained_mixed = await run_json(capsys, *train)
+    evaluated_mixed = await run_json(capsys, *evaluate)
+
+    # The same training set (hence the same model) and the same estimates.
+    assert trained_mixed["decisions_read"] == trained_v1["decisions_read"] == len(logged)
+    assert trained_mixed["rows"] == trained_v1["rows"]
+    assert trained_mixed["checksum"] == trained_v1["checksum"]
+    assert evaluated_mixed["decisions"] == evaluated_v1["decisions"]
+    for name, estimate in evaluated_v1["estimates"].items():
+        assert evaluated_mixed["estimates"][name]["value"] == pytest.approx(
+            estimate["value"], rel=1e-6
+        ), name
