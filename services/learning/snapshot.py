@@ -214,10 +214,11 @@ def compact_snapshot(
     if not np.all(weights == 1.0):
         snapshot["context_weight"] = _pack(weights, "<f4")
     # Distinct labels in order of first use ("" = the prior propensity stood in).
-    labels: dict[str, int] = {}
-    index = [labels.setdefault(label, len(labels)) for label in table.model_versions]
-    snapshot["model_versions"] = list(labels) or [""]
+    labels = list(dict.fromkeys(table.model_versions))
+    snapshot["model_versions"] = labels or [""]
     if len(labels) > 1:
+        number = {label: n for n, label in enumerate(labels)}
+        index = [number[label] for label in table.model_versions]
         snapshot["model_index"] = _pack(np.asarray(index), _unsigned(len(labels)))
     if table.removed_by:
         snapshot["removed_by"] = {str(i): rule for i, rule in sorted(table.removed_by.items())}
