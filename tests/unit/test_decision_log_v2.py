@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from services.arbitration.catalog import parse_catalog
-from services.arbitration.model import CandidateTable, Catalog
+from services.arbitration.model import CandidateTable, Catalog, ScoredCandidate
 from services.context.model import (
     ChannelActivity,
     Contact,
@@ -326,3 +326,29 @@ def test_the_compact_profile_context_gives_the_same_features() -> None:
         back.counters["purchase"].last_occurred_at == context.counters["purchase"].last_occurred_at
     )
     assert back.channels == {} and back.counters["purchase"].last_values == {}
+
+
+async def test_the_kernels_own_table_logs_what_the_v1_snapshot_did() -> None:
+    """The CandidateTable arbitration's kernel hands over (Prioritization.table), written
+    by compact_snapshot, reads as the candidates of the same decision's v1 snapshot."""
+    decision, v1, catalog, profile = await decided()
+    hub = await make_hub(CATALOG, PROPENSITIES)
+    scored = [
+        ScoredCandidate(c["action_id"], c["propensity"], c["model_version"])
+        for c in v1["candidates"]
+        if "propensity" in c
+    ]
+    result = await hub.arbitration.prioritize(
+        scored, "web", context=profile, request_context={"device": "ios"}, placement="home"
+    )
+    assert result.table is not None
+
+    v2 = compact_snapshot(profile, {"device": "ios"}, "web", "home", result.table, 0.1)
+
+    served = decision.action.action_id if decision.action else ""
+    old = by_id(read_logged_decision(record_with(v1, served), [], None))
+    new = by_id(read_logged_decision(record_with(v2, served), [], None, {catalog.version: catalog}))
+    # The kernel's table holds the scored candidates (the listing's removals are not in it).
+    assert set(new) == {c.action_id for c in scored}
+    for action_id, candidate in new.items():
+        assert_same(old[action_id], candidate)
