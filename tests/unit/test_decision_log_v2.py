@@ -68,7 +68,7 @@ CATALOG: dict[str, Any] = {
         {"id": "new", "issue": "sales", "value": 30, "lever": 0.7, "prior_propensity": 0.11},
     ],
 }
-# "new" has no score: its prior propensity stands in (FakeScoring labels it "prior").
+# "new" has no score: its prior propensity stands in (model version "").
 PROPENSITIES = {"keep": 0.123456789, "help": 0.4, "gold": 0.9, "mail": 0.6, "call": 0.5}
 
 
@@ -109,6 +109,7 @@ async def decided() -> tuple[Decision, dict[str, Any], Catalog, ProfileContext]:
     decision = await hub.engine.decide(
         DecideCommand(ZOE, "web", placement="home", context={"device": "ios"}, explain=True)
     )
+    await hub.engine.flush_decisions()  # stored behind the answer
     catalog = await hub.arbitration.catalog()
     snapshot = hub.context.decisions[decision.decision_id].payload[SNAPSHOT_KEY]
     return decision, json.loads(json.dumps(snapshot)), catalog, profile
@@ -161,7 +162,7 @@ async def test_a_real_decision_reads_the_same_from_v1_and_v2() -> None:
         "eligibility@action:gold",
         "consent:marketing_email",
     )
-    assert new["new"].model_version == "prior" and new["new"].propensity == pytest.approx(0.11)
+    assert new["new"].model_version == "" and new["new"].propensity == pytest.approx(0.11)
     assert not new["call"].eligible and new["call"].removed_by == "channels"
     # What was removed is listed only for removed candidates; the rest are eligible.
     assert {k for k, c in new.items() if not c.eligible} == {"gold", "mail", "call"}
