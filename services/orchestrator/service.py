@@ -58,7 +58,7 @@ from services.context.service import (
     check_predictions,
 )
 from services.identity.model import Identifier, ProfileLookup, Resolution
-from services.learning.snapshot import SNAPSHOT_KEY, decision_snapshot
+from services.learning.snapshot import SNAPSHOT_KEY, compact_snapshot, decision_snapshot
 from services.orchestrator.model import (
     DecideCommand,
     DecidedAction,
@@ -528,20 +528,30 @@ class DecisionEngine:
             request_context, redacted = redact_for_storage(command.context)
             if redacted:
                 self._observer.personal_data_redacted(REQUEST_CONTEXT, redacted)
-            snapshot = decision_snapshot(
-                profile,
-                request_context,
-                command.channel,
-                command.placement,
-                listed,
-                [
-                    CandidateScore(a.action_id, p, v, not v)
-                    for a, p, v in zip(
-                        listed.candidates, propensity.tolist(), versions, strict=True
-                    )
-                ],
-                result,
-            )
+            if result.table is not None:  # the kernel's arrays: the compact format
+                snapshot = compact_snapshot(
+                    profile,
+                    request_context,
+                    command.channel,
+                    command.placement,
+                    result.table,
+                    result.min_priority,
+                )
+            else:  # ranked here without arbitration (a fallback): one dict per candidate
+                snapshot = decision_snapshot(
+                    profile,
+                    request_context,
+                    command.channel,
+                    command.placement,
+                    listed,
+                    [
+                        CandidateScore(a.action_id, p, v, not v)
+                        for a, p, v in zip(
+                            listed.candidates, propensity.tolist(), versions, strict=True
+                        )
+                    ],
+                    result,
+                )
             set_deadline(started + budget)
             decision = await self._record(command, decision, predictions, snapshot=snapshot)
         self._observer.decided(

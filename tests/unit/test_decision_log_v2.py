@@ -14,7 +14,13 @@ import orjson
 import pytest
 
 from services.arbitration.catalog import parse_catalog
-from services.arbitration.model import CandidateTable, Catalog, ScoredCandidate
+from services.arbitration.model import (
+    CandidateList,
+    CandidateTable,
+    Catalog,
+    Prioritization,
+    ScoredCandidate,
+)
 from services.context.model import (
     ChannelActivity,
     Contact,
@@ -36,10 +42,15 @@ from services.learning.dataset import (
     LogReading,
     read_logged_decision,
 )
-from services.learning.snapshot import SNAPSHOT_KEY, compact_snapshot, unpack_v2
+from services.learning.snapshot import (
+    SNAPSHOT_KEY,
+    compact_snapshot,
+    decision_snapshot,
+    unpack_v2,
+)
 from services.orchestrator.model import DecideCommand, Decision
 from services.scoring.features import FeatureBuilder, ScoringInput
-from services.scoring.model import FeatureSpec, ScoringCandidate
+from services.scoring.model import CandidateScore, FeatureSpec, ScoringCandidate
 from tests.unit.test_decision_engine import NOW, make_hub
 
 ZOE = [Identifier("email", "zoe@example.com")]
@@ -109,9 +120,28 @@ async def decided() -> tuple[Decision, dict[str, Any], Catalog, ProfileContext]:
     decision = await hub.engine.decide(
         DecideCommand(ZOE, "web", placement="home", context={"device": "ios"}, explain=True)
     )
-    await hub.engine.flush_decisions()  # stored behind the answer
     catalog = await hub.arbitration.catalog()
-    snapshot = hub.context.decisions[decision.decision_id].payload[SNAPSHOT_KEY]
+    # The v1 snapshot of this decision as the hub wrote it before the compact format: every
+    # candidate's factors as arbitration explained them.
+    assert decision.explanation is not None
+    explained = decision.explanation.candidates
+    offered = tuple(a for a in catalog.actions if a.enabled and a.offered_on("web"))
+    ids = {a.action_id for a in offered}
+    listed = CandidateList(
+        offered,
+        tuple(c for c in explained if c.action_id not in ids),
+        catalog.version,
+        catalog.min_priority,
+    )
+    scores = [
+        CandidateScore(c.action_id, c.propensity, c.model_version, not c.model_version)
+        for c in explained
+        if c.action_id in ids
+    ]
+    result = Prioritization(
+        None, None, tuple(c for c in explained if c.action_id in ids), catalog.min_priority, ""
+    )
+    snapshot = decision_snapshot(profile, {"device": "ios"}, "web", "home", listed, scores, result)
     return decision, json.loads(json.dumps(snapshot)), catalog, profile
 
 

@@ -15,7 +15,7 @@ from services.context.snapshot import (
     profile_context_from_dict,
     profile_context_to_dict,
 )
-from services.learning.snapshot import SNAPSHOT_KEY
+from services.learning.dataset import LoggedDecision, read_logged_decision
 from services.orchestrator.model import DecideCommand, TrackedEvent
 from tests.unit.test_decision_engine import ANN, make_hub
 
@@ -45,14 +45,15 @@ async def test_an_unexplained_decision_snapshots_arbitrations_ranking_without_ex
 
     assert decision.explanation is None
     await hub.engine.flush_decisions()
-    snapshot = hub.context.decisions[decision.decision_id].payload[SNAPSHOT_KEY]
-    assert snapshot["ranked"] is True
-    by_id = {c["action_id"]: c for c in snapshot["candidates"]}
-    assert by_id["bravo"]["priority"] == pytest.approx(3.0)
-    assert by_id["charlie"]["priority"] == pytest.approx(2.5)
-    assert all(c["eligible"] and c["removed_by"] == "" for c in by_id.values())
-    await hub.engine.flush_decisions()
-    assert hub.context.decisions[decision.decision_id].payload["explanation"] is None
+    stored = hub.context.decisions[decision.decision_id]
+    catalog = await hub.arbitration.catalog()
+    logged = read_logged_decision(stored, [], None, {catalog.version: catalog})
+    assert isinstance(logged, LoggedDecision)
+    by_id = {c.action_id: c for c in logged.candidates}
+    assert by_id["bravo"].priority == pytest.approx(3.0)
+    assert by_id["charlie"].priority == pytest.approx(2.5)
+    assert all(c.eligible and c.removed_by == "" for c in by_id.values())
+    assert stored.payload["explanation"] is None
 
 
 async def test_a_decision_pushed_to_a_watcher_is_recorded_with_its_snapshot() -> None:
@@ -70,6 +71,8 @@ async def test_a_decision_pushed_to_a_watcher_is_recorded_with_its_snapshot() ->
 
     assert second.action is not None and second.action.action_id == "charlie"
     await hub.engine.flush_decisions()
-    stored = hub.context.decisions[second.decision_id].payload
-    assert stored[SNAPSHOT_KEY]["ranked"] is True
-    assert {c["action_id"] for c in stored[SNAPSHOT_KEY]["candidates"]} >= {"bravo", "charlie"}
+    stored = hub.context.decisions[second.decision_id]
+    catalog = await hub.arbitration.catalog()
+    logged = read_logged_decision(stored, [], None, {catalog.version: catalog})
+    assert isinstance(logged, LoggedDecision)
+    assert {c.action_id for c in logged.candidates} >= {"bravo", "charlie"}
