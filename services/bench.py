@@ -989,7 +989,7 @@ def _libpq(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def _create_postgres_database(admin_url: str) -> str:
+def create_bench_database(admin_url: str) -> str:
     import uuid
 
     import psycopg
@@ -1001,7 +1001,7 @@ def _create_postgres_database(admin_url: str) -> str:
     return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
 
 
-def _drop_postgres_database(admin_url: str, url: str) -> None:
+def drop_bench_database(admin_url: str, url: str) -> None:
     import psycopg
     from sqlalchemy.engine import make_url
 
@@ -1146,7 +1146,7 @@ async def run_scenario(scenario: Scenario) -> dict[str, Any]:
         url = scenario.database_url
         if url is None:
             if scenario.database == "postgres":
-                url = created_database = _create_postgres_database(scenario.postgres_admin_url)
+                url = created_database = create_bench_database(scenario.postgres_admin_url)
             else:
                 url = f"sqlite:///{Path(workdir) / 'bench.db'}"
         data_info: dict[str, Any] = {}
@@ -1216,7 +1216,7 @@ async def run_scenario(scenario: Scenario) -> dict[str, Any]:
         finally:
             if created_database is not None:
                 await asyncio.to_thread(
-                    _drop_postgres_database, scenario.postgres_admin_url, created_database
+                    drop_bench_database, scenario.postgres_admin_url, created_database
                 )
     result["scenario"] = scenario.as_dict()
     result["first_action"] = first

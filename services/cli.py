@@ -341,6 +341,42 @@ def cmd_bench_identity(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_login(args: argparse.Namespace) -> int:
+    from services.bench import (
+        DEFAULT_POSTGRES_ADMIN_URL,
+        create_bench_database,
+        drop_bench_database,
+    )
+    from services.bench_login import run_login_bench
+
+    database_url = args.database_url
+    created = None
+    if database_url is None and args.database == "postgres":
+        database_url = created = create_bench_database(DEFAULT_POSTGRES_ADMIN_URL)
+    try:
+        result = asyncio.run(
+            run_login_bench(
+                shape=args.shape,
+                database_url=database_url,
+                logins=args.logins,
+                warmup=args.warmup,
+            )
+        )
+    finally:
+        if created is not None:
+            drop_bench_database(DEFAULT_POSTGRES_ADMIN_URL, created)
+    print(
+        f"login Decide merging two profiles ({result['shape']}): {result['logins']} logins, "
+        f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
+        f"max {result['max_ms']:.1f} ms; degraded {sum(result['degraded'].values())} "
+        f"{result['degraded'] or ''}"
+    )
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def cmd_datagen(args: argparse.Namespace) -> int:
     from services import datagen
     from services.app import MIGRATIONS
@@ -589,6 +625,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_identity.add_argument("--json", help="write the result here")
     bench_identity.set_defaults(handler=cmd_bench_identity)
+    bench_login = commands.add_parser(
+        "bench-login", help="latency of a login Decide that merges two profiles (one at a time)"
+    )
+    bench_login.add_argument("--shape", choices=("embedded", "mesh"), default="mesh")
+    bench_login.add_argument("--database", choices=("sqlite", "postgres"), default="postgres")
+    bench_login.add_argument("--database-url", help="use this database instead")
+    bench_login.add_argument("--logins", type=int, default=300)
+    bench_login.add_argument("--warmup", type=int, default=30)
+    bench_login.add_argument("--json", help="write the result here")
+    bench_login.set_defaults(handler=cmd_bench_login)
     datagen_cmd = commands.add_parser(
         "datagen", help="fill an empty database with profiles, events and their aggregates"
     )
