@@ -797,9 +797,11 @@ def format_table(result: dict[str, Any]) -> str:
 
 BENCH_CHANNEL = "bench"
 DEFAULT_POSTGRES_ADMIN_URL = "postgresql://root@127.0.0.1:5432/postgres"
-# A Decide in the mesh makes six calls to peers (identity, context, arbitration twice,
-# scoring, context): the echo baseline of the mesh gets the same number of hops.
-MESH_HOPS = 6
+# A Decide in the mesh calls at most five peers: identity, context (the profile; not for a
+# first-seen visitor), scoring, arbitration, and context again to store it (behind the
+# answer; a channel's listing is kept between decisions). The echo baseline of the mesh
+# gets five hops, in sequence.
+MESH_HOPS = 5
 CATALOG_REFRESH_WAIT_S = 2.5
 
 
