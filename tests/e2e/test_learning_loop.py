@@ -7,15 +7,21 @@ import asyncio
 import json
 import random
 import uuid
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from nextbest.decision.v1 import decision_pb2, decision_pb2_grpc
+from sqlalchemy import Table, create_engine, select, update
 
+from libs.storage.database import sync_url
 from services.cli import main
-from services.learning.dataset import iter_logged_decisions
+from services.context.snapshot import profile_context_to_dict
+from services.context.tables import DecisionRow
+from services.learning.dataset import LoggedDecision, iter_logged_decisions
+from services.learning.snapshot import SNAPSHOT_KEY
 from tests.e2e.conftest import Hub
 
 CUSTOMERS = 60
@@ -198,6 +204,35 @@ async def test_decisions_train_a_challenger_that_is_evaluated_then_activated(
     assert after.decision.model_version == f"demo_propensity:{trained['version']}"
 
 
+def rewrite_as_v1(database_url: str, decisions: list[LoggedDecision]) -> None:
+    """Store these decisions' snapshots in version 1 (one dict per candidate)."""
+    table: Table = DecisionRow.__table__  # type: ignore[assignment]
+    engine = create_engine(sync_url(database_url))
+    try:
+        with engine.begin() as connection:
+            for decision in decisions:
+                where = table.c.decision_id == decision.decision_id
+                stored = connection.execute(select(table.c.payload).where(where)).scalar_one()
+                payload = dict(stored)
+                compact = payload[SNAPSHOT_KEY]
+                payload[SNAPSHOT_KEY] = {
+                    "version": 1,
+                    "context": profile_context_to_dict(decision.context),
+                    "request_context": decision.request_context,
+                    "channel": decision.channel,
+                    "placement": decision.placement,
+                    "catalog_version": compact["catalog_version"],
+                    "min_priority": decision.min_priority,
+                    "ranked": True,
+                    "candidates": [
+                        {**asdict(c), "fallback": not c.model_version} for c in decision.candidates
+                    ],
+                }
+                connection.execute(update(table).where(where).values(payload=payload))
+    finally:
+        engine.dispose()
+
+
 async def test_train_and_evaluate_read_a_log_holding_both_snapshot_formats(
     hub: Hub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -211,36 +246,27 @@ async def test_train_and_evaluate_read_a_log_holding_both_snapshot_formats(
     common = ["--database-url", hub.database_url, "--since", "1h", "--no-progress"]
     train = ["train", *common, "--no-register", "--features", str(features), "--json"]
     evaluate = ["evaluate", *common, "--lever", "service_setup_help=3", "--json"]
-    trained_v1 = await run_json(capsys, *train)
-    evaluated_v1 = await run_json(capsys, *evaluate)
+    trained_v2 = await run_json(capsys, *train)
+    evaluated_v2 = await run_json(capsys, *evaluate)
 
-    # The newer half of the log rewritten as version 2: a log of both formats.
+    # The hub writes version 2; the older half of the log rewritten as version 1 (what
+    # the hub wrote before the compact format): a log of both formats.
     since = datetime.now(UTC) - timedelta(hours=1)
     logged = [d async for d in iter_logged_decisions(hub.database_url, since, None)]
     middle = sorted(d.decided_at for d in logged)[len(logged) // 2]
-    half = await run_json(
-        capsys,
-        "log",
-        "compact",
-        "--database-url",
-        hub.database_url,
-        "--since",
-        middle.isoformat(),
-        "--no-progress",
-        "--json",
-    )
-    assert 0 < half["compacted"] < len(logged) and half["unknown_catalog"] == 0
-    assert half["bytes_after"] * 2 < half["bytes_before"]  # 6 actions, rich contexts
+    older = [d for d in logged if d.decided_at < middle]
+    assert 0 < len(older) < len(logged)
+    rewrite_as_v1(hub.database_url, older)
 
     trained_mixed = await run_json(capsys, *train)
     evaluated_mixed = await run_json(capsys, *evaluate)
 
     # The same training set (hence the same model) and the same estimates.
-    assert trained_mixed["decisions_read"] == trained_v1["decisions_read"] == len(logged)
-    assert trained_mixed["rows"] == trained_v1["rows"]
-    assert trained_mixed["checksum"] == trained_v1["checksum"]
-    assert evaluated_mixed["decisions"] == evaluated_v1["decisions"]
-    for name, estimate in evaluated_v1["estimates"].items():
+    assert trained_mixed["decisions_read"] == trained_v2["decisions_read"] == len(logged)
+    assert trained_mixed["rows"] == trained_v2["rows"]
+    assert trained_mixed["checksum"] == trained_v2["checksum"]
+    assert evaluated_mixed["decisions"] == evaluated_v2["decisions"]
+    for name, estimate in evaluated_v2["estimates"].items():
         assert evaluated_mixed["estimates"][name]["value"] == pytest.approx(
             estimate["value"], rel=1e-6
         ), name
