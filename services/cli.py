@@ -17,7 +17,9 @@ import yaml
 from google.protobuf import json_format
 
 from libs.config import ConfigError, Settings, Target, load_settings
+from libs.errors import FieldViolation
 from libs.logging import configure_logging
+from libs.rpc.status import violations_of
 from services.cli_connection import add_connection_arguments, connect, rpc_hint, serve_hint
 
 
@@ -695,7 +697,16 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"nextbest: {error}", file=sys.stderr)
         return 2
     except grpc.RpcError as error:
-        print(f"nextbest: {error.code().name}: {error.details()}", file=sys.stderr)
+        # Every bad field on a line of its own: the status message is cut to fit a trailer.
+        violations: list[FieldViolation] = (
+            violations_of(error) if isinstance(error, grpc.Call) else []
+        )
+        if violations:
+            print(f"nextbest: {error.code().name}:", file=sys.stderr)
+            for violation in violations:
+                print(f"  {violation.field}: {violation.description}", file=sys.stderr)
+        else:
+            print(f"nextbest: {error.code().name}: {error.details()}", file=sys.stderr)
         hint = rpc_hint(error.code(), args)
         if hint:
             print(f"nextbest: {hint}", file=sys.stderr)

@@ -90,23 +90,26 @@ def status_for(error: DomainError) -> grpc.Status:
     return status
 
 
+def violations_of(error: grpc.Call | grpc.aio.AioRpcError) -> list[FieldViolation]:
+    """The field violations of a failed call's google.rpc.BadRequest details (none: [])."""
+    for key, value in error.trailing_metadata() or ():
+        if key == rpc_status.GRPC_DETAILS_METADATA_KEY and isinstance(value, bytes):
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                bad_request = error_details_pb2.BadRequest()
+                if detail.Unpack(bad_request):
+                    return [
+                        FieldViolation(v.field, v.description) for v in bad_request.field_violations
+                    ]
+    return []
+
+
 def error_from_rpc(error: grpc.aio.AioRpcError, peer: str) -> DomainError:
     """Turn a failed call to a peer back into the domain error it stood for."""
     code = error.code()
     message = error.details() or code.name
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        violations = [FieldViolation(peer, message)]
-        for key, value in error.trailing_metadata() or ():
-            if key == rpc_status.GRPC_DETAILS_METADATA_KEY and isinstance(value, bytes):
-                status = status_pb2.Status.FromString(value)
-                for detail in status.details:
-                    bad_request = error_details_pb2.BadRequest()
-                    if detail.Unpack(bad_request):
-                        violations = [
-                            FieldViolation(v.field, v.description)
-                            for v in bad_request.field_violations
-                        ]
-        return InvalidArgument(violations)
+        return InvalidArgument(violations_of(error) or [FieldViolation(peer, message)])
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFound(message)
     if code == grpc.StatusCode.FAILED_PRECONDITION:

@@ -27,6 +27,7 @@ from services.arbitration.contact import ContactPolicy, parse_contact_policies
 from services.arbitration.exploration import EPSILON_GREEDY, GREEDY, POLICIES, THOMPSON
 from services.arbitration.model import ActionDefinition, Catalog, Exploration, Factors
 from services.arbitration.policies import KINDS, Rule, compile_rule, merge_fields
+from services.arbitration.typecheck import type_problem
 from services.arbitration.volume import VolumeConstraint, parse_volume_constraints
 
 MAX_ACTIONS = 2000
@@ -264,8 +265,11 @@ def _moment(problems: Violations, where: str, raw: Any) -> datetime | None:
     return None
 
 
-def parse_catalog(document: Any) -> Catalog:
-    """Validate a whole catalog; every problem is reported with the place at fault."""
+def parse_catalog(document: Any, *, check_types: bool = True) -> Catalog:
+    """Validate a whole catalog; every problem is reported with the place at fault.
+    ``check_types`` False: a stored catalog, type-checked when it was applied, is re-read
+    as it is (a rule a later release would refuse still fails closed at decision time
+    instead of leaving the replica without a catalog)."""
     if not isinstance(document, dict):
         raise InvalidArgument(FieldViolation("catalog", "must be a mapping with an actions list"))
     problems = Violations()
@@ -290,6 +294,8 @@ def parse_catalog(document: Any) -> Catalog:
             actions.append(parsed[0])
             normalised.append(parsed[1])
     defaults = _defaults(problems, document.get("defaults", {}), actions)
+    if check_types:
+        _check_types(problems, top, issues, actions)
     problems.raise_if_any()
     frozen = tuple(actions)
     normal: dict[str, Any] = {
@@ -318,6 +324,31 @@ def parse_catalog(document: Any) -> Catalog:
     for action in parsed_catalog.actions:  # compiled now, not in the first decision
         action.plan_rules_with(programs)
     return parsed_catalog
+
+
+def _check_types(
+    problems: Violations,
+    top: _Level,
+    issues: dict[str, _Issue] | None,
+    actions: list[ActionDefinition],
+) -> None:
+    """Every expression of the document, once, against the declared types of its variables
+    (typecheck.py), including those of an issue or group no action uses."""
+    rules: list[Rule | None] = list(top.rules.values())
+    for issue in (issues or {}).values():
+        rules += [*issue.level.rules.values(), issue.context_weight]
+        for group in (issue.groups or {}).values():
+            rules += group.rules.values()
+    for action in actions:
+        rules += [*action.rules, action.context_weight_rule]
+    seen: set[int] = set()
+    for rule in rules:
+        if rule is None or id(rule) in seen:
+            continue
+        seen.add(id(rule))
+        problem = type_problem(rule)
+        if problem is not None:
+            problems.add(rule.where, problem)
 
 
 def _action(

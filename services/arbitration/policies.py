@@ -90,6 +90,8 @@ class Rule:
     # The rule as written, when this one is its copy for one action (``specialise``): what
     # gives the exact error message when the copy fails.
     original: Rule | None = field(default=None, compare=False, repr=False)
+    # Its place in the catalog document (``issues.retention.policies.eligibility``).
+    where: str = field(default="", compare=False, repr=False)
 
 
 def compile_rule(raw: Any, where: str, name: str, problems: Violations) -> Rule | None:
@@ -122,6 +124,7 @@ def compile_rule(raw: Any, where: str, name: str, problems: Violations) -> Rule 
         _fields_read(raw, "action" in free, _ACTION, _ACTION_FIELD),
         _fields_read(raw, "request" in free, _REQUEST, _REQUEST_FIELD),
         "now" in free,
+        where=where,
     )
 
 

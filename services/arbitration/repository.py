@@ -56,7 +56,7 @@ class SqlCatalogRepository:
         if state is None:
             return None
         if state.document is not None:
-            parsed = parse_catalog(state.document)
+            parsed = parse_catalog(state.document, check_types=False)
             return replace(parsed, version=state.version, applied_at=state.applied_at)
         rows = await self._session.scalars(select(ActionRow).order_by(ActionRow.position))
         actions = tuple(

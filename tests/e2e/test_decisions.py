@@ -50,13 +50,18 @@ def events(
 
 
 def field_violations(error: grpc.aio.AioRpcError) -> list[str]:
+    return [field for field, _ in field_descriptions(error)]
+
+
+def field_descriptions(error: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
+    """(field, description) of every violation of the error's BadRequest details."""
     for key, value in error.trailing_metadata() or ():
         if key == rpc_status.GRPC_DETAILS_METADATA_KEY:
             status = status_pb2.Status.FromString(value)
             for detail in status.details:
                 bad_request = error_details_pb2.BadRequest()
                 if detail.Unpack(bad_request):
-                    return [v.field for v in bad_request.field_violations]
+                    return [(v.field, v.description) for v in bad_request.field_violations]
     return []
 
 

@@ -22,7 +22,7 @@ from nextbest.privacy.v1 import privacy_pb2, privacy_pb2_grpc
 from services.cli import main
 from services.demo.seed import DEMO_CATALOG
 from tests.e2e.conftest import Hub
-from tests.e2e.test_decisions import field_violations
+from tests.e2e.test_decisions import field_descriptions, field_violations
 
 
 def customer() -> decision_pb2.Identifier:
@@ -180,3 +180,77 @@ async def test_the_command_applies_documents_and_names_a_bad_rule(
     code, out, err = await nextbest("catalog", "show")
     assert code == 0, err
     assert "issues:" in out and "in customer.counts ? 1.5 : 1.0" in out
+
+
+def badly_typed_demo() -> dict[str, Any]:
+    """The demo catalog with the four type errors of issue 13 on four levels."""
+    document: dict[str, Any] = yaml.safe_load(DEMO_CATALOG.read_text())
+    document["policies"]["eligibility"] = "1 + 'a' == 2"
+    document["issues"]["retention"]["groups"]["discounts"]["policies"]["eligibility"] = "1 + 2"
+    document["issues"]["cross_sell"]["context_weight"] = "'high'"
+    document["actions"][2]["policies"]["suitability"] = "action.value > 'ten'"
+    return document
+
+
+BADLY_TYPED = [
+    "policies.eligibility",
+    "issues.retention.groups.discounts.policies.eligibility",
+    "issues.cross_sell.context_weight",
+    "actions[2] (cross_sell_device_protection).policies.suitability",
+]
+
+
+async def test_rules_that_do_not_type_check_are_refused_and_the_catalog_stays(
+    hub: Hub, catalogs: catalog_pb2_grpc.CatalogServiceAsyncStub
+) -> None:
+    before = await catalogs.GetCatalog(catalog_pb2.GetCatalogRequest(), timeout=10)
+
+    for dry_run in (True, False):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await catalogs.ApplyCatalog(
+                catalog_pb2.ApplyCatalogRequest(
+                    document=yaml.safe_dump(badly_typed_demo(), sort_keys=False),
+                    dry_run=dry_run,
+                ),
+                timeout=10,
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        violations = field_descriptions(refused.value)
+        assert [field for field, _ in violations] == BADLY_TYPED
+        why = [description for _, description in violations]
+        assert why[0].startswith("does not type-check: No such overload")
+        assert why[1] == "must return a bool (true or false), returns int (3)"
+        assert why[2] == "must return a number (int or double), returns string ('high')"
+        assert why[3].startswith("does not type-check: No such overload")
+
+    after = await catalogs.GetCatalog(catalog_pb2.GetCatalogRequest(), timeout=10)
+    assert after.catalog.version == before.catalog.version
+    assert (await decide(hub, customer())).action.action_id  # still serving
+    # What only a decision can tell (a profile attribute has no declared type) is accepted,
+    # and fails closed then.
+    document = yaml.safe_load(DEMO_CATALOG.read_text())
+    document["issues"]["retention"]["policies"]["eligibility"] = (
+        "customer.attributes.tenure_years > 2"
+    )
+    await apply(catalogs, yaml.safe_dump(document))
+    decision = await decide(hub, customer(), channel="call_center")
+    removed = {c.action_id: c.reason for c in decision.explanation.candidates if not c.eligible}
+    assert "evaluation failed" in removed["retention_loyalty_discount"]
+
+
+async def test_the_command_refuses_a_badly_typed_rule_in_a_dry_run(
+    hub: Hub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(badly_typed_demo(), sort_keys=False))
+
+    capsys.readouterr()
+    code = await asyncio.to_thread(
+        main, ["catalog", "apply", "--dry-run", "-f", str(bad), "--address", hub.catalog_address]
+    )
+    err = capsys.readouterr().err
+
+    assert code == 1
+    assert "INVALID_ARGUMENT" in err
+    assert "actions[2] (cross_sell_device_protection).policies.suitability: does not" in err
+    assert "issues.cross_sell.context_weight: must return a number" in err
