@@ -178,6 +178,13 @@ class Settings(BaseSettings):
     identity_blocked_values: list[str] | None = Field(
         None, description="JSON list replacing the built-in placeholder values."
     )
+    max_catalog_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Largest catalog document ApplyCatalog accepts (UTF-8 bytes); a larger "
+        "one is refused with INVALID_ARGUMENT naming `document` before it is parsed.",
+    )
     catalog_refresh_s: float = Field(
         2.0, gt=0, description="How often a replica checks for a newer catalog or model."
     )

@@ -24,6 +24,7 @@ from libs.rpc.server import GrpcServer, ServiceBinding, create_server
 from libs.storage import Database
 from libs.storage.migrate import upgrade
 from services.arbitration.api import ArbitrationClient, arbitration_bindings
+from services.arbitration.parsing import CatalogParser
 from services.arbitration.repository import SqlArbitrationUnitOfWork
 from services.arbitration.service import ArbitrationService
 from services.context.api import ContextClient, ProfileContextEncoder, context_binding
@@ -166,6 +167,10 @@ def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
             closers.append(hosted.context.close)
         if hosted.identity is not None:
             closers.append(hosted.identity.close)  # the profiles being created, likewise
+    catalog_parser: CatalogParser | None = None
+    if hosted.arbitration is not None:
+        catalog_parser = CatalogParser(settings.max_catalog_bytes)
+        closers.append(catalog_parser.close)
     if target in (Target.ALL, Target.ORCHESTRATOR):
         if target == Target.ALL:
             assert hosted.identity and hosted.context and hosted.scoring and hosted.arbitration
@@ -228,7 +233,7 @@ def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
     security = server_security(settings)
     server, bound = create_server(
         f"{settings.host}:{settings.port if port is None else port}",
-        _bindings(hosted),
+        _bindings(hosted, catalog_parser),
         reflection_enabled=settings.reflection,
         max_connection_age_s=settings.max_connection_age_s,
         # Observability outside authentication: rejected calls are traced and counted too.
@@ -282,7 +287,7 @@ def _closer(channel: grpc.aio.Channel) -> Callable[[], Awaitable[None]]:
     return close
 
 
-def _bindings(hosted: DomainServices) -> list[ServiceBinding]:
+def _bindings(hosted: DomainServices, catalog_parser: CatalogParser | None) -> list[ServiceBinding]:
     bindings: list[ServiceBinding] = []
     if hosted.decisions is not None and hosted.privacy is not None:
         bindings.extend(orchestrator_bindings(hosted.decisions, hosted.privacy))
@@ -292,6 +297,6 @@ def _bindings(hosted: DomainServices) -> list[ServiceBinding]:
         bindings.append(context_binding(hosted.context))
     if hosted.scoring is not None:
         bindings.extend(scoring_bindings(hosted.scoring))
-    if hosted.arbitration is not None:
-        bindings.extend(arbitration_bindings(hosted.arbitration))
+    if hosted.arbitration is not None and catalog_parser is not None:
+        bindings.extend(arbitration_bindings(hosted.arbitration, catalog_parser))
     return bindings

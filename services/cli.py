@@ -461,6 +461,16 @@ def cmd_bench_overload(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_apply(args: argparse.Namespace) -> int:
+    from services.bench_apply import format_report, run
+
+    result = asyncio.run(run(duration_s=args.duration, dry_run=not args.apply))
+    print(format_report(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nextbest",
@@ -663,6 +673,17 @@ def build_parser() -> argparse.ArgumentParser:
     overload.add_argument("--deadline-ms", type=float, default=200.0, help="per call")
     overload.add_argument("--json", help="write the result here")
     overload.set_defaults(handler=cmd_bench_overload)
+
+    bench_apply = commands.add_parser(
+        "bench-apply",
+        help="Decide latency idle vs while the hub validates a large catalog (embedded)",
+    )
+    bench_apply.add_argument("--duration", type=float, default=8.0, help="seconds per phase")
+    bench_apply.add_argument(
+        "--apply", action="store_true", help="apply for real (default: dry runs)"
+    )
+    bench_apply.add_argument("--json", help="also write the result to this file")
+    bench_apply.set_defaults(handler=cmd_bench_apply)
     return parser
 
 

@@ -16,7 +16,7 @@ from nextbest.decision.v1 import decision_pb2
 from libs.rpc.client import call_peer
 from libs.rpc.convert import datetime_to_timestamp, dict_to_struct, struct_to_dict
 from libs.rpc.server import ServiceBinding
-from services.arbitration.catalog import catalog_to_document, parse_catalog, parse_catalog_yaml
+from services.arbitration.catalog import catalog_to_document
 from services.arbitration.model import (
     ActionDefinition,
     CandidateExplanation,
@@ -26,6 +26,7 @@ from services.arbitration.model import (
     Prioritization,
     ScoredCandidate,
 )
+from services.arbitration.parsing import CatalogParser
 from services.arbitration.service import ArbitrationService
 from services.context.api import (
     ProfileContextEncoder,
@@ -187,17 +188,23 @@ class ArbitrationServicer(arbitration_pb2_grpc.ArbitrationServiceServicer):
 
 
 class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
-    def __init__(self, service: ArbitrationService) -> None:
+    def __init__(self, service: ArbitrationService, parser: CatalogParser) -> None:
         self._service = service
+        # Off the event loop, one at a time, size-bounded (parsing.py).
+        self._parser = parser
 
     async def ApplyCatalog(
         self, request: catalog_pb2.ApplyCatalogRequest, context: Context
     ) -> catalog_pb2.ApplyCatalogResponse:
         if request.document:
             # The whole document (policies, issues...), validated by the same rules as YAML.
-            catalog = parse_catalog_yaml(request.document)
+            answer = await self._parser.validate(request.document, dry_run=request.dry_run)
+            if request.dry_run:
+                version, count = answer
+                return catalog_pb2.ApplyCatalogResponse(version=version, action_count=count)
+            catalog = await self._parser.build(answer)
         else:
-            catalog = parse_catalog(
+            catalog = await self._parser.parse(
                 {
                     "min_priority": request.catalog.min_priority,
                     "actions": [
@@ -220,9 +227,11 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         return catalog_pb2.GetCatalogResponse(catalog=catalog_to_proto(catalog), document=document)
 
 
-def arbitration_bindings(service: ArbitrationService) -> list[ServiceBinding]:
+def arbitration_bindings(
+    service: ArbitrationService, parser: CatalogParser
+) -> list[ServiceBinding]:
     arbitration = ArbitrationServicer(service)
-    catalog = CatalogServicer(service)
+    catalog = CatalogServicer(service, parser)
     return [
         ServiceBinding(
             ARBITRATION_SERVICE,

@@ -509,10 +509,15 @@ def _defaults(problems: Violations, raw: Any, actions: list[ActionDefinition]) -
     return defaults
 
 
+# libyaml's loader when PyYAML was built with it: the pure-Python one takes seconds for a
+# large document (and holds the GIL all along).
+_YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def parse_catalog_yaml(text: str) -> Catalog:
     """The document as YAML (JSON is YAML too)."""
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_YAML_LOADER)
     except yaml.YAMLError as error:
         raise InvalidArgument(FieldViolation("catalog", f"not valid YAML: {error}")) from None
     return parse_catalog(document)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from typing import Protocol
 
@@ -56,7 +57,8 @@ class SqlCatalogRepository:
         if state is None:
             return None
         if state.document is not None:
-            parsed = parse_catalog(state.document, check_types=False)
+            # Off the event loop, as when it was applied (seconds for a large catalog).
+            parsed = await asyncio.to_thread(parse_catalog, state.document, check_types=False)
             return replace(parsed, version=state.version, applied_at=state.applied_at)
         rows = await self._session.scalars(select(ActionRow).order_by(ActionRow.position))
         actions = tuple(

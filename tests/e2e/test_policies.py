@@ -19,6 +19,8 @@ from nextbest.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from nextbest.decision.v1 import decision_pb2, decision_pb2_grpc
 from nextbest.privacy.v1 import privacy_pb2, privacy_pb2_grpc
 
+from services.arbitration.catalog import MAX_ACTIONS
+from services.bench_apply import large_document
 from services.cli import main
 from services.demo.seed import DEMO_CATALOG
 from tests.e2e.conftest import Hub
@@ -254,3 +256,47 @@ async def test_the_command_refuses_a_badly_typed_rule_in_a_dry_run(
     assert "INVALID_ARGUMENT" in err
     assert "actions[2] (cross_sell_device_protection).policies.suitability: does not" in err
     assert "issues.cross_sell.context_weight: must return a number" in err
+
+
+async def test_a_catalog_document_over_the_size_limit_is_refused_unread(
+    hub: Hub, catalogs: catalog_pb2_grpc.CatalogServiceAsyncStub
+) -> None:
+    before = await catalogs.GetCatalog(catalog_pb2.GetCatalogRequest(), timeout=10)
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await catalogs.ApplyCatalog(
+            catalog_pb2.ApplyCatalogRequest(document="#" * (3 << 20), dry_run=True), timeout=30
+        )
+
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    ((field, why),) = field_descriptions(refused.value)
+    assert field == "document"
+    assert why == f"{3 << 20} bytes: at most {1 << 20} (NEXTBEST_MAX_CATALOG_BYTES)"
+    after = await catalogs.GetCatalog(catalog_pb2.GetCatalogRequest(), timeout=10)
+    assert after.catalog.version == before.catalog.version
+
+
+async def test_decisions_go_on_while_a_large_catalog_is_validated(
+    hub: Hub, catalogs: catalog_pb2_grpc.CatalogServiceAsyncStub
+) -> None:
+    # The largest document the default limit allows: seconds of validation on any box.
+    document, actions = large_document()
+    assert actions == MAX_ACTIONS
+    request = catalog_pb2.ApplyCatalogRequest(document=document, dry_run=True)
+
+    async def apply_large() -> catalog_pb2.ApplyCatalogResponse:
+        return await catalogs.ApplyCatalog(request, timeout=120)
+
+    applying = asyncio.create_task(apply_large())
+
+    # Decides sent one after the other once the apply is on its way, until it answers: had
+    # the server parsed on its event loop, none of them would finish before the apply.
+    decided_first = []
+    while not applying.done():
+        decision = await decide(hub, customer())
+        if not applying.done():
+            decided_first.append(decision)
+
+    assert (await applying).action_count == MAX_ACTIONS
+    assert len(decided_first) >= 10
+    assert all(d.action.action_id and not d.degraded for d in decided_first)
