@@ -11,6 +11,8 @@ Decide would wait behind them (docs/operations.md, "Limits", has the measurement
 - an apply then builds its ``Catalog`` (compiled programs cannot cross processes) from the
   normalised document in a thread, with a short GIL switch interval for the duration so
   that the event loop gets the GIL back within a fraction of a millisecond;
+- a small document (up to ``INLINE_BYTES``, most catalogs) is validated in a thread the
+  same way: a few milliseconds of work do not pay for starting a process;
 - one catalog at a time, and a document larger than ``max_bytes`` is refused unread.
 """
 
@@ -23,9 +25,10 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import Any, TypeVar
 
 from libs.errors import FieldViolation, InvalidArgument, Unavailable
 from services.arbitration.catalog import parse_catalog, parse_catalog_yaml
@@ -35,6 +38,10 @@ from services.arbitration.model import Catalog
 # (CPython's default is 5 ms, several times a whole idle Decide).
 BUILD_SWITCH_INTERVAL_S = 0.0002
 PARENT_POLL_S = 1.0
+T = TypeVar("T")
+# Up to this size a document is validated in a thread, not in the worker process: libyaml
+# holds the GIL for its whole read, ~1-2 ms per 10 kB (the demo catalog is 4 kB).
+INLINE_BYTES = 16 * 1024
 
 
 def _start_worker(parent: int) -> None:
@@ -65,14 +72,20 @@ def _validate(text: str, dry_run: bool) -> tuple[Any, list[tuple[str, str]]]:
     return json.dumps(catalog.document), []
 
 
-def _build(document: str) -> Catalog:
-    """A validated normalised document (JSON) compiled in this process (in a thread)."""
+def _in_thread(work: Callable[..., T], *args: Any) -> T:
+    """``work`` run in a thread of this process, with a short GIL switch interval while it
+    runs (see BUILD_SWITCH_INTERVAL_S)."""
     previous = sys.getswitchinterval()
     sys.setswitchinterval(BUILD_SWITCH_INTERVAL_S)
     try:
-        return parse_catalog(json.loads(document), check_types=False)
+        return work(*args)
     finally:
         sys.setswitchinterval(previous)
+
+
+def _build(document: str) -> Catalog:
+    """A validated normalised document (JSON) compiled in this process."""
+    return parse_catalog(json.loads(document), check_types=False)
 
 
 class CatalogParser:
@@ -107,13 +120,16 @@ class CatalogParser:
                 )
             )
         async with self._lock:
-            try:
-                answer, problems = await asyncio.get_running_loop().run_in_executor(
-                    self._worker(), _validate, text, dry_run
-                )
-            except BrokenProcessPool:
-                self._pool = None  # a new worker for the next one
-                raise Unavailable("the catalog validation worker stopped; retry") from None
+            if size <= INLINE_BYTES:
+                answer, problems = await asyncio.to_thread(_in_thread, _validate, text, dry_run)
+            else:
+                try:
+                    answer, problems = await asyncio.get_running_loop().run_in_executor(
+                        self._worker(), _validate, text, dry_run
+                    )
+                except BrokenProcessPool:
+                    self._pool = None  # a new worker for the next one
+                    raise Unavailable("the catalog validation worker stopped; retry") from None
         if answer is None:
             raise InvalidArgument([FieldViolation(field, why) for field, why in problems])
         return answer
@@ -121,12 +137,12 @@ class CatalogParser:
     async def build(self, document: str) -> Catalog:
         """The catalog of a document ``validate`` answered (not a dry run)."""
         async with self._lock:
-            return await asyncio.to_thread(_build, document)
+            return await asyncio.to_thread(_in_thread, _build, document)
 
     async def parse(self, document: dict[str, Any]) -> Catalog:
         """A document not validated yet (the typed ``catalog`` field), checked in a thread."""
         async with self._lock:
-            return await asyncio.to_thread(parse_catalog, document)
+            return await asyncio.to_thread(_in_thread, parse_catalog, document)
 
     async def close(self) -> None:
         if self._pool is not None:
