@@ -35,6 +35,7 @@ from services.identity.api import IdentityClient, identity_binding
 from services.identity.normalize import IdentifierKeyring
 from services.identity.repository import SqlIdentityUnitOfWork
 from services.identity.service import IdentityService
+from services.orchestrator.admin_proxy import admin_forwarding_bindings
 from services.orchestrator.api import orchestrator_bindings
 from services.orchestrator.service import DecisionEngine, PrivacyAdmin
 from services.scoring.api import ScoringClient, scoring_bindings
@@ -230,10 +231,14 @@ def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
         hosted.privacy = PrivacyAdmin(
             identity, context, changes=changes, outbox=hosted.decisions.outbox
         )
+    bindings = _bindings(hosted, catalog_parser)
+    if target == Target.ORCHESTRATOR:
+        # The admin services of arbitration and scoring, through the public port.
+        bindings.extend(admin_forwarding_bindings(channels))
     security = server_security(settings)
     server, bound = create_server(
         f"{settings.host}:{settings.port if port is None else port}",
-        _bindings(hosted, catalog_parser),
+        bindings,
         reflection_enabled=settings.reflection,
         max_connection_age_s=settings.max_connection_age_s,
         # Observability outside authentication: rejected calls are traced and counted too.
@@ -242,7 +247,9 @@ def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
         # Limits and load shedding: docs/operations.md, "Limits".
         max_message_bytes=settings.max_message_bytes,
         large_messages=(
-            {REGISTER_MODEL: settings.max_model_upload_bytes} if hosted.scoring else None
+            {REGISTER_MODEL: settings.max_model_upload_bytes}
+            if hosted.scoring or target == Target.ORCHESTRATOR
+            else None
         ),
         max_concurrent_rpcs=settings.max_concurrent_rpcs,
         min_deadline_s=settings.min_deadline_ms / 1000,

@@ -4,7 +4,9 @@ orchestrator and the internal services, TLS and bearer tokens on the public endp
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,10 +17,14 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nextbest.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from nextbest.decision.v1 import decision_pb2, decision_pb2_grpc
 from nextbest.identity.v1 import identity_pb2, identity_pb2_grpc
+from nextbest.scoring.v1 import model_pb2, model_pb2_grpc
 
-from tests.e2e.harness import LocalDeployment
+from services.demo.seed import DEMO_CATALOG
+from tests.e2e.harness import NEXTBEST, LocalDeployment
+from tests.e2e.test_decisions import field_violations
 from tests.security.conftest import ADMIN_TOKEN, DECIDE_TOKEN, INGEST_TOKEN, write_tokens
 from tests.security.pki import CertificateAuthority, Issued
 
@@ -223,3 +229,78 @@ def test_grpcurl_with_tls_and_a_token(mesh: SecureMesh) -> None:
         timeout=30,
     )
     assert "nextbest.decision.v1.DecisionService" in listed.stdout, listed.stderr
+
+
+def admin_command(mesh: SecureMesh, *argv: str, token: str) -> subprocess.CompletedProcess[str]:
+    """``nextbest <argv> --address <the public endpoint>`` as an operator runs it: the CA
+    and the token from the CLI's variables, nothing else from the test's environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEXTBEST_CLI_")}
+    env.update(NEXTBEST_CLI_CACERT=str(mesh.ca.cert_file), NEXTBEST_CLI_TOKEN=token)
+    return subprocess.run(
+        [*NEXTBEST, *argv, "--address", mesh.public],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_an_operator_administers_the_mesh_through_the_public_endpoint(
+    mesh: SecureMesh,
+) -> None:
+    """The production network policies let only the orchestrator reach arbitration and
+    scoring: the catalog and the models are administered through the public endpoint,
+    which forwards to them (TLS and an admin token on the way in, mTLS on the way on)."""
+    applied, listed, refused = await asyncio.gather(
+        asyncio.to_thread(
+            admin_command, mesh, "catalog", "apply", "-f", str(DEMO_CATALOG), token=ADMIN_TOKEN
+        ),
+        asyncio.to_thread(admin_command, mesh, "models", "list", token=ADMIN_TOKEN),
+        asyncio.to_thread(admin_command, mesh, "models", "list", token=DECIDE_TOKEN),
+    )
+    assert applied.returncode == 0, applied.stderr
+    assert "applied:" in applied.stdout and " actions" in applied.stdout
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)["models"][0]["name"] == "demo_propensity"
+    # The orchestrator asks for the admin scope itself.
+    assert refused.returncode == 1
+    assert "PERMISSION_DENIED" in refused.stderr and "admin scope" in refused.stderr
+
+
+async def apply_catalog(
+    address: str, credentials: grpc.ChannelCredentials, document: str
+) -> grpc.aio.AioRpcError:
+    async with grpc.aio.secure_channel(address, credentials) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await catalog_pb2_grpc.CatalogServiceStub(channel).ApplyCatalog(
+                catalog_pb2.ApplyCatalogRequest(document=document, dry_run=True),
+                metadata=bearer(ADMIN_TOKEN),
+                timeout=15,
+            )
+    return refused.value
+
+
+async def test_the_owning_service_answers_through_the_public_endpoint(mesh: SecureMesh) -> None:
+    """Arbitration's refusal of a bad catalog comes back unchanged: code, message and the
+    field violation; a model upload larger than an ordinary message goes through."""
+    bad = DEMO_CATALOG.read_text().replace("min_priority: 2.0", "min_priority: high", 1)
+    direct, forwarded = await asyncio.gather(
+        apply_catalog(mesh.internal("arbitration"), mesh.tls(mesh.orchestrator_cert), bad),
+        apply_catalog(mesh.public, mesh.tls(), bad),
+    )
+    assert forwarded.code() == direct.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert forwarded.details() == direct.details()
+    assert field_violations(forwarded) == field_violations(direct) == ["min_priority"]
+
+    # 5 MiB: over the 4 MiB limit of every other method, under RegisterModel's own. Scoring
+    # reads it and refuses it as a model, which shows it arrived whole.
+    upload = model_pb2.RegisterModelRequest(
+        name="too_big", version="1", onnx_model=b"\x00" * (5 * 1024 * 1024)
+    )
+    async with grpc.aio.secure_channel(mesh.public, mesh.tls()) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as not_a_model:
+            await model_pb2_grpc.ModelServiceStub(channel).RegisterModel(
+                upload, metadata=bearer(ADMIN_TOKEN), timeout=30
+            )
+    assert not_a_model.value.code() == grpc.StatusCode.INVALID_ARGUMENT, not_a_model.value
+    assert field_violations(not_a_model.value) == ["onnx_model"], not_a_model.value.details()
