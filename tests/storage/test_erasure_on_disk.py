@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 
 from libs.config import Settings, Target
 from tests.demo_hub import serve_demo
+from tests.storage.scan import on_disk
 
 # Letters only, so nothing on the write path (e-mail and phone redaction) rewrites it.
 MARKER = "zebraquokkamarker"
@@ -41,15 +42,6 @@ async def embedded(tmp_path: Path, demo_model_bytes: bytes) -> AsyncIterator[Emb
     finally:
         await built.server.stop(0)
         await built.close()
-
-
-def on_disk(database_file: Path, needle: str) -> dict[str, int]:
-    """How often ``needle`` occurs in the bytes of the database file and of its WAL."""
-    found = {}
-    for path in (database_file, database_file.with_name(database_file.name + "-wal")):
-        if path.exists():
-            found[path.name] = path.read_bytes().count(needle.encode())
-    return found
 
 
 async def test_an_erased_customer_leaves_no_bytes_in_the_sqlite_files(
