@@ -1,6 +1,6 @@
 """The one detector of personal data (libs/pii.py): its storage rule, which keeps bare runs
-of digits, next to its log rule, which does not; the walk over stored values; e-mail
-addresses in ids."""
+of digits, next to its log rule, which does not; the walk over stored values and their keys;
+personal data in ids."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from libs.logging import redact_text as redact_for_logs
 from libs.observability.metrics import Metrics
-from libs.pii import contains_email, redact_for_storage, redact_text
+from libs.pii import contains_email, holds_personal_data, redact_for_storage, redact_text
 
 
 def stored(text: str) -> str:
@@ -34,6 +34,7 @@ def stored(text: str) -> str:
         ("555-1234", "[phone]"),  # seven digits: a short local number
         ("call +1 (555) 123-4567 or bob@mail.example.org today", "call [phone] or [email] today"),
         ("tel:+33612345678", "tel:[phone]"),
+        ("0044(0)7700900123", "[phone]"),  # a parenthesis is its only separator
     ],
 )
 def test_addresses_and_formatted_phones_are_redacted_for_storage(raw: str, expected: str) -> None:
@@ -89,12 +90,13 @@ def test_nested_values_are_redacted_and_everything_else_kept() -> None:
         "missing": None,
         "contacts": [{"phone": "+44 7700 900123"}, ["(555) 123-4567", 7], "plain"],
         "pair": ("x", "bob@example.org"),
-        "ann@example.com": "a key is a name validated elsewhere: kept",
+        "ann@example.com": "a key is stored too",
+        "nested": {"+44 7700 900124": {"bob@example.org": 1}},
     }
 
     redacted, count = redact_for_storage(value)
 
-    assert count == 4
+    assert count == 7
     assert redacted == {
         "note": "mail [email]",
         "id": "1701234567890",
@@ -104,7 +106,8 @@ def test_nested_values_are_redacted_and_everything_else_kept() -> None:
         "missing": None,
         "contacts": [{"phone": "[phone]"}, ["[phone]", 7], "plain"],
         "pair": ("x", "[email]"),
-        "ann@example.com": "a key is a name validated elsewhere: kept",
+        "[email]": "a key is stored too",
+        "nested": {"[phone]": {"[email]": 1}},
     }
     # The value given is left as it was (it may be shared, e.g. with the catalog).
     assert value["note"] == "mail ann@example.com"
@@ -120,7 +123,56 @@ def test_a_value_without_personal_data_is_returned_as_it_is() -> None:
     assert redact_for_storage("call +44 7700 900123") == ("call [phone]", 1)
 
 
-def test_only_an_email_address_makes_an_id_personal() -> None:
+def test_keys_that_become_equal_are_all_kept_in_the_order_of_their_text() -> None:
+    value = {
+        "zoe@example.com": 1,
+        "[email]": "a name the caller chose",
+        "ann@example.com": 2,
+        "bob@example.org": {"deep": "x"},
+        "tel +44 7700 900123": 3,
+        "tel +44 7700 900124": 4,
+    }
+
+    redacted, count = redact_for_storage(value)
+
+    assert count == 5
+    assert redacted == {
+        "[email] 4": 1,
+        "[email]": "a name the caller chose",
+        "[email] 2": 2,
+        "[email] 3": {"deep": "x"},
+        "tel [phone]": 3,
+        "tel [phone] 2": 4,
+    }
+    # The same keys in another order get the same names.
+    again, _ = redact_for_storage(dict(reversed(value.items())))
+    assert again == redacted
+
+
+def test_an_id_holds_personal_data_when_it_holds_an_address_or_a_written_phone() -> None:
+    for personal in (
+        "signup-ann@example.com-1",
+        "ANN@EXAMPLE.ORG",
+        "+44 7700 900123",
+        "+447700900123",
+        "req-(555) 123-4567",
+    ):
+        assert holds_personal_data(personal), personal
+    for kept in (
+        "e-1",
+        "07700900123",  # bare digits: a numeric id as far as anyone can tell
+        "1701234567890",
+        "8f3a1234567890abcdef1234567890ab",
+        "123e4567-e89b-12d3-a456-426614174000",
+        "2026-11-23T12:28:45Z",
+        "demo_propensity:1.2.0",
+        "user@localhost",
+        "",
+    ):
+        assert not holds_personal_data(kept), kept
+
+
+def test_only_an_email_address_is_an_email() -> None:
     assert contains_email("signup-ann@example.com-1")
     assert contains_email("ANN@EXAMPLE.ORG")
     for kept in ("e-1", "+44 7700 900123", "07700900123", "user@localhost", "a@b", ""):
@@ -152,6 +204,22 @@ def test_the_fast_paths_never_skip_what_the_detector_would_replace(text: str) ->
 
     assert redact_text(text) == _PII.sub(_for_logs, text)
     assert stored(text) == _PII.sub(_for_storage, text)
+    assert holds_personal_data(text) == (_PII.sub(_for_storage, text) != text)
+
+
+@settings(max_examples=300, deadline=None, database=None, derandomize=True)
+@given(
+    st.dictionaries(
+        st.lists(_PIECES, max_size=6).map("".join),
+        st.one_of(st.lists(_PIECES, max_size=6).map("".join), st.integers(), st.none()),
+        max_size=4,
+    )
+)
+def test_the_flat_dict_fast_path_never_skips_a_key_or_value(value: dict[str, Any]) -> None:
+    """A flat dict checked at once gives what checking each key and value gives."""
+    from libs.pii import _redact_dict_entries
+
+    assert redact_for_storage(value) == _redact_dict_entries(value)
 
 
 def test_redactions_are_counted_by_field() -> None:
