@@ -446,7 +446,10 @@ class ContextServicer(context_pb2_grpc.ContextServiceServicer):
     async def RecordDecision(
         self, request: context_pb2.RecordDecisionRequest, context: Context
     ) -> context_pb2.RecordDecisionResponse:
-        stored = await self._service.record_decision(record_from_proto(request.record))
+        # Sent by another process (the orchestrator of the mesh): its payload is walked here,
+        # so that the embedded shape's decisions, redacted where they are built, are not.
+        record = self._service.payload_redacted(record_from_proto(request.record))
+        stored = await self._service.record_decision(record)
         return context_pb2.RecordDecisionResponse(
             record=record_to_proto(stored.record), replayed=stored.replayed
         )

@@ -7,7 +7,7 @@ import functools
 import math
 import re
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,7 +16,7 @@ from libs.clock import utc_now
 from libs.config import AggregatesConfig, duration_s
 from libs.errors import AlreadyExists, NotFound, Violations
 from libs.group_commit import GroupCommit, Pending
-from libs.pii import contains_email, redact_for_storage
+from libs.pii import holds_personal_data, may_hold_personal_data, redact_for_storage
 from libs.storage import StorageConflict
 from services.context.aggregates import PRUNE_EVERY, AggregatePlan, BatchAggregates
 from services.context.model import (
@@ -40,7 +40,7 @@ from services.context.repository import ContextUnitOfWork
 
 UnitOfWorkFactory = Callable[[bool], ContextUnitOfWork]
 # Told (field, count) when personal data was replaced in values about to be stored; field is
-# EVENT_ATTRIBUTES or PROFILE_ATTRIBUTES (a metric's label).
+# one of the names below (a metric's label).
 RedactionObserver = Callable[[str, int], None]
 
 MAX_EVENTS_PER_BATCH = 1000
@@ -50,6 +50,7 @@ OLDEST_EVENT = timedelta(days=3650)
 MAX_PROFILE_ID = 32
 MAX_MERGED = 100
 MAX_PREDICTIONS = 100
+MAX_SOURCE = 128
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$")
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")
 _PURPOSE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
@@ -61,9 +62,13 @@ PROFILE_UPDATE_EVENT = "profile_update"
 # in the database): what each redaction is counted as.
 EVENT_ATTRIBUTES = "event_attributes"
 PROFILE_ATTRIBUTES = "profile_attributes"
-# Ids chosen by the caller are stored as given and compared for idempotency: replacing the
-# address in one would make two different ids equal, so an id holding one is refused.
-EMAIL_IN_ID = "must not hold personal data (an e-mail address); send it as an identifier"
+CONSENT_SOURCE = "consent_source"
+DECISION_PAYLOAD = "decision_payload"
+# Ids and names chosen by the caller are stored as given, compared for idempotency and
+# grouped by: replacing the e-mail address or phone number in one would make two different
+# ids equal, so one holding personal data is refused instead.
+PERSONAL_DATA = "must not hold personal data (an e-mail address or a phone number)"
+PERSONAL_DATA_IN_ID = f"{PERSONAL_DATA}; send it as an identifier"
 _INTERACTION_FIELD = {
     Outcome.IMPRESSION: "impressions",
     Outcome.CLICK: "clicks",
@@ -80,11 +85,15 @@ def _valid_name(name: str) -> bool:
     return _NAME.match(name) is not None
 
 
-def check_id_without_email(problems: Violations, field: str, value: str) -> None:
+def check_id_without_personal_data(problems: Violations, field: str, value: str) -> None:
     """Refuse a caller-chosen id (event id, request id, idempotency key) holding an e-mail
-    address; a phone-like id is accepted (numeric ids look like one)."""
-    if contains_email(value):
-        problems.add(field, EMAIL_IN_ID)
+    address or a phone number written as one; bare digits are accepted (numeric ids)."""
+    if holds_personal_data(value):
+        problems.add(field, PERSONAL_DATA_IN_ID)
+
+
+# The orchestrator's name for it (its Decide request id).
+check_id_without_email = check_id_without_personal_data
 
 
 def _check_time(problems: Violations, field: str, at: datetime | None, now: datetime) -> None:
@@ -113,8 +122,8 @@ def check_event_fields(
     for events from elsewhere), so field names are only formatted for a violation."""
     if not 0 < len(event_id) <= 128:
         problems.add(f"events[{index}].event_id", "required, 1-128 characters")
-    elif contains_email(event_id):  # a test of "@" first: cheap for every event
-        problems.add(f"events[{index}].event_id", EMAIL_IN_ID)
+    elif holds_personal_data(event_id):  # its fast path first: cheap for every event
+        problems.add(f"events[{index}].event_id", PERSONAL_DATA_IN_ID)
     if not _valid_name(event_type):
         problems.add(
             f"events[{index}].type", "required, a name of at most 64 letters, digits, _ . : -"
@@ -123,6 +132,8 @@ def check_event_fields(
         problems.add(f"events[{index}].type", f"{event_type!r} is not a declared event type")
     if len(channel) > 64:
         problems.add(f"events[{index}].channel", "at most 64 characters")
+    elif holds_personal_data(channel):
+        problems.add(f"events[{index}].channel", PERSONAL_DATA)
     if occurred_at is not None and not (now - OLDEST_EVENT <= occurred_at <= now + MAX_FUTURE_SKEW):
         _check_time(problems, f"events[{index}].occurred_at", occurred_at, now)
     if attributes and len(repr(attributes)) > MAX_ATTRIBUTES_BYTES:
@@ -136,11 +147,13 @@ def check_attribute_change(problems: Violations, change: AttributeChange, now: d
         "set at least one attribute or name one in remove_keys",
     )
     for key in change.set:
-        problems.require(
-            bool(_KEY.match(key)),
-            "attributes",
-            f"key {key[:80]!r} is not a name of at most 64 letters, digits, _ . : -",
-        )
+        if not _KEY.match(key):
+            problems.add(
+                "attributes",
+                f"key {key[:80]!r} is not a name of at most 64 letters, digits, _ . : -",
+            )
+        elif holds_personal_data(key):  # a name (remove_keys names it): refused, not redacted
+            problems.add("attributes", f"a key {PERSONAL_DATA}")
     problems.require(
         len(repr(change.set)) <= MAX_ATTRIBUTES_BYTES,
         "attributes",
@@ -159,7 +172,9 @@ def check_consent_change(problems: Violations, change: ConsentChange, now: datet
         "level",
         "set a personalisation level or at least one purpose",
     )
-    problems.require(0 < len(change.source) <= 128, "source", "required, 1-128 characters")
+    problems.require(
+        0 < len(change.source) <= MAX_SOURCE, "source", f"required, 1-{MAX_SOURCE} characters"
+    )
     seen: set[str] = set()
     for index, (purpose, _) in enumerate(change.purposes):
         field = f"purposes[{index}].purpose"
@@ -191,13 +206,17 @@ def check_predictions(
         seen.add(prediction.name)
         problems.require(math.isfinite(prediction.value), f"{where}.value", "a finite number")
         problems.require(len(prediction.version) <= 128, f"{where}.version", "at most 128 chars")
+        for field, text in (("name", prediction.name), ("version", prediction.version)):
+            if holds_personal_data(text):
+                problems.add(f"{where}.{field}", PERSONAL_DATA)
         _check_time(problems, f"{where}.predicted_at", prediction.predicted_at, now)
 
 
 def _check_profile_id(problems: Violations, field: str, profile_id: str) -> None:
-    problems.require(
-        0 < len(profile_id) <= MAX_PROFILE_ID, field, f"required, at most {MAX_PROFILE_ID} chars"
-    )
+    if not 0 < len(profile_id) <= MAX_PROFILE_ID:
+        problems.add(field, f"required, at most {MAX_PROFILE_ID} chars")
+    elif holds_personal_data(profile_id):
+        problems.add(field, PERSONAL_DATA_IN_ID)
 
 
 def _validate_record(record: DecisionRecord) -> None:
@@ -208,14 +227,41 @@ def _validate_record(record: DecisionRecord) -> None:
     )
     problems.require(len(record.profile_id) <= MAX_PROFILE_ID, "record.profile_id", "too long")
     problems.require(len(record.request_id) <= 128, "record.request_id", "at most 128 chars")
-    check_id_without_email(problems, "record.request_id", record.request_id)
     for name, value, limit in (
         ("channel", record.channel, 64),
         ("placement", record.placement, 64),
         ("action_id", record.action_id, 128),
     ):
         problems.require(len(value) <= limit, f"record.{name}", f"at most {limit} characters")
+    # Every id and name of the record looked at together first (it runs on every decision):
+    # the fields are only named when one of them may hold personal data.
+    texts = [
+        record.decision_id,
+        record.request_id,
+        record.profile_id,
+        record.channel,
+        record.placement,
+        record.action_id,
+    ]
+    for prediction in record.predictions:
+        texts += (prediction.name, prediction.version)
+    if may_hold_personal_data(texts):
+        for field, text in _record_fields(record):
+            if holds_personal_data(text):
+                problems.add(field, PERSONAL_DATA)
     problems.raise_if_any()
+
+
+def _record_fields(record: DecisionRecord) -> Iterator[tuple[str, str]]:
+    yield "record.decision_id", record.decision_id
+    yield "record.request_id", record.request_id
+    yield "record.profile_id", record.profile_id
+    yield "record.channel", record.channel
+    yield "record.placement", record.placement
+    yield "record.action_id", record.action_id
+    for index, prediction in enumerate(record.predictions):
+        yield f"record.predictions[{index}].name", prediction.name
+        yield f"record.predictions[{index}].version", prediction.version
 
 
 MAX_DECISIONS_PER_COMMIT = 256
@@ -403,6 +449,8 @@ class ContextService:
             )
             if not event.profile_id:
                 problems.add(f"events[{index}].profile_id", "required")
+            elif holds_personal_data(event.profile_id):
+                problems.add(f"events[{index}].profile_id", PERSONAL_DATA_IN_ID)
         problems.raise_if_any()
         return await self._append_checked(events, now)
 
@@ -514,6 +562,13 @@ class ContextService:
         _check_profile_id(problems, "profile_id", profile_id)
         check_consent_change(problems, change, now)
         problems.raise_if_any()
+        # Where the choice was made is free text (a form, an agent's note): redacted, not
+        # refused, like the other free-form values (cut to the column: a placeholder can be
+        # longer than a short address).
+        source, count = redact_for_storage(change.source)
+        if count:
+            self._counted(CONSENT_SOURCE, count)
+            change = replace(change, source=source[:MAX_SOURCE])
         async with self._units(True) as uow:
             await uow.context.set_consent(profile_id, change, change.at or now)
             await uow.commit()
@@ -550,10 +605,20 @@ class ContextService:
         Written by the decision log's group commit (DecisionLog): returns once the batch
         holding it is committed."""
         _validate_record(record)
-        # The payload is not walked here: the orchestrator builds it from stored context
-        # (redacted when it was written), the catalog, and the request's situational
-        # context, which it redacts itself (services/orchestrator/service.py).
+        # The payload is not walked here: the orchestrator of the same process builds it
+        # from stored context (redacted when it was written), the catalog, and the request's
+        # situational context, which it redacts itself (services/orchestrator/service.py).
+        # A record from elsewhere goes through ``payload_redacted`` first (the gRPC API).
         return await self._decision_log.record(record)
+
+    def payload_redacted(self, record: DecisionRecord) -> DecisionRecord:
+        """``record`` with personal data replaced in its payload (keys and values at any
+        depth), for a record sent by another process; the same record when there was none."""
+        payload, count = redact_for_storage(record.payload)
+        if not count:
+            return record
+        self._counted(DECISION_PAYLOAD, count)
+        return replace(record, payload=payload)
 
     async def _record_batch(self, records: list[DecisionRecord]) -> list[RecordedDecision]:
         """One transaction for a batch of validated records. Replays (a request id stored
@@ -613,7 +678,7 @@ class ContextService:
         problems.require(
             len(report.idempotency_key) <= 200, "idempotency_key", "at most 200 characters"
         )
-        check_id_without_email(problems, "idempotency_key", report.idempotency_key)
+        check_id_without_personal_data(problems, "idempotency_key", report.idempotency_key)
         problems.raise_if_any()
         key = report.idempotency_key or f"{report.decision_id}:{report.outcome.value}"
         occurred_at = report.occurred_at or self._clock()

@@ -41,6 +41,7 @@ from libs.clock import utc_now
 from libs.errors import InvalidArgument, Violations
 from libs.group_commit import GroupCommit, Pending
 from libs.logging import get_logger
+from libs.pii import redact_text
 from libs.storage import StorageConflict
 from services.identity.model import (
     Cause,
@@ -80,8 +81,12 @@ def _pairs(keys: Sequence[KeyedIdentifier]) -> list[tuple[str, str]]:
 def _cause() -> Cause:
     bound = structlog.contextvars.get_contextvars()
     request_id, rpc = bound.get("request_id"), bound.get("rpc")
+    # The request id comes from the caller's x-request-id metadata: an e-mail address or a
+    # phone number in it is stored as a placeholder (PRODUCT.md §7).
     return Cause(
-        request_id=str(request_id)[:128] if request_id else None,
+        request_id=redact_text(str(request_id), bare_digits_are_phones=False)[:128]
+        if request_id
+        else None,
         rpc=str(rpc)[:200] if rpc else None,
     )
 

@@ -1,8 +1,8 @@
 """No raw e-mail address or phone number in the database (PRODUCT.md §7) for free-form values
 sent through the public API, in both shapes (embedded on SQLite, the mesh on PostgreSQL when
-it is here): event attributes, profile attributes and a Decide's request context are stored
-with ``[email]`` / ``[phone]`` in their place, and ids holding an e-mail address are refused
-with the field named."""
+it is here): event attributes, profile attributes and a Decide's request context, keys
+included, are stored with ``[email]`` / ``[phone]`` in their place, and ids holding an e-mail
+address or a phone number are refused with the field named."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from nextbest.decision.v1 import decision_pb2
 from nextbest.privacy.v1 import privacy_pb2
 
 from libs.rpc.convert import struct_to_dict
-from services.context.service import EMAIL_IN_ID
+from services.context.service import PERSONAL_DATA_IN_ID
 from tests.e2e.conftest import Hub
 from tests.e2e.test_decisions import decide, field_violations, ident, stub, unique
 from tests.e2e.test_memory import privacy, profiles
@@ -63,7 +63,10 @@ async def test_free_form_values_reach_the_database_redacted(hub: Hub) -> None:
         timeout=10,
     )
     decision = await decide(
-        hub, customer, channel="web", context=struct(referrer=f"mailto:{referrer}", page="/x")
+        hub,
+        customer,
+        channel="web",
+        context=struct(referrer=f"mailto:{referrer}", page="/x", **{PHONE: "a key"}),
     )
     assert decision.profile_id and not decision.degraded, decision.degraded_reason
 
@@ -85,10 +88,10 @@ async def test_free_form_values_reach_the_database_redacted(hub: Hub) -> None:
     assert struct_to_dict(export.context.attributes) == {"partner": "Bob <[email]>"}
     (recorded,) = [d for d in export.decisions if d.decision_id == decision.decision_id]
     request_context = struct_to_dict(recorded.payload)["snapshot"]["request_context"]
-    assert request_context == {"referrer": "mailto:[email]", "page": "/x"}
+    assert request_context == {"referrer": "mailto:[email]", "page": "/x", "[phone]": "a key"}
 
 
-async def test_ids_holding_an_email_address_are_refused_with_the_field_named(hub: Hub) -> None:
+async def test_ids_holding_personal_data_are_refused_with_the_field_named(hub: Hub) -> None:
     customer = ident("customer_id", unique("pii-id"))
     email = f"ann.{uuid.uuid4().hex[:8]}@example.com"
     decision = await decide(hub, customer)
@@ -103,6 +106,11 @@ async def test_ids_holding_an_email_address_are_refused_with_the_field_named(hub
             stub(hub).TrackEvents,
             decision_pb2.TrackEventsRequest(events=[event(unique("e")), event(f"signup-{email}")]),
             "events[1].event_id",
+        ),
+        (
+            stub(hub).TrackEvents,
+            decision_pb2.TrackEventsRequest(events=[event(f"call-{PHONE}")]),
+            "events[0].event_id",
         ),
         (
             stub(hub).Decide,
@@ -120,16 +128,27 @@ async def test_ids_holding_an_email_address_are_refused_with_the_field_named(hub
             ),
             "idempotency_key",
         ),
+        (
+            stub(hub).RecordOutcome,
+            decision_pb2.RecordOutcomeRequest(
+                decision_id=decision.decision_id,
+                outcome=decision_pb2.OUTCOME_CLICK,
+                idempotency_key=f"020 7946 {uuid.uuid4().int % 10_000:04d}",
+            ),
+            "idempotency_key",
+        ),
     ]
     for method, request, field in cases:
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await method(request, timeout=10)
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, error.value)
         assert field_violations(error.value) == [field], error.value.details()
-        assert EMAIL_IN_ID in (error.value.details() or "")
+        assert PERSONAL_DATA_IN_ID in (error.value.details() or "")
 
-    assert await asyncio.to_thread(rows_mentioning, hub.database_url, email) == {}
-    # An id that only looks like a phone number is an id (numeric ids do): accepted.
+    for raw in (email, PHONE):
+        assert await asyncio.to_thread(rows_mentioning, hub.database_url, raw) == {}, raw
+    # Bare digits are an id as far as anyone can tell (numeric ids, epoch milliseconds):
+    # accepted.
     accepted = await stub(hub).TrackEvents(
         decision_pb2.TrackEventsRequest(events=[event(ORDER_ID + unique("-"))]), timeout=10
     )
@@ -137,7 +156,7 @@ async def test_ids_holding_an_email_address_are_refused_with_the_field_named(hub
         decision_pb2.RecordOutcomeRequest(
             decision_id=decision.decision_id,
             outcome=decision_pb2.OUTCOME_CLICK,
-            idempotency_key=f"020 7946 {uuid.uuid4().int % 10_000:04d}",
+            idempotency_key=f"0207946{uuid.uuid4().int % 10_000:04d}",
         ),
         timeout=10,
     )

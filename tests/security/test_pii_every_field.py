@@ -19,7 +19,7 @@ import asyncio
 import functools
 import itertools
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,14 +37,18 @@ from nextbest.identity.v1 import identity_pb2
 from nextbest.inference.v2 import open_inference_pb2
 from nextbest.privacy.v1 import privacy_pb2
 from nextbest.scoring.v1 import model_pb2, scoring_pb2
+from sqlalchemy import create_engine, select
 
 from libs.config import Settings, Target
+from libs.rpc.interceptors import REQUEST_ID_KEY
+from libs.storage.database import sync_url
 from libs.storage.migrate import upgrade
 from services.app import MIGRATIONS
 from services.arbitration.api import catalog_to_proto
 from services.arbitration.catalog import parse_catalog_yaml
 from services.demo.seed import DEMO_CATALOG, demo_features
 from services.demo.train import DEMO_MODEL_NAME, DEMO_MODEL_VERSION
+from services.identity.tables import MergeRow
 from services.scoring.api import feature_to_proto
 from services.scoring.inference import INFERENCE_SERVICE
 from tests.conftest import create_postgres_database, drop_postgres_database, require_postgres
@@ -578,6 +582,19 @@ async def call(
     return grpc.StatusCode.OK, ""
 
 
+async def stored_anywhere(hub: Hub, needles: Iterable[str]) -> dict[str, dict[str, int]]:
+    """Per needle found: the tables holding it (rows), and the SQLite files (occurrences)."""
+    wanted = sorted(needles)
+    stored = await asyncio.to_thread(tables_mentioning, hub.database_url, wanted)
+    if hub.database_file is not None:
+        # The SQLite files as bytes too: the database file and its write-ahead log.
+        for needle in wanted:
+            for file_name, count in on_disk(hub.database_file, needle).items():
+                if count:
+                    stored.setdefault(needle, {})[file_name] = count
+    return stored
+
+
 def raw_values(number: int) -> tuple[str, tuple[str, ...]]:
     """The raw e-mail address or phone number sent in slot ``number``, and what must not be
     found stored: the value, and a phone's bare digits too (a normalised copy)."""
@@ -634,14 +651,7 @@ async def test_no_string_of_any_request_reaches_storage_raw(
     assert slots > 150, slots  # the walk found the fields (a broken walk finds none)
     assert not failures, failures
 
-    wanted = sorted({needle for found in sent.values() for needle in found})
-    stored = await asyncio.to_thread(tables_mentioning, hub.database_url, wanted)
-    if hub.database_file is not None:
-        # The SQLite files as bytes too: the database file and its write-ahead log.
-        for needle in wanted:
-            for file_name, count in on_disk(hub.database_file, needle).items():
-                if count:
-                    stored.setdefault(needle, {})[file_name] = count
+    stored = await stored_anywhere(hub, {needle for found in sent.values() for needle in found})
     leaked = sorted(
         f"{slot} -> {stored[needle]}"
         for slot, found in sent.items()
@@ -649,3 +659,40 @@ async def test_no_string_of_any_request_reaches_storage_raw(
         if needle in stored
     )
     assert not leaked, "\n".join(leaked)
+
+
+def merge_request_ids(database_url: str) -> list[str]:
+    engine = create_engine(sync_url(database_url))
+    try:
+        with engine.connect() as connection:
+            return [str(found) for found in connection.scalars(select(MergeRow.request_id))]
+    finally:
+        engine.dispose()
+
+
+async def test_a_request_id_sent_as_metadata_is_not_stored_raw(hub: Hub) -> None:
+    """The ``x-request-id`` metadata is kept with each merge identity records (who caused
+    it): an e-mail address or a phone number in it is stored as a placeholder."""
+    raws = {"metadata.walk@example.com": "[email]", "+44 7700 900999": "[phone]"}
+    async with grpc.aio.insecure_channel(hub.address) as channel:
+        # Identity itself (served on the embedded hub's port): no decision budget to miss.
+        resolve = channel.unary_unary(
+            "/nextbest.identity.v1.IdentityService/ResolveProfile",
+            request_serializer=identity_pb2.ResolveProfileRequest.SerializeToString,
+            response_deserializer=identity_pb2.ResolveProfileResponse.FromString,
+        )
+        for raw in raws:
+            cookies = [decision_pb2.Identifier(type="cookie_id", value=fresh("c")) for _ in "ab"]
+            for cookie in cookies:  # two profiles, one per cookie
+                await resolve(identity_pb2.ResolveProfileRequest(identifiers=[cookie]), timeout=10)
+            # Seen together: identity merges them, on behalf of this request.
+            await resolve(
+                identity_pb2.ResolveProfileRequest(identifiers=cookies),
+                metadata=((REQUEST_ID_KEY, raw),),
+                timeout=10,
+            )
+
+    assert sorted(await asyncio.to_thread(merge_request_ids, hub.database_url)) == sorted(
+        raws.values()
+    )
+    assert not await stored_anywhere(hub, [*raws, "447700900999"])

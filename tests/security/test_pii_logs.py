@@ -127,8 +127,9 @@ async def story(address: str) -> None:
                 identifiers=people,
                 channel="web",
                 context=struct(contact=EMAIL, phone=OTHER_PHONE, note=f"call me on {PHONE}"),
-                # An id holding an e-mail address is refused (below); a phone-like one is not.
-                request_id=f"{PHONE}-1",
+                # An id holding an e-mail address or a written phone number is refused
+                # (below); bare digits are an id: accepted, and phone-like for the logs.
+                request_id="4420794609581",
                 explain=True,
             ),
             metadata=auth(DECIDE_TOKEN, EMAIL),
@@ -138,11 +139,22 @@ async def story(address: str) -> None:
             decision_pb2.RecordOutcomeRequest(
                 decision_id=reply.decision.decision_id,
                 outcome=decision_pb2.OUTCOME_CLICK,
-                idempotency_key=f"click-{PHONE}",
+                idempotency_key="4420794609582",
             ),
             metadata=auth(INGEST_TOKEN, PHONE),
             timeout=10,
         )
+        with pytest.raises(grpc.aio.AioRpcError) as personal_key:
+            await decisions.RecordOutcome(
+                decision_pb2.RecordOutcomeRequest(
+                    decision_id=reply.decision.decision_id,
+                    outcome=decision_pb2.OUTCOME_ACCEPT,
+                    idempotency_key=f"click-{PHONE}",
+                ),
+                metadata=auth(INGEST_TOKEN, PHONE),
+                timeout=10,
+            )
+        assert personal_key.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         watch = decisions.WatchDecisions(
             decision_pb2.WatchDecisionsRequest(identifiers=people, channel="web"),
             metadata=auth(DECIDE_TOKEN, f"watch {EMAIL}"),
@@ -172,15 +184,16 @@ async def story(address: str) -> None:
                 timeout=10,
             )
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        with pytest.raises(grpc.aio.AioRpcError) as personal_id:
-            await decisions.Decide(
-                decision_pb2.DecideRequest(
-                    identifiers=people, channel="web", request_id=f"{EMAIL}-1"
-                ),
-                metadata=auth(DECIDE_TOKEN, EMAIL),
-                timeout=10,
-            )
-        assert personal_id.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        for personal in (f"{EMAIL}-1", f"{PHONE}-1"):
+            with pytest.raises(grpc.aio.AioRpcError) as personal_id:
+                await decisions.Decide(
+                    decision_pb2.DecideRequest(
+                        identifiers=people, channel="web", request_id=personal
+                    ),
+                    metadata=auth(DECIDE_TOKEN, EMAIL),
+                    timeout=10,
+                )
+            assert personal_id.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         privacy = privacy_pb2_grpc.PrivacyServiceStub(channel)
         exported = await privacy.ExportProfile(
             privacy_pb2.ExportProfileRequest(identifiers=[ident("email", EMAIL)]),

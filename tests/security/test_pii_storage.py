@@ -1,12 +1,14 @@
 """No raw e-mail address or phone number in the database (PRODUCT.md §7), for the free-form
 values the context service stores: event attributes (and the counters' last values and the
-profile attributes taken from them) and profile attributes. Ids holding an
-e-mail address are refused. Against a real database, SQLite and PostgreSQL."""
+profile attributes taken from them) and profile attributes, their keys included, a consent's
+source and a decision's payload sent from elsewhere. Ids and names holding an e-mail address
+or a phone number are refused. Against a real database, SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,15 +18,22 @@ from libs.errors import InvalidArgument
 from libs.storage import Database
 from services.context.model import (
     AttributeChange,
+    ConsentChange,
     DecisionRecord,
     Outcome,
     OutcomeReport,
+    PersonalizationLevel,
+    Prediction,
     ProfileEvent,
 )
 from services.context.repository import SqlContextUnitOfWork
 from services.context.service import (
-    EMAIL_IN_ID,
+    CONSENT_SOURCE,
+    DECISION_PAYLOAD,
     EVENT_ATTRIBUTES,
+    MAX_SOURCE,
+    PERSONAL_DATA,
+    PERSONAL_DATA_IN_ID,
     PROFILE_ATTRIBUTES,
     PROFILE_UPDATE_EVENT,
     ContextService,
@@ -134,29 +143,128 @@ async def test_values_without_personal_data_are_stored_as_given(database: Databa
     assert counted.counts == {}
 
 
-async def test_ids_holding_an_email_address_are_refused(database: Database) -> None:
+async def test_keys_consent_sources_and_sent_payloads_are_stored_redacted(
+    database: Database, database_url: str
+) -> None:
     counted = Counted()
     service = service_with(database, counted)
+    profile = uuid.uuid4().hex
 
-    with pytest.raises(InvalidArgument) as refused_event:
-        await service.append_events(
-            [event("e-1", "page_view", "p1"), event(f"signup-{EMAIL}", "page_view", "p1")]
-        )
-    with pytest.raises(InvalidArgument) as refused_request:
-        await service.record_decision(record("p1", f"decide-{EMAIL}", {}))
-    stored = await service.record_decision(record("p1", "r-1", {}))
-    with pytest.raises(InvalidArgument) as refused_key:
-        await service.record_outcome(
-            OutcomeReport(stored.record.decision_id, Outcome.CLICK, 0.0, EMAIL, None)
-        )
-
-    assert violated_fields(refused_event) == [("events[1].event_id", EMAIL_IN_ID)]
-    assert violated_fields(refused_request) == [("record.request_id", EMAIL_IN_ID)]
-    assert violated_fields(refused_key) == [("idempotency_key", EMAIL_IN_ID)]
-    assert (await service.export_profile("p1")).events == ()
-    # Ids that only look like a phone number are ids (numeric ones do): accepted.
-    appended = await service.append_events([event(ORDER_ID, "page_view", "p1")])
-    outcome = await service.record_outcome(
-        OutcomeReport(stored.record.decision_id, Outcome.CLICK, 0.0, PHONE, None)
+    await service.append_events(
+        [event("e1", "support_call", profile, **{EMAIL: 1, "callers": {PHONE: "twice"}})]
     )
-    assert appended.accepted == 1 and not outcome.duplicate
+    await service.set_attributes(profile, AttributeChange({"partners": {EMAIL: "Bob"}}))
+    choice = ConsentChange(PersonalizationLevel.BASIC, (("marketing", True),), f"by {PHONE}")
+    await service.set_consent(profile, choice)
+    sent = record(profile, "r-1", {"note": {EMAIL: [LOCAL_PHONE]}})
+    await service.record_decision(service.payload_redacted(sent))
+
+    for raw in (EMAIL, PHONE, LOCAL_PHONE):
+        assert await asyncio.to_thread(rows_mentioning, database_url, raw) == {}, raw
+    export = await service.export_profile(profile)
+    (stored,) = export.events
+    assert stored.attributes == {"[email]": 1, "callers": {"[phone]": "twice"}}
+    assert export.context.attributes == {"partners": {"[email]": "Bob"}}
+    assert export.consent.source == "by [phone]"
+    assert [purpose.source for purpose in export.consent.purposes] == ["by [phone]"]
+    (decision,) = export.decisions
+    assert decision.payload == {"note": {"[email]": ["[phone]"]}}
+    assert counted.counts == {
+        EVENT_ATTRIBUTES: 2,
+        PROFILE_ATTRIBUTES: 1,
+        CONSENT_SOURCE: 1,
+        DECISION_PAYLOAD: 2,
+    }
+
+
+async def test_a_consent_source_longer_once_redacted_is_cut_to_its_column(
+    database: Database,
+) -> None:
+    service = service_with(database, Counted())
+    source = " ".join(["a@b.co"] * 18)  # 125 characters; each placeholder is one longer
+    assert len(source) <= MAX_SOURCE
+
+    consent = await service.set_consent("p1", ConsentChange(PersonalizationLevel.BASIC, (), source))
+
+    assert consent.source == " ".join(["[email]"] * 18)[:MAX_SOURCE]
+
+
+async def test_ids_and_names_holding_personal_data_are_refused(database: Database) -> None:
+    counted = Counted()
+    service = service_with(database, counted)
+    stored = await service.record_decision(record("p1", "r-1", {}))
+    prediction = Prediction("churn", 0.5, "v1", NOW)
+
+    async def refused(call: Any) -> list[tuple[str, str]]:
+        with pytest.raises(InvalidArgument) as error:
+            await call
+        return violated_fields(error)
+
+    def web(event_id: str, profile_id: str = "p1", channel: str = "web") -> ProfileEvent:
+        return replace(event(event_id, "page_view", profile_id), channel=channel)
+
+    assert await refused(
+        service.append_events(
+            [
+                web("e-1"),
+                web(f"signup-{EMAIL}"),
+                web(f"call-{PHONE}"),
+                web("e-4", profile_id=PHONE),
+                web("e-5", channel=f"agent {LOCAL_PHONE}"),
+            ]
+        )
+    ) == [
+        ("events[1].event_id", PERSONAL_DATA_IN_ID),
+        ("events[2].event_id", PERSONAL_DATA_IN_ID),
+        ("events[3].profile_id", PERSONAL_DATA_IN_ID),
+        ("events[4].channel", PERSONAL_DATA),
+    ]
+    base = record("p1", "r-2", {})
+    for field, sent in (
+        ("decision_id", replace(base, decision_id=EMAIL)),
+        ("request_id", replace(base, request_id=f"decide-{EMAIL}")),
+        ("request_id", replace(base, request_id=f"decide-{PHONE}")),
+        ("profile_id", replace(base, profile_id=PHONE)),
+        ("channel", replace(base, channel=EMAIL)),
+        ("placement", replace(base, placement=LOCAL_PHONE)),
+        ("action_id", replace(base, action_id=f"call {PHONE}")),
+    ):
+        assert await refused(service.record_decision(sent)) == [
+            (f"record.{field}", PERSONAL_DATA)
+        ], field
+    for field, changed in (
+        ("name", replace(prediction, name="tel-555-123-4567")),
+        ("version", replace(prediction, version=EMAIL)),
+    ):
+        sent = replace(record("p1", "r-3", {}), predictions=(changed,))
+        assert await refused(service.record_decision(sent)) == [
+            (f"record.predictions[0].{field}", PERSONAL_DATA)
+        ]
+        assert await refused(service.set_predictions("p1", [changed])) == [
+            (f"predictions[0].{field}", PERSONAL_DATA)
+        ]
+    for key in (EMAIL, PHONE):
+        report = OutcomeReport(stored.record.decision_id, Outcome.CLICK, 0.0, key, None)
+        assert await refused(service.record_outcome(report)) == [
+            ("idempotency_key", PERSONAL_DATA_IN_ID)
+        ]
+    assert await refused(service.set_attributes(EMAIL, AttributeChange({"a": 1}))) == [
+        ("profile_id", PERSONAL_DATA_IN_ID)
+    ]
+    assert await refused(
+        service.set_attributes("p1", AttributeChange({"tel-555-123-4567": 1}))
+    ) == [("attributes", f"a key {PERSONAL_DATA}")]
+    assert await refused(service.merge_profiles("p1", [PHONE])) == [
+        ("merged_profile_ids[0]", PERSONAL_DATA_IN_ID)
+    ]
+
+    assert (await service.export_profile("p1")).events == ()
+    # Bare digits are an id as far as anyone can tell (numeric ids, epoch milliseconds),
+    # and so are UUIDs and timestamps: accepted.
+    appended = await service.append_events(
+        [web(ORDER_ID), web("123e4567-e89b-12d3-a456-426614174000"), web("2026-11-23T12:28:45Z")]
+    )
+    outcome = await service.record_outcome(
+        OutcomeReport(stored.record.decision_id, Outcome.CLICK, 0.0, "4471234567890", None)
+    )
+    assert appended.accepted == 3 and not outcome.duplicate
