@@ -95,6 +95,21 @@ def check_id_without_personal_data(problems: Violations, field: str, value: str)
 # The orchestrator's name for it (its Decide request id).
 check_id_without_email = check_id_without_personal_data
 
+# The shape of the names a decision copies from the Decide (channel, placement), the catalog
+# (action ids) and the model registry (model names, "model:version"): letters, digits,
+# _ . : - and a '+' after a letter or digit (a version's build).
+_NAME_SHAPED = re.compile(r"(?:[A-Za-z0-9_.:-]|(?<=[A-Za-z0-9])\+)*")
+
+
+def name_holds_personal_data(name: str) -> bool:
+    """Whether a channel, placement, action id or prediction name or version holds personal
+    data. Digit groups joined by '-' or '.' in a name shaped like those above read as a
+    phone number ("offer-20241123-01", "2024.11.0001") yet are names their source accepted:
+    refusing them here would lose every decision naming them (recorded behind the answer),
+    so such a name is refused for what its shape cannot hide: an e-mail address, or a phone
+    number written with '+', spaces or parentheses."""
+    return holds_personal_data(name) and _NAME_SHAPED.fullmatch(name) is None
+
 
 def _check_time(problems: Violations, field: str, at: datetime | None, now: datetime) -> None:
     if at is None:
@@ -132,7 +147,7 @@ def check_event_fields(
         problems.add(f"events[{index}].type", f"{event_type!r} is not a declared event type")
     if len(channel) > 64:
         problems.add(f"events[{index}].channel", "at most 64 characters")
-    elif holds_personal_data(channel):
+    elif name_holds_personal_data(channel):
         problems.add(f"events[{index}].channel", PERSONAL_DATA)
     if occurred_at is not None and not (now - OLDEST_EVENT <= occurred_at <= now + MAX_FUTURE_SKEW):
         _check_time(problems, f"events[{index}].occurred_at", occurred_at, now)
@@ -207,7 +222,7 @@ def check_predictions(
         problems.require(math.isfinite(prediction.value), f"{where}.value", "a finite number")
         problems.require(len(prediction.version) <= 128, f"{where}.version", "at most 128 chars")
         for field, text in (("name", prediction.name), ("version", prediction.version)):
-            if holds_personal_data(text):
+            if name_holds_personal_data(text):
                 problems.add(f"{where}.{field}", PERSONAL_DATA)
         _check_time(problems, f"{where}.predicted_at", prediction.predicted_at, now)
 
@@ -246,22 +261,23 @@ def _validate_record(record: DecisionRecord) -> None:
     for prediction in record.predictions:
         texts += (prediction.name, prediction.version)
     if may_hold_personal_data(texts):
-        for field, text in _record_fields(record):
-            if holds_personal_data(text):
+        for field, text, is_id in _record_fields(record):
+            if name_holds_personal_data(text) if not is_id else holds_personal_data(text):
                 problems.add(field, PERSONAL_DATA)
     problems.raise_if_any()
 
 
-def _record_fields(record: DecisionRecord) -> Iterator[tuple[str, str]]:
-    yield "record.decision_id", record.decision_id
-    yield "record.request_id", record.request_id
-    yield "record.profile_id", record.profile_id
-    yield "record.channel", record.channel
-    yield "record.placement", record.placement
-    yield "record.action_id", record.action_id
+def _record_fields(record: DecisionRecord) -> Iterator[tuple[str, str, bool]]:
+    """Each id and name of a record: field, value, whether it is an id (else a name)."""
+    yield "record.decision_id", record.decision_id, True
+    yield "record.request_id", record.request_id, True
+    yield "record.profile_id", record.profile_id, True
+    yield "record.channel", record.channel, False
+    yield "record.placement", record.placement, False
+    yield "record.action_id", record.action_id, False
     for index, prediction in enumerate(record.predictions):
-        yield f"record.predictions[{index}].name", prediction.name
-        yield f"record.predictions[{index}].version", prediction.version
+        yield f"record.predictions[{index}].name", prediction.name, False
+        yield f"record.predictions[{index}].version", prediction.version, False
 
 
 MAX_DECISIONS_PER_COMMIT = 256
