@@ -512,6 +512,15 @@ BASELINE_MAY_FAIL = {
 }
 
 
+# Requests whose strings are the business's own text, kept as written by design: every
+# string is still sent (a call must not end in INTERNAL) but not looked for in storage. A
+# catalog is what its author wrote (a treatment's support number is shown to customers as
+# written; docs/operations.md), and each version applied is kept to read old decisions.
+AUTHORED = {
+    "nextbest.catalog.v1.CatalogService.ApplyCatalog",
+}
+
+
 # --------------------------------------------------------------------------- the hub
 
 
@@ -646,7 +655,8 @@ async def test_no_string_of_any_request_reaches_storage_raw(
                     slot = f"{method.full_name}: {path} = {raw!r}"
                     if code not in DELIBERATE:
                         failures.append(f"{slot} -> {code.name}: {details}")
-                    sent[slot] = needles
+                    if method.full_name not in AUTHORED:
+                        sent[slot] = needles
                 slots += 1
     assert slots > 150, slots  # the walk found the fields (a broken walk finds none)
     assert not failures, failures
