@@ -64,6 +64,9 @@ EVENT_ATTRIBUTES = "event_attributes"
 PROFILE_ATTRIBUTES = "profile_attributes"
 CONSENT_SOURCE = "consent_source"
 DECISION_PAYLOAD = "decision_payload"
+# The key of a decision's payload holding the action served, as the catalog wrote it
+# (services/orchestrator/model.py, Decision.to_payload).
+SERVED_ACTION = "action"
 # Ids and names chosen by the caller are stored as given, compared for idempotency and
 # grouped by: replacing the e-mail address or phone number in one would make two different
 # ids equal, so one holding personal data is refused instead.
@@ -629,12 +632,21 @@ class ContextService:
 
     def payload_redacted(self, record: DecisionRecord) -> DecisionRecord:
         """``record`` with personal data replaced in its payload (keys and values at any
-        depth), for a record sent by another process; the same record when there was none."""
-        payload, count = redact_for_storage(record.payload)
+        depth), for a record sent by another process; the same record when there was none.
+
+        The action served is the catalog's, kept as written: a treatment's support number is
+        the business's, and a replayed decision must show the channel what it showed first."""
+        payload = record.payload
+        action = payload.get(SERVED_ACTION)
+        walked, count = redact_for_storage(
+            payload if action is None else {**payload, SERVED_ACTION: None}
+        )
         if not count:
             return record
         self._counted(DECISION_PAYLOAD, count)
-        return replace(record, payload=payload)
+        if action is not None:
+            walked[SERVED_ACTION] = action
+        return replace(record, payload=walked)
 
     async def _record_batch(self, records: list[DecisionRecord]) -> list[RecordedDecision]:
         """One transaction for a batch of validated records. Replays (a request id stored

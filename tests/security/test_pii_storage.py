@@ -156,7 +156,8 @@ async def test_keys_consent_sources_and_sent_payloads_are_stored_redacted(
     await service.set_attributes(profile, AttributeChange({"partners": {EMAIL: "Bob"}}))
     choice = ConsentChange(PersonalizationLevel.BASIC, (("marketing", True),), f"by {PHONE}")
     await service.set_consent(profile, choice)
-    sent = record(profile, "r-1", {"note": {EMAIL: [LOCAL_PHONE]}})
+    treatment = {"action_id": "callback", "treatment": {"text": "Call us on +44 20 7946 0000"}}
+    sent = record(profile, "r-1", {"note": {EMAIL: [LOCAL_PHONE]}, "action": treatment})
     await service.record_decision(service.payload_redacted(sent))
 
     for raw in (EMAIL, PHONE, LOCAL_PHONE):
@@ -168,7 +169,8 @@ async def test_keys_consent_sources_and_sent_payloads_are_stored_redacted(
     assert export.consent.source == "by [phone]"
     assert [purpose.source for purpose in export.consent.purposes] == ["by [phone]"]
     (decision,) = export.decisions
-    assert decision.payload == {"note": {"[email]": ["[phone]"]}}
+    # The action served is the catalog's text, kept as written (a replay shows it again).
+    assert decision.payload == {"note": {"[email]": ["[phone]"]}, "action": treatment}
     assert counted.counts == {
         EVENT_ATTRIBUTES: 2,
         PROFILE_ATTRIBUTES: 1,
