@@ -123,7 +123,8 @@ def create_server(
     that many in progress (gRPC's own limiter: it counts from arrival, before any Python work,
     so a backlog waiting for the event loop counts too; streams hold a slot while open), and
     a unary call arriving with less than ``min_deadline_s`` left, or (``shed_late_calls``)
-    with less time left than that method usually takes, is refused (DeadlineGuard).
+    with less time left than that method usually takes while others are in progress, is
+    refused (DeadlineGuard).
     """
     large = dict(large_messages or {})
     transport_limit = max([max_message_bytes, *large.values()])
