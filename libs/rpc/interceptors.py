@@ -9,6 +9,7 @@ stack trace to the caller.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import math
 import os
@@ -178,6 +179,25 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
+async def _answer_error(context: grpc.aio.ServicerContext[Any, Any], error: Exception) -> None:
+    """Answer ``error`` with its status, unless the call is over already.
+
+    A call whose deadline passed (or whose caller left) while it ran cannot be answered: an
+    abort then fails inside gRPC (ExecuteBatchError, then UsageError for a second one). That
+    is no fault of the server's, so the call ends quietly, as gRPC ends a cancelled one.
+    """
+    if not context.done():
+        try:
+            await _abort(context, error)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            if not context.done():
+                raise
+    _log.debug("call over before it was answered", error=type(error).__name__)
+    raise asyncio.CancelledError
+
+
 def _wrap_unary(behaviour: Any, method: str) -> Any:
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         structlog.contextvars.clear_contextvars()
@@ -188,7 +208,7 @@ def _wrap_unary(behaviour: Any, method: str) -> Any:
         except grpc.aio.AbortError:
             raise
         except Exception as error:
-            await _abort(context, error)
+            await _answer_error(context, error)
 
     return call
 
@@ -209,7 +229,7 @@ def _wrap_stream(behaviour: Any, method: str) -> Any:
         except grpc.aio.AbortError:
             raise
         except Exception as error:
-            await _abort(context, error)
+            await _answer_error(context, error)
 
     return call
 
