@@ -43,11 +43,12 @@ async def _serve(settings: Settings, demo: bool) -> None:
         from services.demo.seed import seed_demo
 
         await seed_demo(built.services, settings.data_dir)
-    await built.warm_up()
     built.observability.start()
     if settings.target == Target.ALL:
         print(serve_hint(settings, built.port), file=sys.stderr, flush=True)
-    await run_until_signalled(built.server, settings.shutdown_grace_s, built.close)
+    await run_until_signalled(
+        built.server, settings.shutdown_grace_s, built.close, warm_up=built.warm_up
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

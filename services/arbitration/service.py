@@ -219,6 +219,21 @@ class ArbitrationService:
             await self._changes.publish([ALL])
         return applied
 
+    async def warm_up(self) -> None:
+        """Load the catalog and run its rules once per channel it names, for an empty
+        profile and request, before serving (so that the first decisions do not pay for
+        first evaluations). Nothing is prioritised: no volume is reserved, no random drawn."""
+        catalog = await self.catalog()
+        now = self._clock()
+        profile = ProfileContext(profile_id="")
+        channels = sorted({c for action in catalog.actions for c in action.channels} or {""})
+        for channel in channels:
+            listed = await self.list_candidates(channel, "", {}, explain=True)
+            evaluation = self._evaluation(catalog, profile, channel, "", {}, now)
+            for action in listed.candidates:
+                if action.rules:
+                    evaluation.removal(action.rule_plan, action.action_id)
+
     async def list_candidates(
         self,
         channel: str,

@@ -219,6 +219,8 @@ def _validate_record(record: DecisionRecord) -> None:
 
 
 MAX_DECISIONS_PER_COMMIT = 256
+# The ids of what warm-up writes and rolls back (32 characters, as profile and decision ids).
+WARM_UP_ID = "warm-up-never-stored-00000000000"
 
 
 class DecisionLog:
@@ -540,6 +542,29 @@ class ContextService:
 
         moved: int = await self._retrying(work)
         return moved
+
+    async def warm_up(self) -> None:
+        """Run the hot statements once before serving, so that the first real calls do not
+        pay for their first compilation and planning: a profile read, and a batch of the
+        decision log written as RecordDecision writes it, in a transaction that is rolled
+        back (nothing is stored)."""
+        now = self._clock()
+        await self.get_profile_context(WARM_UP_ID)
+        record = DecisionRecord(
+            decision_id=WARM_UP_ID,
+            request_id=WARM_UP_ID,
+            profile_id=WARM_UP_ID,
+            channel="warm-up",
+            placement="",
+            action_id="warm-up",
+            decided_at=now,
+            payload={"warm_up": True},
+            predictions=(Prediction("warm-up", 0.5, "1", now),),
+        )
+        async with self._units(True) as uow:
+            await uow.context.decisions_by_requests([WARM_UP_ID])
+            await uow.context.add_decisions([record])
+            # Not committed: closing the unit rolls it back.
 
     # ------------------------------------------------------------------ decisions
 
