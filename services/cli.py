@@ -649,7 +649,12 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--database-url", help="PostgreSQL for the mesh (default SQLite)")
     faults.add_argument("--phase", type=float, default=5.0, help="seconds between faults")
     faults.add_argument("--concurrency", type=int, default=2)
-    faults.add_argument("--budget-ms", type=int, default=500)
+    faults.add_argument(
+        "--budget-ms",
+        type=int,
+        help="the orchestrator's decision budget (default: the product's, "
+        "NEXTBEST_DECISION_BUDGET_MS's default)",
+    )
     faults.add_argument("--json", help="write the report here")
     faults.set_defaults(handler=cmd_faults)
     overload = commands.add_parser(
