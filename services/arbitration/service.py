@@ -220,19 +220,27 @@ class ArbitrationService:
         return applied
 
     async def warm_up(self) -> None:
-        """Load the catalog and run its rules once per channel it names, for an empty
-        profile and request, before serving (so that the first decisions do not pay for
-        first evaluations). Nothing is prioritised: no volume is reserved, no random drawn."""
+        """Load the catalog, make each channel's plan and judge every candidate once (their
+        rules run for an empty profile and request) before serving, so that the first
+        decisions do not pay for it. Nothing is settled: no volume reserved, no draw made."""
         catalog = await self.catalog()
-        now = self._clock()
         profile = ProfileContext(profile_id="")
         channels = sorted({c for action in catalog.actions for c in action.channels} or {""})
         for channel in channels:
-            listed = await self.list_candidates(channel, "", {}, explain=True)
-            evaluation = self._evaluation(catalog, profile, channel, "", {}, now)
-            for action in listed.candidates:
-                if action.rules:
-                    evaluation.removal(action.rule_plan, action.action_id)
+            listed = await self.list_candidates(channel, "", {})
+            scored = [ScoredCandidate(a.action_id, a.prior_propensity) for a in listed.candidates]
+            plan = self.channel_plan(catalog, channel)
+            members, propensity, versions, _ = scored_arrays(plan, scored)
+            judge(
+                plan,
+                members,
+                propensity,
+                versions,
+                profile,
+                placement="",
+                request_context={},
+                now=self._clock(),
+            )
 
     async def list_candidates(
         self,
