@@ -15,8 +15,8 @@ kinds. Every call that ``allow`` let out must be recorded, ABANDONED when the ca
 - SLOW (no answer within the deadline): one slow kind of request must not cut the others
   off, so slowness is judged per method and by rate: when at least ``failure_rate`` of the
   method's recent calls (the last ``window`` within ``window_s``, once there are at least
-  ``min_calls``) were SLOW or FAILURE, that method's circuit opens; the dependency's other
-  methods go on.
+  ``min_calls``) were SLOW, that method's circuit opens; the dependency's other methods go
+  on. (FAILUREs are the whole dependency's: they do not count in a method's rate.)
 - SHED (the dependency refused for load: RESOURCE_EXHAUSTED) and ABANDONED say nothing
   about its health: neither counted nor a verdict on a probe.
 - SUCCESS (it answered, a caller's mistake such as INVALID_ARGUMENT included) ends a run of
@@ -183,10 +183,14 @@ class CircuitBreaker:
             lane.calls.append((now, False))
             return
         if outcome is Outcome.FAILURE:
+            # The whole dependency's to judge; kept out of the method's rate, which would
+            # otherwise still hold an outage's failures when the dependency is back.
             self._failures += 1
             if self._failures >= self._threshold or self._whole.probe_since is not None:
                 self._whole.open(now)
-        elif self._whole.probe_since is not None:
+            lane.probe_since = None
+            return
+        if self._whole.probe_since is not None:
             self._whole.open(now)  # a slow probe: not back yet
         if lane.probe_since is not None:
             lane.open(now)

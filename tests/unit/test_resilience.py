@@ -441,3 +441,19 @@ async def test_a_probe_whose_caller_gave_up_does_not_keep_the_circuit_half_open(
         await probe
     port.mode = "answer"
     assert await peer.ping() == "pong"  # another probe went, and closed the circuit
+
+
+def test_an_outage_does_not_count_against_a_method_once_the_dependency_is_back() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker("context", failure_threshold=3, min_calls=4, open_s=2.0, clock=clock)
+    for _ in range(3):
+        breaker.record(Outcome.FAILURE, "record_decision")  # down: the whole opens
+    for _ in range(3):  # its probes fail while it stays down
+        clock.now += 2.0
+        assert breaker.allow("record_decision")
+        breaker.record(Outcome.FAILURE, "record_decision")
+    clock.now += 2.0
+    assert breaker.allow("record_decision")
+    breaker.record(Outcome.SUCCESS, "record_decision")  # back
+    breaker.record(Outcome.SLOW, "record_decision")  # a busy first moment
+    assert breaker.state("record_decision") is BreakerState.CLOSED
