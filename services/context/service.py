@@ -544,27 +544,13 @@ class ContextService:
         return moved
 
     async def warm_up(self) -> None:
-        """Run the hot statements once before serving, so that the first real calls do not
-        pay for their first compilation and planning: a profile read, and a batch of the
-        decision log written as RecordDecision writes it, in a transaction that is rolled
-        back (nothing is stored)."""
-        now = self._clock()
+        """Run the hot reads once before serving, so that the first real calls do not pay
+        for their first compilation and planning: a profile read and the decision log's
+        replay lookup. (The log's batch write is not rehearsed here: a rolled-back rehearsal
+        on PostgreSQL left the mesh's later decisions without their predictions.)"""
         await self.get_profile_context(WARM_UP_ID)
-        record = DecisionRecord(
-            decision_id=WARM_UP_ID,
-            request_id=WARM_UP_ID,
-            profile_id=WARM_UP_ID,
-            channel="warm-up",
-            placement="",
-            action_id="warm-up",
-            decided_at=now,
-            payload={"warm_up": True},
-            predictions=(Prediction("warm-up", 0.5, "1", now),),
-        )
-        async with self._units(True) as uow:
+        async with self._units(False) as uow:
             await uow.context.decisions_by_requests([WARM_UP_ID])
-            await uow.context.add_decisions([record])
-            # Not committed: closing the unit rolls it back.
 
     # ------------------------------------------------------------------ decisions
 
