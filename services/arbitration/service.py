@@ -220,27 +220,14 @@ class ArbitrationService:
         return applied
 
     async def warm_up(self) -> None:
-        """Load the catalog, make each channel's plan and judge every candidate once (their
-        rules run for an empty profile and request) before serving, so that the first
-        decisions do not pay for it. Nothing is settled: no volume reserved, no draw made."""
+        """Load the catalog and list every channel it names once before serving, so that
+        the first decisions do not pay for it. (The kernel's plans are not judged here: a
+        judgement made at start-up changed what a mesh's later decisions recorded; see
+        docs/reliability.md.)"""
         catalog = await self.catalog()
-        profile = ProfileContext(profile_id="")
         channels = sorted({c for action in catalog.actions for c in action.channels} or {""})
         for channel in channels:
-            listed = await self.list_candidates(channel, "", {})
-            scored = [ScoredCandidate(a.action_id, a.prior_propensity) for a in listed.candidates]
-            plan = self.channel_plan(catalog, channel)
-            members, propensity, versions, _ = scored_arrays(plan, scored)
-            judge(
-                plan,
-                members,
-                propensity,
-                versions,
-                profile,
-                placement="",
-                request_context={},
-                now=self._clock(),
-            )
+            await self.list_candidates(channel, "", {})
 
     async def list_candidates(
         self,
