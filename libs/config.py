@@ -152,7 +152,8 @@ class Settings(BaseSettings):
     shed_late_calls: bool = Field(
         True,
         description="Refuse with RESOURCE_EXHAUSTED a unary call that has less time left "
-        "than its method usually takes (it waited in a queue and would miss its deadline).",
+        "than its method usually takes while the server is busy (it waited in a queue and "
+        "would miss its deadline).",
     )
     min_deadline_ms: float = Field(
         1.0,

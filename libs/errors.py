@@ -40,7 +40,15 @@ class ResourceExhausted(DomainError):
 
 
 class Unavailable(DomainError):
-    """A dependency could not answer (down, too slow, or refused)."""
+    """A dependency could not answer (down, too slow, or refused).
+
+    ``status``: the name of the gRPC status a peer's call ended with (UNAVAILABLE,
+    DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED...), which tells a breaker a peer that is down from
+    one that is slow or busy (libs/resilience.py)."""
+
+    def __init__(self, message: str = "", *, status: str = "UNAVAILABLE") -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Unimplemented(DomainError):

@@ -45,11 +45,12 @@ async def _serve(settings: Settings, demo: bool) -> None:
         from services.demo.seed import seed_demo
 
         await seed_demo(built.services, settings.data_dir)
-    await built.warm_up()
     built.observability.start()
     if settings.target == Target.ALL:
         print(serve_hint(settings, built.port), file=sys.stderr, flush=True)
-    await run_until_signalled(built.server, settings.shutdown_grace_s, built.close)
+    await run_until_signalled(
+        built.server, settings.shutdown_grace_s, built.close, warm_up=built.warm_up
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -660,7 +661,12 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--database-url", help="PostgreSQL for the mesh (default SQLite)")
     faults.add_argument("--phase", type=float, default=5.0, help="seconds between faults")
     faults.add_argument("--concurrency", type=int, default=2)
-    faults.add_argument("--budget-ms", type=int, default=500)
+    faults.add_argument(
+        "--budget-ms",
+        type=int,
+        help="the orchestrator's decision budget (default: the product's, "
+        "NEXTBEST_DECISION_BUDGET_MS's default)",
+    )
     faults.add_argument("--json", help="write the report here")
     faults.set_defaults(handler=cmd_faults)
     overload = commands.add_parser(

@@ -20,6 +20,7 @@ import grpc
 from nextbest.decision.v1 import decision_pb2, decision_pb2_grpc
 from sqlalchemy import create_engine, func, select
 
+from libs.config import Settings
 from libs.storage.database import sync_url
 from services.context.tables import EventRow, OutcomeRow
 from services.launch import LocalDeployment
@@ -35,6 +36,7 @@ class Sample:
 
 @dataclass
 class FaultReport:
+    budget_ms: int = 0
     decides: int = 0
     answered_in_deadline: int = 0
     degraded: int = 0
@@ -54,6 +56,12 @@ class FaultReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "answered_ratio": self.answered_ratio}
+
+
+def default_budget_ms() -> int:
+    """The decision budget a hub has when nothing sets NEXTBEST_DECISION_BUDGET_MS."""
+    default: int = Settings.model_fields["decision_budget_ms"].default
+    return default
 
 
 def _recovery(samples: list[Sample], since: float) -> float | None:
@@ -76,8 +84,11 @@ async def fault_run(
     phase_s: float = 5.0,
     concurrency: int = 2,
     deadline_s: float = 1.0,
-    budget_ms: int = 500,
+    budget_ms: int | None = None,
 ) -> FaultReport:
+    """``budget_ms``: the orchestrator's decision budget, the product's default if None."""
+    if budget_ms is None:
+        budget_ms = default_budget_ms()
     deployment = LocalDeployment(
         "mesh",
         workdir,
@@ -85,7 +96,7 @@ async def fault_run(
         {"NEXTBEST_DECISION_BUDGET_MS": str(budget_ms), "NEXTBEST_CATALOG_REFRESH_S": "1"},
         replicas={"scoring": 2},
     )
-    report = FaultReport()
+    report = FaultReport(budget_ms=budget_ms)
     samples: list[Sample] = []
     event_ids: list[str] = []
     outcome_keys: list[str] = []
@@ -214,6 +225,7 @@ async def fault_run(
 
 def format_report(report: FaultReport) -> str:
     lines = [
+        f"decision budget: {report.budget_ms} ms",
         f"decides: {report.decides}, answered within deadline: {report.answered_in_deadline} "
         f"({report.answered_ratio:.2%}), degraded: {report.degraded}",
         f"failed: {report.failed or 'none'}",

@@ -9,9 +9,13 @@ stack trace to the caller.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import math
 import os
+import statistics
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -175,6 +179,25 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
+async def _answer_error(context: grpc.aio.ServicerContext[Any, Any], error: Exception) -> None:
+    """Answer ``error`` with its status, unless the call is over already.
+
+    A call whose deadline passed (or whose caller left) while it ran cannot be answered: an
+    abort then fails inside gRPC (ExecuteBatchError, then UsageError for a second one). That
+    is no fault of the server's, so the call ends quietly, as gRPC ends a cancelled one.
+    """
+    if not context.done():
+        try:
+            await _abort(context, error)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            if not context.done():
+                raise
+    _log.debug("call over before it was answered", error=type(error).__name__)
+    raise asyncio.CancelledError
+
+
 def _wrap_unary(behaviour: Any, method: str) -> Any:
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         structlog.contextvars.clear_contextvars()
@@ -185,7 +208,7 @@ def _wrap_unary(behaviour: Any, method: str) -> Any:
         except grpc.aio.AbortError:
             raise
         except Exception as error:
-            await _abort(context, error)
+            await _answer_error(context, error)
 
     return call
 
@@ -206,34 +229,110 @@ def _wrap_stream(behaviour: Any, method: str) -> Any:
         except grpc.aio.AbortError:
             raise
         except Exception as error:
-            await _abort(context, error)
+            await _answer_error(context, error)
 
     return call
+
+
+class LateCalls:
+    """Which calls to refuse for lack of time: what DeadlineGuard learns and decides, apart
+    from gRPC so that it runs on any clock.
+
+    A method's usual duration is the median of its last ``samples`` calls that ended within
+    ``horizon_s``: one slow call (a cold first one, a hiccup) does not move a median, and an
+    estimate whose calls are all older than the horizon is no estimate. It is learnt only
+    from the calls that ran, so a method being refused still runs now and then: one call per
+    ``probe_every_s`` goes through whatever its time left (its duration keeps the estimate
+    true once the server has caught up).
+
+    A call is refused only when all of these hold: its method has an estimate (from at least
+    ``min_samples`` recent calls); it has less time left than that; the server is behind
+    (another call is in progress); and it is not its method's probe. An idle server always
+    tries: a call that comes alone has waited behind nothing.
+    """
+
+    def __init__(
+        self,
+        *,
+        samples: int = 16,
+        min_samples: int = 3,
+        horizon_s: float = 10.0,
+        probe_every_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._samples = samples
+        self._min_samples = min_samples
+        self._horizon_s = horizon_s
+        self._probe_every_s = probe_every_s
+        self._clock = clock
+        self._durations: dict[str, deque[tuple[float, float]]] = {}
+        self._last_start: dict[str, float] = {}
+        self.in_progress = 0
+
+    def estimate_s(self, method: str) -> float | None:
+        """What a call of ``method`` usually takes, or None when too little is known now."""
+        now = self._clock()
+        recent = [
+            took
+            for ended, took in self._durations.get(method, ())
+            if now - ended <= self._horizon_s
+        ]
+        if len(recent) < self._min_samples:
+            return None
+        return statistics.median(recent)
+
+    def refusal(self, method: str, remaining_s: float) -> float | None:
+        """The estimate that ``remaining_s`` falls short of, if the call is to be refused;
+        None if it is to run (then ``started`` and ``finished`` must be called)."""
+        now = self._clock()
+        if self.in_progress == 0:
+            return None
+        if now - self._last_start.get(method, -math.inf) >= self._probe_every_s:
+            return None
+        typical = self.estimate_s(method)
+        if typical is None or remaining_s >= typical:
+            return None
+        return typical
+
+    def started(self, method: str) -> float:
+        now = self._clock()
+        self._last_start[method] = now
+        self.in_progress += 1
+        return now
+
+    def finished(self, method: str, started: float) -> None:
+        now = self._clock()
+        self.in_progress -= 1
+        durations = self._durations.get(method)
+        if durations is None:
+            durations = self._durations[method] = deque(maxlen=self._samples)
+        durations.append((now, now - started))
 
 
 class DeadlineGuard(grpc.aio.ServerInterceptor):
     """Refuse, before any work, a unary call that cannot be answered in time.
 
-    Less than ``min_deadline_s`` left: DEADLINE_EXCEEDED (its caller is giving up). Less time
-    left than this method usually takes (a moving average of its recent durations): the
-    server is behind, the call waited in its queue, and working on it would only delay the
-    calls behind it: RESOURCE_EXHAUSTED at once, so that the server's time goes to calls
-    that can still make their deadline.
+    Less than ``min_deadline_s`` left: DEADLINE_EXCEEDED (its caller is giving up). With
+    ``adaptive``, less time left than this method usually takes while the server is behind
+    (``LateCalls``): the call waited in the queue and working on it would only delay the calls
+    behind it: RESOURCE_EXHAUSTED at once, so that the server's time goes to calls that can
+    still make their deadline.
 
-    Why not count calls in flight only: the embedded hub's decision path barely awaits
-    (SQLite answers in microseconds), so its backlog waits inside gRPC's core, where neither
-    an interceptor nor gRPC's own ``maximum_concurrent_rpcs`` (also set, see create_server)
-    sees it; the time left is what tells. Installed innermost, so what it refuses is traced
-    and counted like any other answer.
+    The time left tells that a call waited; the calls in progress, that the server is behind
+    (a call that comes alone is always tried, so that a method whose estimate is too high
+    runs again and learns it). A backlog that waits inside gRPC's core while nothing is in
+    progress here (the embedded hub's decision path barely awaits) is for gRPC's own
+    ``maximum_concurrent_rpcs`` (see create_server). Installed innermost, so what it refuses
+    is traced and counted like any other answer.
     """
 
-    _WEIGHT = 0.1  # of the newest duration in the moving average
-
-    def __init__(self, min_deadline_s: float, adaptive: bool = True) -> None:
+    def __init__(
+        self, min_deadline_s: float, adaptive: bool = True, late: LateCalls | None = None
+    ) -> None:
         self.min_deadline_s = min_deadline_s
         self.adaptive = adaptive
+        self.late = late or LateCalls()
         self.refused = 0
-        self.typical_s: dict[str, float] = {}
         self._wrapped = WrappedHandlers()
 
     async def intercept_service(
@@ -260,6 +359,8 @@ class DeadlineGuard(grpc.aio.ServerInterceptor):
         )
 
     def _guard(self, behaviour: Any, method: str) -> Any:
+        late = self.late
+
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             remaining = context.time_remaining()
             if remaining is not None:
@@ -268,20 +369,18 @@ class DeadlineGuard(grpc.aio.ServerInterceptor):
                     await context.abort(
                         grpc.StatusCode.DEADLINE_EXCEEDED, "too little time left to start"
                     )
-                typical = self.typical_s.get(method, 0.0)
-                if self.adaptive and remaining < typical:
+                typical = late.refusal(method, remaining) if self.adaptive else None
+                if typical is not None:
                     self.refused += 1
                     await context.abort(
                         grpc.StatusCode.RESOURCE_EXHAUSTED,
                         f"overloaded: {remaining * 1000:.1f} ms left, this call takes about "
                         f"{typical * 1000:.1f} ms; retry with backoff",
                     )
-            started = time.perf_counter()
+            started = late.started(method)
             try:
                 return await behaviour(request, context)
             finally:
-                took = time.perf_counter() - started
-                before = self.typical_s.get(method, took)
-                self.typical_s[method] = before + self._WEIGHT * (took - before)
+                late.finished(method, started)
 
         return call

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -47,6 +48,7 @@ class GrpcServer:
         self.probe_port: int | None = None
         # Counts the calls refused for lack of time (for tests).
         self.deadline_guard: DeadlineGuard | None = None
+        self._stopping = False
 
     def add_probe_port(self, address: str) -> int:
         """Also serve ``grpc.health.v1.Health`` alone, in plaintext, on ``address`` (before
@@ -74,18 +76,28 @@ class GrpcServer:
         self.probe_server, self.probe_port = probe, port
         return port
 
-    async def start(self) -> None:
+    async def start(self, *, serving: bool = True) -> None:
+        """Start answering; health reports SERVING at once, or (``serving`` False) only
+        after ``set_serving``: a process warming up answers calls but is not sent any."""
         await self.server.start()
         if self.probe_server is not None:
             await self.probe_server.start()
+        await self._report(_SERVING if serving else _NOT_SERVING)
+
+    async def set_serving(self) -> None:
+        """Report SERVING (after a warm-up), unless the drain has begun."""
+        if not self._stopping:
+            await self._report(_SERVING)
+
+    async def _report(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
         for name in ["", *self.service_names]:
-            await self.health.set(name, _SERVING)
+            await self.health.set(name, status)
 
     async def stop(self, grace_s: float) -> None:
         """Report NOT_SERVING first so probes and balancers move away, then drain; the probe
         port keeps answering (NOT_SERVING) until the drain is over."""
-        for name in ["", *self.service_names]:
-            await self.health.set(name, _NOT_SERVING)
+        self._stopping = True
+        await self._report(_NOT_SERVING)
         try:
             await self.server.stop(grace_s)
         finally:
@@ -123,7 +135,8 @@ def create_server(
     that many in progress (gRPC's own limiter: it counts from arrival, before any Python work,
     so a backlog waiting for the event loop counts too; streams hold a slot while open), and
     a unary call arriving with less than ``min_deadline_s`` left, or (``shed_late_calls``)
-    with less time left than that method usually takes, is refused (DeadlineGuard).
+    with less time left than that method usually takes while others are in progress, is
+    refused (DeadlineGuard).
     """
     large = dict(large_messages or {})
     transport_limit = max([max_message_bytes, *large.values()])
@@ -170,16 +183,31 @@ def create_server(
 
 
 async def run_until_signalled(
-    server: GrpcServer, grace_s: float, on_stopped: Callable[[], object] | None = None
+    server: GrpcServer,
+    grace_s: float,
+    on_stopped: Callable[[], object] | None = None,
+    warm_up: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Start, serve until SIGTERM/SIGINT, then drain for ``grace_s`` and clean up."""
+    """Start, ``warm_up`` while health reports NOT_SERVING (probes and balancers send
+    nothing yet), report SERVING, serve until SIGTERM/SIGINT, then drain for ``grace_s``
+    and clean up."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
         loop.add_signal_handler(sig, stop.set)
-    await server.start()
-    _log.info("serving", services=server.service_names, health_probe_port=server.probe_port)
-    await stop.wait()
+    try:
+        await server.start(serving=warm_up is None)
+        if warm_up is not None:
+            started = time.monotonic()
+            await warm_up()
+            _log.info("warm", took_s=round(time.monotonic() - started, 3))
+            await server.set_serving()
+        _log.info("serving", services=server.service_names, health_probe_port=server.probe_port)
+        await stop.wait()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
     _log.info("draining", grace_s=grace_s)
     await server.stop(grace_s)
     if on_stopped is not None:

@@ -116,4 +116,4 @@ def error_from_rpc(error: grpc.aio.AioRpcError, peer: str) -> DomainError:
         return FailedPrecondition(message)
     if code == grpc.StatusCode.ALREADY_EXISTS:
         return AlreadyExists(message)
-    return Unavailable(f"{peer}: {code.name}: {message}")
+    return Unavailable(f"{peer}: {code.name}: {message}", status=code.name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Callable
 from typing import Any, cast
@@ -143,6 +144,8 @@ SQLITE_KEPT_CONNECTIONS = 5
 # the mesh keep at most 4 x 20 = 80 (PostgreSQL's default max_connections is 100).
 POSTGRES_POOL_SIZE = 20
 POSTGRES_MAX_OVERFLOW = 10
+# Opened before a process reports SERVING: enough for the calls one decision makes at once.
+WARM_CONNECTIONS = 4
 
 
 class Database:
@@ -220,11 +223,17 @@ class Database:
             self._checkpointer.start()
         return BlockingSession(self._write_connections if write else self._read_connections)
 
-    async def warm_up(self) -> None:
-        """Open a pooled connection now rather than on the first request."""
+    async def warm_up(self, pooled: int = WARM_CONNECTIONS) -> None:
+        """Open pooled connections now rather than on the first requests (PostgreSQL:
+        ``pooled`` at once, the few calls a process usually has in flight)."""
         if self._async is not None:
-            async with self._async.connect() as connection:
-                await connection.exec_driver_sql("SELECT 1")
+            engine = self._async
+
+            async def one() -> None:
+                async with engine.connect() as connection:
+                    await connection.exec_driver_sql("SELECT 1")
+
+            await asyncio.gather(*(one() for _ in range(max(1, pooled))))
             return
         # Through the connections the units of work are lent, so that they are kept open.
         for connections in (self._write_connections, self._read_connections):

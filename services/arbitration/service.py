@@ -219,6 +219,16 @@ class ArbitrationService:
             await self._changes.publish([ALL])
         return applied
 
+    async def warm_up(self) -> None:
+        """Load the catalog and list every channel it names once before serving, so that
+        the first decisions do not pay for it. (The kernel's plans are not judged here: a
+        judgement made at start-up changed what a mesh's later decisions recorded; see
+        docs/reliability.md.)"""
+        catalog = await self.catalog()
+        channels = sorted({c for action in catalog.actions for c in action.channels} or {""})
+        for channel in channels:
+            await self.list_candidates(channel, "", {})
+
     async def list_candidates(
         self,
         channel: str,

@@ -284,6 +284,8 @@ def _record_fields(record: DecisionRecord) -> Iterator[tuple[str, str, bool]]:
 
 
 MAX_DECISIONS_PER_COMMIT = 256
+# The ids of what warm-up writes and rolls back (32 characters, as profile and decision ids).
+WARM_UP_ID = "warm-up-never-stored-00000000000"
 
 
 class DecisionLog:
@@ -614,6 +616,15 @@ class ContextService:
 
         moved: int = await self._retrying(work)
         return moved
+
+    async def warm_up(self) -> None:
+        """Run the hot reads once before serving, so that the first real calls do not pay
+        for their first compilation and planning: a profile read and the decision log's
+        replay lookup. (The log's batch write is not rehearsed here: a rolled-back rehearsal
+        on PostgreSQL left the mesh's later decisions without their predictions.)"""
+        await self.get_profile_context(WARM_UP_ID)
+        async with self._units(False) as uow:
+            await uow.context.decisions_by_requests([WARM_UP_ID])
 
     # ------------------------------------------------------------------ decisions
 

@@ -194,6 +194,20 @@ class IdentityService:
         database is disposed)."""
         await self._first_sightings.close()
 
+    async def warm_up(self) -> None:
+        """Run a resolve's statements once before serving, so that the first real calls do
+        not pay for their first compilation and planning: the read of every resolve, then a
+        first sighting's writes, in a transaction that is rolled back (nothing is stored)."""
+        keys = self._keyring.prepare([Identifier("cookie_id", "nextbest-warm-up")])
+        now = self._clock()
+        async with self._units(False) as uow:
+            await uow.identity.find_links(_pairs(keys))
+        async with self._units(True) as uow:
+            profile_id = self._new_id()
+            await uow.identity.add_profiles([profile_id], now)
+            await uow.identity.link_many([(k.type, k.digest, profile_id) for k in keys], now)
+            # Not committed: closing the unit rolls it back.
+
     async def resolve_profile(self, identifiers: list[Identifier]) -> Resolution:
         """One profile for identifiers seen together; empty id when all are placeholders."""
         return await self._resolve_keys(self._keyring.prepare(identifiers))

@@ -217,6 +217,20 @@ class ScoringService:
             return route.champion
         return next((e for e in route.versions() if e.info.version == version), None)
 
+    async def warm_up(self) -> None:
+        """Load the serving models and run each once on a row of defaults before serving
+        (a runtime's first inference pays for allocations the next ones reuse); not counted
+        as an inference. A remote backend that cannot answer yet is left for later."""
+        routes = await self.serving_models()
+        scoring_input = ScoringInput(ProfileContext(profile_id=""), {}, "")
+        for name, route in routes.items():
+            probe = (ScoringCandidate("warm-up", name, "", "", 0.0, 1.0, 0.0),)
+            for entry in route.versions():
+                try:
+                    await entry.scorer.predict(entry.features.matrix(scoring_input, probe))
+                except ScorerUnavailable as error:
+                    _log.warning("model not warmed up", model=entry.info.label, error=str(error))
+
     async def score_candidates(
         self,
         context: ProfileContext,

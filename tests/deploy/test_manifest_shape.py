@@ -16,6 +16,7 @@ the gRPC port in dev, the health-only port of the tls component in production).
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hashlib
 import ipaddress
@@ -68,11 +69,6 @@ SUBSTITUTED = {
     "NEXTBEST_HEALTH_PORT": "a free port per process, likewise",
     "NEXTBEST_DATABASE_URL": "the test's database instead of the Secret's",
     "NEXTBEST_DATA_DIR": "a temporary directory instead of the image's /data volume",
-    "NEXTBEST_DECISION_BUDGET_MS": (
-        "2000 instead of the manifests' budget: five servers and the test runner share two "
-        "cores here, and the test asserts an undegraded decision (a refused mesh hop would "
-        "degrade it), which a scheduling hiccup must not fake"
-    ),
     **{
         f"NEXTBEST_{peer.upper()}_ADDRESS": f"ipv4:127.0.0.1:<port>, not dns:///{peer}:50051"
         for peer in PEERS
@@ -230,7 +226,6 @@ def localise(
     env.pop("NEXTBEST_PORT")
     env["NEXTBEST_HOST"] = "127.0.0.1"
     env["NEXTBEST_DATABASE_URL"] = database_url
-    env["NEXTBEST_DECISION_BUDGET_MS"] = "2000"
     if "NEXTBEST_DATA_DIR" in env:
         env["NEXTBEST_DATA_DIR"] = str(data_dir)
     for variable in ("NEXTBEST_METRICS_PORT", "NEXTBEST_HEALTH_PORT"):
@@ -358,13 +353,19 @@ async def test_a_decision_through_the_orchestrator(mesh: Mesh) -> None:
     )
     async with channel:
         stub = decision_pb2_grpc.DecisionServiceStub(channel)
-        # The budget is the manifests' (100 ms): the first calls may pay for cold caches.
-        for _ in range(10):
+        # The budget is the manifests' (100 ms) and every process reports SERVING (warm).
+        # Five servers and the test runner share two cores here: a hop may miss its
+        # deadline now and then, which degrades that one decision; the mesh must not stay
+        # degraded, so an undegraded one comes within a few seconds of calls.
+        reasons: list[str] = []
+        for _ in range(60):
             decision = (await stub.Decide(request, timeout=10, metadata=metadata)).decision
             if not decision.degraded:
                 break
+            reasons.append(decision.degraded_reason)
+            await asyncio.sleep(0.1)
         assert decision.decision_id and decision.profile_id
-        assert not decision.degraded, decision
+        assert not decision.degraded, reasons
         if mesh.overlay == "dev":
             # --demo on arbitration and scoring: the demo catalog and model served it.
             assert decision.action.action_id

@@ -4,6 +4,8 @@ what the kubelet's native gRPC probe (plaintext, no client certificate) can reac
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 
 import grpc
@@ -12,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from libs.config import ConfigError, Settings, Target
 from libs.rpc.security import server_credentials
-from libs.rpc.server import create_server
+from libs.rpc.server import create_server, run_until_signalled
 from services.app import build_target
 from services.launch import free_port
 from tests.reflection_client import list_services
@@ -136,3 +138,31 @@ async def test_a_health_port_that_cannot_be_bound_is_a_configuration_error(
     )
     with pytest.raises(ConfigError, match="NEXTBEST_HEALTH_PORT"):
         build_target(settings)
+
+
+async def test_a_process_reports_serving_only_once_it_is_warm() -> None:
+    """`nextbest serve`'s start: calls are answered during the warm-up, but health says
+    NOT_SERVING (probes and balancers send nothing yet) until it is over."""
+    server, port = create_server("127.0.0.1:0", [], reflection_enabled=False)
+    address = f"127.0.0.1:{port}"
+    warming, warm = asyncio.Event(), asyncio.Event()
+
+    async def warm_up() -> None:
+        warming.set()
+        await warm.wait()
+
+    running = asyncio.ensure_future(run_until_signalled(server, 0, warm_up=warm_up))
+    try:
+        await asyncio.wait_for(warming.wait(), 10)
+        assert await status(address) == NOT_SERVING
+        warm.set()
+        for _ in range(1000):
+            if await status(address) == SERVING:
+                break
+            await asyncio.sleep(0.01)
+        assert await status(address) == SERVING
+    finally:
+        warm.set()
+        if warming.is_set():  # run_until_signalled handles SIGTERM now: it drains and ends
+            os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(running, 30)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from libs.errors import InvalidArgument, Unavailable
-from libs.resilience import BreakerState, CircuitBreaker
-from libs.rpc.guarded import breakers_of, guarded
+from libs.errors import InvalidArgument, ResourceExhausted, Unavailable
+from libs.resilience import BreakerState, CircuitBreaker, Outcome, outcome_of
+from libs.rpc.guarded import breaker_of, guarded
 from services.arbitration.service import ArbitrationService
 from services.context.model import ProfileContext
-from services.identity.model import Identifier
+from services.identity.model import Identifier, Resolution
 from services.orchestrator.model import DecideCommand
 from services.orchestrator.service import DecisionEngine
 from services.scoring.model import CandidateScore, ScoringCandidate
@@ -42,21 +44,21 @@ def test_breaker_opens_after_three_failures_and_probes_back() -> None:
     states: list[BreakerState] = []
     for _ in range(2):
         assert breaker.allow()
-        breaker.failure()
-    states.append(breaker.state)
-    breaker.failure()
-    states.append(breaker.state)
+        breaker.record(Outcome.FAILURE)
+    states.append(breaker.state())
+    breaker.record(Outcome.FAILURE)
+    states.append(breaker.state())
     assert not breaker.allow()
     clock.now += 2.0
-    states.append(breaker.state)
+    states.append(breaker.state())
     assert breaker.allow()  # the one probe
     assert not breaker.allow()  # nobody else while it is out
-    breaker.failure()
-    states.append(breaker.state)
+    breaker.record(Outcome.FAILURE)
+    states.append(breaker.state())
     clock.now += 2.0
     assert breaker.allow()
-    breaker.success()
-    states.append(breaker.state)
+    breaker.record(Outcome.SUCCESS)
+    states.append(breaker.state())
     assert breaker.allow()
     assert states == [
         BreakerState.CLOSED,
@@ -69,12 +71,104 @@ def test_breaker_opens_after_three_failures_and_probes_back() -> None:
 
 def test_a_success_resets_the_count() -> None:
     breaker = CircuitBreaker("context", failure_threshold=3)
-    breaker.failure()
-    breaker.failure()
-    breaker.success()
-    breaker.failure()
-    breaker.failure()
-    assert breaker.state is BreakerState.CLOSED
+    breaker.record(Outcome.FAILURE)
+    breaker.record(Outcome.FAILURE)
+    breaker.record(Outcome.SUCCESS)
+    breaker.record(Outcome.FAILURE)
+    breaker.record(Outcome.FAILURE)
+    assert breaker.state() is BreakerState.CLOSED
+
+
+def test_a_connectivity_failure_of_any_method_counts_for_the_whole_dependency() -> None:
+    breaker = CircuitBreaker("context", failure_threshold=3, clock=Clock())
+    for method in ("get_profile_context", "record_decision", "merge_profiles"):
+        breaker.record(Outcome.FAILURE, method)
+    assert not breaker.allow("get_profile_context") and not breaker.allow("anything_else")
+
+
+def test_timeouts_open_a_method_only_past_the_failure_rate_over_enough_calls() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(
+        "context", failure_rate=0.5, min_calls=10, window=20, open_s=2.0, clock=clock
+    )
+    # A few slow calls in a row, then answers: below the rate, nothing opens.
+    for outcome in [Outcome.SLOW] * 4 + [Outcome.SUCCESS] * 6:
+        assert breaker.allow("merge_profiles")
+        breaker.record(outcome, "merge_profiles")
+    assert breaker.state("merge_profiles") is BreakerState.CLOSED
+    # Half of the last ten slow: this kind of request is cut off, and only it.
+    for _ in range(6):
+        breaker.record(Outcome.SLOW, "merge_profiles")
+    assert breaker.state("merge_profiles") is BreakerState.OPEN
+    assert not breaker.allow("merge_profiles")
+    assert breaker.allow("get_profile_context")
+    assert breaker.state() is BreakerState.CLOSED
+    # It probes back by itself: a slow probe keeps it open, an answer closes it.
+    clock.now += 2.0
+    assert breaker.allow("merge_profiles") and not breaker.allow("merge_profiles")
+    breaker.record(Outcome.SLOW, "merge_profiles")
+    assert breaker.state("merge_profiles") is BreakerState.OPEN
+    clock.now += 2.0
+    assert breaker.allow("merge_profiles")
+    breaker.record(Outcome.SUCCESS, "merge_profiles")
+    assert breaker.state("merge_profiles") is BreakerState.CLOSED
+    # Closed afresh: one slow call after the probe does not reopen it.
+    breaker.record(Outcome.SLOW, "merge_profiles")
+    assert breaker.allow("merge_profiles")
+
+
+def test_old_timeouts_leave_the_window() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker("scoring", min_calls=4, window_s=10.0, clock=clock)
+    for _ in range(3):
+        breaker.record(Outcome.SLOW, "score_candidates")
+    clock.now += 11.0
+    breaker.record(Outcome.SLOW, "score_candidates")
+    assert breaker.state("score_candidates") is BreakerState.CLOSED
+
+
+def test_shed_and_abandoned_calls_say_nothing_about_the_dependency() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker("context", failure_threshold=2, min_calls=2, clock=clock)
+    for _ in range(20):
+        breaker.record(Outcome.SHED, "record_decision")
+        breaker.record(Outcome.ABANDONED, "record_decision")
+    assert breaker.state("record_decision") is BreakerState.CLOSED
+    breaker.record(Outcome.FAILURE)
+    breaker.record(Outcome.SHED)
+    breaker.record(Outcome.FAILURE)  # two in a row: a shed answer is not a success
+    assert breaker.state() is BreakerState.OPEN
+
+
+def test_a_probe_that_never_reports_does_not_keep_the_circuit_half_open() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker("identity", failure_threshold=1, open_s=2.0, clock=clock)
+    breaker.record(Outcome.FAILURE)
+    clock.now += 2.0
+    assert breaker.allow()  # the probe, whose caller then vanishes without a word
+    assert not breaker.allow()
+    clock.now += 2.0
+    assert breaker.allow()  # given up: another probe goes
+    breaker.record(Outcome.ABANDONED)
+    assert breaker.allow()  # an abandoned probe frees the slot at once
+    breaker.record(Outcome.SUCCESS)
+    assert breaker.state() is BreakerState.CLOSED
+
+
+@pytest.mark.parametrize(
+    ("error", "outcome"),
+    [
+        (TimeoutError(), Outcome.SLOW),
+        (Unavailable("context: UNAVAILABLE: connection refused"), Outcome.FAILURE),
+        (Unavailable("x", status="DEADLINE_EXCEEDED"), Outcome.SLOW),
+        (Unavailable("x", status="RESOURCE_EXHAUSTED"), Outcome.SHED),
+        (Unavailable("x", status="INTERNAL"), Outcome.FAILURE),
+        (ResourceExhausted("overloaded"), Outcome.SHED),
+        (RuntimeError("broken"), Outcome.FAILURE),
+    ],
+)
+def test_outcome_of_an_error(error: Exception, outcome: Outcome) -> None:
+    assert outcome_of(error) is outcome
 
 
 class Broken:
@@ -203,7 +297,8 @@ async def test_a_callers_mistake_is_not_absorbed_as_an_outage() -> None:
     engine = DecisionEngine(identity, FakeContext(), FakeScoring(), arbitration)
     with pytest.raises(InvalidArgument):
         await engine.decide(DecideCommand(COOKIE, "web"))
-    assert breakers_of(identity)["resolve_profile"].state is BreakerState.CLOSED
+    breaker = breaker_of(identity)
+    assert breaker is not None and breaker.state("resolve_profile") is BreakerState.CLOSED
 
 
 async def test_no_candidates_ever_seen_and_arbitration_down_is_no_action() -> None:
@@ -213,3 +308,152 @@ async def test_no_candidates_ever_seen_and_arbitration_down_is_no_action() -> No
     decision = await engine.decide(DecideCommand(COOKIE, "web", explain=True))
     assert decision.action is None and decision.degraded
     assert decision.explanation is not None and decision.explanation.candidates == ()
+
+
+class LoginIdentity(FakeIdentity):
+    """Every resolve with a ``login`` identifier merges a profile of the same name into it,
+    as a login that joins two anonymous profiles does; its profile ids go to ``logins``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logins: set[str] = set()
+
+    async def resolve_profile(self, identifiers: list[Identifier]) -> Resolution:
+        resolution = await super().resolve_profile(identifiers)
+        names = [i.value for i in identifiers if i.type == "login"]
+        if names:
+            self.logins.add(resolution.profile_id)
+        return replace(resolution, merged_profile_ids=tuple(f"anon-{n}" for n in names))
+
+
+class SlowForLogins(FakeContext):
+    """A context where a login's reads run out of time (its merge is slow and takes the
+    rest of the budget with it), and every other customer's are answered."""
+
+    def __init__(self, logins: set[str]) -> None:
+        super().__init__()
+        self.logins = logins
+
+    async def merge_profiles(self, survivor_id: str, merged_ids: list[str]) -> int:
+        raise TimeoutError
+
+    async def get_profile_context(self, profile_id: str) -> ProfileContext:
+        if profile_id in self.logins:
+            raise TimeoutError
+        return await super().get_profile_context(profile_id)
+
+
+class Flaky(FakeContext):
+    """A context whose next ``slow`` reads run out of time, or whose next ``busy`` reads it
+    sheds (RESOURCE_EXHAUSTED, as a peer's deadline guard answers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slow = 0
+        self.busy = 0
+
+    async def get_profile_context(self, profile_id: str) -> ProfileContext:
+        if self.slow:
+            self.slow -= 1
+            raise TimeoutError
+        if self.busy:
+            self.busy -= 1
+            raise ResourceExhausted("overloaded: retry with backoff")
+        return await super().get_profile_context(profile_id)
+
+
+async def test_slow_logins_do_not_cut_the_other_customers_off_context() -> None:
+    identity = LoginIdentity()
+    context = SlowForLogins(identity.logins)
+    engine, _ = await engine_with(identity=identity, context=context)
+    others = [[Identifier("customer_id", f"known-{n}")] for n in range(3)]
+    for known in others:
+        await engine.decide(DecideCommand(known, "web"))  # created: context is not read
+    answered: list[str] = []
+    for n in range(15):
+        login = await engine.decide(DecideCommand([Identifier("login", f"u{n}")], "web"))
+        assert "context: " in login.degraded_reason
+        for known in others:
+            decision = await engine.decide(DecideCommand(known, "web"))
+            assert not decision.degraded, decision.degraded_reason
+            answered.append(decision.decision_id)
+    await engine.flush_decisions()
+    assert set(answered) <= set(context.decisions)
+    # The kind of request that keeps failing is cut off for now: merging.
+    breaker = breaker_of(engine._context)
+    assert breaker is not None
+    assert breaker.state("merge_profiles") is BreakerState.OPEN
+    assert breaker.state("get_profile_context") is BreakerState.CLOSED
+
+
+async def test_a_few_timeouts_in_a_row_do_not_open_the_circuit() -> None:
+    context = Flaky()
+    engine, _ = await engine_with(context=context)
+    known = [Identifier("customer_id", "known")]
+    await engine.decide(DecideCommand(known, "web"))  # created: context is not read
+    context.slow = 3
+    for _ in range(3):
+        slow = await engine.decide(DecideCommand(known, "web"))
+        assert "context: timeout" in slow.degraded_reason
+    decision = await engine.decide(DecideCommand(known, "web"))
+    assert not decision.degraded, decision.degraded_reason
+
+
+async def test_a_dependency_shedding_load_is_not_taken_for_down() -> None:
+    context = Flaky()
+    engine, _ = await engine_with(context=context)
+    known = [Identifier("customer_id", "known")]
+    await engine.decide(DecideCommand(known, "web"))
+    context.busy = 10
+    for _ in range(10):
+        busy = await engine.decide(DecideCommand(known, "web"))
+        assert "context: overloaded" in busy.degraded_reason
+    decision = await engine.decide(DecideCommand(known, "web"))
+    assert not decision.degraded, decision.degraded_reason
+
+
+class Hanging:
+    """A port whose one method fails, answers, or waits until its caller gives up."""
+
+    def __init__(self) -> None:
+        self.mode = "fail"
+
+    async def ping(self) -> str:
+        if self.mode == "fail":
+            raise Unavailable("peer: UNAVAILABLE: connection refused")
+        if self.mode == "hang":
+            await asyncio.Event().wait()
+        return "pong"
+
+
+async def test_a_probe_whose_caller_gave_up_does_not_keep_the_circuit_half_open() -> None:
+    port = Hanging()
+    peer = guarded(port, "peer", failure_threshold=3, open_s=0.05)
+    for _ in range(3):
+        with pytest.raises(Unavailable):
+            await peer.ping()
+    await asyncio.sleep(0.06)  # half-open: the next call is the probe
+    port.mode = "hang"
+    probe = asyncio.ensure_future(peer.ping())
+    await asyncio.sleep(0.01)
+    probe.cancel()  # its caller is gone (a cancelled Decide)
+    with contextlib.suppress(asyncio.CancelledError):
+        await probe
+    port.mode = "answer"
+    assert await peer.ping() == "pong"  # another probe went, and closed the circuit
+
+
+def test_an_outage_does_not_count_against_a_method_once_the_dependency_is_back() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker("context", failure_threshold=3, min_calls=4, open_s=2.0, clock=clock)
+    for _ in range(3):
+        breaker.record(Outcome.FAILURE, "record_decision")  # down: the whole opens
+    for _ in range(3):  # its probes fail while it stays down
+        clock.now += 2.0
+        assert breaker.allow("record_decision")
+        breaker.record(Outcome.FAILURE, "record_decision")
+    clock.now += 2.0
+    assert breaker.allow("record_decision")
+    breaker.record(Outcome.SUCCESS, "record_decision")  # back
+    breaker.record(Outcome.SLOW, "record_decision")  # a busy first moment
+    assert breaker.state("record_decision") is BreakerState.CLOSED

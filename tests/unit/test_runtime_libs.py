@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,10 +24,12 @@ from libs.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     Unavailable,
     Unimplemented,
 )
 from libs.rpc.interceptors import REQUEST_ID_KEY, RpcInterceptor
+from libs.rpc.server import ServiceBinding, create_server
 from libs.rpc.status import error_from_rpc, status_for
 
 DETAILS_KEY = "grpc-status-details-bin"
@@ -327,6 +331,9 @@ class FakeServicerContext:
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return self._metadata
 
+    def done(self) -> bool:
+        return self.aborted is not None
+
     async def abort(
         self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()
     ) -> None:
@@ -462,3 +469,43 @@ async def test_interceptor_binds_each_calls_own_context_and_drops_the_last_ones(
 
 def test_rpc_status_helper_agrees_on_the_trailer_key() -> None:
     assert rpc_status.GRPC_DETAILS_METADATA_KEY == DETAILS_KEY
+
+
+async def _late_abort(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+    # A busy event loop: the caller's deadline passes before the handler gets to answer.
+    time.sleep(0.3)  # noqa: ASYNC251 - the point: nothing else runs meanwhile
+    if request == b"abort":
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too late")
+    raise ResourceExhausted("too late")
+
+
+async def test_an_answer_to_a_call_already_over_is_dropped_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def add(server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    "test.v1.Late", {"Call": grpc.unary_unary_rpc_method_handler(_late_abort)}
+                )
+            ]
+        )
+
+    server, port = create_server(
+        "127.0.0.1:0", [ServiceBinding("test.v1.Late", add)], reflection_enabled=False
+    )
+    await server.start()
+    codes: list[grpc.StatusCode] = []
+    with structlog.testing.capture_logs() as logged, caplog.at_level(logging.WARNING):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            late: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+                "/test.v1.Late/Call"
+            )
+            for request in (b"abort", b"raise"):
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    await late(request, timeout=0.05)
+                codes.append(failed.value.code())
+        await server.stop(5)  # the handlers are done
+    assert codes == [grpc.StatusCode.DEADLINE_EXCEEDED] * 2
+    assert [e for e in logged if e["log_level"] in ("error", "critical")] == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
