@@ -37,6 +37,7 @@ from services.context.model import (
     RecordedDecision,
 )
 from services.context.repository import ContextUnitOfWork
+from services.learning.snapshot import PACKED_KEYS, SNAPSHOT_KEY
 
 UnitOfWorkFactory = Callable[[bool], ContextUnitOfWork]
 # Told (field, count) when personal data was replaced in values about to be stored; field is
@@ -649,14 +650,26 @@ class ContextService:
         the business's, and a replayed decision must show the channel what it showed first."""
         payload = record.payload
         action = payload.get(SERVED_ACTION)
-        walked, count = redact_for_storage(
-            payload if action is None else {**payload, SERVED_ACTION: None}
+        snapshot = payload.get(SNAPSHOT_KEY)
+        # A compact snapshot's packed arrays are numbers in base64: set aside, not walked.
+        packed = (
+            {key: snapshot[key] for key in PACKED_KEYS if key in snapshot}
+            if isinstance(snapshot, dict)
+            else {}
         )
+        shown = payload if action is None else {**payload, SERVED_ACTION: None}
+        if packed:
+            assert isinstance(snapshot, dict)
+            kept = {key: value for key, value in snapshot.items() if key not in packed}
+            shown = {**shown, SNAPSHOT_KEY: kept}
+        walked, count = redact_for_storage(shown)
         if not count:
             return record
         self._counted(DECISION_PAYLOAD, count)
         if action is not None:
             walked[SERVED_ACTION] = action
+        if packed:
+            walked[SNAPSHOT_KEY] = {**walked[SNAPSHOT_KEY], **packed}
         return replace(record, payload=walked)
 
     async def _record_batch(self, records: list[DecisionRecord]) -> list[RecordedDecision]:

@@ -225,6 +225,10 @@ def compact_snapshot(
     return snapshot
 
 
+# The version 2 fields holding packed numbers (base64), not text: nothing to redact there.
+PACKED_KEYS = ("positions", "propensity", "context_weight", "model_index")
+
+
 def snapshot_version(snapshot: dict[str, Any]) -> int:
     """1 or 2 (a Struct in the mesh turns 2 into 2.0); ValueError for another."""
     version = snapshot.get("version", SNAPSHOT_VERSION)
