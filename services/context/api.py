@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import grpc
+import orjson
 from nextbest.context.v1 import context_pb2, context_pb2_grpc
 from nextbest.decision.v1 import decision_pb2
 
@@ -407,6 +408,33 @@ def record_to_proto(record: DecisionRecord) -> context_pb2.DecisionRecord:
     )
 
 
+def record_to_wire(record: DecisionRecord) -> context_pb2.DecisionRecord:
+    """``record_to_proto`` with the payload as JSON bytes (what the orchestrator sends)."""
+    return context_pb2.DecisionRecord(
+        decision_id=record.decision_id,
+        request_id=record.request_id,
+        profile_id=record.profile_id,
+        channel=record.channel,
+        placement=record.placement,
+        action_id=record.action_id,
+        decided_at=datetime_to_timestamp(record.decided_at),
+        payload_json=orjson.dumps(record.payload),
+        predictions=[prediction_to_proto(p) for p in record.predictions],
+    )
+
+
+def _payload_of(message: context_pb2.DecisionRecord) -> dict[str, Any]:
+    if not message.payload_json:
+        return checked_struct(message.payload, "record.payload")
+    try:
+        payload = orjson.loads(message.payload_json)
+    except orjson.JSONDecodeError as error:
+        raise InvalidArgument(FieldViolation("record.payload_json", f"not JSON: {error}")) from None
+    if not isinstance(payload, dict):
+        raise InvalidArgument(FieldViolation("record.payload_json", "must be a JSON object"))
+    return payload
+
+
 def record_from_proto(message: context_pb2.DecisionRecord) -> DecisionRecord:
     decided_at = checked_time(message.decided_at, "record.decided_at")
     if decided_at is None:
@@ -419,7 +447,7 @@ def record_from_proto(message: context_pb2.DecisionRecord) -> DecisionRecord:
         placement=message.placement,
         action_id=message.action_id,
         decided_at=decided_at,
-        payload=checked_struct(message.payload, "record.payload"),
+        payload=_payload_of(message),
         predictions=tuple(predictions_from_proto(message.predictions, field="record.predictions")),
     )
 
@@ -450,8 +478,10 @@ class ContextServicer(context_pb2_grpc.ContextServiceServicer):
         # so that the embedded shape's decisions, redacted where they are built, are not.
         record = self._service.payload_redacted(record_from_proto(request.record))
         stored = await self._service.record_decision(record)
+        if not stored.replayed:  # the caller holds what it sent
+            return context_pb2.RecordDecisionResponse()
         return context_pb2.RecordDecisionResponse(
-            record=record_to_proto(stored.record), replayed=stored.replayed
+            record=record_to_proto(stored.record), replayed=True
         )
 
     async def RecordOutcome(
@@ -554,9 +584,11 @@ class ContextClient:
         response = await call_peer(
             "context",
             self._stub.RecordDecision,
-            context_pb2.RecordDecisionRequest(record=record_to_proto(record)),
+            context_pb2.RecordDecisionRequest(record=record_to_wire(record)),
         )
-        return RecordedDecision(record_from_proto(response.record), response.replayed)
+        if not response.replayed:
+            return RecordedDecision(record, False)
+        return RecordedDecision(record_from_proto(response.record), True)
 
     async def record_outcome(self, report: OutcomeReport) -> OutcomeResult:
         response = await call_peer(

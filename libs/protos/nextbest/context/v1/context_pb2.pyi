@@ -540,6 +540,7 @@ class DecisionRecord(_message.Message):
     DECIDED_AT_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
     PREDICTIONS_FIELD_NUMBER: _builtins.int
+    PAYLOAD_JSON_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     request_id: _builtins.str
     """When set, a decision already recorded under this request id is returned instead."""
@@ -548,6 +549,10 @@ class DecisionRecord(_message.Message):
     placement: _builtins.str
     action_id: _builtins.str
     """Empty for "no action"."""
+    payload_json: _builtins.bytes
+    """The payload as a UTF-8 JSON object, in place of `payload`: what the orchestrator
+    sends (encoding and decoding a Struct costs far more on both sides).
+    """
     @_builtins.property
     def decided_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -570,10 +575,11 @@ class DecisionRecord(_message.Message):
         decided_at: _timestamp_pb2.Timestamp | None = ...,
         payload: _struct_pb2.Struct | None = ...,
         predictions: _abc.Iterable[Global___Prediction] | None = ...,
+        payload_json: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "payload", b"payload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "channel", b"channel", "decided_at", b"decided_at", "decision_id", b"decision_id", "payload", b"payload", "placement", b"placement", "predictions", b"predictions", "profile_id", b"profile_id", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_id", b"action_id", "channel", b"channel", "decided_at", b"decided_at", "decision_id", b"decision_id", "payload", b"payload", "payload_json", b"payload_json", "placement", b"placement", "predictions", b"predictions", "profile_id", b"profile_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -609,7 +615,9 @@ class RecordDecisionResponse(_message.Message):
     """True when an earlier decision for request_id was returned."""
     @_builtins.property
     def record(self) -> Global___DecisionRecord:
-        """The stored record: the given one, or the earlier one for the same request_id."""
+        """The earlier record for the same request_id when `replayed`; unset otherwise (the
+        caller holds the record it sent).
+        """
 
     def __init__(
         self,
