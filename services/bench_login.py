@@ -53,13 +53,13 @@ async def measure_logins(
     async with grpc.aio.insecure_channel(address) as connection:
         stub = decision_pb2_grpc.DecisionServiceStub(connection)
         for index in range(warmup + logins):
-            tag = uuid.uuid4().hex[:12]
+            tag = uuid.uuid4().hex
             cookies = [_identifier("cookie_id", f"login-{tag}-{side}") for side in "ab"]
             await stub.TrackEvents(
                 decision_pb2.TrackEventsRequest(
                     events=[
                         decision_pb2.Event(
-                            event_id=f"login-{tag}-{n}",
+                            event_id=f"{tag}{n}",
                             identifiers=[cookies[n % 2]],
                             type="page_view",
                             channel="web",
