@@ -394,8 +394,12 @@ def event_from_proto(message: context_pb2.ProfileEvent, index: int) -> ProfileEv
     )
 
 
-def record_to_proto(record: DecisionRecord) -> context_pb2.DecisionRecord:
-    return context_pb2.DecisionRecord(
+def record_to_proto(
+    record: DecisionRecord, *, payload_as_json: bool = False
+) -> context_pb2.DecisionRecord:
+    """``payload_as_json``: the payload as JSON bytes (``payload_json``), what the
+    orchestrator sends; else as a Struct (``payload``)."""
+    message = context_pb2.DecisionRecord(
         decision_id=record.decision_id,
         request_id=record.request_id,
         profile_id=record.profile_id,
@@ -403,24 +407,13 @@ def record_to_proto(record: DecisionRecord) -> context_pb2.DecisionRecord:
         placement=record.placement,
         action_id=record.action_id,
         decided_at=datetime_to_timestamp(record.decided_at),
-        payload=dict_to_struct(record.payload),
         predictions=[prediction_to_proto(p) for p in record.predictions],
     )
-
-
-def record_to_wire(record: DecisionRecord) -> context_pb2.DecisionRecord:
-    """``record_to_proto`` with the payload as JSON bytes (what the orchestrator sends)."""
-    return context_pb2.DecisionRecord(
-        decision_id=record.decision_id,
-        request_id=record.request_id,
-        profile_id=record.profile_id,
-        channel=record.channel,
-        placement=record.placement,
-        action_id=record.action_id,
-        decided_at=datetime_to_timestamp(record.decided_at),
-        payload_json=orjson.dumps(record.payload),
-        predictions=[prediction_to_proto(p) for p in record.predictions],
-    )
+    if payload_as_json:
+        message.payload_json = orjson.dumps(record.payload)
+    else:
+        message.payload.CopyFrom(dict_to_struct(record.payload))
+    return message
 
 
 def _payload_of(message: context_pb2.DecisionRecord) -> dict[str, Any]:
@@ -584,7 +577,7 @@ class ContextClient:
         response = await call_peer(
             "context",
             self._stub.RecordDecision,
-            context_pb2.RecordDecisionRequest(record=record_to_wire(record)),
+            context_pb2.RecordDecisionRequest(record=record_to_proto(record, payload_as_json=True)),
         )
         if not response.replayed:
             return RecordedDecision(record, False)
