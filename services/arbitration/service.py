@@ -220,14 +220,26 @@ class ArbitrationService:
         return applied
 
     async def warm_up(self) -> None:
-        """Load the catalog and list every channel it names once before serving, so that
-        the first decisions do not pay for it. (The kernel's plans are not judged here: a
-        judgement made at start-up changed what a mesh's later decisions recorded; see
-        docs/reliability.md.)"""
+        """Load the catalog, make each channel's plan and judge its candidates once (their
+        rules run for an empty profile and request, at their priors) before serving, so
+        that the first decisions do not pay for it. Nothing is settled: no volume reserved,
+        no draw made."""
         catalog = await self.catalog()
         channels = sorted({c for action in catalog.actions for c in action.channels} or {""})
         for channel in channels:
-            await self.list_candidates(channel, "", {})
+            listed = await self.list_candidates(channel, "", {})
+            plan = self.channel_plan(catalog, channel)
+            members = listed.members
+            judge(
+                plan,
+                members,
+                plan.prior[members],
+                ("",) * len(members),
+                ProfileContext(profile_id=""),
+                placement="",
+                request_context={},
+                now=self._clock(),
+            )
 
     async def list_candidates(
         self,
