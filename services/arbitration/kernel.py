@@ -43,6 +43,62 @@ IndexArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
 
+def priority_factors(
+    action: ActionDefinition,
+    candidate: ScoredCandidate,
+    context_weight: float = 1.0,
+    *,
+    rank: int = 0,
+    removal: tuple[str, str] | None = None,
+) -> CandidateExplanation:
+    """P, C, V, L as they enter the product: a factor switched off for the issue is 1 (the
+    reason says so, with the value it would have had). ``removal``: (removed_by, reason) of
+    a candidate a filter removed (not eligible, priority 0)."""
+    switches = action.factors
+    reason = ""
+    if switches.all_on:
+        propensity, weight = candidate.propensity, context_weight
+        value, lever = action.value, action.lever
+    else:
+        propensity = candidate.propensity if switches.propensity else 1.0
+        weight = context_weight if switches.context_weight else 1.0
+        value = action.value if switches.value else 1.0
+        lever = action.lever if switches.lever else 1.0
+        was = {
+            "propensity": candidate.propensity,
+            "context_weight": context_weight,
+            "value": action.value,
+            "lever": action.lever,
+        }
+        listed = ", ".join(f"{name} (would be {was[name]:.4g})" for name in switches.off())
+        reason = f"switched off for issue {action.issue}: {listed}"
+    if removal is not None:
+        return CandidateExplanation(
+            action_id=action.action_id,
+            eligible=False,
+            removed_by=removal[0],
+            reason=removal[1],
+            propensity=propensity,
+            context_weight=weight,
+            value=value,
+            lever=lever,
+            priority=0.0,
+            model_version=candidate.model_version,
+        )
+    return CandidateExplanation(
+        action_id=action.action_id,
+        eligible=True,
+        reason=reason,
+        propensity=propensity,
+        context_weight=weight,
+        value=value,
+        lever=lever,
+        priority=propensity * weight * value * lever,
+        rank=rank,
+        model_version=candidate.model_version,
+    )
+
+
 def _epoch(moment: datetime | None, missing: float) -> float:
     return moment.timestamp() if moment is not None else missing
 
@@ -316,39 +372,17 @@ class Judgement:
         return self.plan.actions[int(self.members[candidate])]
 
     def explanation(self, candidate: int, rank: int = 0) -> CandidateExplanation:
-        """P, C, V, L as they entered the product (a factor switched off is 1 and the reason
-        says what it would have been); a removed candidate's priority is 0."""
-        action = self.action(candidate)
-        member = int(self.members[candidate])
-        plan = self.plan
-        scored = float(self.propensity[candidate])
-        weight = float(self.weight[candidate])
-        propensity = scored if plan.propensity_on[member] else 1.0
-        used_weight = weight if plan.weight_on[member] else 1.0
-        reason = ""
-        switches = action.factors
-        if not switches.all_on:
-            was = {
-                "propensity": scored,
-                "context_weight": weight,
-                "value": action.value,
-                "lever": action.lever,
-            }
-            listed = ", ".join(f"{name} (would be {was[name]:.4g})" for name in switches.off())
-            reason = f"switched off for issue {action.issue}: {listed}"
-        removal = self.removals.get(candidate)
-        return CandidateExplanation(
-            action_id=action.action_id,
-            eligible=removal is None,
-            removed_by=removal[0] if removal else "",
-            reason=removal[1] if removal else reason,
-            propensity=propensity,
-            context_weight=used_weight,
-            value=float(plan.value_used[member]),
-            lever=float(plan.lever_used[member]),
-            priority=0.0 if removal else float(self.priority[candidate]),
+        """``priority_factors`` of one candidate (a removed one's priority is 0)."""
+        return priority_factors(
+            self.action(candidate),
+            ScoredCandidate(
+                self.plan.ids[int(self.members[candidate])],
+                float(self.propensity[candidate]),
+                self.model_versions[candidate],
+            ),
+            float(self.weight[candidate]),
             rank=rank,
-            model_version=self.model_versions[candidate],
+            removal=self.removals.get(candidate),
         )
 
     def removed_explanations(self) -> list[CandidateExplanation]:

@@ -132,6 +132,27 @@ class ArbitrationPort(Protocol):
     ) -> Prioritization: ...
 
 
+@runtime_checkable
+class KernelArbitrationPort(Protocol):
+    """Optional: an arbitration in the same process that judges candidates given as the
+    kernel's arrays over the plan its listing carries (``CandidateList.plan``/``members``):
+    nothing is converted per candidate."""
+
+    async def prioritize_members(
+        self,
+        plan: Any,
+        members: Any,
+        propensity: npt.NDArray[np.float64],
+        model_versions: tuple[str, ...],
+        *,
+        explain: bool = False,
+        context: ProfileContext,
+        request_context: dict[str, object] | None = None,
+        placement: str = "",
+        profile_known: bool = True,
+    ) -> Prioritization: ...
+
+
 class DecisionObserver(Protocol):
     """Told what the orchestrator did (metrics); plain types so libs/ can implement it."""
 

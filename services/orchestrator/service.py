@@ -75,6 +75,7 @@ from services.orchestrator.ports import (
     ContextPort,
     DecisionObserver,
     IdentityPort,
+    KernelArbitrationPort,
     NoObserver,
     ScoringPort,
     SettlingIdentityPort,
@@ -188,6 +189,16 @@ def strictest_consent(own: ProfileContext, others: Sequence[ProfileContext]) -> 
     if level == own.personalization and consents == own.consents:
         return own
     return replace(own, personalization=level, consents=consents)
+
+
+def _as_scores(
+    listed: CandidateList, propensity: npt.NDArray[np.float64], versions: Sequence[str]
+) -> list[CandidateScore]:
+    """Scoring's arrays as one score per candidate (the fallback paths rank by these)."""
+    return [
+        CandidateScore(a.action_id, p, v, not v)
+        for a, p, v in zip(listed.candidates, propensity.tolist(), versions, strict=True)
+    ]
 
 
 def _default_action(
@@ -469,7 +480,7 @@ class DecisionEngine:
         listed = self._candidates_for(command, listed_now)
         propensity, versions = await self._scores(command, profile, listed, reasons)
         result: Prioritization | None
-        if listed.plan is not None and hasattr(self._arbitration, "prioritize_members"):
+        if listed.plan is not None and isinstance(self._arbitration, KernelArbitrationPort):
             result = await self._ask(
                 "arbitration",
                 self._arbitration.prioritize_members(
@@ -506,11 +517,7 @@ class DecisionEngine:
                 reasons,
             )
         if result is None:
-            scores = [
-                CandidateScore(a.action_id, p, v, not v)
-                for a, p, v in zip(listed.candidates, propensity.tolist(), versions, strict=True)
-            ]
-            result = _prioritize_here(listed, scores, command)
+            result = _prioritize_here(listed, _as_scores(listed, propensity, versions), command)
         elif result.winner is None and not profile_known:
             result = _default_action(listed, command, "profile unavailable") or result
         decision = self._decision(command, profile_id, listed, result, reasons)
@@ -544,12 +551,7 @@ class DecisionEngine:
                     command.channel,
                     command.placement,
                     listed,
-                    [
-                        CandidateScore(a.action_id, p, v, not v)
-                        for a, p, v in zip(
-                            listed.candidates, propensity.tolist(), versions, strict=True
-                        )
-                    ],
+                    _as_scores(listed, propensity, versions),
                     result,
                 )
             set_deadline(started + budget)

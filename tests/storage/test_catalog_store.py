@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +24,6 @@ from services.arbitration.service import ArbitrationService
 from services.arbitration.tables import CatalogStateRow
 from services.context.model import ProfileContext
 from services.demo.seed import DEMO_CATALOG
-from tests.conftest import create_postgres_database, drop_postgres_database, require_postgres
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 OPTED_IN = ProfileContext("p1", consents={"marketing_email": True})
@@ -363,21 +360,9 @@ async def test_a_catalog_stored_before_documents_is_loaded_from_its_rows(
     assert loaded.defaults == applied.defaults
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def old_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database, not migrated (the test migrates it step by step)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'old.db'}"
-        return
-    require_postgres()
-    url = create_postgres_database()
-    yield url
-    drop_postgres_database(url)
-
-
-async def test_upgrade_to_0004_keeps_a_catalog_applied_before(old_url: str) -> None:
-    upgrade(old_url, MIGRATIONS, "0002")
-    engine = create_engine(sync_url(old_url))
+async def test_upgrade_to_0004_keeps_a_catalog_applied_before(empty_url: str) -> None:
+    upgrade(empty_url, MIGRATIONS, "0002")
+    engine = create_engine(sync_url(empty_url))
     try:
         with engine.begin() as connection:
             connection.execute(
@@ -398,9 +383,9 @@ async def test_upgrade_to_0004_keeps_a_catalog_applied_before(old_url: str) -> N
     finally:
         engine.dispose()
 
-    upgrade(old_url, MIGRATIONS)
+    upgrade(empty_url, MIGRATIONS)
 
-    async_url = old_url.replace("sqlite:///", "sqlite+aiosqlite:///")
+    async_url = empty_url.replace("sqlite:///", "sqlite+aiosqlite:///")
     database = Database(async_url)
     try:
         service = arbitration_service(database)

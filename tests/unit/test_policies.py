@@ -15,8 +15,9 @@ import yaml
 from libs.errors import InvalidArgument
 from services.arbitration.catalog import catalog_to_document, parse_catalog, parse_catalog_yaml
 from services.arbitration.exploration import select
+from services.arbitration.kernel import priority_factors
 from services.arbitration.model import CandidateExplanation, Exploration, ScoredCandidate
-from services.arbitration.service import ArbitrationService, priority_factors
+from services.arbitration.service import ArbitrationService
 from services.context.model import (
     Contact,
     EventCounter,
