@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy libs services tests
+	$(BIN)/mypy libs services tools tests
 
 ## proto: regenerate the Python stubs under libs/protos from proto/ (never edit them by hand).
 proto: $(STAMP)
