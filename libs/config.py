@@ -123,6 +123,16 @@ class Settings(BaseSettings):
     decision_budget_ms: int = Field(
         100, gt=0, le=60_000, description="Time budget of one Decide across all hops."
     )
+    decision_outbox_linger_ms: float = Field(
+        20.0,
+        ge=0,
+        le=1000,
+        description=(
+            "How long the decision outbox waits to gather decisions into one write to the "
+            "decision log (0: write each at once). An outcome for a waiting decision, an "
+            "export or an erasure cuts the wait short. At risk on kill -9: what waits."
+        ),
+    )
     shutdown_grace_s: float = Field(5.0, ge=0, description="Drain period on SIGTERM.")
     max_connection_age_s: float = Field(
         300.0, gt=0, description="Clients reconnect (and re-resolve DNS) after this."

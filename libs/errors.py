@@ -79,3 +79,19 @@ class Violations:
     def raise_if_any(self) -> None:
         if self.items:
             raise InvalidArgument(self.items)
+
+
+def renamed_violations(error: InvalidArgument, prefix: str, new_prefix: str) -> InvalidArgument:
+    """``error`` with its fields' ``prefix`` replaced (a record's ``record.x`` becomes
+    ``records[3].x`` when it was sent in a batch)."""
+    return InvalidArgument(
+        [
+            FieldViolation(
+                new_prefix + v.field.removeprefix(prefix)
+                if v.field.startswith(prefix)
+                else new_prefix + v.field,
+                v.description,
+            )
+            for v in error.violations
+        ]
+    )

@@ -254,6 +254,7 @@ def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
             # In-process ports: no round trips to overlap (see DecisionEngine).
             parallel_reads=target != Target.ALL,
             new_profile_level=PersonalizationLevel(settings.default_personalization),
+            outbox_linger_s=settings.decision_outbox_linger_ms / 1000,
         )
         # Closed before the services it writes to: the outbox drains into context first.
         closers.append(hosted.decisions.close)

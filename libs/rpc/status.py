@@ -117,3 +117,27 @@ def error_from_rpc(error: grpc.aio.AioRpcError, peer: str) -> DomainError:
     if code == grpc.StatusCode.ALREADY_EXISTS:
         return AlreadyExists(message)
     return Unavailable(f"{peer}: {code.name}: {message}", status=code.name)
+
+
+def code_name_for(error: DomainError) -> str:
+    """The gRPC status code's name a domain error is answered with (e.g. in a batch's
+    per-item result)."""
+    return next(
+        (codes[0].name for kind, codes in _CODES.items() if isinstance(error, kind)),
+        grpc.StatusCode.UNKNOWN.name,
+    )
+
+
+def error_from_code(code_name: str, message: str, peer: str) -> DomainError:
+    """The domain error of a per-item result (``code_name_for`` and the error's message);
+    an InvalidArgument's message is its "field: description" pairs joined by "; "."""
+    if code_name == grpc.StatusCode.INVALID_ARGUMENT.name:
+        violations = [
+            FieldViolation(*part.split(": ", 1)) if ": " in part else FieldViolation(peer, part)
+            for part in message.split("; ")
+        ]
+        return InvalidArgument(violations)
+    for kind, codes in _CODES.items():
+        if codes[0].name == code_name and kind in (NotFound, FailedPrecondition, AlreadyExists):
+            return kind(message)
+    return Unavailable(f"{peer}: {code_name}: {message}", status=code_name)

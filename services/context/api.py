@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -10,7 +11,13 @@ import orjson
 from nextbest.context.v1 import context_pb2, context_pb2_grpc
 from nextbest.decision.v1 import decision_pb2
 
-from libs.errors import FieldViolation, InvalidArgument
+from libs.errors import (
+    DomainError,
+    FieldViolation,
+    InvalidArgument,
+    Unavailable,
+    renamed_violations,
+)
 from libs.memo import ByIdentity
 from libs.rpc.client import call_peer
 from libs.rpc.convert import (
@@ -21,6 +28,7 @@ from libs.rpc.convert import (
     timestamp_to_datetime,
 )
 from libs.rpc.server import ServiceBinding
+from libs.rpc.status import code_name_for, error_from_code
 from services.context.model import (
     AppendResult,
     AttributeChange,
@@ -47,6 +55,8 @@ from services.context.model import (
 from services.context.service import ContextService
 
 SERVICE_NAME = context_pb2.DESCRIPTOR.services_by_name["ContextService"].full_name
+# RecordDecisions: what one call may carry (the decision outbox sends at most this many).
+MAX_RECORDS_PER_CALL = 256
 Context = grpc.aio.ServicerContext[Any, Any]
 
 OUTCOME_FROM_PROTO = {
@@ -445,6 +455,28 @@ def record_from_proto(message: context_pb2.DecisionRecord) -> DecisionRecord:
     )
 
 
+def decision_result_to_proto(
+    result: RecordedDecision | DomainError,
+) -> context_pb2.RecordDecisionResult:
+    if isinstance(result, DomainError):
+        return context_pb2.RecordDecisionResult(
+            error_code=code_name_for(result), error_message=str(result)
+        )
+    if not result.replayed:  # the caller holds what it sent
+        return context_pb2.RecordDecisionResult()
+    return context_pb2.RecordDecisionResult(record=record_to_proto(result.record), replayed=True)
+
+
+def decision_result_from_proto(
+    result: context_pb2.RecordDecisionResult, sent: DecisionRecord
+) -> RecordedDecision | DomainError:
+    if result.error_code:
+        return error_from_code(result.error_code, result.error_message, "context")
+    if not result.replayed:
+        return RecordedDecision(sent, False)
+    return RecordedDecision(record_from_proto(result.record), True)
+
+
 class ContextServicer(context_pb2_grpc.ContextServiceServicer):
     def __init__(self, service: ContextService) -> None:
         self._service = service
@@ -475,6 +507,37 @@ class ContextServicer(context_pb2_grpc.ContextServiceServicer):
             return context_pb2.RecordDecisionResponse()
         return context_pb2.RecordDecisionResponse(
             record=record_to_proto(stored.record), replayed=True
+        )
+
+    async def RecordDecisions(
+        self, request: context_pb2.RecordDecisionsRequest, context: Context
+    ) -> context_pb2.RecordDecisionsResponse:
+        if len(request.records) > MAX_RECORDS_PER_CALL:
+            raise InvalidArgument(
+                FieldViolation("records", f"at most {MAX_RECORDS_PER_CALL} per call")
+            )
+        results: list[RecordedDecision | DomainError | None] = [None] * len(request.records)
+        valid: list[tuple[int, DecisionRecord]] = []
+        for index, message in enumerate(request.records):
+            try:
+                record = self._service.payload_redacted(record_from_proto(message))
+            except InvalidArgument as error:
+                results[index] = error
+                continue
+            valid.append((index, record))
+        stored = await self._service.record_decisions([record for _, record in valid])
+        for (index, _), result in zip(valid, stored, strict=True):
+            results[index] = result
+        return context_pb2.RecordDecisionsResponse(
+            results=[
+                decision_result_to_proto(
+                    renamed_violations(result, "record.", f"records[{index}].")
+                    if isinstance(result, InvalidArgument)
+                    else result
+                )
+                for index, result in enumerate(results)
+                if result is not None
+            ]
         )
 
     async def RecordOutcome(
@@ -582,6 +645,25 @@ class ContextClient:
         if not response.replayed:
             return RecordedDecision(record, False)
         return RecordedDecision(record_from_proto(response.record), True)
+
+    async def record_decisions(
+        self, records: Sequence[DecisionRecord]
+    ) -> list[RecordedDecision | DomainError]:
+        response = await call_peer(
+            "context",
+            self._stub.RecordDecisions,
+            context_pb2.RecordDecisionsRequest(
+                records=[record_to_proto(record, payload_as_json=True) for record in records]
+            ),
+        )
+        if len(response.results) != len(records):
+            raise Unavailable(
+                f"context: {len(response.results)} results for {len(records)} decisions"
+            )
+        return [
+            decision_result_from_proto(result, record)
+            for result, record in zip(response.results, records, strict=True)
+        ]
 
     async def record_outcome(self, report: OutcomeReport) -> OutcomeResult:
         response = await call_peer(

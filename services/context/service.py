@@ -3,6 +3,7 @@ profile attributes, predictions, consent, merges, export and erasure."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import math
 import re
@@ -14,7 +15,13 @@ from typing import Any
 
 from libs.clock import utc_now
 from libs.config import AggregatesConfig, duration_s
-from libs.errors import AlreadyExists, NotFound, Violations
+from libs.errors import (
+    AlreadyExists,
+    DomainError,
+    InvalidArgument,
+    NotFound,
+    Violations,
+)
 from libs.group_commit import GroupCommit, Pending
 from libs.pii import holds_personal_data, may_hold_personal_data, redact_for_storage
 from libs.storage import StorageConflict
@@ -641,6 +648,33 @@ class ContextService:
         # situational context, which it redacts itself (services/orchestrator/service.py).
         # A record from elsewhere goes through ``payload_redacted`` first (the gRPC API).
         return await self._decision_log.record(record)
+
+    async def record_decisions(
+        self, records: Sequence[DecisionRecord]
+    ) -> list[RecordedDecision | DomainError]:
+        """Store several decisions (one group commit where they allow), each as
+        ``record_decision`` would. A record refused on its own (invalid, or its decision id
+        stored already for another request) gets its error in its place (fields named
+        ``record.<field>``, as ``record_decision`` names them); the others are stored. An
+        error of the storage itself fails the whole call (the caller retries them all)."""
+        results: list[RecordedDecision | DomainError | None] = [None] * len(records)
+        writing: list[tuple[int, DecisionRecord]] = []
+        for index, record in enumerate(records):
+            try:
+                _validate_record(record)
+            except InvalidArgument as error:
+                results[index] = error
+                continue
+            writing.append((index, record))
+        written = await asyncio.gather(
+            *(self._decision_log.record(record) for _, record in writing), return_exceptions=True
+        )
+        for (index, _), result in zip(writing, written, strict=True):
+            if isinstance(result, DomainError | RecordedDecision):
+                results[index] = result
+            else:
+                raise result
+        return [result for result in results if result is not None]
 
     def payload_redacted(self, record: DecisionRecord) -> DecisionRecord:
         """``record`` with personal data replaced in its payload (keys and values at any

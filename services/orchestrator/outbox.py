@@ -2,26 +2,29 @@
 
 A channel must not wait for the decision log, and a decision it was given must accept its
 outcomes later even when context was down at the time. So a decision goes to the outbox when
-it is answered; one writer task hands what is queued to context (concurrently, where the
-context service's group commit makes one transaction of them) and keeps what fails, retrying
-with backoff until context takes it. An outcome for a decision still queued waits for that
-decision to be stored first (``flush``).
+it is answered; one writer task gathers what is queued for up to ``linger_s`` (or until a
+batch is full), hands the batch to context in one call (one RPC in the mesh, one group
+commit in context) and keeps what fails, retrying with backoff until context takes it. An
+outcome for a decision still queued cuts the wait short and waits for that decision to be
+stored first (``flush``); so do exports and erasures (``flush_all``).
 
 What is at risk: a decision queued in a process that is killed without a chance to drain
 (kill -9, OOM) — at most what was queued since the writer's last batch, normally the
-decisions of the last few milliseconds, or everything answered during a context outage.
+decisions of the last ``linger_s`` and a few milliseconds, or everything answered during a
+context outage.
 SIGTERM drains the outbox (``close``, within the drain period). docs/reliability.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import itertools
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from libs.errors import FailedPrecondition, InvalidArgument, Unavailable
+from libs.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
 from libs.logging import get_logger
 from services.context.model import DecisionRecord, RecordedDecision
 from services.orchestrator.ports import ContextPort
@@ -46,9 +49,13 @@ class DecisionOutbox:
         max_queued: int = 100_000,
         retry_s: float = 0.05,
         max_retry_s: float = 2.0,
+        linger_s: float = 0.0,
     ) -> None:
         self._context = context
         self._max_batch = max_batch
+        self._linger_s = linger_s
+        # Set when the writer should stop gathering and write now (a full batch, a flush).
+        self._hurry = asyncio.Event()
         self._max_queued = max_queued
         self._retry_s = retry_s
         self._max_retry_s = max_retry_s
@@ -77,6 +84,8 @@ class DecisionOutbox:
         self._queued[record.decision_id] = queued
         if record.request_id:
             self._by_request[record.request_id] = record.decision_id
+        if len(self._queued) >= self._max_batch:
+            self._write_now()
         if self._writer is None:
             # A context of its own: not the deadline, trace or log bindings of the decision
             # that happens to start it.
@@ -98,6 +107,7 @@ class DecisionOutbox:
         queued = self._queued.get(decision_id)
         if queued is None:
             return
+        self._write_now()
         try:
             await asyncio.wait_for(asyncio.shield(queued.stored), timeout_s)
         except TimeoutError:
@@ -112,6 +122,7 @@ class DecisionOutbox:
         waiting = [asyncio.shield(q.stored) for q in self._queued.values()]
         if not waiting:
             return
+        self._write_now()
         done, pending = await asyncio.wait(waiting, timeout=timeout_s)
         for future in done:
             future.exception()  # a dropped or refused one: nothing more to wait for
@@ -121,6 +132,7 @@ class DecisionOutbox:
     async def close(self, timeout_s: float = 10.0) -> None:
         """Drain (graceful stop): wait for the writer to store what is queued."""
         self._closing = True
+        self._write_now()
         writer = self._writer
         if writer is None:
             return
@@ -129,6 +141,24 @@ class DecisionOutbox:
         except TimeoutError:
             _log.error("decision outbox not drained", queued=len(self._queued))
             writer.cancel()
+
+    def _write_now(self) -> None:
+        self._hurry.set()
+
+    async def _gather(self) -> None:
+        """Wait up to ``linger_s`` for more decisions, unless told to write now."""
+        if not self._linger_s or self._closing or len(self._queued) >= self._max_batch:
+            return
+        if not self._hurry.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hurry.wait(), self._linger_s)
+        self._hurry.clear()
+
+    def _stored(self, queued: _Queued, result: RecordedDecision) -> None:
+        self._queued.pop(queued.record.decision_id, None)
+        self._forget(queued.record)
+        if not queued.stored.done():
+            queued.stored.set_result(result)
 
     def _give_up(self, queued: _Queued, error: Exception) -> None:
         self._queued.pop(queued.record.decision_id, None)
@@ -146,36 +176,35 @@ class DecisionOutbox:
         delay = self._retry_s
         try:
             while self._queued:
+                await self._gather()
                 batch = list(itertools.islice(self._queued.values(), self._max_batch))
-                results = await asyncio.gather(
-                    *(self._context.record_decision(q.record) for q in batch),
-                    return_exceptions=True,
-                )
-                failed = 0
+                results: list[RecordedDecision | Exception]
+                try:
+                    results = list(await self._context.record_decisions([q.record for q in batch]))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:  # the call failed as a whole: all of it again
+                    results = [error] * len(batch)
+                failed: Exception | None = None
                 for queued, result in zip(batch, results, strict=True):
-                    if isinstance(result, BaseException):
-                        if isinstance(result, asyncio.CancelledError):
-                            raise result
-                        if isinstance(result, InvalidArgument | FailedPrecondition):
-                            # Refused, not unavailable: retrying cannot help.
-                            self._give_up(queued, result)
-                            continue
-                        failed += 1
-                        continue
-                    self._queued.pop(queued.record.decision_id, None)
-                    self._forget(queued.record)
-                    if not queued.stored.done():
-                        queued.stored.set_result(result)
-                if failed:
-                    error = next(r for r in results if isinstance(r, BaseException))
+                    if isinstance(result, RecordedDecision):
+                        self._stored(queued, result)
+                    elif isinstance(result, AlreadyExists):
+                        # Its id is stored: an earlier attempt was, though its answer was lost.
+                        self._stored(queued, RecordedDecision(queued.record, replayed=False))
+                    elif isinstance(result, InvalidArgument | FailedPrecondition):
+                        # Refused, not unavailable: retrying cannot help.
+                        self._give_up(queued, result)
+                    else:
+                        failed = result
+                if failed is not None:
                     if self._closing and delay >= self._max_retry_s:
                         _log.error("decision outbox not drained", queued=len(self._queued))
                         return
                     _log.warning(
                         "decisions not stored yet; retrying",
-                        failed=failed,
                         queued=len(self._queued),
-                        error=str(error) or type(error).__name__,
+                        error=str(failed) or type(failed).__name__,
                     )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self._max_retry_s)

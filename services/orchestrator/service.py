@@ -311,6 +311,7 @@ class DecisionEngine:
         event_types: Iterable[str] = (),
         parallel_reads: bool = True,
         new_profile_level: PersonalizationLevel = PersonalizationLevel.FULL,
+        outbox_linger_s: float = 0.0,
     ) -> None:
         # Context and candidates are read concurrently when the ports are remote (the mesh:
         # two round trips overlap); in-process ports barely wait, so gather's two tasks
@@ -330,7 +331,7 @@ class DecisionEngine:
         self._clock = clock
         self._new_id = new_id
         self._changes = changes or InProcessChangeFeed()
-        self.outbox = DecisionOutbox(context)
+        self.outbox = DecisionOutbox(context, linger_s=outbox_linger_s)
         # Context moves of merged profiles under way, by survivor (see _move_later).
         self._moves: dict[str, asyncio.Task[None]] = {}
         # Last candidates per (channel, placement): the fallback when arbitration is down.

@@ -246,7 +246,7 @@ async def test_a_decide_in_the_mesh_is_one_trace(
         one.observability.tracer_provider.force_flush()
     every_span = exporter.get_finished_spans()
     record = spans_by(
-        every_span, "/nextbest.context.v1.ContextService/RecordDecision", SpanKind.SERVER
+        every_span, "/nextbest.context.v1.ContextService/RecordDecisions", SpanKind.SERVER
     )
     spans = tuple(s for s in every_span if s.context.trace_id != record.context.trace_id)
 

@@ -403,6 +403,23 @@ def baselines(known: Known) -> dict[str, Callable[[], Message]]:
                 )
             )
         ),
+        "nextbest.context.v1.ContextService.RecordDecisions": lambda: (
+            context_pb2.RecordDecisionsRequest(
+                records=[
+                    context_pb2.DecisionRecord(
+                        decision_id=uuid.uuid4().hex,
+                        request_id=fresh("r"),
+                        profile_id=profile(),
+                        channel="web",
+                        placement="home",
+                        action_id=candidate.action_id,
+                        decided_at=now(),
+                        payload=struct(note="none"),
+                        predictions=[prediction],
+                    )
+                ]
+            )
+        ),
         "nextbest.context.v1.ContextService.RecordOutcome": lambda: (
             context_pb2.RecordOutcomeRequest(
                 decision_id=known.decision_id,

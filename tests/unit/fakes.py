@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from libs.errors import InvalidArgument, NotFound
+from libs.errors import AlreadyExists, DomainError, InvalidArgument, NotFound
 from libs.storage import StorageConflict
 from services.arbitration.model import Catalog
 from services.arbitration.repository import ArbitrationUnitOfWork, CatalogRepository
@@ -154,6 +154,19 @@ class FakeContext:
         if stored.request_id:
             self.by_request[stored.request_id] = stored
         return RecordedDecision(stored, replayed=False)
+
+    async def record_decisions(
+        self, records: Sequence[DecisionRecord]
+    ) -> list[RecordedDecision | DomainError]:
+        # One by one; a record refused on its own gets its error in its place, as the real
+        # service answers; anything else fails the call.
+        results: list[RecordedDecision | DomainError] = []
+        for record in records:
+            try:
+                results.append(await self.record_decision(record))
+            except (InvalidArgument, AlreadyExists) as error:
+                results.append(error)
+        return results
 
     async def record_outcome(self, report: OutcomeReport) -> OutcomeResult:
         self.journal.append("context.record_outcome")

@@ -634,6 +634,88 @@ class RecordDecisionResponse(_message.Message):
 Global___RecordDecisionResponse: _TypeAlias = RecordDecisionResponse  # noqa: Y015
 
 @_typing.final
+class RecordDecisionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___DecisionRecord]:
+        """At most 256; stored together (one transaction where the records allow)."""
+
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[Global___DecisionRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordDecisionsRequest: _TypeAlias = RecordDecisionsRequest  # noqa: Y015
+
+@_typing.final
+class RecordDecisionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordDecisionResult]:
+        """One per record, in the order of the request."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___RecordDecisionResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordDecisionsResponse: _TypeAlias = RecordDecisionsResponse  # noqa: Y015
+
+@_typing.final
+class RecordDecisionResult(_message.Message):
+    """What became of one record of RecordDecisions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    RECORD_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    replayed: _builtins.bool
+    """True when an earlier decision for the record's request_id was kept instead."""
+    error_code: _builtins.str
+    """Set when this record was refused (the others of the call are unaffected): the gRPC
+    status code's name (e.g. "INVALID_ARGUMENT", "ALREADY_EXISTS") and why, naming the
+    field as `records[i].<field>`.
+    """
+    error_message: _builtins.str
+    @_builtins.property
+    def record(self) -> Global___DecisionRecord:
+        """The earlier record when `replayed`; unset otherwise."""
+
+    def __init__(
+        self,
+        *,
+        replayed: _builtins.bool = ...,
+        record: Global___DecisionRecord | None = ...,
+        error_code: _builtins.str = ...,
+        error_message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_code", b"error_code", "error_message", b"error_message", "record", b"record", "replayed", b"replayed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordDecisionResult: _TypeAlias = RecordDecisionResult  # noqa: Y015
+
+@_typing.final
 class RecordOutcomeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

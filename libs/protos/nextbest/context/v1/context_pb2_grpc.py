@@ -50,6 +50,11 @@ class ContextServiceStub:
                 request_serializer=nextbest_dot_context_dot_v1_dot_context__pb2.RecordDecisionRequest.SerializeToString,
                 response_deserializer=nextbest_dot_context_dot_v1_dot_context__pb2.RecordDecisionResponse.FromString,
                 _registered_method=True)
+        self.RecordDecisions = channel.unary_unary(
+                '/nextbest.context.v1.ContextService/RecordDecisions',
+                request_serializer=nextbest_dot_context_dot_v1_dot_context__pb2.RecordDecisionsRequest.SerializeToString,
+                response_deserializer=nextbest_dot_context_dot_v1_dot_context__pb2.RecordDecisionsResponse.FromString,
+                _registered_method=True)
         self.RecordOutcome = channel.unary_unary(
                 '/nextbest.context.v1.ContextService/RecordOutcome',
                 request_serializer=nextbest_dot_context_dot_v1_dot_context__pb2.RecordOutcomeRequest.SerializeToString,
@@ -112,6 +117,13 @@ class ContextServiceServicer:
 
     def RecordDecision(self, request, context):
         """Record a decision in the interaction history; idempotent by request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordDecisions(self, request, context):
+        """Record several decisions in one call (each as RecordDecision would); one result each.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -190,6 +202,11 @@ def add_ContextServiceServicer_to_server(servicer, server):
                     servicer.RecordDecision,
                     request_deserializer=nextbest_dot_context_dot_v1_dot_context__pb2.RecordDecisionRequest.FromString,
                     response_serializer=nextbest_dot_context_dot_v1_dot_context__pb2.RecordDecisionResponse.SerializeToString,
+            ),
+            'RecordDecisions': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordDecisions,
+                    request_deserializer=nextbest_dot_context_dot_v1_dot_context__pb2.RecordDecisionsRequest.FromString,
+                    response_serializer=nextbest_dot_context_dot_v1_dot_context__pb2.RecordDecisionsResponse.SerializeToString,
             ),
             'RecordOutcome': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordOutcome,
@@ -314,6 +331,33 @@ class ContextService:
             '/nextbest.context.v1.ContextService/RecordDecision',
             nextbest_dot_context_dot_v1_dot_context__pb2.RecordDecisionRequest.SerializeToString,
             nextbest_dot_context_dot_v1_dot_context__pb2.RecordDecisionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordDecisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nextbest.context.v1.ContextService/RecordDecisions',
+            nextbest_dot_context_dot_v1_dot_context__pb2.RecordDecisionsRequest.SerializeToString,
+            nextbest_dot_context_dot_v1_dot_context__pb2.RecordDecisionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

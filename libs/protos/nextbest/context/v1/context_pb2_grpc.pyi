@@ -39,6 +39,8 @@ class ContextServiceStub:
     """Store events idempotently by event_id and update the aggregates."""
     RecordDecision: _grpc.UnaryUnaryMultiCallable[_context_pb2.RecordDecisionRequest, _context_pb2.RecordDecisionResponse]
     """Record a decision in the interaction history; idempotent by request_id."""
+    RecordDecisions: _grpc.UnaryUnaryMultiCallable[_context_pb2.RecordDecisionsRequest, _context_pb2.RecordDecisionsResponse]
+    """Record several decisions in one call (each as RecordDecision would); one result each."""
     RecordOutcome: _grpc.UnaryUnaryMultiCallable[_context_pb2.RecordOutcomeRequest, _context_pb2.RecordOutcomeResponse]
     """Record an outcome of a recorded decision; idempotent by idempotency_key."""
     ExportProfile: _grpc.UnaryUnaryMultiCallable[_context_pb2.ExportProfileRequest, _context_pb2.ExportProfileResponse]
@@ -67,6 +69,8 @@ class ContextServiceAsyncStub(ContextServiceStub):
     """Store events idempotently by event_id and update the aggregates."""
     RecordDecision: _aio.UnaryUnaryMultiCallable[_context_pb2.RecordDecisionRequest, _context_pb2.RecordDecisionResponse]  # type: ignore[assignment]
     """Record a decision in the interaction history; idempotent by request_id."""
+    RecordDecisions: _aio.UnaryUnaryMultiCallable[_context_pb2.RecordDecisionsRequest, _context_pb2.RecordDecisionsResponse]  # type: ignore[assignment]
+    """Record several decisions in one call (each as RecordDecision would); one result each."""
     RecordOutcome: _aio.UnaryUnaryMultiCallable[_context_pb2.RecordOutcomeRequest, _context_pb2.RecordOutcomeResponse]  # type: ignore[assignment]
     """Record an outcome of a recorded decision; idempotent by idempotency_key."""
     ExportProfile: _aio.UnaryUnaryMultiCallable[_context_pb2.ExportProfileRequest, _context_pb2.ExportProfileResponse]  # type: ignore[assignment]
@@ -110,6 +114,14 @@ class ContextServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_context_pb2.RecordDecisionResponse, _abc.Awaitable[_context_pb2.RecordDecisionResponse]]:
         """Record a decision in the interaction history; idempotent by request_id."""
+
+    @_abc_1.abstractmethod
+    def RecordDecisions(
+        self,
+        request: _context_pb2.RecordDecisionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_context_pb2.RecordDecisionsResponse, _abc.Awaitable[_context_pb2.RecordDecisionsResponse]]:
+        """Record several decisions in one call (each as RecordDecision would); one result each."""
 
     @_abc_1.abstractmethod
     def RecordOutcome(
