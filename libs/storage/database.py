@@ -163,8 +163,11 @@ class Database:
     default, every statement sees its own snapshot inside a transaction too, so a read sees
     nothing different there; on SQLite each statement reads from its own snapshot, as on
     PostgreSQL (a one-statement read is as atomic as before). A read session must therefore
-    never write (a statement would commit on its own). Every service's read-only units of
-    work (``SqlUnitOfWork(write=False)``) get this without change; ``autocommit_reads=False``
+    never write what needs more than one statement (each would commit on its own). Every
+    service's read-only units of work (``SqlUnitOfWork(write=False)``) get this without
+    change (the one write made there is a single statement, atomic on its own: identity's
+    first sightings on PostgreSQL, profiles and identifiers in one INSERT ... WITH);
+    ``autocommit_reads=False``
     turns it off (reads in a deferred transaction, one snapshot for the whole unit).
     """
 

@@ -55,6 +55,16 @@ _ADD_PROFILES_POSTGRES = (
     " SELECT p, %s FROM unnest(%s::varchar[]) AS p"
 )
 _ADD_PROFILES_SQLITE = "INSERT INTO identity_profiles (profile_id, created_at) VALUES "
+# New profiles and their identifiers in one statement (atomic on its own: no transaction
+# round trips around it). The identifiers' foreign key is checked at the statement's end,
+# when the profiles of the WITH are there.
+_CREATE_PROFILES_POSTGRES = (
+    "WITH created AS (INSERT INTO identity_profiles (profile_id, created_at)"
+    " SELECT p, %s FROM unnest(%s::varchar[]) AS p)"
+    " INSERT INTO identity_identifiers (id_type, id_hash, profile_id, first_seen, last_seen)"
+    " SELECT t, h, p, %s, %s FROM unnest(%s::varchar[], %s::varchar[], %s::varchar[])"
+    " AS x(t, h, p)"
+)
 _LINK_MANY_POSTGRES = (
     "INSERT INTO identity_identifiers (id_type, id_hash, profile_id, first_seen, last_seen)"
     " SELECT t, h, p, %s, %s FROM unnest(%s::varchar[], %s::varchar[], %s::varchar[])"
@@ -74,6 +84,12 @@ def _postgres_read_time(value: datetime) -> datetime:
 class IdentityRepository(Protocol):
     async def find_links(self, pairs: Sequence[tuple[str, str]]) -> list[StoredLink]:
         """The stored rows among these (type, digest) pairs."""
+        ...
+
+    async def create_profiles_at_once(
+        self, links: Sequence[tuple[str, str, str]], now: datetime
+    ) -> bool:
+        """New profiles and their links in one atomic statement; False where unsupported."""
         ...
 
     async def lock_profiles(self, profile_ids: Sequence[str]) -> set[str]:
@@ -280,6 +296,24 @@ class SqlIdentityRepository:
             return
         stamp = sqlite_time_text(now)
         await self._insert_sqlite(_ADD_PROFILES_SQLITE, [(p, stamp) for p in ordered])
+
+    async def create_profiles_at_once(
+        self, links: Sequence[tuple[str, str, str]], now: datetime
+    ) -> bool:
+        """New profiles with their identifiers ``(type, digest, profile_id)`` in one atomic
+        statement, outside any transaction; False, doing nothing, where the database cannot
+        (SQLite has no INSERT in WITH: ``add_profiles`` and ``link_many`` in a write unit)."""
+        if not self._postgres:
+            return False
+        if not links:
+            return True
+        ordered = sorted(links)  # key order, as in link_many
+        kinds, digests, owners = (list(column) for column in zip(*ordered, strict=True))
+        profiles = sorted(set(owners))
+        await self._driver(
+            _CREATE_PROFILES_POSTGRES, (now, profiles, now, now, kinds, digests, owners)
+        )
+        return True
 
     async def link_many(self, links: Sequence[tuple[str, str, str]], now: datetime) -> None:
         if not links:

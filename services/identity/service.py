@@ -241,14 +241,18 @@ class IdentityService:
         return await self._stitch_retrying(keys)
 
     async def _write_creations(self, creations: Sequence[Creation]) -> None:
-        """New profiles with their identifiers, in one transaction (two INSERTs)."""
+        """New profiles with their identifiers: one statement where the database allows it
+        (in a unit without a transaction, the statement being atomic), else one transaction
+        of two INSERTs."""
         now = self._clock()
+        links = [(k.type, k.digest, profile_id) for profile_id, keys in creations for k in keys]
+        async with self._units(False) as uow:
+            if await uow.identity.create_profiles_at_once(links, now):
+                await uow.commit()  # nothing to do in autocommit; holds where reads are not
+                return
         async with self._units(True) as uow:
             await uow.identity.add_profiles([profile_id for profile_id, _ in creations], now)
-            await uow.identity.link_many(
-                [(k.type, k.digest, profile_id) for profile_id, keys in creations for k in keys],
-                now,
-            )
+            await uow.identity.link_many(links, now)
             await uow.commit()
 
     async def _answer_settled(

@@ -177,9 +177,11 @@ async def test_a_first_sighting_another_process_created_meanwhile_is_stitched_to
 
 async def test_a_caller_that_gives_up_does_not_cancel_the_creation(database: Database) -> None:
     writing = asyncio.Event()
+    opened: list[bool] = []
 
     def units(write: bool) -> SqlIdentityUnitOfWork:
-        if write:
+        opened.append(write)
+        if len(opened) == 2:
             writing.set()  # the caller has read and queued; the writer opens its unit
         return SqlIdentityUnitOfWork(database, write=write)
 

@@ -479,6 +479,11 @@ class FakeIdentityRepository:
         for profile_id in profile_ids:
             await self.add_profile(profile_id, now)
 
+    async def create_profiles_at_once(
+        self, links: Sequence[tuple[str, str, str]], now: datetime
+    ) -> bool:
+        return False  # as SQLite: the service writes them in a write unit instead
+
     async def link_many(self, links: Sequence[tuple[str, str, str]], now: datetime) -> None:
         for kind, digest, profile_id in links:
             if (kind, digest) in self._state.links:
