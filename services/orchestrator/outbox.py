@@ -68,8 +68,11 @@ class DecisionOutbox:
     def __len__(self) -> int:
         return len(self._queued)
 
-    def add(self, record: DecisionRecord) -> asyncio.Future[RecordedDecision]:
-        """Queue ``record``; the future resolves once it is stored (nobody need wait)."""
+    def add(
+        self, record: DecisionRecord, *, waited_for: bool = False
+    ) -> asyncio.Future[RecordedDecision]:
+        """Queue ``record``; the future resolves once it is stored (nobody need wait).
+        ``waited_for``: the caller waits for it (a Decide with a request_id): no lingering."""
         loop = asyncio.get_running_loop()
         if len(self._queued) >= self._max_queued:
             # Bounded memory during a long outage: the oldest decision is the one given up.
@@ -84,7 +87,7 @@ class DecisionOutbox:
         self._queued[record.decision_id] = queued
         if record.request_id:
             self._by_request[record.request_id] = record.decision_id
-        if len(self._queued) >= self._max_batch:
+        if waited_for or len(self._queued) >= self._max_batch:
             self._write_now()
         if self._writer is None:
             # A context of its own: not the deadline, trace or log bindings of the decision

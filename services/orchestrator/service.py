@@ -719,7 +719,8 @@ class DecisionEngine:
                 decided_at=decision.decided_at,
                 payload=payload,
                 predictions=predictions,
-            )
+            ),
+            waited_for=bool(command.request_id),
         )
         if not command.request_id:
             return decision

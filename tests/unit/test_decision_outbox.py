@@ -78,6 +78,13 @@ async def test_a_full_batch_is_written_without_waiting_for_the_linger() -> None:
     assert context.calls == [2]
 
 
+async def test_a_decision_its_caller_waits_for_is_written_without_lingering() -> None:
+    context = CountingContext()
+    outbox = DecisionOutbox(context, linger_s=60.0)
+    stored = outbox.add(decision(1), waited_for=True)
+    assert (await asyncio.wait_for(stored, timeout=5.0)).record.payload == {"n": 1}
+
+
 async def test_an_outcome_waiting_for_its_decision_cuts_the_linger_short() -> None:
     context = CountingContext()
     outbox = DecisionOutbox(context, linger_s=60.0)
