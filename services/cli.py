@@ -243,7 +243,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
 
 
 async def _bench(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    from services import bench
+    from tools import bench
 
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     sizes = [int(n) for n in args.actions.split(",")]
@@ -282,26 +282,26 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from services import bench
+    from tools import bench_report
 
     settings = _settings(args)
     result = asyncio.run(_bench(args, settings))
     # Several catalog sizes: one row per size; else the table of the one run.
     runs = result.get("runs")
-    print(bench.format_actions_table(result) if runs else bench.format_table(result))
+    print(bench_report.format_actions_table(result) if runs else bench_report.format_table(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        bench.plot(runs or [result], args.plot)
+        bench_report.plot(runs or [result], args.plot)
     return 0
 
 
 def cmd_bench_ingest(args: argparse.Namespace) -> int:
     import tempfile
 
-    from services.context import bench as ingest_bench
+    from tools import bench_ingest
 
     options: dict[str, Any] = {
         "batch": args.batch,
@@ -315,11 +315,11 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="nextbest-ingest-") as workdir:
             database_url = args.database_url or f"sqlite:///{Path(workdir) / 'ingest.db'}"
             result = asyncio.run(
-                ingest_bench.run_shape(args.shape, Path(workdir), database_url, **options)
+                bench_ingest.run_shape(args.shape, Path(workdir), database_url, **options)
             )
     else:
-        result = asyncio.run(ingest_bench.run(_address(args, _settings(args)), **options))
-    print(ingest_bench.format_report(result))
+        result = asyncio.run(bench_ingest.run(_address(args, _settings(args)), **options))
+    print(bench_ingest.format_report(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -24,10 +24,10 @@ from services.arbitration.policies import (
     customer_variable,
 )
 from services.arbitration.service import ArbitrationService
-from services.bench import BENCH_CHANNEL, bench_catalog
 from services.context.model import EventCounter, ProfileContext
-from services.demo.catalog_50 import busy_customer, catalog_of_50
 from tests.unit.fakes import FakeCatalogStore, arbitration_units
+from tools.bench_catalog import BENCH_CHANNEL, bench_catalog
+from tools.catalog_50 import busy_customer, catalog_of_50
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
