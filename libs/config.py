@@ -291,7 +291,7 @@ class Settings(BaseSettings):
     def effective_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite+aiosqlite:///{(self.data_dir / 'nextbest.db').resolve()}"
+        return f"sqlite:///{(self.data_dir / 'nextbest.db').resolve()}"
 
     @property
     def migrate_on_start(self) -> bool:

@@ -243,7 +243,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
 
 
 async def _bench(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    from services import bench
+    from tools import bench
 
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     sizes = [int(n) for n in args.actions.split(",")]
@@ -282,26 +282,26 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from services import bench
+    from tools import bench_report
 
     settings = _settings(args)
     result = asyncio.run(_bench(args, settings))
     # Several catalog sizes: one row per size; else the table of the one run.
     runs = result.get("runs")
-    print(bench.format_actions_table(result) if runs else bench.format_table(result))
+    print(bench_report.format_actions_table(result) if runs else bench_report.format_table(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        bench.plot(runs or [result], args.plot)
+        bench_report.plot(runs or [result], args.plot)
     return 0
 
 
 def cmd_bench_ingest(args: argparse.Namespace) -> int:
     import tempfile
 
-    from services.context import bench as ingest_bench
+    from tools import bench_ingest
 
     options: dict[str, Any] = {
         "batch": args.batch,
@@ -315,11 +315,11 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="nextbest-ingest-") as workdir:
             database_url = args.database_url or f"sqlite:///{Path(workdir) / 'ingest.db'}"
             result = asyncio.run(
-                ingest_bench.run_shape(args.shape, Path(workdir), database_url, **options)
+                bench_ingest.run_shape(args.shape, Path(workdir), database_url, **options)
             )
     else:
-        result = asyncio.run(ingest_bench.run(_address(args, _settings(args)), **options))
-    print(ingest_bench.format_report(result))
+        result = asyncio.run(bench_ingest.run(_address(args, _settings(args)), **options))
+    print(bench_ingest.format_report(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
@@ -330,14 +330,14 @@ def cmd_bench_identity(args: argparse.Namespace) -> int:
     import tempfile
 
     from services.app import MIGRATIONS
-    from services.identity import bench as identity_bench
+    from tools import bench_identity
 
     with tempfile.TemporaryDirectory(prefix="nextbest-bench-identity-") as workdir:
         database_url = args.database_url or f"sqlite:///{Path(workdir) / 'identity.db'}"
-        result = identity_bench.run(
+        result = bench_identity.run(
             database_url, args.profiles, args.samples, MIGRATIONS, reuse=args.reuse
         )
-    print(identity_bench.format_report(result))
+    print(bench_identity.format_report(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
@@ -345,12 +345,12 @@ def cmd_bench_identity(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_login(args: argparse.Namespace) -> int:
-    from services.bench import (
+    from tools.bench_database import (
         DEFAULT_POSTGRES_ADMIN_URL,
         create_bench_database,
         drop_bench_database,
     )
-    from services.bench_login import run_login_bench
+    from tools.bench_login import run_login_bench
 
     database_url = args.database_url
     created = None
@@ -381,8 +381,8 @@ def cmd_bench_login(args: argparse.Namespace) -> int:
 
 
 def cmd_datagen(args: argparse.Namespace) -> int:
-    from services import datagen
     from services.app import MIGRATIONS
+    from tools import datagen
 
     result = datagen.generate(
         args.database_url,
@@ -402,7 +402,7 @@ def cmd_datagen(args: argparse.Namespace) -> int:
 def cmd_faults(args: argparse.Namespace) -> int:
     import tempfile
 
-    from services.faults import fault_run, format_report
+    from tools.faults import fault_run, format_report
 
     with tempfile.TemporaryDirectory(prefix="nextbest-faults-") as workdir:
         database_url = args.database_url or f"sqlite:///{Path(workdir) / 'faults.db'}"
@@ -445,7 +445,7 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_overload(args: argparse.Namespace) -> int:
-    from services.overload import format_report, overload_run
+    from tools.overload import format_report, overload_run
 
     result = asyncio.run(
         overload_run(
@@ -463,7 +463,7 @@ def cmd_bench_overload(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_apply(args: argparse.Namespace) -> int:
-    from services.bench_apply import format_report, run
+    from tools.bench_apply import format_report, run
 
     result = asyncio.run(run(duration_s=args.duration, dry_run=not args.apply))
     print(format_report(result))
@@ -740,6 +740,17 @@ def _main(argv: Sequence[str] | None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as error:
+        # The benchmarks, datagen and fault runs live in tools/, which the serving image
+        # leaves out: their commands say so instead of a traceback.
+        if (error.name or "").split(".")[0] != "tools":
+            raise
+        print(
+            f"nextbest {args.command}: a tool of the source tree (tools/), not installed here"
+            " (the serving image leaves it out); run it from a checkout: pip install -e .",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

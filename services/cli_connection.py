@@ -5,6 +5,9 @@ The CA, client certificate and token can also come from ``NEXTBEST_CLI_CACERT``,
 ``NEXTBEST_CLI_CERT``, ``NEXTBEST_CLI_KEY`` and ``NEXTBEST_CLI_TOKEN`` so that scripts keep
 the token off the command line (where ``ps`` and shell history see it); an option wins over
 its variable. These are the client's variables, not settings of a target.
+
+Part of the CLI, so it stays in services/ and ships in the serving image: an operator runs
+``nextbest catalog``/``models``/``decide`` from that image against a running server.
 """
 
 from __future__ import annotations

@@ -2,13 +2,13 @@
 
 By default SQLite checkpoints in the commit that takes the log past 1,000 pages: that commit
 copies the pages into the database file and syncs it, on the event loop, where the embedded
-shape runs every unit of work (libs/storage/session.py). Measured on ingestion
-(docs/benchmarks.md, "Checkpoints off the event loop"): about a sixth of the server's time.
-Here a thread runs a PASSIVE checkpoint every ``interval_s`` instead. The sqlite3 module
-releases the GIL while SQLite works, so the copy and the sync run beside the event loop, on
-the other core; a PASSIVE checkpoint never waits for, nor blocks, readers and the writer.
-Writers keep SQLite's own checkpoint at a larger threshold as a backstop, should this thread
-fall behind or stop.
+shape runs every unit of work (libs/storage/session.py): a sixth of the server's time on
+ingestion (docs/benchmarks.md, "Checkpoints off the event loop"). Here a thread runs a
+PASSIVE checkpoint every ``interval_s`` instead. The sqlite3 module releases the GIL while
+SQLite works, so the copy and the sync run beside the event loop, on the other core; a
+PASSIVE checkpoint never waits for, nor blocks, readers and the writer. Writers keep
+SQLite's own checkpoint at a larger threshold as a backstop, should this thread fall behind
+or stop.
 """
 
 from __future__ import annotations

@@ -33,11 +33,13 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def async_url(url: str) -> str:
-    """Pick the async driver: aiosqlite for SQLite, psycopg 3 for PostgreSQL."""
+def driver_url(url: str) -> str:
+    """The URL with the driver a Database uses: psycopg 3's asyncio driver for PostgreSQL,
+    the stdlib sqlite3 for SQLite (used synchronously, libs/storage/session.py), whichever
+    driver ``url`` names (``sqlite+aiosqlite`` included)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
+        return parsed.set(drivername="sqlite").render_as_string(hide_password=False)
     if parsed.get_backend_name() == "postgresql":
         return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     return url
@@ -179,7 +181,7 @@ class Database:
         autocommit_reads: bool = True,
     ) -> None:
         """``on_engine`` is called with each engine created (e.g. to attach metrics)."""
-        self.url = async_url(url)
+        self.url = driver_url(url)
         self.is_sqlite = make_url(self.url).get_backend_name() == "sqlite"
         self._sqlite_write: Engine | None = None
         self._sqlite_read: Engine | None = None

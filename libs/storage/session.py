@@ -1,9 +1,8 @@
 """The session interface repositories use, and its blocking implementation for SQLite.
 
-Measured on the 2-core reference machine (docs/benchmarks.md): through aiosqlite every
-statement costs about 0.3 ms of CPU in thread hand-offs, against 0.03 ms with the sqlite3
-driver called directly. SQLite is a local file, and a unit of work never yields to the event
-loop between its statements, so the embedded database is used synchronously from the loop:
+SQLite is a local file, and a unit of work never yields to the event loop between its
+statements, so the embedded database is used synchronously from the loop (an asyncio driver
+would hand every statement to a thread and back, ten times the CPU: docs/benchmarks.md):
 units of work run one after another and never contend for SQLite's write lock. PostgreSQL
 keeps the native asyncio driver (psycopg 3), where waiting on the network must not block.
 """

@@ -15,18 +15,21 @@ logged decisions (IPS / SNIPS / DR need it):
   standard error of at most 0.5 / sqrt(draws).
 
 Contenders are the eligible candidates at or above the minimum priority, best first; all
-randomness comes from one injectable ``random.Random``.
+randomness comes from one injectable ``random.Random``. A pick whose volume constraint is
+full is not served: the policy chooses again among the rest (``choose_with_volume``).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
 
 import numpy
 
-from services.arbitration.model import CandidateExplanation, Exploration
+from services.arbitration.model import ActionDefinition, CandidateExplanation, Exploration
+from services.arbitration.volume import VolumeGate
 
 GREEDY = "greedy"
 EPSILON_GREEDY = "epsilon_greedy"
@@ -92,3 +95,45 @@ def _thompson(
     wins = int(numpy.count_nonzero(winners == chosen))
     probability = wins / (exploration.draws + 1)
     return Selection(contenders[chosen], probability, THOMPSON, chosen != 0)
+
+
+async def choose_with_volume(
+    gate: VolumeGate,
+    contenders: Sequence[CandidateExplanation],
+    choose: Callable[[Sequence[CandidateExplanation]], Selection],
+    action_of: Callable[[str], ActionDefinition | None],
+    now: datetime,
+) -> tuple[Selection, list[CandidateExplanation]]:
+    """``choose`` (exploration) picks among ``contenders``; when the pick's volume is full it
+    is removed (``volume:<name>``, returned with the others refused) and ``choose`` runs again
+    on the rest, until a pick gets its units or none is left. The selection probability is
+    then that of the policy on the contenders that could be served, which is what offline
+    evaluation needs (a full action had no chance of being served)."""
+    refused: list[CandidateExplanation] = []
+    remaining = contenders
+    while True:
+        selection = choose(remaining)
+        served = selection.winner
+        action = action_of(served.action_id) if served is not None else None
+        if served is None or action is None or not action.volume:
+            return selection, refused
+        refusal = await gate.reserve(
+            action.volume,
+            action_id=action.action_id,
+            issue=action.issue,
+            group=action.group,
+            now=now,
+        )
+        if refusal is None:
+            return selection, refused
+        refused.append(
+            replace(
+                served,
+                eligible=False,
+                removed_by=refusal.removed_by,
+                reason=refusal.reason,
+                priority=0.0,
+                rank=0,
+            )
+        )
+        remaining = tuple(c for c in remaining if c.action_id != served.action_id)

@@ -25,7 +25,7 @@ from libs.changes import ALL, ChangePublisher
 from libs.clock import utc_now
 from libs.errors import InvalidArgument, Violations
 from libs.logging import get_logger
-from services.arbitration.exploration import THOMPSON, Selection, select
+from services.arbitration.exploration import THOMPSON, Selection, choose_with_volume, select
 from services.arbitration.kernel import (
     ChannelPlan,
     FloatArray,
@@ -46,7 +46,7 @@ from services.arbitration.model import (
     ScoredCandidate,
 )
 from services.arbitration.repository import ArbitrationUnitOfWork
-from services.arbitration.volume import VolumeGate, choose_with_volume
+from services.arbitration.volume import VolumeGate
 from services.context.model import ProfileContext
 
 UnitOfWorkFactory = Callable[[bool], ArbitrationUnitOfWork]

@@ -32,18 +32,14 @@ Design:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from libs.config import duration_s
 from libs.errors import Violations
 from libs.storage import UnitOfWork
 from services.arbitration.declared import open_declaration, parse_named_list
-
-if TYPE_CHECKING:  # (the model imports this module)
-    from services.arbitration.exploration import Selection
-    from services.arbitration.model import ActionDefinition, CandidateExplanation
 
 SCOPES = ("action", "group", "issue")
 MAX_CONSTRAINTS = 20
@@ -244,45 +240,3 @@ class VolumeGate:
             f"this {full.constraint.scope} was chosen {full.cap} times (the cap) in"
             f" {_period_label(full)}",
         )
-
-
-async def choose_with_volume(
-    gate: VolumeGate,
-    contenders: Sequence[CandidateExplanation],
-    choose: Callable[[Sequence[CandidateExplanation]], Selection],
-    action_of: Callable[[str], ActionDefinition | None],
-    now: datetime,
-) -> tuple[Selection, list[CandidateExplanation]]:
-    """``choose`` (exploration) picks among ``contenders``; when the pick's volume is full it
-    is removed (``volume:<name>``, returned with the others refused) and ``choose`` runs again
-    on the rest, until a pick gets its units or none is left. The selection probability is
-    then that of the policy on the contenders that could be served, which is what offline
-    evaluation needs (a full action had no chance of being served)."""
-    refused: list[CandidateExplanation] = []
-    remaining = contenders
-    while True:
-        selection = choose(remaining)
-        served = selection.winner
-        action = action_of(served.action_id) if served is not None else None
-        if served is None or action is None or not action.volume:
-            return selection, refused
-        refusal = await gate.reserve(
-            action.volume,
-            action_id=action.action_id,
-            issue=action.issue,
-            group=action.group,
-            now=now,
-        )
-        if refusal is None:
-            return selection, refused
-        refused.append(
-            replace(
-                served,
-                eligible=False,
-                removed_by=refusal.removed_by,
-                reason=refusal.reason,
-                priority=0.0,
-                rank=0,
-            )
-        )
-        remaining = tuple(c for c in remaining if c.action_id != served.action_id)

@@ -1,9 +1,9 @@
 """The profile context of a decision in one statement (one round trip, no ORM).
 
-``get_profile_context`` runs on every Decide. It used to be eight statements (consent,
-counters, buckets, channels, interactions, contacts, attributes, predictions), each paying
-SQLAlchemy's execute path and, on PostgreSQL, a network round trip. Here they are one
-statement run through the driver (``libs.storage.session.exec_driver_sql``):
+``get_profile_context`` runs on every Decide, so its eight parts (consent, counters,
+buckets, channels, interactions, contacts, attributes, predictions) are one statement run
+through the driver (``libs.storage.session.exec_driver_sql``): one round trip, no ORM
+(figures in docs/benchmarks.md, "Decision-path reads"):
 
 - the personalisation level is computed *in* the statement (a CTE: the ``personalization``
   consent row's level, else the configured default), and each part is gated on it, so a
@@ -17,13 +17,12 @@ statement run through the driver (``libs.storage.session.exec_driver_sql``):
   part. JSON keeps timestamps as ISO 8601 with their offset whatever the session's
   DateStyle, and float8 as its shortest exact form (PostgreSQL >= 12).
 
-The Python side builds the same ``ProfileContext`` the eight statements built; window sums
-still come from the buckets (``AggregatePlan.window_sums``), unchanged.
+Window sums come from the buckets (``AggregatePlan.window_sums``).
 
 No cache of contexts in the process: the context of a profile changes with every event,
 outcome and decision, and in the mesh several context replicas write it, so a cached
-context could only be trusted with a cross-replica invalidation channel; the one round trip
-left is cheaper than that machinery (docs/benchmarks.md, "Decision-path reads").
+context could only be trusted with a cross-replica invalidation channel, which costs more
+than the one round trip.
 """
 
 from __future__ import annotations

@@ -116,8 +116,8 @@ _ORJSON_OPTIONS = (
 def json_text(value: Any) -> str:
     """``value`` as JSON text, for a JSON column or a document of rows.
 
-    orjson, compact, non-ASCII characters as UTF-8: a decision's payload (about 18 KB with
-    a 50-candidate snapshot) took 0.4 ms in json.dumps and takes 0.03 ms here. Readers get
+    orjson, compact, non-ASCII characters as UTF-8: a decision's payload is encoded on
+    every Decide, ~15x faster than json.dumps (docs/benchmarks.md). Readers get
     the same values back (SQLAlchemy's JSON type and psycopg parse it with json.loads);
     only the spacing and the escaping of non-ASCII characters of the stored text differ.
     NaN and infinities, which the json module writes as invalid JSON (refused by
@@ -131,13 +131,12 @@ def json_text(value: Any) -> str:
 class _Bulk:
     """The statements of the ingestion path, written for each dialect and run through the
     driver (libs.storage.session.exec_driver_sql): one statement per table and batch,
-    without SQLAlchemy's per-row parameter processing, which cost more than the database
-    itself. SQLite: a multi-row VALUES (at most _ROWS_PER_STATEMENT rows). PostgreSQL: the
-    rows as one JSON document, ``SELECT * FROM json_to_recordset(%s::json)``: a short
-    constant statement prepared once, one parameter serialised by orjson (``json_text``;
-    a long VALUES list is re-parsed by psycopg on every call, and arrays of text
-    are escaped in Python). Values are converted here as SQLAlchemy's column types would
-    (UTC text for SQLite timestamps, JSON text), so the ORM reads them back unchanged."""
+    without SQLAlchemy's per-row parameter processing (docs/benchmarks.md, "Ingestion").
+    SQLite: a multi-row VALUES (at most _ROWS_PER_STATEMENT rows). PostgreSQL: the rows as
+    one JSON document, ``SELECT * FROM json_to_recordset(%s::json)``: a short constant
+    statement prepared once, one parameter serialised by orjson (``json_text``). Values are
+    converted here as SQLAlchemy's column types would (UTC text for SQLite timestamps, JSON
+    text), so the ORM reads them back unchanged."""
 
     def __init__(self, postgres: bool) -> None:
         self.postgres = postgres

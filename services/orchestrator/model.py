@@ -65,11 +65,11 @@ class Decision:
     def to_payload(self) -> dict[str, Any]:
         """A JSON-safe dict, as the context service keeps it for replays and export.
 
-        Built field by field: what ``dataclasses.asdict`` gives (same keys, same order,
-        tests/unit/test_decision_payload.py holds them equal), several times faster, since
-        every decision is recorded with one. asdict deep-copies; here only the treatment's
-        top-level mapping is copied (its values come from the catalog, which nothing
-        mutates), the candidates hold scalars only."""
+        Built field by field, since every decision is recorded with one: what
+        ``dataclasses.asdict`` gives (same keys, same order; tests/unit/
+        test_hot_path_conversions.py holds them equal) without its deep copy. Only the
+        treatment's top-level mapping is copied (its values come from the catalog, which
+        nothing mutates); the candidates hold scalars only."""
         action = self.action
         explanation = self.explanation
         return {

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from services.launch import MESH_TARGETS
+from tools.launch import MESH_TARGETS
 
 ROOT = Path(__file__).resolve().parents[2]
 KUSTOMIZE_DIR = ROOT / "deploy" / "kubernetes"

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from services.launch import free_port, wait_serving
 from tests.deploy.manifests import KUSTOMIZE_DIR
+from tools.launch import free_port, wait_serving
 
 pytestmark = pytest.mark.slow
 

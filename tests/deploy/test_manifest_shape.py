@@ -3,7 +3,7 @@
 For an overlay, every target's Deployment gives the `nextbest` arguments (`args`, after the
 image's `ENTRYPOINT ["nextbest"]`) and its environment (ConfigMap, Secrets, `env`), and the
 migration Job gives its own. Each target then runs as its own process with those arguments
-and variables (``services.launch.LocalDeployment``), changed only where a cluster differs
+and variables (``tools.launch.LocalDeployment``), changed only where a cluster differs
 from one machine (``SUBSTITUTED``), and a Decide goes through the orchestrator. The
 processes' real environments (``/proc/<pid>/environ``) are compared with the manifests, and
 SIGTERM must end every process with exit code 0.
@@ -37,7 +37,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nextbest.decision.v1 import decision_pb2, decision_pb2_grpc
 
 from libs.config import Settings
-from services.launch import MESH_TARGETS, NEXTBEST, PEERS, LocalDeployment, free_port
 from tests.conftest import (
     create_postgres_database,
     drop_postgres_database,
@@ -56,6 +55,7 @@ from tests.deploy.manifests import (
     render,
 )
 from tests.reflection_client import list_services
+from tools.launch import MESH_TARGETS, NEXTBEST, PEERS, LocalDeployment, free_port
 
 pytestmark = pytest.mark.slow
 

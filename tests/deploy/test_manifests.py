@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 import pytest
 
 from libs.config import Settings, load_settings
-from services.launch import MESH_TARGETS, PEERS
 from tests.deploy.manifests import (
     EXTERNAL,
     GRPC_PORT,
@@ -46,6 +45,7 @@ from tests.deploy.manifests import (
     secret_refs,
     selects,
 )
+from tools.launch import MESH_TARGETS, PEERS
 
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 SECRET = "nextbest-secrets"

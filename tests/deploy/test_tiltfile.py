@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from services.launch import MESH_TARGETS
 from tests.deploy.manifests import (
     GRPC_PORT,
     ROOT,
@@ -28,6 +27,7 @@ from tests.deploy.manifests import (
     mounted_volumes,
     render,
 )
+from tools.launch import MESH_TARGETS
 
 TILTFILE = ROOT / "Tiltfile"
 MIGRATE = "nextbest-migrate"

@@ -1,5 +1,5 @@
 """Re-exported for the tests: the same launcher the benchmarks use."""
 
-from services.launch import NEXTBEST, LocalDeployment, free_port, wait_serving
+from tools.launch import NEXTBEST, LocalDeployment, free_port, wait_serving
 
 __all__ = ["NEXTBEST", "LocalDeployment", "free_port", "wait_serving"]

@@ -7,6 +7,7 @@ from typing import Any, cast
 
 import grpc
 import pytest
+import yaml
 from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -15,7 +16,13 @@ from nextbest.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from nextbest.decision.v1 import decision_pb2, decision_pb2_grpc
 from nextbest.privacy.v1 import privacy_pb2, privacy_pb2_grpc
 
+from services.demo.seed import DEMO_CATALOG
 from tests.e2e.conftest import Hub
+
+
+def demo_actions() -> set[str]:
+    """The actions the demo hub can serve."""
+    return {action["id"] for action in yaml.safe_load(DEMO_CATALOG.read_text())["actions"]}
 
 
 def ident(kind: str, value: str) -> decision_pb2.Identifier:
@@ -68,7 +75,7 @@ def field_descriptions(error: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
 async def test_unseen_cookie_gets_a_full_decision(hub: Hub) -> None:
     decision = await decide(hub, ident("cookie_id", unique("cookie")))
     assert decision.decision_id and decision.profile_id
-    assert decision.action.action_id
+    assert decision.action.action_id in demo_actions()
     assert 0 < decision.propensity < 1
     assert decision.value > 0 and decision.lever > 0
     assert decision.priority == pytest.approx(
@@ -223,8 +230,12 @@ async def test_bad_input_names_the_field(hub: Hub) -> None:
 async def test_context_struct_with_odd_values_is_accepted(hub: Hub) -> None:
     context = struct_pb2.Struct()
     context.update({"device": "mobile", "nested": {"deep": [1, "two", None]}, "n": 3})
-    decision = await decide(hub, ident("cookie_id", unique("cookie")), context=context)
-    assert decision.decision_id
+    cookie, request_id = ident("cookie_id", unique("cookie")), unique("req")
+    decision = await decide(hub, cookie, context=context, request_id=request_id)
+    assert not decision.degraded and decision.action.action_id in demo_actions()
+    # Recorded with that context: a retry of the request is answered with the same decision.
+    again = await decide(hub, cookie, context=context, request_id=request_id)
+    assert again.decision_id == decision.decision_id
 
 
 async def test_export_then_erase_leaves_nothing(hub: Hub) -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from services.faults import fault_run, format_report
 from tests.conftest import create_postgres_database, drop_postgres_database, require_postgres
+from tools.faults import fault_run, format_report
 
 pytestmark = pytest.mark.slow
 

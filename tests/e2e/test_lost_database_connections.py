@@ -86,8 +86,8 @@ async def exercise(stubs: Stubs, customer: str) -> None:
         *(stubs.decisions.Decide(request, timeout=30) for request in [*fresh, known])
     )
     for answer in answers:
-        assert answer.decision.decision_id
         assert not answer.decision.degraded, answer.decision.explanation
+    assert len({answer.decision.decision_id for answer in answers}) == len(answers)
     event = decision_pb2.Event(
         event_id=uuid.uuid4().hex,
         identifiers=known.identifiers,

@@ -20,11 +20,11 @@ from nextbest.decision.v1 import decision_pb2, decision_pb2_grpc
 from nextbest.privacy.v1 import privacy_pb2, privacy_pb2_grpc
 
 from services.arbitration.catalog import MAX_ACTIONS
-from services.bench_apply import large_document
 from services.cli import main
 from services.demo.seed import DEMO_CATALOG
 from tests.e2e.conftest import Hub
 from tests.e2e.test_decisions import field_descriptions, field_violations
+from tools.bench_apply import large_document
 
 
 def customer() -> decision_pb2.Identifier:

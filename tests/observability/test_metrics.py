@@ -21,9 +21,9 @@ from libs.observability import Observability
 from libs.observability.metrics import RPC_BUCKETS
 from services.app import BuiltTarget
 from services.demo.train import DEMO_MODEL_NAME, DEMO_MODEL_VERSION
-from services.launch import free_port
 from tests.demo_hub import serve_demo
 from tests.observability.scrape import Scrape, scrape
+from tools.launch import free_port
 
 DECISIONS = "nextbest.decision.v1.DecisionService"
 

@@ -28,7 +28,7 @@ from services.app import BuiltTarget, build_target
 from services.arbitration.catalog import parse_catalog_yaml
 from services.demo.seed import DEMO_CATALOG, demo_features
 from services.demo.train import DEMO_MODEL_NAME, DEMO_MODEL_VERSION
-from services.launch import free_port
+from tools.launch import free_port
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _log = get_logger("tests.tracing")

@@ -19,9 +19,9 @@ from services.cli import main
 from services.cli_connection import TOKEN_VARIABLE, serve_hint
 from services.demo.seed import DEMO_CATALOG, demo_features
 from services.demo.train import DEMO_MODEL_NAME, DEMO_MODEL_VERSION
-from services.launch import NEXTBEST
 from tests.security.conftest import ADMIN_TOKEN, DECIDE_TOKEN, INGEST_TOKEN, write_tokens
 from tests.security.pki import CertificateAuthority
+from tools.launch import NEXTBEST
 
 # The CLI's own variables: a test must not inherit them from the shell that runs it.
 CLI_VARIABLES = ("NEXTBEST_CLI_CACERT", "NEXTBEST_CLI_CERT", "NEXTBEST_CLI_KEY", TOKEN_VARIABLE)

@@ -16,10 +16,10 @@ from libs.config import ConfigError, Settings, Target
 from libs.rpc.security import server_credentials
 from libs.rpc.server import create_server, run_until_signalled
 from services.app import build_target
-from services.launch import free_port
 from tests.reflection_client import list_services
 from tests.security.conftest import Pki
 from tests.security.test_tls import check, tls, trusting
+from tools.launch import free_port
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 import pytest
 
 from libs.storage import Database
-from services import bench
 from services.context.model import DecisionRecord
 from services.context.repository import SqlContextUnitOfWork
 from services.context.service import ContextService
+from tools import bench_database
 
 ROWS = 20
 
@@ -43,10 +43,10 @@ async def _record_all(database: Database, note_bytes: int) -> None:
 async def test_bytes_per_decision_follow_what_the_rows_hold(
     database: Database, database_url: str
 ) -> None:
-    assert await asyncio.to_thread(bench.decision_log_size, database_url) is None
+    assert await asyncio.to_thread(bench_database.decision_log_size, database_url) is None
 
     await _record_all(database, 4000)
-    size = await asyncio.to_thread(bench.decision_log_size, database_url)
+    size = await asyncio.to_thread(bench_database.decision_log_size, database_url)
 
     assert size is not None
     assert size["table"] == "context_decisions" and size["rows"] == ROWS
@@ -66,10 +66,10 @@ async def test_sqlite_without_dbstat_counts_about_the_same_bytes(
     from libs.storage.database import sync_url
 
     await _record_all(database, 2000)
-    size = await asyncio.to_thread(bench.decision_log_size, database_url)
+    size = await asyncio.to_thread(bench_database.decision_log_size, database_url)
     engine = create_engine(sync_url(database_url))
     with engine.connect() as connection:
-        columns = bench.sqlite_column_bytes(connection, "context_decisions") / ROWS
+        columns = bench_database.sqlite_column_bytes(connection, "context_decisions") / ROWS
     engine.dispose()
 
     assert size is not None
@@ -84,7 +84,7 @@ def test_postgres_backends_cpu_counts_the_database_servers_work(postgres_url: st
     from libs.storage.database import sync_url
 
     engine = create_engine(sync_url(postgres_url))
-    probe = bench.PostgresBackendsCpu(postgres_url)
+    probe = bench_database.PostgresBackendsCpu(postgres_url)
     try:
         with engine.connect() as worker:
             worker.execute(text("SELECT 1"))

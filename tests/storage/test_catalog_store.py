@@ -385,8 +385,7 @@ async def test_upgrade_to_0004_keeps_a_catalog_applied_before(empty_url: str) ->
 
     upgrade(empty_url, MIGRATIONS)
 
-    async_url = empty_url.replace("sqlite:///", "sqlite+aiosqlite:///")
-    database = Database(async_url)
+    database = Database(empty_url)
     try:
         service = arbitration_service(database)
         loaded = await service.catalog()

@@ -95,3 +95,15 @@ async def test_sqlite_reads_in_one_snapshot_when_autocommit_reads_are_off(sqlite
         assert after == before
     finally:
         await database.dispose()
+
+
+async def test_a_url_naming_aiosqlite_is_served_by_the_sqlite3_driver(sqlite_url: str) -> None:
+    # sqlite+aiosqlite was the default URL once and may still be configured; the driver is
+    # not a dependency (SQLite is used synchronously), so the URL only names the file.
+    database = Database(sqlite_url.replace("sqlite:///", "sqlite+aiosqlite:///"))
+    try:
+        assert database.url == sqlite_url
+        before, after = await _counts_around_a_commit(database)
+        assert after == before + 1
+    finally:
+        await database.dispose()

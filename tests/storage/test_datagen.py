@@ -11,7 +11,6 @@ from sqlalchemy import select
 
 from libs.config import load_settings
 from libs.storage import Database
-from services import datagen
 from services.app import MIGRATIONS
 from services.context.model import ProfileEvent
 from services.context.repository import SqlContextUnitOfWork
@@ -21,6 +20,7 @@ from services.identity.model import Identifier
 from services.identity.normalize import IdentifierKeyring
 from services.identity.repository import SqlIdentityUnitOfWork
 from services.identity.service import IdentityService
+from tools import datagen
 
 
 def _context(database: Database) -> ContextService:

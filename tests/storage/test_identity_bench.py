@@ -8,10 +8,10 @@ import pytest
 
 from libs.storage import Database
 from services.app import MIGRATIONS
-from services.identity import bench
 from services.identity.normalize import IdentifierKeyring
 from services.identity.repository import SqlIdentityUnitOfWork
 from services.identity.service import IdentityService
+from tools import bench_identity as bench
 
 
 async def test_generated_profiles_resolve_like_profiles_the_service_made(

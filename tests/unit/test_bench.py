@@ -1,4 +1,4 @@
-"""services.bench: echo chain lifecycle, the load driver and the sweep report."""
+"""tools.bench: echo chain lifecycle, the load driver and the sweep report."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import grpc.aio
 import pytest
 from nextbest.decision.v1 import decision_pb2, decision_pb2_grpc
 
-from services import bench
+from tools import bench, bench_catalog, bench_report, echo, load
 
 pytestmark = pytest.mark.slow  # starts subprocesses
 
@@ -64,16 +64,16 @@ async def decide_target() -> AsyncIterator[str]:
 @pytest.mark.parametrize("hops", [0, 1])
 async def test_echo_chain_drive_and_stop(hops: int) -> None:
     before = _children()
-    chain = await asyncio.to_thread(bench.launch_echo_chain, hops)
+    chain = await asyncio.to_thread(echo.launch_echo_chain, hops)
     stop = chain.stop
     started = _children() - before
     try:
         assert len(started) == hops + 1
         assert set(chain.pids.values()) == started
         assert all(_alive(pid) for pid in started)
-        call, close = await bench.echo_caller(chain.front)
+        call, close = await echo.echo_caller(chain.front)
         try:
-            result = await bench.drive(
+            result = await load.drive(
                 call, concurrency=4, duration_s=1.0, warmup_s=0.2, name="echo"
             )
         finally:
@@ -100,11 +100,11 @@ async def test_drive_counts_errors_and_stops() -> None:
         await asyncio.sleep(3600)
         return i
 
-    result = await bench.drive(flaky, concurrency=2, duration_s=0.3, warmup_s=0.05, name="f")
+    result = await load.drive(flaky, concurrency=2, duration_s=0.3, warmup_s=0.05, name="f")
     assert result.requests > 0 and result.errors > 0
     # A call that never returns is cancelled after the window: bounded, nothing recorded.
     hung = await asyncio.wait_for(
-        bench.drive(hangs, concurrency=2, duration_s=0.2, warmup_s=0.0, name="h"), timeout=5
+        load.drive(hangs, concurrency=2, duration_s=0.2, warmup_s=0.0, name="h"), timeout=5
     )
     assert hung.requests == 0 and hung.rps == 0.0
 
@@ -130,7 +130,7 @@ async def test_sweep_structure_and_table(decide_target: str) -> None:
     # The bench did not start this server: its CPU is unknown, the echo's is not.
     assert level["decide"]["cpu_ms_per_call"] is None
     assert level["echo"]["cpu_ms_per_call"] is not None
-    table = bench.format_table(result)
+    table = bench_report.format_table(result)
     assert any(line.split("|")[0].strip() == "3" for line in table.splitlines())
     assert "ratio" in table
     assert "server CPU: unknown" in table
@@ -140,12 +140,12 @@ def test_bench_catalog_offers_every_action_on_the_bench_channel() -> None:
     from services.arbitration.catalog import parse_catalog
     from services.demo.train import DEMO_MODEL_NAME
 
-    catalog = parse_catalog(bench.bench_catalog(50))
+    catalog = parse_catalog(bench_catalog.bench_catalog(50))
 
     assert len(catalog.actions) == 50
     assert len({a.action_id for a in catalog.actions}) == 50
     assert catalog.min_priority == 0.0
-    assert all(a.offered_on(bench.BENCH_CHANNEL) for a in catalog.actions)
+    assert all(a.offered_on(bench_catalog.BENCH_CHANNEL) for a in catalog.actions)
     assert {a.model for a in catalog.actions} == {DEMO_MODEL_NAME}
 
 
@@ -156,15 +156,15 @@ def test_scenario_defaults_and_description() -> None:
     assert (embedded.baseline_hops, mesh.baseline_hops) == (0, bench.MESH_HOPS)
     assert bench.Scenario(shape="mesh", hops=2).baseline_hops == 2
     assert "pw" not in str(mesh.as_dict())  # no credentials in result files
-    text = bench.describe_scenario(embedded.as_dict())
+    text = bench_report.describe_scenario(embedded.as_dict())
     assert "embedded" in text and "actions 50" in text and "1,000 profiles" in text
     assert list(embedded.as_dict()["concurrencies"]) == [1, 4, 16, 64]
 
 
 def test_customer_identifiers_name_generated_customers() -> None:
-    from services import datagen
+    from tools import datagen
 
-    of = bench.customer_identifiers(1000)
+    of = load.customer_identifiers(1000)
     picked = {of(i) for i in range(2000)}
     assert all(kind == "customer_id" for kind, _ in picked)
     assert len(picked) > 500  # spread over the customers, not a handful
@@ -182,7 +182,7 @@ def test_plot_writes_a_png(tmp_path: Any) -> None:
         "levels": [level(1, 100.0), level(4, 150.0)],
     }
     path = tmp_path / "plot.png"
-    bench.plot([result, result], str(path))
+    bench_report.plot([result, result], str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -194,11 +194,11 @@ async def test_sweep_reports_peak_rss_per_level(decide_target: str) -> None:
         warmup_s=0.05,
         baseline_hops=0,
         profiles=10,
-        peak_rss=lambda: {"self": bench.peak_rss_mb(os.getpid())},
+        peak_rss=lambda: {"self": load.peak_rss_mb(os.getpid())},
     )
     for level in result["levels"]:
         assert level["peak_rss_mb"]["self"] > 0
-    assert "peak RSS MiB after conc 2: self" in bench.format_table(result)
+    assert "peak RSS MiB after conc 2: self" in bench_report.format_table(result)
 
 
 # --------------------------------------------------------------------------- honest figures
@@ -241,7 +241,7 @@ async def test_sweep_counts_fallbacks_and_errors_apart_and_reads_server_cpu() ->
             warmup_s=0.1,
             baseline_hops=0,
             profiles=10,
-            server_cpu=bench.cpu_probe({"fake": os.getpid()}),  # the fake serves from here
+            server_cpu=load.cpu_probe({"fake": os.getpid()}),  # the fake serves from here
         )
     finally:
         await server.stop(0)
@@ -257,19 +257,19 @@ async def test_sweep_counts_fallbacks_and_errors_apart_and_reads_server_cpu() ->
     assert not level["valid"] and "degraded" in level["invalid_because"]
     assert decide["cpu_ms_per_call"] is not None
     assert decide["cpu_ms_per_call_by_process"].keys() == {"fake"}
-    table = bench.format_table(result)
+    table = bench_report.format_table(result)
     assert "n/a (" in table and "RESOURCE_EXHAUSTED" in table
     assert "server CPU: unknown" not in table
 
 
 def test_reasons_are_normalised_split_and_bounded() -> None:
-    assert bench.reason_key("context: timeout after 102 ms") == "context: timeout after N ms"
-    assert bench.reason_key("  context:  timeout after 97.5 ms ") == "context: timeout after N ms"
-    assert bench.reason_key("profile 3f2a9c1b7d0e merge pending") == "profile <id> merge pending"
-    assert bench.reason_key("decision not recorded") == "decision not recorded"
-    assert bench.reason_key("") == "unspecified"
+    assert load.reason_key("context: timeout after 102 ms") == "context: timeout after N ms"
+    assert load.reason_key("  context:  timeout after 97.5 ms ") == "context: timeout after N ms"
+    assert load.reason_key("profile 3f2a9c1b7d0e merge pending") == "profile <id> merge pending"
+    assert load.reason_key("decision not recorded") == "decision not recorded"
+    assert load.reason_key("") == "unspecified"
 
-    counts = bench.count_reasons(
+    counts = load.count_reasons(
         [
             "scoring: timeout; decision not recorded",
             "scoring: timeout",
@@ -284,7 +284,7 @@ def test_reasons_are_normalised_split_and_bounded() -> None:
         "decision not recorded": 1,
         "unspecified": 1,
     }
-    bounded = bench.count_reasons(["a", "b", "c", "c", "d"], limit=2)
+    bounded = load.count_reasons(["a", "b", "c", "c", "d"], limit=2)
     assert bounded == {"other": 3, "a": 1, "b": 1}
 
 
@@ -293,41 +293,41 @@ def _point(requests: int, errors: int = 0, degraded: int = 0) -> dict[str, int]:
 
 
 def test_a_level_with_fallbacks_or_errors_is_not_a_figure() -> None:
-    assert bench.invalid_because(_point(1000), _point(5000)) == ""
-    assert bench.invalid_because(_point(1000, degraded=1)) == ""  # 0.1 %: a trace
-    assert bench.invalid_because(_point(1000, degraded=2)) == "0.2% degraded"
-    assert bench.invalid_because(_point(990, errors=10)) == "1.0% errors"
-    assert bench.invalid_because(_point(0)) == "no answer"
-    assert bench.invalid_because(_point(1000), _point(900, errors=100)) == "echo 10.0% errors"
+    assert load.invalid_because(_point(1000), _point(5000)) == ""
+    assert load.invalid_because(_point(1000, degraded=1)) == ""  # 0.1 %: a trace
+    assert load.invalid_because(_point(1000, degraded=2)) == "0.2% degraded"
+    assert load.invalid_because(_point(990, errors=10)) == "1.0% errors"
+    assert load.invalid_because(_point(0)) == "no answer"
+    assert load.invalid_because(_point(1000), _point(900, errors=100)) == "echo 10.0% errors"
     # Result files written before degraded was counted are judged on their errors.
-    assert bench.invalid_because({"requests": 10, "errors": 0}) == ""
+    assert load.invalid_because({"requests": 10, "errors": 0}) == ""
 
 
 def test_cpu_per_call_from_two_proc_snapshots() -> None:
     ticks = 100.0
     # The command name may hold spaces and parentheses; utime, stime are fields 14, 15.
     line = "4242 (nextbest (all) x) S 1 4242 4242 0 -1 4194560 900 0 0 0 {u} {s} 3 1 20 0 9 0"
-    assert bench.parse_proc_stat(line.format(u=250, s=50), ticks) == pytest.approx(3.0)
+    assert load.parse_proc_stat(line.format(u=250, s=50), ticks) == pytest.approx(3.0)
 
     before = {
-        "orchestrator": bench.parse_proc_stat(line.format(u=250, s=50), ticks),
-        "context": bench.parse_proc_stat(line.format(u=100, s=20), ticks),
+        "orchestrator": load.parse_proc_stat(line.format(u=250, s=50), ticks),
+        "context": load.parse_proc_stat(line.format(u=100, s=20), ticks),
     }
     after = {
-        "orchestrator": bench.parse_proc_stat(line.format(u=450, s=100), ticks),  # +2.5 s
-        "context": bench.parse_proc_stat(line.format(u=160, s=60), ticks),  # +1.0 s
+        "orchestrator": load.parse_proc_stat(line.format(u=450, s=100), ticks),  # +2.5 s
+        "context": load.parse_proc_stat(line.format(u=160, s=60), ticks),  # +1.0 s
     }
-    total, by_process = bench.cpu_ms_per_call(before, after, calls=500)
+    total, by_process = load.cpu_ms_per_call(before, after, calls=500)
     assert by_process == {
         "orchestrator": pytest.approx(5.0),
         "context": pytest.approx(2.0),
     }
     assert total == pytest.approx(7.0)
     # A process that could not be read: its share is unknown, and so is the sum.
-    total, by_process = bench.cpu_ms_per_call(before, {**after, "context": None}, calls=500)
+    total, by_process = load.cpu_ms_per_call(before, {**after, "context": None}, calls=500)
     assert total is None and by_process["context"] is None
-    assert bench.cpu_ms_per_call(before, after, calls=0)[0] is None
-    assert bench.cpu_seconds(os.getpid()) is not None
+    assert load.cpu_ms_per_call(before, after, calls=0)[0] is None
+    assert load.cpu_seconds(os.getpid()) is not None
 
 
 async def test_drive_divides_the_window_cpu_by_the_calls_completed_in_it() -> None:
@@ -339,7 +339,7 @@ async def test_drive_divides_the_window_cpu_by_the_calls_completed_in_it() -> No
         used_s += 0.001  # what a server would have spent on this call
         return i
 
-    result = await bench.drive(
+    result = await load.drive(
         costs_a_millisecond,
         concurrency=3,
         duration_s=0.3,
@@ -366,7 +366,7 @@ def _level(concurrency: int, *, degraded: int = 0, cpu: float | None = 2.5) -> d
         "cpu_ms_per_call_by_process": {"orchestrator": 1.5, "context": 1.0},
     }
     echo = dict(decide, rps=1000.0, degraded=0, degraded_reasons={}, cpu_ms_per_call=0.4)
-    problem = bench.invalid_because(decide, echo)
+    problem = load.invalid_because(decide, echo)
     return {
         "concurrency": concurrency,
         "decide": decide,
@@ -390,18 +390,20 @@ def test_table_marks_a_degraded_level_and_shows_cpu_and_bytes() -> None:
             "stored_method": "s",
         },
     }
-    rows = {line.split("|")[0].strip(): line for line in bench.format_table(result).splitlines()}
+    rows = {
+        line.split("|")[0].strip(): line for line in bench_report.format_table(result).splitlines()
+    }
 
     assert rows["1"].rstrip().endswith("| 0.20")
     assert "2.50" in rows["1"] and "0.40" in rows["1"]  # server / echo CPU ms per call
     assert rows["16"].rstrip().endswith("| n/a (25.0% degraded)")
-    table = bench.format_table(result)
+    table = bench_report.format_table(result)
     assert "degraded at conc 16: context: circuit open 250" in table
     assert "server CPU ms per Decide at conc 1: orchestrator 1.50, context 1.00" in table
     assert "4,321 rows, 17,012 bytes per row" in table
     # A result file written before validity was judged is judged when printed.
     del result["levels"][1]["invalid_because"]
-    assert "n/a (25.0% degraded)" in bench.format_table(result)
+    assert "n/a (25.0% degraded)" in bench_report.format_table(result)
 
 
 def test_actions_sweep_table_has_a_row_per_catalog_size() -> None:
@@ -412,7 +414,7 @@ def test_actions_sweep_table_has_a_row_per_catalog_size() -> None:
             "decision_log_bytes_per_row": bytes_per_row,
         }
 
-    table = bench.format_actions_table(
+    table = bench_report.format_actions_table(
         {"actions": [10, 1000], "runs": [run(10, 0, 900.0), run(1000, 5, 40_000.0)]}
     )
     rows = {line.split("|")[0].strip(): line for line in table.splitlines()}

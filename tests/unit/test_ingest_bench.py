@@ -9,7 +9,7 @@ from nextbest.decision.v1 import decision_pb2
 
 from libs.config import Settings, Target
 from services.app import build_target
-from services.context import bench
+from tools import bench_ingest as bench
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 

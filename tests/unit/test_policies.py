@@ -25,8 +25,8 @@ from services.context.model import (
     ProfileContext,
     WindowAggregate,
 )
-from services.demo.catalog_50 import catalog_of_50, policy_benchmark
 from tests.unit.fakes import FakeCatalogStore, arbitration_units
+from tools.catalog_50 import catalog_of_50, policy_benchmark
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -5,7 +5,6 @@ written give, evaluated one by one with the ``action`` variable."""
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
 from datetime import UTC, datetime
@@ -24,10 +23,10 @@ from services.arbitration.policies import (
     customer_variable,
 )
 from services.arbitration.service import ArbitrationService
-from services.bench import BENCH_CHANNEL, bench_catalog
 from services.context.model import EventCounter, ProfileContext
-from services.demo.catalog_50 import busy_customer, catalog_of_50
 from tests.unit.fakes import FakeCatalogStore, arbitration_units
+from tools.bench_catalog import BENCH_CHANNEL, bench_catalog
+from tools.catalog_50 import busy_customer, catalog_of_50
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -346,12 +345,16 @@ async def test_the_bench_catalog_has_every_level_and_keeps_every_action(customer
     assert len(result.ranked) == 50 and result.winner is not None
 
 
-def test_plans_share_compiled_programs_across_a_catalog() -> None:
+def test_actions_share_the_verdicts_of_their_catalog_issue_and_group_rules() -> None:
     catalog = catalog_of_50()
-    programs = {
-        id(program)
-        for a in catalog.actions
-        for program in itertools.chain((p for _, p in a.rule_plan.shared), [a.rule_plan.own])
-    }
-    # 1 catalog + 5 issue + 10 group conjunctions, and one own program per action.
-    assert len(programs) == 16 + 50
+    # A decision keeps one verdict per key of RulePlan.shared: one for the catalog's rules,
+    # one per issue (5) and one per group (10), whatever the number of actions.
+    levels = {key for a in catalog.actions for key, _ in a.rule_plan.shared}
+    assert len(levels) == 1 + 5 + 10
+    by_group: dict[tuple[str, str], set[tuple[str, ...]]] = {}
+    for a in catalog.actions:
+        keys = tuple(key for key, _ in a.rule_plan.shared)
+        by_group.setdefault((a.issue, a.group), set()).add(keys)
+    assert all(len(keys) == 1 for keys in by_group.values())
+    # What is left per action runs as one program.
+    assert all(a.rule_plan.own is not None for a in catalog.actions)

@@ -13,6 +13,7 @@ import pytest
 from libs.errors import InvalidArgument, ResourceExhausted, Unavailable
 from libs.resilience import BreakerState, CircuitBreaker, Outcome, outcome_of
 from libs.rpc.guarded import breaker_of, guarded
+from services.arbitration.catalog import parse_catalog_yaml
 from services.arbitration.service import ArbitrationService
 from services.context.model import ProfileContext
 from services.identity.model import Identifier, Resolution
@@ -216,16 +217,19 @@ actions:
 async def engine_with(
     *, identity: Any = None, context: Any = None, scoring: Any = None, arbitration: Any = None
 ) -> tuple[DecisionEngine, ArbitrationService]:
-    from services.arbitration.catalog import parse_catalog_yaml
-
     real_arbitration = ArbitrationService(arbitration_units(FakeCatalogStore()))
     await real_arbitration.apply_catalog(parse_catalog_yaml(CATALOG))
-    # The ports as the mesh reaches them: each behind deadlines and breakers.
+
+    # The ports as the mesh reaches them: each behind deadlines and breakers (a test that
+    # watches a breaker passes the port it guarded itself).
+    def guard(port: Any, name: str) -> Any:
+        return port if breaker_of(port) is not None else guarded(port, name)
+
     engine = DecisionEngine(
-        guarded(identity or FakeIdentity(), "identity"),
-        guarded(context or FakeContext(), "context"),
-        guarded(scoring or FakeScoring({"big": 0.3, "cheap": 0.2}), "scoring"),
-        guarded(arbitration or real_arbitration, "arbitration"),
+        guard(identity or FakeIdentity(), "identity"),
+        guard(context or FakeContext(), "context"),
+        guard(scoring or FakeScoring({"big": 0.3, "cheap": 0.2}), "scoring"),
+        guard(arbitration or real_arbitration, "arbitration"),
         budget_ms=200,
     )
     return engine, real_arbitration
@@ -268,10 +272,10 @@ async def test_identity_and_context_down_decide_for_an_anonymous_visitor() -> No
 
 async def test_arbitration_down_after_a_first_call_falls_back_to_the_channel_default() -> None:
     real = ArbitrationService(arbitration_units(FakeCatalogStore()))
+    await real.apply_catalog(parse_catalog_yaml(CATALOG))
     broken = Broken(real)
     broken.broken = False
-    engine, real = await engine_with(arbitration=broken)
-    broken._inner = real
+    engine, _ = await engine_with(arbitration=broken)
     await engine.decide(DecideCommand(COOKIE, "web"))  # candidates now remembered
     broken.broken = True
     decision = await engine.decide(DecideCommand(COOKIE, "web", explain=True))
@@ -365,7 +369,8 @@ class Flaky(FakeContext):
 async def test_slow_logins_do_not_cut_the_other_customers_off_context() -> None:
     identity = LoginIdentity()
     context = SlowForLogins(identity.logins)
-    engine, _ = await engine_with(identity=identity, context=context)
+    context_port = guarded(context, "context")
+    engine, _ = await engine_with(identity=identity, context=context_port)
     others = [[Identifier("customer_id", f"known-{n}")] for n in range(3)]
     for known in others:
         await engine.decide(DecideCommand(known, "web"))  # created: context is not read
@@ -380,7 +385,7 @@ async def test_slow_logins_do_not_cut_the_other_customers_off_context() -> None:
     await engine.flush_decisions()
     assert set(answered) <= set(context.decisions)
     # The kind of request that keeps failing is cut off for now: merging.
-    breaker = breaker_of(engine._context)
+    breaker = breaker_of(context_port)
     assert breaker is not None
     assert breaker.state("merge_profiles") is BreakerState.OPEN
     assert breaker.state("get_profile_context") is BreakerState.CLOSED

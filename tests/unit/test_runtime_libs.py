@@ -127,7 +127,7 @@ def test_database_defaults_to_sqlite_under_data_dir_and_migrates(
     settings = load_settings()
 
     assert settings.data_dir == tmp_path / "data"
-    expected = f"sqlite+aiosqlite:///{(tmp_path / 'data' / 'nextbest.db').resolve()}"
+    expected = f"sqlite:///{(tmp_path / 'data' / 'nextbest.db').resolve()}"
     assert settings.effective_database_url == expected
     assert settings.migrate_on_start is True
 
@@ -139,7 +139,7 @@ def test_a_relative_data_dir_gives_an_absolute_sqlite_path(
 
     url = load_settings().effective_database_url
 
-    assert url == f"sqlite+aiosqlite:///{tmp_path.resolve() / '.nextbest' / 'nextbest.db'}"
+    assert url == f"sqlite:///{tmp_path.resolve() / '.nextbest' / 'nextbest.db'}"
 
 
 def test_postgresql_does_not_migrate_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:

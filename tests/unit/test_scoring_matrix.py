@@ -95,19 +95,23 @@ def rich_profile() -> ProfileContext:
 
 
 def reference(
-    builder: FeatureBuilder, scoring_input: ScoringInput, candidates: tuple[ScoringCandidate, ...]
+    singles: list[FeatureBuilder],
+    scoring_input: ScoringInput,
+    candidates: tuple[ScoringCandidate, ...],
 ) -> npt.NDArray[np.float32]:
-    """Every extractor on every row, cell by cell (what matrix gave before its plans)."""
-    rows = np.empty((len(candidates), builder.width), dtype=np.float32)
+    """Cell by cell: each feature alone (a builder of that one feature) on each candidate
+    alone, so that no column plan nor candidate cache is shared with the matrix tested."""
+    rows = np.empty((len(candidates), len(singles)), dtype=np.float32)
     for i, candidate in enumerate(candidates):
-        for j, (extract, default) in enumerate(builder._extractors):
-            value = extract(scoring_input, candidate)
-            rows[i, j] = default if value is None else value
+        for j, single in enumerate(singles):
+            rows[i, j] = single.matrix(scoring_input, [candidate])[0, 0]
     return rows
 
 
 def test_matrix_gives_every_extractor_on_every_row() -> None:
-    builder = FeatureBuilder(resolve_features(FEATURES))
+    specs = resolve_features(FEATURES)
+    builder = FeatureBuilder(specs)
+    singles = [FeatureBuilder([spec]) for spec in specs]
     for profile, request in (
         (rich_profile(), {"basket": 42.5, "device": "mobile"}),
         (ProfileContext("p2", personalization=PersonalizationLevel.BASIC), {}),
@@ -115,7 +119,7 @@ def test_matrix_gives_every_extractor_on_every_row() -> None:
     ):
         scoring_input = ScoringInput(profile, request, "web", NOW)
         for candidates in (CANDIDATES, CANDIDATES[1:], CANDIDATES[::-1], list(CANDIDATES)):
-            expected = reference(builder, scoring_input, tuple(candidates))
+            expected = reference(singles, scoring_input, tuple(candidates))
             np.testing.assert_array_equal(builder.matrix(scoring_input, candidates), expected)
             # Asked again (found by identity or by value): the same, and a fresh array.
             again = builder.matrix(scoring_input, candidates)

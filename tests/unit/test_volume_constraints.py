@@ -11,12 +11,11 @@ from typing import Any
 import pytest
 
 from libs.errors import Violations
-from services.arbitration.exploration import Selection, select
+from services.arbitration.exploration import Selection, choose_with_volume, select
 from services.arbitration.model import ActionDefinition, CandidateExplanation, Exploration
 from services.arbitration.volume import (
     VolumeConstraint,
     VolumeGate,
-    choose_with_volume,
     parse_volume_constraints,
     volume_claims,
     volume_constraint_to_document,

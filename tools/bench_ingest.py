@@ -35,7 +35,7 @@ import grpc.aio
 from google.protobuf import struct_pb2
 from nextbest.decision.v1 import decision_pb2
 
-from services.bench import LoadResult, cpu_seconds, drive
+from tools.load import LoadResult, cpu_seconds, drive
 
 TRACK_EVENTS = "/nextbest.decision.v1.DecisionService/TrackEvents"
 CALL_TIMEOUT_S = 30.0
@@ -277,8 +277,8 @@ async def run(
 
 
 async def run_shape(shape: str, workdir: Any, database_url: str, **options: Any) -> dict[str, Any]:
-    """Start ``shape`` on loopback (services/launch.py), run, stop, count what is stored."""
-    from services.launch import LocalDeployment
+    """Start ``shape`` on loopback (tools/launch.py), run, stop, count what is stored."""
+    from tools.launch import LocalDeployment
 
     deployment = LocalDeployment(shape, workdir, database_url)
     try:

@@ -2,6 +2,9 @@
 
 Each process is started exactly as a Kubernetes Deployment starts it: ``nextbest serve``
 with its target and everything else in ``NEXTBEST_*`` environment variables.
+
+A tool, not part of serving: a deployment starts its processes itself (Kubernetes, Tilt,
+``make run``); only the benchmarks, the fault run and the tests start shapes this way.
 """
 
 from __future__ import annotations

@@ -18,14 +18,9 @@ from typing import Any
 import grpc
 import numpy as np
 
-from services.bench import (
-    BENCH_CHANNEL,
-    bench_catalog,
-    check_decide,
-    cookie_identifiers,
-    decide_caller,
-    drive,
-)
+from tools.bench import check_decide
+from tools.bench_catalog import BENCH_CHANNEL, bench_catalog
+from tools.load import cookie_identifiers, decide_caller, drive
 
 # The size limit of the hub started here, so that the document is "large but allowed".
 LIMIT_BYTES = 1024 * 1024
@@ -51,7 +46,7 @@ async def run(
     so that both phases decide with the same catalog)."""
     from nextbest.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 
-    from services.launch import LocalDeployment
+    from tools.launch import LocalDeployment
 
     document, actions = large_document()
     with tempfile.TemporaryDirectory(prefix="nextbest-bench-apply-") as workdir:

@@ -1,10 +1,10 @@
 """A 50-action catalog with engagement policies on every level (catalog, issue, group,
 action) and a context weight per issue, for benchmarks; and the policy benchmark itself:
 
-    python -m services.demo.catalog_50      # prints CPU microseconds per Prioritize
+    python -m tools.catalog_50      # prints CPU microseconds per Prioritize
 
 It measures this catalog with and without its rules, and the catalog `nextbest bench`
-applies (services/bench.py ``bench_catalog``: the same shape plus contact policies).
+applies (tools/bench_catalog.py ``bench_catalog``: the same shape plus contact policies).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from services.context.model import (
     ProfileContext,
     WindowAggregate,
 )
+from tools.bench_catalog import BENCH_CHANNEL, bench_catalog
 
 ISSUES = ("retention", "cross_sell", "upsell", "service", "loyalty")
 GROUPS = ("offers", "advice")
@@ -191,8 +192,6 @@ def policy_benchmark(decisions: int = 2000) -> dict[str, float]:
         actions=tuple(_bare(a) for a in with_policies.actions),
         customer_fields=frozenset(),
     )
-    from services.bench import BENCH_CHANNEL, bench_catalog
-
     policies_us = asyncio.run(_measure(with_policies, decisions))
     bare_us = asyncio.run(_measure(without, decisions))
     bench_us = asyncio.run(

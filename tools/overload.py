@@ -26,7 +26,7 @@ import numpy as np
 from google.protobuf import struct_pb2
 from nextbest.decision.v1 import decision_pb2, decision_pb2_grpc
 
-from services.launch import LocalDeployment
+from tools.launch import LocalDeployment
 
 _CALIBRATION_CONCURRENCY = 16
 

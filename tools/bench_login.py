@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 from nextbest.decision.v1 import decision_pb2, decision_pb2_grpc
 
-from services.bench import BENCH_CHANNEL, CATALOG_REFRESH_WAIT_S, apply_catalog, bench_catalog
+from tools.bench_catalog import BENCH_CHANNEL, CATALOG_REFRESH_WAIT_S, apply_catalog, bench_catalog
 
 
 @dataclass
@@ -94,9 +94,9 @@ async def measure_logins(
 async def run_login_bench(
     *, shape: str, database_url: str | None, logins: int, warmup: int
 ) -> dict[str, Any]:
-    """Start ``shape`` on loopback (services/launch.py) with the 50-action bench catalog,
+    """Start ``shape`` on loopback (tools/launch.py) with the 50-action bench catalog,
     measure, stop; a JSON-serialisable result."""
-    from services.launch import LocalDeployment
+    from tools.launch import LocalDeployment
 
     with tempfile.TemporaryDirectory(prefix="nextbest-bench-login-") as workdir:
         url = database_url or f"sqlite:///{Path(workdir) / 'login.db'}"

@@ -23,7 +23,7 @@ from sqlalchemy import create_engine, func, select
 from libs.config import Settings
 from libs.storage.database import sync_url
 from services.context.tables import EventRow, OutcomeRow
-from services.launch import LocalDeployment
+from tools.launch import LocalDeployment
 
 
 @dataclass
