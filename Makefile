@@ -7,7 +7,7 @@ NPM_PREFIX := .tools/node
 BUF := $(NPM_PREFIX)/node_modules/.bin/buf
 BUF_VERSION := 1.75.0
 
-.PHONY: run test lint typecheck proto proto-check buf-lint install bench deploy-check
+.PHONY: run test lint typecheck proto proto-check buf-lint install bench deploy-check monitoring-rules
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,21 +59,34 @@ bench: $(STAMP)
 	$(BIN)/nextbest bench --help
 
 ## deploy-check: render every kustomization and validate it against Kubernetes $(KUBERNETES_VERSION)
-## (strict schema), lint deploy/Dockerfile, check the Tiltfile and the manifests' properties.
+## (strict schema; the Prometheus Operator's objects, which it has no schema for, against the
+## operator's documented fields), check and unit-test the alert rules with promtool, lint
+## deploy/Dockerfile, check the Tiltfile and the manifests' properties.
 KUBERNETES_VERSION ?= 1.31.0
-KUSTOMIZATIONS := base overlays/dev overlays/production
+KUSTOMIZATIONS := base overlays/dev overlays/production overlays/production-monitoring
 DEPLOY_BUILD := build/deploy
+MONITORING := deploy/kubernetes/components/monitoring
 
 deploy-check: $(STAMP)
 	@mkdir -p $(DEPLOY_BUILD)
 	@set -e; for k in $(KUSTOMIZATIONS); do \
 		out=$(DEPLOY_BUILD)/$$(echo $$k | tr / -).yaml; \
 		kubectl kustomize deploy/kubernetes/$$k > $$out; \
+		$(BIN)/python -m tests.deploy.operator_crds $$out $$out.builtin; \
 		echo "== kubernetes-validate $$k ($(KUBERNETES_VERSION), strict)"; \
-		$(BIN)/kubernetes-validate --strict --quiet -k $(KUBERNETES_VERSION) $$out | tee $(DEPLOY_BUILD)/validate.log; \
+		$(BIN)/kubernetes-validate --strict --quiet -k $(KUBERNETES_VERSION) $$out.builtin | tee $(DEPLOY_BUILD)/validate.log; \
 		if grep -q . $(DEPLOY_BUILD)/validate.log; then echo "$$k: not valid (see above)"; exit 1; fi; \
 	done
+	@echo "== promtool: the alert rules, their unit tests, the PrometheusRule made from them"
+	promtool check rules $(MONITORING)/nextbest.rules.yaml
+	promtool test rules tests/deploy/monitoring/alerts.test.yaml
+	$(BIN)/python -m tools.prometheus_rule --check
 	@echo "== hadolint deploy/Dockerfile"
 	$(BIN)/hadolint deploy/Dockerfile
 	@echo "== Tiltfile and manifests"
-	NEXTBEST_TEST_REQUIRE_KUBECTL=1 $(BIN)/pytest -q tests/deploy/test_tiltfile.py tests/deploy/test_manifests.py
+	NEXTBEST_TEST_REQUIRE_KUBECTL=1 NEXTBEST_TEST_REQUIRE_PROMTOOL=1 $(BIN)/pytest -q \
+		tests/deploy/test_tiltfile.py tests/deploy/test_manifests.py tests/deploy/test_monitoring.py
+
+## monitoring-rules: write the PrometheusRule of the monitoring component from its rule file.
+monitoring-rules: $(STAMP)
+	$(BIN)/python -m tools.prometheus_rule
