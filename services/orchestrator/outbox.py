@@ -61,6 +61,11 @@ class DecisionOutbox:
         self._max_retry_s = max_retry_s
         self._queued: OrderedDict[str, _Queued] = OrderedDict()
         self._by_request: dict[str, str] = {}
+        # Queued decision ids by profile: a read of her context first stores hers
+        # (``flush_profile``), so that her next decision sees the last one.
+        self._by_profile: dict[str, set[str]] = {}
+        # Set while context refuses the writes (a read then does not wait for them).
+        self._failing = False
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self.dropped = 0
@@ -87,6 +92,8 @@ class DecisionOutbox:
         self._queued[record.decision_id] = queued
         if record.request_id:
             self._by_request[record.request_id] = record.decision_id
+        if record.profile_id:
+            self._by_profile.setdefault(record.profile_id, set()).add(record.decision_id)
         if waited_for or len(self._queued) >= self._max_batch:
             self._write_now()
         if self._writer is None:
@@ -117,6 +124,20 @@ class DecisionOutbox:
             raise Unavailable(
                 f"decision {decision_id} is not stored yet (context unavailable); retry"
             ) from None
+
+    async def flush_profile(self, profile_id: str, timeout_s: float) -> None:
+        """Store her queued decisions before her context is read (read your own writes: a
+        contact policy or the interaction history must see the decision just answered).
+        Returns at once when none is queued or context is refusing writes, and after
+        ``timeout_s`` at most (the read then goes on without them)."""
+        queued_ids = self._by_profile.get(profile_id)
+        if not queued_ids or self._failing:
+            return
+        waiting = [asyncio.shield(self._queued[d].stored) for d in queued_ids]
+        self._write_now()
+        done, _ = await asyncio.wait(waiting, timeout=timeout_s)
+        for future in done:
+            future.exception()  # given up or dropped: nothing more to wait for
 
     async def flush_all(self, timeout_s: float) -> None:
         """Wait until every decision queued now is stored (before a profile is exported or
@@ -174,6 +195,11 @@ class DecisionOutbox:
     def _forget(self, record: DecisionRecord) -> None:
         if record.request_id and self._by_request.get(record.request_id) == record.decision_id:
             del self._by_request[record.request_id]
+        queued_ids = self._by_profile.get(record.profile_id)
+        if queued_ids is not None:
+            queued_ids.discard(record.decision_id)
+            if not queued_ids:
+                del self._by_profile[record.profile_id]
 
     async def _write_queued(self) -> None:
         delay = self._retry_s
@@ -200,6 +226,7 @@ class DecisionOutbox:
                         self._give_up(queued, result)
                     else:
                         failed = result
+                self._failing = failed is not None
                 if failed is not None:
                     if self._closing and delay >= self._max_retry_s:
                         _log.error("decision outbox not drained", queued=len(self._queued))

@@ -379,15 +379,19 @@ class DecisionEngine:
         merged profiles' (the move behind the decision settles them; until then nothing
         one of them refused is used). None when any of them cannot be read."""
         contexts = await asyncio.gather(
-            *(
-                self._ask("context", self._context.get_profile_context(p), reasons)
-                for p in (survivor, *merged)
-            )
+            *(self._ask("context", self._read_context(p), reasons) for p in (survivor, *merged))
         )
         if any(c is None for c in contexts):
             return None
         own, *others = [c for c in contexts if c is not None]
         return strictest_consent(own, others)
+
+    async def _read_context(self, profile_id: str) -> ProfileContext:
+        """Her context, once her decisions still in the outbox are stored (read your own
+        writes: her contact policies and history see the decision just answered). Waits at
+        most half the time left, then reads without them."""
+        await self.outbox.flush_profile(profile_id, remaining_s() / 2)
+        return await self._context.get_profile_context(profile_id)
 
     async def flush_decisions(self, timeout_s: float = _OUTCOME_FLUSH_S) -> None:
         """Wait until every decision answered so far is stored."""
@@ -458,9 +462,7 @@ class DecisionEngine:
             self._move_later(profile_id, merged)
             read_profile = self._read_while_merging(profile_id, merged, reasons)
         else:
-            read_profile = self._ask(
-                "context", self._context.get_profile_context(profile_id), reasons
-            )
+            read_profile = self._ask("context", self._read_context(profile_id), reasons)
         read_candidates = self._ask(
             "arbitration",
             self._arbitration.list_candidates(
@@ -1029,6 +1031,8 @@ class PrivacyAdmin:
         profile_id = await self._lookup(identifiers)
         if not profile_id:
             return "", ProfileContext(profile_id="")
+        if self._outbox is not None:  # her decisions just answered are part of her history
+            await self._outbox.flush_profile(profile_id, _OUTCOME_FLUSH_S)
         return profile_id, await self._context.get_profile_context(profile_id)
 
     async def _settle_lookup(self, found: ProfileLookup) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -120,3 +121,44 @@ async def test_close_drains_whatever_the_linger(linger_s: float) -> None:
     outbox.add(decision(1))
     await outbox.close(timeout_s=5.0)
     assert decision(1).decision_id in context.decisions
+
+
+async def test_reading_her_context_first_stores_her_decisions_and_only_hers() -> None:
+    context = CountingContext()
+    outbox = DecisionOutbox(context, linger_s=60.0)
+    hers = outbox.add(decision(1))
+    for _ in range(5):  # the writer is gathering now
+        await asyncio.sleep(0)
+    other = replace(decision(2), profile_id="p-2")
+    theirs = outbox.add(other)
+
+    await outbox.flush_profile("p-1", timeout_s=5.0)
+
+    assert hers.done() and decision(1).decision_id in context.decisions
+    # The batch written then held what was queued; nothing of p-1 is left.
+    await outbox.flush_profile("p-1", timeout_s=0.0)
+    await outbox.flush_all(timeout_s=5.0)
+    assert theirs.done()
+
+
+async def test_while_context_refuses_writes_a_read_does_not_wait_for_them() -> None:
+    class Refusing(CountingContext):
+        def __init__(self) -> None:
+            super().__init__()
+            self.down_for = 10**6
+            self.refused_twice = asyncio.Event()
+
+        async def record_decisions(
+            self, records: Sequence[DecisionRecord]
+        ) -> list[RecordedDecision | DomainError]:
+            if len(self.calls) == 1:
+                self.refused_twice.set()
+            return await super().record_decisions(records)
+
+    context = Refusing()
+    outbox = DecisionOutbox(context, retry_s=0.01)
+    outbox.add(decision(1))
+    await asyncio.wait_for(context.refused_twice.wait(), timeout=5.0)
+    # Returns at once rather than waiting its timeout for writes that keep failing.
+    await asyncio.wait_for(outbox.flush_profile("p-1", timeout_s=3600.0), timeout=5.0)
+    assert outbox.is_queued(decision(1).decision_id)
