@@ -66,9 +66,7 @@ def test_select_logs_the_computed_probability_of_the_action_it_served() -> None:
     policy = Exploration("thompson", pseudo_count=PSEUDO_COUNT)
     options = contenders(MEAN)
     fixed = np.zeros(len(MEAN), dtype=bool)
-    expected = {
-        f"a{n}": thompson_probability(MEAN, REST, fixed, PSEUDO_COUNT, n) for n in range(4)
-    }
+    expected = {f"a{n}": thompson_probability(MEAN, REST, fixed, PSEUDO_COUNT, n) for n in range(4)}
 
     chosen = [select(policy, options, rng) for _ in range(2_000)]
 
