@@ -53,7 +53,7 @@ from services.learning.dataset import (
 from services.learning.estimators import ESTIMATORS, Estimates, LoggedBandit, estimate_all
 from services.scoring.features import FeatureBuilder
 from services.scoring.model import FeatureSpec
-from services.scoring.runtime import LoadedModel, load_model
+from services.scoring.runtime import load_model
 
 __all__ = [
     "REWARDS",
@@ -61,6 +61,7 @@ __all__ = [
     "CandidateModel",
     "EvaluationReport",
     "Policy",
+    "Scorer",
     "TablePolicy",
     "TargetPolicy",
     "evaluate_policy",
@@ -86,9 +87,18 @@ class Policy(Protocol):
     def distributions(self, decisions: Sequence[LoggedDecision]) -> list[dict[str, float]]: ...
 
 
+class Scorer(Protocol):
+    """What a candidate model must do: P(accept) per feature row (a LoadedModel does)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def predict(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]: ...
+
+
 @dataclass(frozen=True)
 class CandidateModel:
-    model: LoadedModel
+    model: Scorer
     features: tuple[FeatureSpec, ...]
     # The candidates it scores: those whose catalog model has this name ("" = every one).
     scores_model: str = ""
