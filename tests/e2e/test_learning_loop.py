@@ -346,3 +346,38 @@ async def test_train_and_evaluate_read_a_log_holding_both_snapshot_formats(
         assert evaluated_mixed["estimates"][name]["value"] == pytest.approx(
             estimate["value"], rel=1e-6
         ), name
+
+
+async def test_the_log_exported_as_parquet_evaluates_as_the_database_does(
+    hub: Hub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pyarrow.parquet as pq
+
+    decided = await simulate(hub, seed=11)
+    out = tmp_path / "decisions.parquet"
+    common = ["--database-url", hub.database_url, "--no-progress"]
+    exported = await run_json(
+        capsys, "log", "export", *common, "--since", "1h", "--out", str(out), "--json"
+    )
+    assert exported["decisions"] == len(decided)
+
+    table = pq.read_table(out).to_pydict()
+    assert set(table["decision_id"]) == set(decided)
+    assert {"action", "propensity", "reward", "decided_at", "channel"} <= set(table)
+    assert set(table["channel"]) == {"mobile"}
+    assert any(name.startswith("event_count:") for name in table)
+    assert all(0 < p <= 1 for p in table["propensity"])
+
+    policy = tmp_path / "policy.csv"
+    policy.write_text("action,probability\nservice_setup_help,1.0\n")
+    from_file = await run_json(
+        capsys, "evaluate", "--log", str(out), "--policy-table", str(policy), "--json"
+    )
+    from_database = await run_json(
+        capsys, "evaluate", *common, "--since", "1h", "--policy-table", str(policy), "--json"
+    )
+    assert from_file["decisions"] == from_database["decisions"] == len(decided)
+    for name in ("logged", "IPS", "SNIPS"):
+        assert from_file["estimates"][name]["value"] == pytest.approx(
+            from_database["estimates"][name]["value"]
+        ), name
