@@ -591,7 +591,8 @@ def run_evaluate(args: argparse.Namespace, database_url: str) -> int:
         )
     elif trained is None and args.model:
         notes.append("the model records no training window: hold its decisions out by hand")
-    logged, _ = _decisions(args, database_url, window)
+    # A log file's actions are all scored by the candidate model (--model-name, if any).
+    logged, _ = _decisions(args, database_url, window, args.model_name)
     if args.log and not any(d.reward is None for d in logged) and args.reward == "value":
         raise ConfigError("--reward value: a log file gives the reward itself (leave it out)")
     try:
