@@ -110,6 +110,8 @@ async def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, 
 async def test_a_challenger_trained_on_one_window_is_evaluated_on_the_next_then_promoted(
     hub: Hub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # The hub is shared with the other tests: only this test's decisions.
+    start = datetime.now(UTC)
     first = await simulate(hub, seed=5)
     cut = datetime.now(UTC)
     await asyncio.sleep(0.01)
@@ -126,8 +128,7 @@ async def test_a_challenger_trained_on_one_window_is_evaluated_on_the_next_then_
         timeout=10,
     )
     assert retried.decision.decision_id == first[0]
-    since = datetime.now(UTC) - timedelta(hours=1)
-    logged = [d async for d in iter_logged_decisions(hub.database_url, since, None)]
+    logged = [d async for d in iter_logged_decisions(hub.database_url, start, None)]
     assert {d.decision_id for d in logged} == {*first, *later}
     assert all(d.candidates and d.context.profile_id for d in logged)
     assert any(d.context.event_count("cancel_page_view") >= 3 for d in logged)
@@ -138,7 +139,7 @@ async def test_a_challenger_trained_on_one_window_is_evaluated_on_the_next_then_
         "train",
         *common,
         "--since",
-        "1h",
+        start.isoformat(),
         "--until",
         cut.isoformat(),
         "--address",
@@ -191,11 +192,18 @@ async def test_a_challenger_trained_on_one_window_is_evaluated_on_the_next_then_
 
     # The training window itself: refused, or flagged when asked for anyway.
     refused = await run_cli(
-        capsys, "evaluate", *common, *candidate, "--since", "1h", "--json", code=2
+        capsys, "evaluate", *common, *candidate, "--since", start.isoformat(), "--json", code=2
     )
     assert "overlaps the model's training window" in refused
     flagged = await run_json(
-        capsys, "evaluate", *common, *candidate, "--since", "1h", "--allow-overlap", "--json"
+        capsys,
+        "evaluate",
+        *common,
+        *candidate,
+        "--since",
+        start.isoformat(),
+        "--allow-overlap",
+        "--json",
     )
     assert flagged["decisions"] == len(first) + len(later)
     assert flagged["overlaps_training"] is True
@@ -353,11 +361,13 @@ async def test_the_log_exported_as_parquet_evaluates_as_the_database_does(
 ) -> None:
     import pyarrow.parquet as pq
 
+    # The hub is shared with the other tests: only this test's decisions.
+    start = datetime.now(UTC).isoformat()
     decided = await simulate(hub, seed=11)
     out = tmp_path / "decisions.parquet"
     common = ["--database-url", hub.database_url, "--no-progress"]
     exported = await run_json(
-        capsys, "log", "export", *common, "--since", "1h", "--out", str(out), "--json"
+        capsys, "log", "export", *common, "--since", start, "--out", str(out), "--json"
     )
     assert exported["decisions"] == len(decided)
 
@@ -374,7 +384,7 @@ async def test_the_log_exported_as_parquet_evaluates_as_the_database_does(
         capsys, "evaluate", "--log", str(out), "--policy-table", str(policy), "--json"
     )
     from_database = await run_json(
-        capsys, "evaluate", *common, "--since", "1h", "--policy-table", str(policy), "--json"
+        capsys, "evaluate", *common, "--since", start, "--policy-table", str(policy), "--json"
     )
     assert from_file["decisions"] == from_database["decisions"] == len(decided)
     for name in ("logged", "IPS", "SNIPS"):
