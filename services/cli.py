@@ -148,6 +148,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     version = args.version or args.model_version or ""
     needs = {"register": (name, version), "activate": (name, version), "rollback": (name,)}
     needs["challenger"] = (name, version) if args.share else (name,)
+    needs["promote"] = (name, version)
     if args.action == "embed":
         return _embed_features(args)
     if not all(needs.get(args.action, ())):
@@ -179,6 +180,8 @@ def cmd_models(args: argparse.Namespace) -> int:
             _print_message(
                 stub.RollbackModel(model_pb2.RollbackModelRequest(name=name), timeout=30).model
             )
+        elif args.action == "promote":
+            return _promote(args, stub, name, version)
         elif args.action == "challenger":
             _print_message(
                 stub.SetChallenger(
@@ -188,6 +191,56 @@ def cmd_models(args: argparse.Namespace) -> int:
             )
         else:
             _print_message(stub.ListModels(model_pb2.ListModelsRequest(name=name), timeout=30))
+    return 0
+
+
+def _promote(args: argparse.Namespace, stub: Any, name: str, version: str) -> int:
+    """Activate a version only when its evaluation (``nextbest evaluate --json``) shows it
+    significantly better than the logged policy, on decisions it was not trained on:
+    the lower bound of the interval of (candidate - logged) above 0. ``--force`` overrides."""
+    from nextbest.scoring.v1 import model_pb2
+
+    if not args.evaluation:
+        raise ConfigError("models promote: --evaluation REPORT.json (nextbest evaluate --json)")
+    try:
+        report = json.loads(Path(args.evaluation).read_text())
+        promotion = report["promotion"]
+        checksum = report["candidate"]["checksum"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(
+            f"--evaluation: not a report of nextbest evaluate --json: {error}"
+        ) from None
+    models = stub.ListModels(model_pb2.ListModelsRequest(name=name), timeout=30).models
+    found = next((m for m in models if m.version == version), None)
+    if found is None:
+        raise ConfigError(f"models promote: {name}:{version} is not registered")
+    refusals = []
+    if checksum != found.checksum:
+        refusals.append(
+            f"the report evaluates model {str(checksum)[:12]}, not {name}:{version} "
+            f"({found.checksum[:12]})"
+        )
+    if report.get("overlaps_training"):
+        refusals.append("it was evaluated on decisions it was trained on")
+    low = promotion.get("difference_low")
+    if not promotion.get("significant"):
+        shown = "undefined" if low is None else f"{low:.4g}"
+        refusals.append(
+            f"{promotion.get('estimator')} - logged is not significantly positive "
+            f"(lower bound {shown})"
+        )
+    if refusals and not args.force:
+        for refusal in refusals:
+            print(f"nextbest: refused: {refusal}", file=sys.stderr)
+        print("nextbest: --force activates it anyway", file=sys.stderr)
+        return 1
+    for refusal in refusals:
+        print(f"nextbest: warning: forced past: {refusal}", file=sys.stderr)
+    _print_message(
+        stub.ActivateModel(
+            model_pb2.ActivateModelRequest(name=name, version=version), timeout=30
+        ).model
+    )
     return 0
 
 
@@ -507,7 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
         with_address(commands.add_parser("models", help="the ONNX model registry"))
     )
     models.add_argument(
-        "action", choices=["register", "activate", "rollback", "challenger", "list", "embed"]
+        "action",
+        choices=["register", "activate", "promote", "rollback", "challenger", "list", "embed"],
     )
     models.add_argument("model_name", nargs="?", metavar="NAME", help="or --name")
     models.add_argument("model_version", nargs="?", metavar="VERSION", help="or --version")
@@ -524,6 +578,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--share", type=float, default=0.0, help="challenger: share of profiles; 0 ends it"
     )
     models.add_argument("--out", help="embed: the file to write (default: --file itself)")
+    models.add_argument(
+        "--evaluation", help="promote: the report of `nextbest evaluate --json` of this version"
+    )
+    models.add_argument(
+        "--force", action="store_true", help="promote: even when the evaluation shows no gain"
+    )
     models.set_defaults(handler=cmd_models)
 
     demo = commands.add_parser("demo", help="train the demo model into files")
@@ -551,7 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_evaluate_arguments(evaluate)
     evaluate.set_defaults(handler=cmd_evaluate)
-    log = commands.add_parser("log", help="the decision log: compact version 1 snapshots")
+    log = commands.add_parser(
+        "log", help="the decision log: compact version 1 snapshots, export as Parquet or CSV"
+    )
     add_log_arguments(log)
     log.set_defaults(handler=cmd_log)
 

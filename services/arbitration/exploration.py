@@ -9,10 +9,12 @@ logged decisions (IPS / SNIPS / DR need it):
   P(a) = (1 - epsilon) [a is the best] + epsilon / n, exact.
 - ``thompson``: each contender's propensity is drawn from Beta(p k, (1 - p) k) (mean p, the
   model's propensity; k the ``pseudo_count``: larger = less exploration) and the highest
-  sampled priority p~ x C x V x L is served. Its probability has no closed form: it is
-  estimated by Monte-Carlo, the share of ``draws`` further independent samplings (plus the
-  one that chose it, so it is never 0) in which it also wins: (1 + wins) / (1 + draws), a
-  standard error of at most 0.5 / sqrt(draws).
+  sampled priority p~ x C x V x L is served. Its probability is computed, not sampled:
+  P(a) = integral over x of f_a(x) prod_j F_j(x r_a / r_j), with f and F the Beta density
+  and CDF and r = C x V x L (a one-dimensional integral, scipy's adaptive quadrature, to a
+  relative 1e-5). A Monte-Carlo share of further draws counting the draw that chose the
+  action never fell below 1 / (1 + draws) and was too high for rarely served actions, which
+  biased every off-policy estimate of a policy serving them (docs/learning.md).
 
 Contenders are the eligible candidates at or above the minimum priority, best first; all
 randomness comes from one injectable ``random.Random``. A pick whose volume constraint is
@@ -25,6 +27,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 import numpy
 
@@ -81,19 +84,13 @@ def _thompson(
     mean = numpy.array([c.propensity for c in contenders], dtype=float)
     rest = numpy.array([c.context_weight * c.value * c.lever for c in contenders], dtype=float)
     fixed = ~numpy.array(sampled, dtype=bool)
-    k = exploration.pseudo_count
-    alpha = numpy.maximum(mean * k, _TINY)
-    beta = numpy.maximum((1.0 - mean) * k, _TINY)
-    # Row 0 chooses; the other rows estimate how often that choice wins.
-    draws = generator.beta(alpha, beta, size=(exploration.draws + 1, len(contenders)))
-    draws[:, fixed] = mean[fixed]
-    priorities = draws * rest
+    alpha, beta = beta_parameters(mean, exploration.pseudo_count)
+    draw = generator.beta(alpha, beta)
+    draw[fixed] = mean[fixed]
     # argmax takes the first maximum: contenders are sorted best first (priority, action id),
     # so exact ties go the same way as in the greedy ranking.
-    winners = numpy.argmax(priorities, axis=1)
-    chosen = int(winners[0])
-    wins = int(numpy.count_nonzero(winners == chosen))
-    probability = wins / (exploration.draws + 1)
+    chosen = int(numpy.argmax(draw * rest))
+    probability = thompson_probability(mean, rest, fixed, exploration.pseudo_count, chosen)
     return Selection(contenders[chosen], probability, THOMPSON, chosen != 0)
 
 
@@ -137,3 +134,81 @@ async def choose_with_volume(
             )
         )
         remaining = tuple(c for c in remaining if c.action_id != served.action_id)
+
+
+def beta_parameters(
+    mean: numpy.ndarray[Any, Any], pseudo_count: float
+) -> tuple[numpy.ndarray[Any, Any], numpy.ndarray[Any, Any]]:
+    """Beta(p k, (1 - p) k), both parameters kept positive for p of exactly 0 or 1."""
+    return (
+        numpy.maximum(mean * pseudo_count, _TINY),
+        numpy.maximum((1.0 - mean) * pseudo_count, _TINY),
+    )
+
+
+def thompson_probability(
+    mean: numpy.ndarray[Any, Any],
+    rest: numpy.ndarray[Any, Any],
+    fixed: numpy.ndarray[Any, Any],
+    pseudo_count: float,
+    chosen: int,
+) -> float:
+    """P(contender ``chosen`` has the highest sampled priority), exactly (up to quadrature).
+
+    Contender j's priority is X_j r_j, X_j ~ Beta (or the constant ``mean[j]`` when
+    ``fixed[j]``); ties between constants go to the lower index, as argmax does. Never
+    below ``_FLOOR``: a served action had a positive probability, and the estimators divide
+    by it."""
+    from scipy import integrate, special
+
+    alpha, beta = beta_parameters(mean, pseudo_count)
+    # A contender whose rest is 0 has priority 0 whatever its draw: a constant.
+    constant = fixed | (rest <= 0)
+    level = numpy.where(constant, numpy.where(rest > 0, mean * rest, 0.0), 0.0)
+    others = numpy.arange(len(mean)) != chosen
+    rivals = others & constant
+    sampled = others & ~constant
+    if constant[chosen]:
+        mine = level[chosen]
+        for j in numpy.flatnonzero(rivals):
+            if level[j] > mine or (level[j] == mine and j < chosen):
+                return _FLOOR
+        below = numpy.clip(mine / rest[sampled], 0.0, 1.0)
+        found = float(numpy.prod(special.betainc(alpha[sampled], beta[sampled], below)))
+        return max(found, _FLOOR)
+    r_a, a, b = rest[chosen], alpha[chosen], beta[chosen]
+    # Every constant rival must be beaten: x r_a above the highest of them.
+    lower = float(level[rivals].max() / r_a) if rivals.any() else 0.0
+    if lower >= 1.0:
+        return _FLOOR
+    ratio = r_a / rest[sampled]
+    alphas, betas = alpha[sampled], beta[sampled]
+
+    def others_below(x: float) -> float:
+        return float(numpy.prod(special.betainc(alphas, betas, numpy.minimum(x * ratio, 1.0))))
+
+    # The Beta density's x^(a-1) (1-x)^(b-1) goes in quad's algebraic weight so that its
+    # end-point singularities (a or b below 1) are integrated exactly.
+    if lower == 0.0:
+        integral = integrate.quad(
+            others_below, 0.0, 1.0, weight="alg", wvar=(a - 1.0, b - 1.0), **_QUAD
+        )[0]
+    else:
+        integral = integrate.quad(
+            lambda x: others_below(x) * x ** (a - 1.0),
+            lower,
+            1.0,
+            weight="alg",
+            wvar=(0.0, b - 1.0),
+            **_QUAD,
+        )[0]
+    found = float(integral / special.beta(a, b))
+    return min(max(found, _FLOOR), 1.0)
+
+
+# Relative accuracy asked of the quadrature (an absolute bound would be meaningless for the
+# rarely served actions that matter most) and the subintervals it may use; full_output
+# returns quad's round-off notes instead of warning on every decision.
+_QUAD: dict[str, Any] = {"epsabs": 0.0, "epsrel": 1e-5, "limit": 200, "full_output": 1}
+# The smallest probability logged: below it, the quadrature's own error dominates.
+_FLOOR = 1e-12

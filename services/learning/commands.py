@@ -1,8 +1,12 @@
-"""``nextbest train``, ``nextbest evaluate`` and ``nextbest log compact``: the learning
-loop's commands.
+"""``nextbest train``, ``nextbest evaluate`` and ``nextbest log compact|export``: the
+learning loop's commands.
 
-Both read the logged decisions straight from the database (``--database-url``, else the
-settings' database, as ``nextbest db`` does), page by page, with progress bars on stderr.
+``train`` and ``evaluate`` read the logged decisions straight from the database
+(``--database-url``, else the settings' database, as ``nextbest db`` does), page by page,
+with progress bars on stderr, or from a Parquet or CSV log (``--log FILE``, logfile.py).
+``train`` records the window it trained on in the model file (ONNX metadata
+``nextbest.training``); ``evaluate`` of that model reads only decisions after it by
+default, and refuses a window that overlaps it unless ``--allow-overlap`` (then flagged).
 ``train`` registers its model through the ModelService API (``--address``), never activated:
 it becomes a challenger when ``--share`` is given, and ``nextbest models activate`` makes it
 the champion once it has proven itself.
@@ -18,6 +22,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -42,14 +47,25 @@ __all__ = [
 ]
 
 
-def _add_log_arguments(parser: argparse.ArgumentParser) -> None:
+TRAINING_KEY = "nextbest.training"
+
+
+def _add_log_arguments(parser: argparse.ArgumentParser, since_help: str) -> None:
     parser.add_argument(
         "--database-url", help="where the decisions are logged (default: the settings')"
     )
     parser.add_argument(
+        "--log",
+        help="read the decisions from this Parquet or CSV log instead (docs/learning.md)",
+    )
+    parser.add_argument(
         "--since",
-        default="30d",
-        help="decisions taken at or after: a duration back from now (7d, 24h) or an ISO time",
+        help="decisions taken at or after: a duration back from now (7d, 24h) or an ISO time "
+        f"({since_help})",
+    )
+    parser.add_argument(
+        "--until",
+        help="decisions taken before: a duration back from now or an ISO time (default: now)",
     )
     parser.add_argument(
         "--horizon",
@@ -60,7 +76,7 @@ def _add_log_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_log_arguments(parser)
+    _add_log_arguments(parser, "default: 30d; a log file: every row")
     parser.add_argument(
         "--name",
         default="demo_propensity",
@@ -86,7 +102,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_log_arguments(parser)
+    _add_log_arguments(
+        parser, "default: just after the --model's training window, else 30d or every row"
+    )
     parser.add_argument("--model", help="candidate ONNX model (with --features)")
     parser.add_argument("--features", help="its JSON feature list")
     parser.add_argument(
@@ -101,13 +119,38 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         "--value", action="append", default=[], help="ACTION=VALUE, the candidate's value"
     )
     parser.add_argument("--epsilon", type=float, default=0.0, help="candidate's exploration")
+    parser.add_argument(
+        "--policy-table",
+        help="the candidate as a Parquet/CSV table of action, probability [, decision_id]",
+    )
+    parser.add_argument(
+        "--policy",
+        help="the candidate as a Python function package.module:function of a LoggedDecision "
+        "returning {action_id: probability}",
+    )
     parser.add_argument("--reward", choices=["accept", "value"], default="accept")
+    parser.add_argument("--clip", type=float, help="clip importance weights at this value")
+    parser.add_argument(
+        "--reward-model", choices=["logistic", "gbm"], default="logistic", help="DR's q model"
+    )
+    parser.add_argument("--folds", type=int, default=3, help="cross-fitting folds of q (>= 2)")
+    parser.add_argument(
+        "--promote-on",
+        choices=["IPS", "SNIPS", "DR"],
+        default="DR",
+        help="the estimator whose difference decides the promotion rule",
+    )
+    parser.add_argument(
+        "--allow-overlap",
+        action="store_true",
+        help="evaluate on decisions the model was trained on (flagged in the report)",
+    )
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap and cross-fitting seed")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
-def _since(text: str, now: datetime) -> datetime:
+def _since(text: str, now: datetime, option: str = "--since") -> datetime:
     try:
         return now - timedelta(seconds=duration_s(text))
     except ValueError:
@@ -115,8 +158,34 @@ def _since(text: str, now: datetime) -> datetime:
     try:
         at = datetime.fromisoformat(text)
     except ValueError:
-        raise ConfigError(f"--since: {text!r} is neither a duration (7d) nor an ISO time") from None
+        raise ConfigError(
+            f"{option}: {text!r} is neither a duration (7d) nor an ISO time"
+        ) from None
     return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Window:
+    """[since, until) of the decisions read; None: unbounded on that side."""
+
+    since: datetime | None
+    until: datetime | None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {
+            "since": None if self.since is None else self.since.isoformat(),
+            "until": None if self.until is None else self.until.isoformat(),
+        }
+
+
+def _window(args: argparse.Namespace, default_since: str | None) -> Window:
+    now = utc_now()
+    text = args.since or default_since
+    since = _since(text, now) if text else None
+    until = _since(args.until, now, "--until") if args.until else None
+    if since is not None and until is not None and until <= since:
+        raise ConfigError(f"--until ({until.isoformat()}) is not after --since")
+    return Window(since, until)
 
 
 def _horizon(text: str) -> timedelta:
@@ -138,13 +207,15 @@ def _progress(enabled: bool, description: str) -> Callable[[Iterable[T]], Iterat
     return wrap
 
 
-async def _read_logs(args: argparse.Namespace, database_url: str) -> list[LoggedDecision]:
-    """Every logged decision with a snapshot since ``--since``, with a progress bar; a
+async def _read_logs(
+    args: argparse.Namespace, database_url: str, window: Window
+) -> list[LoggedDecision]:
+    """Every logged decision with a snapshot in ``window``, with a progress bar; a
     warning on stderr for those skipped (an unreadable snapshot, an unknown catalog)."""
     # Imported here: building the parser (every ``nextbest`` command) stays light.
     from services.learning.dataset import LogReading, iter_logged_decisions
 
-    since = _since(args.since, utc_now())
+    since = window.since or datetime.min.replace(tzinfo=UTC)
     bar: Any = None
     if not args.no_progress:
         from tqdm import tqdm
@@ -161,7 +232,12 @@ async def _read_logs(args: argparse.Namespace, database_url: str) -> list[Logged
         found = [
             d
             async for d in iter_logged_decisions(
-                database_url, since, _horizon(args.horizon), on_page=on_page, reading=reading
+                database_url,
+                since,
+                _horizon(args.horizon),
+                on_page=on_page,
+                reading=reading,
+                until=window.until,
             )
         ]
     finally:
@@ -170,6 +246,64 @@ async def _read_logs(args: argparse.Namespace, database_url: str) -> list[Logged
     for warning in reading.warnings():
         print(f"nextbest: warning: {warning}", file=sys.stderr)
     return found
+
+
+def _read_file(args: argparse.Namespace, window: Window, name: str = "") -> Any:
+    """The ``--log`` file's LogFile (ConfigError naming what is wrong)."""
+    from services.learning.logfile import LogFileError, read_log
+
+    try:
+        return read_log(Path(args.log), since=window.since, until=window.until, name=name)
+    except LogFileError as error:
+        raise ConfigError(f"--log: {error}") from None
+
+
+def _decisions(
+    args: argparse.Namespace, database_url: str, window: Window, name: str = ""
+) -> tuple[list[LoggedDecision], Any]:
+    """The decisions of the database or of the ``--log`` file (and that LogFile)."""
+    if args.log:
+        found = _read_file(args, window, name)
+        return list(found.decisions), found
+    return asyncio.run(_read_logs(args, database_url, window)), None
+
+
+def training_window(decisions: Iterable[LoggedDecision], source: str) -> dict[str, Any]:
+    """What a model records of its training data: where from, how many decisions, and the
+    times of the first and the last (none for a log without times). Read from the data, not
+    the options, so that the same data gives the same model bytes."""
+    times = [d.decided_at for d in decisions if d.decided_at.year > 1]
+    found: dict[str, Any] = {"source": source, "decisions": len(times) or None}
+    if times:
+        found["first"] = min(times).isoformat()
+        found["last"] = max(times).isoformat()
+    return found
+
+
+def _embed_training(onnx_bytes: bytes, window: dict[str, Any]) -> bytes:
+    """The model with its training window in its metadata (the ``onnx`` package, train
+    extra). Serialised deterministically: the same data still gives the same bytes."""
+    import onnx
+
+    model = onnx.load_from_string(onnx_bytes)
+    kept = [p for p in model.metadata_props if p.key != TRAINING_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = TRAINING_KEY, json.dumps(window, sort_keys=True)
+    data: bytes = model.SerializeToString(deterministic=True)
+    return data
+
+
+def model_training_window(onnx_bytes: bytes) -> dict[str, Any] | None:
+    """The training window a model file records (None: trained before it was recorded)."""
+    from services.scoring.runtime import read_metadata
+
+    text = read_metadata(onnx_bytes).get(TRAINING_KEY)
+    if text is None:
+        return None
+    found = json.loads(text)
+    return found if isinstance(found, dict) else None
 
 
 def _features_file(path: str) -> tuple[FeatureSpec, ...]:
@@ -214,14 +348,17 @@ def run_train(
         channel = connect()
         stub = model_pb2_grpc.ModelServiceStub(channel)
     try:
+        window = _window(args, None if args.log else "30d")
+        logged, log_file = _decisions(args, database_url, window, args.name)
         if args.features:
             features = _features_file(args.features)
+        elif log_file is not None:
+            features = log_file.features()
         elif stub is not None:
             features = _active_features(stub, args.name)
         else:
             raise ConfigError("--features is required with --no-register")
         _check_features(features)
-        logged = asyncio.run(_read_logs(args, database_url))
         # The model scores the actions whose catalog entry names it.
         mine = [d for d in logged if (s := d.served) is not None and s.model == args.name]
         x, y = training_matrix(mine, features, progress=_progress(not args.no_progress, "features"))
@@ -241,12 +378,16 @@ def run_train(
                 file=sys.stderr,
             )
             return 1
+        trained = training_window(mine, Path(args.log).name if args.log else "database")
+        onnx_model = _embed_training(result.onnx_model, trained)
+        result = replace(result, onnx_model=onnx_model)
         version = args.version or result.checksum[:12]
         report: dict[str, Any] = {
             "decisions_read": len(logged),
             **result.as_dict(),
             "name": args.name,
             "version": version,
+            "training_window": trained,
         }
         if args.out:
             out = Path(args.out)
@@ -317,6 +458,7 @@ def _train_text(report: dict[str, Any]) -> str:
         f"{_number(report['test_auc'])}; log-loss train {_number(report['train_log_loss'])} "
         f"/ test {_number(report['test_log_loss'])}",
         f"model checksum: {report['checksum']}",
+        "trained on: " + _window_text(report["training_window"]),
     ]
     for path in report.get("files", []):
         lines.append(f"wrote {path}")
@@ -327,6 +469,12 @@ def _train_text(report: dict[str, Any]) -> str:
     if "note" in report:
         lines.append(report["note"])
     return "\n".join(lines)
+
+
+def _window_text(window: dict[str, Any]) -> str:
+    if "first" not in window:
+        return f"{window['source']} (no decision times)"
+    return f"{window['source']}, decisions from {window['first']} to {window['last']}"
 
 
 def _overrides(items: list[str], option: str) -> dict[str, float]:
@@ -342,21 +490,40 @@ def _overrides(items: list[str], option: str) -> dict[str, float]:
     return found
 
 
-def run_evaluate(args: argparse.Namespace, database_url: str) -> int:
+def _policy(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None, str]:
+    """The candidate policy, its model's training window and checksum (when a model)."""
     from services.learning.evaluate import (
         TargetPolicy,
-        evaluate_policy,
-        format_report,
+        load_callable_policy,
         load_candidate_model,
+        load_table_policy,
     )
     from services.scoring.runtime import ModelValidationError
 
+    ranking = bool(args.model or args.lever or args.value or args.epsilon)
+    if sum(map(bool, (ranking, args.policy_table, args.policy))) > 1:
+        raise ConfigError(
+            "give the candidate as --model/--lever/--value/--epsilon, --policy-table or "
+            "--policy: one of them"
+        )
+    if args.policy_table:
+        try:
+            return load_table_policy(Path(args.policy_table)), None, ""
+        except ValueError as error:
+            raise ConfigError(f"--policy-table: {error}") from None
+    if args.policy:
+        try:
+            return load_callable_policy(args.policy), None, ""
+        except ValueError as error:
+            raise ConfigError(f"--policy: {error}") from None
     if bool(args.model) != bool(args.features):
         raise ConfigError("--model and --features go together")
     model = None
+    trained = None
     if args.model:
         try:
             model = load_candidate_model(Path(args.model), Path(args.features), args.model_name)
+            trained = model_training_window(Path(args.model).read_bytes())
         except (
             OSError,
             ValueError,
@@ -375,19 +542,104 @@ def run_evaluate(args: argparse.Namespace, database_url: str) -> int:
         )
     except ValueError as error:
         raise ConfigError(f"--epsilon: {error}") from None
-    logged = asyncio.run(_read_logs(args, database_url))
-    report = evaluate_policy(
-        logged, policy, reward=args.reward, resamples=args.resamples, seed=args.seed
+    return policy, trained, model.checksum if model is not None else ""
+
+
+def _overlap(window: Window, trained: dict[str, Any]) -> bool:
+    """Whether the evaluation window holds a time of the training window."""
+    first = datetime.fromisoformat(trained["first"])
+    last = datetime.fromisoformat(trained["last"])
+    return (window.since is None or window.since <= last) and (
+        window.until is None or window.until > first
     )
+
+
+def run_evaluate(args: argparse.Namespace, database_url: str) -> int:
+    from services.learning.evaluate import evaluate_policy, format_report
+
+    if args.clip is not None and not args.clip > 0:
+        raise ConfigError(f"--clip: {args.clip} is not > 0")
+    if args.folds < 2:
+        raise ConfigError(f"--folds: {args.folds} is not >= 2")
+    policy, trained, checksum = _policy(args)
+    notes: list[str] = []
+    timed = trained is not None and "first" in trained
+    default_since: str | None = None if args.log else "30d"
+    if timed and trained is not None:
+        # Just after the last decision trained on: held out by construction.
+        last = datetime.fromisoformat(trained["last"])
+        default_since = (last + timedelta(microseconds=1)).isoformat()
+    window = _window(args, default_since)
+    overlaps = timed and trained is not None and _overlap(window, trained)
+    if overlaps and trained is not None:
+        message = (
+            f"the evaluation window overlaps the model's training window ({trained['first']} "
+            f"to {trained['last']}): a model scored on the decisions it was trained on looks "
+            "better than it is"
+        )
+        if not args.allow_overlap:
+            raise ConfigError(
+                f"{message}. Evaluate after {trained['last']} (the default without --since), "
+                "or pass --allow-overlap to see the flagged figures anyway"
+            )
+        notes.append(f"OVERLAP: {message}")
+        print(f"nextbest: warning: {message}", file=sys.stderr)
+    elif trained is not None and not timed:
+        notes.append(
+            f"the model was trained on {trained.get('source')} without decision times: "
+            "nothing shows that these decisions were held out"
+        )
+    elif trained is None and args.model:
+        notes.append("the model records no training window: hold its decisions out by hand")
+    # A log file's actions are all scored by the candidate model (--model-name, if any).
+    logged, _ = _decisions(args, database_url, window, args.model_name)
+    if args.log and not any(d.reward is None for d in logged) and args.reward == "value":
+        raise ConfigError("--reward value: a log file gives the reward itself (leave it out)")
+    try:
+        report = evaluate_policy(
+            logged,
+            policy,
+            reward=args.reward,
+            resamples=args.resamples,
+            seed=args.seed,
+            clip=args.clip,
+            reward_model=args.reward_model,
+            folds=args.folds,
+        )
+    except ValueError as error:
+        raise ConfigError(f"candidate policy: {error}") from None
+    difference = report.estimates.differences.get(args.promote_on)
+    low = difference.low if difference is not None else None
+    significant = low is not None and low > 0 and not overlaps
+    extra: dict[str, Any] = {
+        "window": window.as_dict(),
+        "source": Path(args.log).name if args.log else "database",
+        "candidate": {"checksum": checksum or None, "training_window": trained},
+        "overlaps_training": bool(overlaps),
+        "promotion": {
+            "estimator": args.promote_on,
+            "difference_low": low,
+            # The rule `nextbest models promote` applies: better than logged, significantly.
+            "significant": significant,
+        },
+    }
+    report = replace(report, notes=(*notes, *report.notes), extra=extra)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
+        verdict = (
+            "significantly better" if extra["promotion"]["significant"] else "not shown better"
+        )
         print(format_report(report))
+        print(
+            f"promotion rule ({args.promote_on} - logged, lower bound > 0): {verdict} "
+            f"than the logged policy"
+        )
     return 0
 
 
 def add_log_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["compact"])
+    parser.add_argument("action", choices=["compact", "export"])
     parser.add_argument(
         "--database-url", help="where the decisions are logged (default: the settings')"
     )
@@ -396,13 +648,21 @@ def add_log_arguments(parser: argparse.ArgumentParser) -> None:
         help="decisions taken at or after: a duration back from now (7d) or an ISO time "
         "(default: every decision)",
     )
-    parser.add_argument("--dry-run", action="store_true", help="count and measure only")
+    parser.add_argument("--until", help="export: decisions taken before (default: now)")
+    parser.add_argument(
+        "--horizon", default="7d", help="export: an accept within this time of the decision"
+    )
+    parser.add_argument("--out", help="export: the .parquet or .csv file to write")
+    parser.add_argument("--dry-run", action="store_true", help="compact: count and measure only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def run_log(args: argparse.Namespace, database_url: str) -> int:
-    """``nextbest log compact``: version 1 snapshots rewritten as version 2 (compact.py)."""
+    """``nextbest log compact``: version 1 snapshots rewritten as version 2 (compact.py);
+    ``nextbest log export``: the decisions as a Parquet or CSV log (logfile.py)."""
+    if args.action == "export":
+        return _export(args, database_url)
     from services.learning.compact import compact_log
 
     since = _since(args.since, utc_now()) if args.since else datetime.min.replace(tzinfo=UTC)
@@ -425,4 +685,21 @@ def run_log(args: argparse.Namespace, database_url: str) -> int:
         if bar is not None:
             bar.close()
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
+    return 0
+
+
+def _export(args: argparse.Namespace, database_url: str) -> int:
+    from services.learning.logfile import LogFileError, export_rows, write_log
+
+    if not args.out:
+        raise ConfigError("log export: --out FILE (.parquet or .csv) is required")
+    args.log = None
+    window = _window(args, None)
+    decisions = asyncio.run(_read_logs(args, database_url, window))
+    try:
+        written = write_log(Path(args.out), export_rows(decisions))
+    except LogFileError as error:
+        raise ConfigError(f"--out: {error}") from None
+    report = {"decisions": written, "out": args.out, "window": window.as_dict()}
+    print(json.dumps(report, indent=2) if args.json else f"wrote {written} decisions to {args.out}")
     return 0

@@ -75,6 +75,9 @@ class LoggedCandidate:
     priority: float = 0.0
     eligible: bool = True
     removed_by: str = ""
+    # False when the propensity factor was switched off for the issue: the ranking used 1
+    # in its place, and a replay must too (``propensity`` is still the score).
+    propensity_on: bool = True
 
     def scoring_candidate(self) -> ScoringCandidate:
         return ScoringCandidate(
@@ -103,6 +106,9 @@ class LoggedDecision:
     # P(the logging policy served this action | what it knew): 1.0 for a greedy decision.
     selection_probability: float = 1.0
     min_priority: float = 0.0
+    # The observed reward when the log gives one (a log file's ``reward`` column); None:
+    # the label (and, for ``--reward value``, the action's value) makes it.
+    reward: float | None = None
 
     @property
     def served(self) -> LoggedCandidate | None:
@@ -111,6 +117,20 @@ class LoggedDecision:
     @property
     def eligible(self) -> tuple[LoggedCandidate, ...]:
         return tuple(c for c in self.candidates if c.eligible)
+
+
+def _propensity_was_on(data: dict[str, Any]) -> bool:
+    """Version 1 did not record the factor switches: the recorded priority tells. Priority
+    is P x C x V x L with P as 1 when the propensity factor is off; when both readings fit
+    (P = 1, or a removed candidate's 0), the switch made no difference."""
+    priority = float(data.get("priority", 0.0))
+    rest = (
+        float(data.get("context_weight", 1.0))
+        * float(data.get("value", 0.0))
+        * float(data.get("lever", 1.0))
+    )
+    scored = float(data.get("propensity", 0.0)) * rest
+    return abs(priority - scored) <= abs(priority - rest) or not data.get("eligible", True)
 
 
 def _candidate(data: dict[str, Any]) -> LoggedCandidate:
@@ -128,6 +148,7 @@ def _candidate(data: dict[str, Any]) -> LoggedCandidate:
         priority=float(data.get("priority", 0.0)),
         eligible=bool(data.get("eligible", True)),
         removed_by=str(data.get("removed_by", "")),
+        propensity_on=_propensity_was_on(data),
     )
 
 
@@ -187,6 +208,7 @@ def _v2_candidates(snapshot: dict[str, Any], catalog: Catalog) -> tuple[LoggedCa
                 priority=priority,
                 eligible=removed_by is None,
                 removed_by=removed_by or "",
+                propensity_on=switches.propensity,
             )
         )
     return tuple(found)
@@ -317,9 +339,10 @@ async def iter_logged_decisions(
     page_size: int = 500,
     on_page: Callable[[int, int], None] | None = None,
     reading: LogReading | None = None,
+    until: datetime | None = None,
 ) -> AsyncIterator[LoggedDecision]:
-    """Every logged decision since ``since`` read from the database, page by page, from
-    version 1 or 2 snapshots (the catalogs these name read once per version).
+    """Every logged decision taken in [``since``, ``until``) read from the database, page by
+    page, from version 1 or 2 snapshots (the catalogs these name read once per version).
 
     ``on_page(read, total)`` is told after each page (progress bars): ``read`` counts the
     decisions of that page, with or without a snapshot. ``reading`` counts what was read
@@ -336,6 +359,10 @@ async def iter_logged_decisions(
             after: tuple[datetime, str] | None = None
             while True:
                 page = await decisions_with_outcomes(session, since, after=after, limit=page_size)
+                # Pages come oldest first: the first decision at or after ``until`` ends it.
+                ended = until is not None and bool(page) and page[-1][0].decided_at >= until
+                if until is not None:
+                    page = [(r, o) for r, o in page if r.decided_at < until]
                 known = await catalogs.for_records(record for record, _ in page)
                 for record, outcomes in page:
                     decision = read_logged_decision(record, outcomes, horizon, known)
@@ -347,7 +374,7 @@ async def iter_logged_decisions(
                         reading.skip(decision)
                 if on_page is not None:
                     on_page(len(page), total)
-                if len(page) < page_size:
+                if ended or len(page) < page_size:
                     break
                 last = page[-1][0]
                 after = (last.decided_at, last.decision_id)

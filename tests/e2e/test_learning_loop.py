@@ -88,14 +88,14 @@ async def simulate(hub: Hub, seed: int) -> list[str]:
     return decided
 
 
-async def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+async def run_cli(capsys: pytest.CaptureFixture[str], *argv: str, code: int = 0) -> str:
     """``nextbest ARGV`` in a thread (it runs its own event loop; the embedded hub serves on
-    this one), its exit code checked; what it printed."""
+    this one), its exit code checked; what it printed (on stderr when ``code`` is not 0)."""
     capsys.readouterr()
-    code = await asyncio.to_thread(main, list(argv))
+    found = await asyncio.to_thread(main, list(argv))
     out, err = capsys.readouterr()
-    assert code == 0, err
-    return out
+    assert found == code, err
+    return out if code == 0 else err
 
 
 async def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
@@ -107,10 +107,15 @@ async def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, 
     return document
 
 
-async def test_decisions_train_a_challenger_that_is_evaluated_then_activated(
+async def test_a_challenger_trained_on_one_window_is_evaluated_on_the_next_then_promoted(
     hub: Hub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    decided = await simulate(hub, seed=5)
+    # The hub is shared with the other tests: only this test's decisions.
+    start = datetime.now(UTC)
+    first = await simulate(hub, seed=5)
+    cut = datetime.now(UTC)
+    await asyncio.sleep(0.01)
+    later = await simulate(hub, seed=6)
 
     # Every decision kept what it knew; a retried request still gets the original.
     stub = decision_pb2_grpc.DecisionServiceStub(hub.channel)
@@ -122,18 +127,21 @@ async def test_decisions_train_a_challenger_that_is_evaluated_then_activated(
         ),
         timeout=10,
     )
-    assert retried.decision.decision_id == decided[0]
-    since = datetime.now(UTC) - timedelta(hours=1)
-    logged = [d async for d in iter_logged_decisions(hub.database_url, since, None)]
-    assert {d.decision_id for d in logged} == set(decided)
+    assert retried.decision.decision_id == first[0]
+    logged = [d async for d in iter_logged_decisions(hub.database_url, start, None)]
+    assert {d.decision_id for d in logged} == {*first, *later}
     assert all(d.candidates and d.context.profile_id for d in logged)
     assert any(d.context.event_count("cancel_page_view") >= 3 for d in logged)
 
-    common = ["--database-url", hub.database_url, "--since", "1h", "--no-progress"]
+    common = ["--database-url", hub.database_url, "--no-progress"]
     trained = await run_json(
         capsys,
         "train",
         *common,
+        "--since",
+        start.isoformat(),
+        "--until",
+        cut.isoformat(),
         "--address",
         hub.models_address,
         "--name",
@@ -144,10 +152,13 @@ async def test_decisions_train_a_challenger_that_is_evaluated_then_activated(
         "0.2",
         "--json",
     )
-    assert trained["rows"] == len(decided)
+    assert trained["rows"] == len(first)
     assert 0 < trained["positive_rate"] < 1
     assert trained["registered"] == f"demo_propensity:{trained['version']}"
     assert trained["checksum"].startswith(trained["version"])
+    window = trained["training_window"]
+    assert window["source"] == "database" and window["decisions"] == len(first)
+    assert datetime.fromisoformat(window["last"]) < cut
     onnx, features = trained["files"]
 
     listed = await run_json(
@@ -157,42 +168,66 @@ async def test_decisions_train_a_challenger_that_is_evaluated_then_activated(
     assert statuses["1"] == "MODEL_STATUS_ACTIVE"
     assert statuses[trained["version"]] in {"MODEL_STATUS_REGISTERED", "MODEL_STATUS_CHALLENGER"}
 
+    candidate = ["--model", onnx, "--features", features, "--model-name", "demo_propensity"]
     table = await run_cli(
-        capsys,
-        "evaluate",
-        *common,
-        "--model",
-        onnx,
-        "--features",
-        features,
-        "--model-name",
-        "demo_propensity",
-        "--epsilon",
-        "0.1",
-        "--resamples",
-        "200",
+        capsys, "evaluate", *common, *candidate, "--epsilon", "0.1", "--resamples", "200"
     )
-    for name in ("logged", "IPS", "SNIPS", "DR"):
-        assert any(line.split()[:1] == [name] for line in table.splitlines()), table
-    report = await run_json(
-        capsys, "evaluate", *common, "--lever", "service_setup_help=3", "--json"
-    )
-    assert report["decisions"] == len(decided)
+    for name in ("logged", "IPS", "SNIPS", "DR", "DR - logged"):
+        assert any(line.startswith(f"{name} ") for line in table.splitlines()), table
+    assert "promotion rule (DR - logged, lower bound > 0)" in table
+
+    # By default, only the decisions after the training window.
+    report = await run_json(capsys, "evaluate", *common, *candidate, "--json")
+    assert report["decisions"] == len(later)
+    assert report["overlaps_training"] is False
+    assert report["candidate"]["checksum"] == trained["checksum"]
     for name in ("logged", "IPS", "SNIPS", "DR"):
         estimate = report["estimates"][name]
         assert estimate["low"] <= estimate["value"] <= estimate["high"], (name, estimate)
+    difference = report["differences"]["DR"]
+    assert difference["value"] == pytest.approx(
+        report["estimates"]["DR"]["value"] - report["estimates"]["logged"]["value"]
+    )
+    assert report["promotion"]["difference_low"] == difference["low"]
 
-    activated = await run_json(
+    # The training window itself: refused, or flagged when asked for anyway.
+    refused = await run_cli(
+        capsys, "evaluate", *common, *candidate, "--since", start.isoformat(), "--json", code=2
+    )
+    assert "overlaps the model's training window" in refused
+    flagged = await run_json(
         capsys,
+        "evaluate",
+        *common,
+        *candidate,
+        "--since",
+        start.isoformat(),
+        "--allow-overlap",
+        "--json",
+    )
+    assert flagged["decisions"] == len(first) + len(later)
+    assert flagged["overlaps_training"] is True
+    assert flagged["promotion"]["significant"] is False
+    assert any(note.startswith("OVERLAP") for note in flagged["notes"])
+
+    promote = [
         "models",
-        "activate",
-        "--name",
+        "promote",
         "demo_propensity",
-        "--version",
         trained["version"],
         "--address",
         hub.models_address,
+    ]
+    overlapping = tmp_path / "overlapping.json"
+    overlapping.write_text(json.dumps(flagged))
+    refusal = await run_cli(capsys, *promote, "--evaluation", str(overlapping), code=1)
+    assert "evaluated on decisions it was trained on" in refusal
+    # A held-out evaluation whose difference is significantly positive promotes it.
+    held_out = tmp_path / "held-out.json"
+    held_out.write_text(
+        json.dumps({**report, "promotion": {**report["promotion"], "significant": True}})
     )
+    activated = await run_json(capsys, *promote, "--evaluation", str(held_out))
     assert activated["status"] == "MODEL_STATUS_ACTIVE"
     after = await stub.Decide(
         decision_pb2.DecideRequest(
@@ -202,6 +237,55 @@ async def test_decisions_train_a_challenger_that_is_evaluated_then_activated(
         timeout=10,
     )
     assert after.decision.model_version == f"demo_propensity:{trained['version']}"
+
+
+async def test_promote_refuses_a_difference_that_is_not_significant_unless_forced(
+    hub: Hub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await simulate(hub, seed=7)
+    common = ["--database-url", hub.database_url, "--no-progress", "--since", "1h"]
+    trained = await run_json(
+        capsys, "train", *common, "--address", hub.models_address, "--out", str(tmp_path), "--json"
+    )
+    onnx, features = trained["files"]
+    # The same decisions as training, flagged: never significant.
+    report = await run_json(
+        capsys,
+        "evaluate",
+        *common,
+        "--model",
+        onnx,
+        "--features",
+        features,
+        "--allow-overlap",
+        "--json",
+    )
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    promote = ["models", "promote", "demo_propensity", trained["version"]]
+    promote += ["--address", hub.models_address, "--evaluation", str(path)]
+
+    refusal = await run_cli(capsys, *promote, code=1)
+    assert "is not significantly positive" in refusal or "trained on" in refusal
+    assert "--force" in refusal
+    forced = await run_json(capsys, *promote, "--force")
+    assert forced["status"] == "MODEL_STATUS_ACTIVE"
+    # A report of another model is refused too.
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**report, "candidate": {"checksum": "0" * 64}}))
+    mismatch = await run_cli(
+        capsys,
+        "models",
+        "promote",
+        "demo_propensity",
+        trained["version"],
+        "--address",
+        hub.models_address,
+        "--evaluation",
+        str(other),
+        code=1,
+    )
+    assert "not demo_propensity:" in mismatch
 
 
 def rewrite_as_v1(database_url: str, decisions: list[LoggedDecision]) -> None:
@@ -269,4 +353,41 @@ async def test_train_and_evaluate_read_a_log_holding_both_snapshot_formats(
     for name, estimate in evaluated_v2["estimates"].items():
         assert evaluated_mixed["estimates"][name]["value"] == pytest.approx(
             estimate["value"], rel=1e-6
+        ), name
+
+
+async def test_the_log_exported_as_parquet_evaluates_as_the_database_does(
+    hub: Hub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pyarrow.parquet as pq
+
+    # The hub is shared with the other tests: only this test's decisions.
+    start = datetime.now(UTC).isoformat()
+    decided = await simulate(hub, seed=11)
+    out = tmp_path / "decisions.parquet"
+    common = ["--database-url", hub.database_url, "--no-progress"]
+    exported = await run_json(
+        capsys, "log", "export", *common, "--since", start, "--out", str(out), "--json"
+    )
+    assert exported["decisions"] == len(decided)
+
+    table = pq.read_table(out).to_pydict()
+    assert set(table["decision_id"]) == set(decided)
+    assert {"action", "propensity", "reward", "decided_at", "channel"} <= set(table)
+    assert set(table["channel"]) == {"mobile"}
+    assert any(name.startswith("event_count:") for name in table)
+    assert all(0 < p <= 1 for p in table["propensity"])
+
+    policy = tmp_path / "policy.csv"
+    policy.write_text("action,probability\nservice_setup_help,1.0\n")
+    from_file = await run_json(
+        capsys, "evaluate", "--log", str(out), "--policy-table", str(policy), "--json"
+    )
+    from_database = await run_json(
+        capsys, "evaluate", *common, "--since", start, "--policy-table", str(policy), "--json"
+    )
+    assert from_file["decisions"] == from_database["decisions"] == len(decided)
+    for name in ("logged", "IPS", "SNIPS"):
+        assert from_file["estimates"][name]["value"] == pytest.approx(
+            from_database["estimates"][name]["value"]
         ), name

@@ -9,6 +9,7 @@ import numpy.typing as npt
 import pytest
 
 from services.learning.estimators import (
+    Estimate,
     LoggedBandit,
     effective_sample_size,
     estimate_all,
@@ -26,6 +27,11 @@ class World:
 
     context_probability: npt.NDArray[np.float64]  # (CONTEXTS,)
     reward_probability: npt.NDArray[np.float64]  # (CONTEXTS, ACTIONS)
+
+
+def bounds(estimate: Estimate) -> tuple[float, float]:
+    assert estimate.low is not None and estimate.high is not None, estimate
+    return estimate.low, estimate.high
 
 
 def make_world(seed: int) -> World:
@@ -86,16 +92,16 @@ def test_ips_snips_and_dr_recover_the_true_value_of_a_target_policy(seed: int) -
     truth = true_value(world, target)
 
     # 99 % intervals: a dozen 95 % ones checked at once would miss now and then.
-    estimates = estimate_all(logs, resamples=400, seed=0, level=0.99)
+    estimates = estimate_all(logs, resamples=400, seed=0, level=0.99).values
 
     assert truth > true_value(world, logging) + 0.1  # the target is really different
     for name in ("IPS", "SNIPS", "DR"):
         found = estimates[name]
-        assert found.low <= truth <= found.high, (name, found, truth)
+        assert bounds(found)[0] <= truth <= bounds(found)[1], (name, found, truth)
         assert found.value == pytest.approx(truth, abs=0.03), name
     # The logged value is the logging policy's, not the target's.
-    logged = estimates["logged"]
-    assert logged.low <= true_value(world, logging) <= logged.high
+    low, high = bounds(estimates["logged"])
+    assert low <= true_value(world, logging) <= high
 
 
 def test_dr_with_the_true_reward_model_is_tighter_than_ips() -> None:
@@ -103,11 +109,13 @@ def test_dr_with_the_true_reward_model_is_tighter_than_ips() -> None:
     logging = epsilon_greedy(np.random.default_rng(8).normal(size=(CONTEXTS, ACTIONS)), 0.3)
     target = epsilon_greedy(world.reward_probability, 0.0)
     logs = simulate_logs(world, logging, target, world.reward_probability, n=5000, seed=9)
-    estimates = estimate_all(logs, resamples=400, seed=0)
+    estimates = estimate_all(logs, resamples=400, seed=0).values
     truth = true_value(world, target)
-    width = {name: estimates[name].high - estimates[name].low for name in ("IPS", "DR")}
+    width = {
+        name: bounds(estimates[name])[1] - bounds(estimates[name])[0] for name in ("IPS", "DR")
+    }
     assert width["DR"] < 0.6 * width["IPS"]
-    assert estimates["DR"].low <= truth <= estimates["DR"].high
+    assert bounds(estimates["DR"])[0] <= truth <= bounds(estimates["DR"])[1]
 
 
 def test_the_logging_policy_evaluated_on_its_own_logs_is_the_mean_reward() -> None:

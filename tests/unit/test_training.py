@@ -45,7 +45,7 @@ from services.learning.dataset import (
     logged_decision,
     training_matrix,
 )
-from services.learning.evaluate import TargetPolicy, evaluate_policy, logged_bandit
+from services.learning.evaluate import TargetPolicy, evaluate_policy, replay
 from services.learning.snapshot import SNAPSHOT_KEY, decision_snapshot
 from services.learning.train import train_propensity
 from services.scoring.model import CandidateScore, FeatureSpec
@@ -209,15 +209,15 @@ def test_the_logged_policy_replayed_on_its_own_logs_has_weight_one() -> None:
         )
         for i in range(10)
     ]
-    bandit, skipped, agreement = logged_bandit(decisions, TargetPolicy())
-    assert skipped == 0 and agreement == 1.0
-    assert np.allclose(bandit.weights, 1.0)
+    same = replay(decisions, TargetPolicy())
+    assert same.skipped == 0 and same.agreement == 1.0
+    assert np.allclose(same.bandit.weights, 1.0)
     # Raising b's lever makes the target serve b: no support in a greedy log.
-    switched, _, agreement = logged_bandit(decisions, TargetPolicy(levers={"b": 5.0}))
-    assert agreement == 0.0 and np.allclose(switched.weights, 0.0)
+    switched = replay(decisions, TargetPolicy(levers={"b": 5.0}))
+    assert switched.agreement == 0.0 and np.allclose(switched.bandit.weights, 0.0)
     # With exploration, a is still served with probability eps / 2.
-    exploring, _, _ = logged_bandit(decisions, TargetPolicy(epsilon=0.2, levers={"b": 5.0}))
-    assert np.allclose(exploring.weights, 0.1)
+    exploring = replay(decisions, TargetPolicy(epsilon=0.2, levers={"b": 5.0}))
+    assert np.allclose(exploring.bandit.weights, 0.1)
 
 
 def test_evaluating_on_uniformly_logged_demo_decisions_finds_the_better_policy() -> None:
@@ -234,7 +234,12 @@ def test_evaluating_on_uniformly_logged_demo_decisions_finds_the_better_policy()
     model = load_model("c", "1", result.onnx_model, DEMO_FEATURES)
     policy = TargetPolicy(model=CandidateModel(model, demo_feature_specs()))
     report = evaluate_policy(decisions, policy, resamples=200, seed=0)
-    logged = report.estimates["logged"]
+    estimates = report.estimates
+    logged = estimates.values["logged"]
     for name in ("IPS", "SNIPS", "DR"):
-        assert report.estimates[name].low > logged.high, (name, report.estimates)
-    assert report.decisions == 6000 and report.max_weight == pytest.approx(3.0)
+        low = estimates.values[name].low
+        assert low is not None and logged.high is not None
+        assert low > logged.high, (name, estimates)
+        difference = estimates.differences[name].low
+        assert difference is not None and difference > 0, name
+    assert report.decisions == 6000 and estimates.max_weight == pytest.approx(3.0)
