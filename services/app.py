@@ -16,6 +16,8 @@ import grpc
 
 from libs.changes import InProcessChangeFeed, change_feed
 from libs.config import ConfigError, Settings, Target
+from libs.contracts.context import PersonalizationLevel
+from libs.contracts.context_proto import ProfileContextEncoder
 from libs.logging import get_logger
 from libs.observability import Observability
 from libs.rpc.channels import open_channel
@@ -28,8 +30,7 @@ from services.arbitration.api import ArbitrationClient, arbitration_bindings
 from services.arbitration.parsing import CatalogParser
 from services.arbitration.repository import SqlArbitrationUnitOfWork
 from services.arbitration.service import ArbitrationService
-from services.context.api import ContextClient, ProfileContextEncoder, context_binding
-from services.context.model import PersonalizationLevel
+from services.context.api import ContextClient, context_binding
 from services.context.repository import SqlContextUnitOfWork
 from services.context.service import ContextService
 from services.identity.api import IdentityClient, identity_binding

@@ -30,10 +30,10 @@ import psycopg
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
+from libs.contracts.identity import Identifier
 from libs.storage import Database
 from libs.storage.database import sync_url
 from libs.storage.migrate import upgrade
-from services.identity.model import Identifier
 from services.identity.normalize import IdentifierKeyring
 from services.identity.repository import SqlIdentityUnitOfWork
 from services.identity.service import IdentityService

@@ -16,16 +16,17 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from services.arbitration.catalog import parse_catalog
-from services.arbitration.model import ActionDefinition, Catalog, ScoredCandidate
-from services.arbitration.service import ArbitrationService
-from services.context.model import (
+from libs.contracts.arbitration import ScoredCandidate
+from libs.contracts.context import (
     Contact,
     EventCounter,
     InteractionSummary,
     ProfileContext,
     WindowAggregate,
 )
+from services.arbitration.catalog import parse_catalog
+from services.arbitration.model import ActionDefinition, Catalog
+from services.arbitration.service import ArbitrationService
 from tools.bench_catalog import BENCH_CHANNEL, bench_catalog
 
 ISSUES = ("retention", "cross_sell", "upsell", "service", "loyalty")

@@ -8,6 +8,8 @@ from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
+from libs.errors import FieldViolation, InvalidArgument
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NAIVE_EPOCH = datetime(1970, 1, 1)
 
@@ -79,3 +81,23 @@ def datetime_to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp:
     if fields is None:
         return timestamp_pb2.Timestamp()
     return timestamp_pb2.Timestamp(**fields)
+
+
+def checked_struct(message: Any, field: str) -> dict[str, Any]:
+    """A Struct from the caller as a dict; NaN or infinity is the caller's mistake."""
+    try:
+        return struct_to_dict(message)
+    except ValueError as error:
+        raise InvalidArgument(
+            FieldViolation(field, f"not representable as JSON: {error}")
+        ) from None
+
+
+def checked_time(message: Any, field: str) -> datetime | None:
+    """A Timestamp from the caller (None when unset); out of range is the caller's mistake."""
+    if not 0 <= message.nanos < 1_000_000_000:
+        raise InvalidArgument(FieldViolation(field, "nanos must be within [0, 1e9)"))
+    try:
+        return timestamp_to_datetime(message)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(FieldViolation(field, "not a valid timestamp")) from None

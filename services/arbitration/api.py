@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, fields
 from typing import Any
 
 import grpc
@@ -13,34 +12,33 @@ from nextbest.arbitration.v1 import arbitration_pb2, arbitration_pb2_grpc
 from nextbest.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from nextbest.decision.v1 import decision_pb2
 
-from libs.rpc.client import call_peer
-from libs.rpc.convert import datetime_to_timestamp, dict_to_struct, struct_to_dict
-from libs.rpc.server import ServiceBinding
-from services.arbitration.catalog import catalog_to_document
-from services.arbitration.model import (
-    ActionDefinition,
-    CandidateExplanation,
+from libs.contracts.arbitration import (
     CandidateList,
     CandidateTable,
-    Catalog,
+    ListedAction,
     Prioritization,
     ScoredCandidate,
 )
+from libs.contracts.arbitration_proto import (
+    explanation_from_proto,
+    explanation_to_proto,
+)
+from libs.contracts.context import ProfileContext
+from libs.contracts.context_proto import ProfileContextEncoder, profile_context_from_proto
+from libs.rpc.client import call_peer
+from libs.rpc.convert import checked_struct, datetime_to_timestamp, dict_to_struct, struct_to_dict
+from libs.rpc.server import ServiceBinding
+from services.arbitration.catalog import catalog_to_document
+from services.arbitration.model import ActionDefinition, Catalog
 from services.arbitration.parsing import CatalogParser
 from services.arbitration.service import ArbitrationService
-from services.context.api import (
-    ProfileContextEncoder,
-    checked_struct,
-    profile_context_from_proto,
-)
-from services.context.model import ProfileContext
 
 ARBITRATION_SERVICE = arbitration_pb2.DESCRIPTOR.services_by_name["ArbitrationService"].full_name
 CATALOG_SERVICE = catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def action_to_proto(action: ActionDefinition) -> catalog_pb2.ActionDefinition:
+def action_to_proto(action: ListedAction) -> catalog_pb2.ActionDefinition:
     return catalog_pb2.ActionDefinition(
         action_id=action.action_id,
         name=action.name,
@@ -91,17 +89,6 @@ def action_from_proto(message: catalog_pb2.ActionDefinition) -> ActionDefinition
         prior_propensity=(
             message.prior_propensity if message.HasField("prior_propensity") else 0.05
         ),
-    )
-
-
-def explanation_to_proto(item: CandidateExplanation) -> decision_pb2.CandidateExplanation:
-    # The dataclass and the message share their field names.
-    return decision_pb2.CandidateExplanation(**asdict(item))
-
-
-def explanation_from_proto(item: decision_pb2.CandidateExplanation) -> CandidateExplanation:
-    return CandidateExplanation(
-        **{field.name: getattr(item, field.name) for field in fields(CandidateExplanation)}
     )
 
 

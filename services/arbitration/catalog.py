@@ -22,10 +22,11 @@ from typing import Any
 
 import yaml
 
+from libs.contracts.arbitration import Factors
 from libs.errors import FieldViolation, InvalidArgument, Violations
 from services.arbitration.contact import ContactPolicy, parse_contact_policies
 from services.arbitration.exploration import EPSILON_GREEDY, GREEDY, POLICIES, THOMPSON
-from services.arbitration.model import ActionDefinition, Catalog, Exploration, Factors
+from services.arbitration.model import ActionDefinition, Catalog, Exploration
 from services.arbitration.policies import KINDS, Rule, compile_rule, merge_fields
 from services.arbitration.typecheck import type_problem
 from services.arbitration.volume import VolumeConstraint, parse_volume_constraints

@@ -30,9 +30,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from libs.config import duration_s
+from libs.contracts.context import Contact, Outcome
 from libs.errors import Violations
 from services.arbitration.declared import open_declaration, parse_named_list
-from services.context.model import Contact, Outcome
 
 DECISION = "decision"
 CONTACT_KINDS = (DECISION, *(outcome.value for outcome in Outcome))

@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy
 
-from services.arbitration.model import ActionDefinition, CandidateExplanation, Exploration
+from libs.contracts.arbitration import CandidateExplanation
+from services.arbitration.model import ActionDefinition, Exploration
 from services.arbitration.volume import VolumeGate
 
 GREEDY = "greedy"

@@ -27,76 +27,16 @@ from typing import Any, overload
 import numpy as np
 import numpy.typing as npt
 
+from libs.contracts.arbitration import CandidateExplanation, CandidateTable, ScoredCandidate
+from libs.contracts.context import PERSONALIZATION, PersonalizationLevel, ProfileContext
+from libs.priority import priority_factors
 from services.arbitration.contact import ContactHistory, contact_block
-from services.arbitration.model import (
-    ActionDefinition,
-    CandidateExplanation,
-    CandidateTable,
-    Catalog,
-    ScoredCandidate,
-)
+from services.arbitration.model import ActionDefinition, Catalog
 from services.arbitration.policies import PolicyEvaluation, Rule, customer_variable
-from services.context.model import PERSONALIZATION, PersonalizationLevel, ProfileContext
 
 FloatArray = npt.NDArray[np.float64]
 IndexArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
-
-
-def priority_factors(
-    action: ActionDefinition,
-    candidate: ScoredCandidate,
-    context_weight: float = 1.0,
-    *,
-    rank: int = 0,
-    removal: tuple[str, str] | None = None,
-) -> CandidateExplanation:
-    """P, C, V, L as they enter the product: a factor switched off for the issue is 1 (the
-    reason says so, with the value it would have had). ``removal``: (removed_by, reason) of
-    a candidate a filter removed (not eligible, priority 0)."""
-    switches = action.factors
-    reason = ""
-    if switches.all_on:
-        propensity, weight = candidate.propensity, context_weight
-        value, lever = action.value, action.lever
-    else:
-        propensity = candidate.propensity if switches.propensity else 1.0
-        weight = context_weight if switches.context_weight else 1.0
-        value = action.value if switches.value else 1.0
-        lever = action.lever if switches.lever else 1.0
-        was = {
-            "propensity": candidate.propensity,
-            "context_weight": context_weight,
-            "value": action.value,
-            "lever": action.lever,
-        }
-        listed = ", ".join(f"{name} (would be {was[name]:.4g})" for name in switches.off())
-        reason = f"switched off for issue {action.issue}: {listed}"
-    if removal is not None:
-        return CandidateExplanation(
-            action_id=action.action_id,
-            eligible=False,
-            removed_by=removal[0],
-            reason=removal[1],
-            propensity=propensity,
-            context_weight=weight,
-            value=value,
-            lever=lever,
-            priority=0.0,
-            model_version=candidate.model_version,
-        )
-    return CandidateExplanation(
-        action_id=action.action_id,
-        eligible=True,
-        reason=reason,
-        propensity=propensity,
-        context_weight=weight,
-        value=value,
-        lever=lever,
-        priority=propensity * weight * value * lever,
-        rank=rank,
-        model_version=candidate.model_version,
-    )
 
 
 def _epoch(moment: datetime | None, missing: float) -> float:

@@ -54,8 +54,8 @@ from typing import Any
 
 import cel
 
+from libs.contracts.context import ProfileContext
 from libs.errors import Violations
-from services.context.model import ProfileContext
 
 VARIABLES = frozenset({"customer", "request", "action", "now"})
 KINDS = ("eligibility", "applicability", "suitability")

@@ -23,8 +23,16 @@ import numpy as np
 
 from libs.changes import ALL, ChangePublisher
 from libs.clock import utc_now
-from libs.errors import InvalidArgument, Violations
+from libs.contracts.arbitration import (
+    CandidateExplanation,
+    CandidateList,
+    Prioritization,
+    ScoredCandidate,
+)
+from libs.contracts.context import ProfileContext
+from libs.errors import InvalidArgument
 from libs.logging import get_logger
+from libs.priority import checked_candidates, ranked_in_order
 from services.arbitration.exploration import THOMPSON, Selection, choose_with_volume, select
 from services.arbitration.kernel import (
     ChannelPlan,
@@ -34,63 +42,17 @@ from services.arbitration.kernel import (
     Ranking,
     judge,
     plan_channel,
-    priority_factors,
     scored_arrays,
 )
-from services.arbitration.model import (
-    ActionDefinition,
-    CandidateExplanation,
-    CandidateList,
-    Catalog,
-    Prioritization,
-    ScoredCandidate,
-)
+from services.arbitration.model import Catalog
 from services.arbitration.repository import ArbitrationUnitOfWork
 from services.arbitration.volume import VolumeGate
-from services.context.model import ProfileContext
 
 UnitOfWorkFactory = Callable[[bool], ArbitrationUnitOfWork]
 EMPTY_CATALOG = Catalog(actions=(), min_priority=0.0, version="")
 _log = get_logger("nextbest.arbitration")
 # Channels whose listing of the current catalog is kept.
 _LISTINGS = 256
-
-
-def checked_candidates(
-    catalog: Catalog, scored: list[ScoredCandidate]
-) -> list[tuple[ActionDefinition, ScoredCandidate]]:
-    """Each scored candidate with its action; unknown ids and bad propensities refused."""
-    problems = Violations()
-    found: list[tuple[ActionDefinition, ScoredCandidate]] = []
-    action_of = catalog.by_id.get
-    for index, candidate in enumerate(scored):
-        action = action_of(candidate.action_id)
-        if action is None:
-            problems.add(f"candidates[{index}].action_id", "not in the catalog")
-        elif not 0.0 <= candidate.propensity <= 1.0:
-            problems.add(f"candidates[{index}].propensity", "must be within [0, 1]")
-        else:
-            found.append((action, candidate))
-    if problems.items:
-        problems.raise_if_any()
-    return found
-
-
-def ranked_in_order(items: Iterable[CandidateExplanation]) -> tuple[CandidateExplanation, ...]:
-    """Best first: priority descending, then action id (deterministic ties)."""
-    ordered = sorted(items, key=lambda f: (-f.priority, f.action_id))
-    return tuple(replace(f, rank=rank) for rank, f in enumerate(ordered, start=1))
-
-
-def rank_candidates(
-    catalog: Catalog, scored: list[ScoredCandidate]
-) -> tuple[CandidateExplanation, ...]:
-    """Priority = P x C x V x L with C = 1 (no customer context), best first; what the
-    orchestrator ranks by itself when arbitration cannot answer."""
-    return ranked_in_order(
-        priority_factors(action, candidate)
-        for action, candidate in checked_candidates(catalog, scored)
-    )
 
 
 def _removal_counts(names: Iterable[str]) -> str:
@@ -244,9 +206,9 @@ class ArbitrationService:
         rather than refused (a caller's listing may lag a new catalog by its cache time)."""
         catalog = await self.catalog()
         if listed_version and listed_version != catalog.version:
-            checked_candidates(catalog, [c for c in scored if c.action_id in catalog.by_id])
+            checked_candidates(catalog.by_id, [c for c in scored if c.action_id in catalog.by_id])
         else:
-            checked_candidates(catalog, scored)
+            checked_candidates(catalog.by_id, scored)
         plan = self.channel_plan(catalog, channel)
         members, propensity, versions, elsewhere = scored_arrays(plan, scored)
         judgement = judge(

@@ -50,7 +50,7 @@ class CatalogStateRow(Base):
 class CatalogVersionRow(Base):
     """Every catalog applied, by version: what a decision logged under that version was
     decided with (the compact decision log keeps only the version; see
-    services/learning/snapshot.py). Written in the same transaction as the catalog in force."""
+    libs/contracts/snapshot.py). Written in the same transaction as the catalog in force."""
 
     __tablename__ = "arbitration_catalog_versions"
 

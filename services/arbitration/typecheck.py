@@ -30,9 +30,7 @@ from functools import cache
 from typing import Any
 
 from libs.config import duration_s
-from services.arbitration.model import ActionDefinition
-from services.arbitration.policies import Rule, customer_variable
-from services.context.model import (
+from libs.contracts.context import (
     ChannelActivity,
     Contact,
     EventCounter,
@@ -42,6 +40,8 @@ from services.context.model import (
     ProfileContext,
     WindowAggregate,
 )
+from services.arbitration.model import ActionDefinition
+from services.arbitration.policies import Rule, customer_variable
 
 # What an expression must return, by the kind of rule (its name's prefix).
 BOOL = "bool"

@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from libs.config import AggregatesConfig, duration_s
-from services.context.model import WindowAggregate
+from libs.contracts.context import WindowAggregate
 
 WIDTHS_S = (300, 3600, 86400)
 MIN_BUCKETS_PER_WINDOW = 6

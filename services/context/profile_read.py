@@ -32,10 +32,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from libs.storage.session import DbSession, exec_driver_sql
-from libs.storage.types import sqlite_time_text, sqlite_time_value
-from services.context.aggregates import AggregatePlan
-from services.context.model import (
+from libs.contracts.context import (
     PERSONALIZATION,
     ChannelActivity,
     Consent,
@@ -47,6 +44,9 @@ from services.context.model import (
     ProfileContext,
     PurposeConsent,
 )
+from libs.storage.session import DbSession, exec_driver_sql
+from libs.storage.types import sqlite_time_text, sqlite_time_value
+from services.context.aggregates import AggregatePlan
 
 # Parts of the statement, by the number that tags their rows (SQLite) or their column
 # (PostgreSQL).

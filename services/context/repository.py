@@ -34,12 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from libs.storage import ErasingUnitOfWork, SqlUnitOfWork, StorageConflict
-from libs.storage.session import DbSession, exec_driver_sql
-from libs.storage.types import UtcDateTime, sqlite_time_text
-from libs.storage.upsert import upsert, upsert_many
-from services.context.aggregates import AggregatePlan, BatchAggregates
-from services.context.model import (
+from libs.contracts.context import (
     PERSONALIZATION,
     AttributeChange,
     Consent,
@@ -53,6 +48,11 @@ from services.context.model import (
     ProfileEvent,
     PurposeConsent,
 )
+from libs.storage import ErasingUnitOfWork, SqlUnitOfWork, StorageConflict
+from libs.storage.session import DbSession, exec_driver_sql
+from libs.storage.types import UtcDateTime, sqlite_time_text
+from libs.storage.upsert import upsert, upsert_many
+from services.context.aggregates import AggregatePlan, BatchAggregates
 from services.context.profile_read import ProfileReader
 from services.context.tables import (
     AttributesRow,

@@ -17,7 +17,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from services.context.model import EventCounter, ProfileContext
+from libs.contracts.context import EventCounter, ProfileContext
 from services.learning.dataset import LoggedCandidate, LoggedDecision, training_matrix
 from services.learning.train import train_propensity
 from services.scoring.model import FeatureSpec

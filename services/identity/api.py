@@ -6,24 +6,19 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
-from nextbest.decision.v1 import decision_pb2
 from nextbest.identity.v1 import identity_pb2, identity_pb2_grpc
 
+from libs.contracts.identity import Identifier, ProfileLookup, Repoint, Resolution
+from libs.contracts.identity_proto import (
+    identifiers_from_proto,
+    identifiers_to_proto,
+)
 from libs.rpc.client import call_peer
 from libs.rpc.server import ServiceBinding
-from services.identity.model import Identifier, ProfileLookup, Repoint, Resolution
 from services.identity.service import IdentityService
 
 SERVICE_NAME = identity_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def identifiers_from_proto(items: Any) -> list[Identifier]:
-    return [Identifier(type=item.type, value=item.value) for item in items]
-
-
-def identifiers_to_proto(items: list[Identifier]) -> list[decision_pb2.Identifier]:
-    return [decision_pb2.Identifier(type=item.type, value=item.value) for item in items]
 
 
 def resolution_to_proto(resolution: Resolution) -> identity_pb2.ResolveProfileResponse:

@@ -1,43 +1,10 @@
-"""Identity vocabulary: identifiers as channels send them, and what resolving them gives."""
+"""Identity's own vocabulary: stored links and the audit of merges and re-points (what
+crosses its port is in libs/contracts/identity.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-
-
-@dataclass(frozen=True)
-class Identifier:
-    type: str
-    value: str
-
-
-@dataclass(frozen=True)
-class Repoint:
-    """A shared identifier taken from another known customer's profile (never a merge)."""
-
-    identifier_type: str
-    from_profile_id: str
-
-
-@dataclass(frozen=True)
-class Resolution:
-    profile_id: str
-    created: bool = False
-    merged_profile_ids: tuple[str, ...] = field(default_factory=tuple)
-    repointed: tuple[Repoint, ...] = field(default_factory=tuple)
-    # Profiles merged into profile_id by earlier calls whose context is not confirmed moved
-    # yet (those of merged_profile_ids are unsettled too): the caller moves the context of
-    # both (idempotent) and settles them (IdentityService.settle_merges).
-    unsettled_merged_ids: tuple[str, ...] = field(default_factory=tuple)
-
-
-@dataclass(frozen=True)
-class ProfileLookup:
-    profile_id: str | None
-    identifier_types: tuple[str, ...] = ()
-    # As Resolution.unsettled_merged_ids: merged profiles whose context may not have moved.
-    unsettled_merged_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -48,7 +15,8 @@ class StoredLink:
     digest: str
     profile_id: str
     last_seen: datetime
-    # The profile has merges whose context is not confirmed moved (see Resolution).
+    # The profile has merges whose context is not confirmed moved (see Resolution in
+    # libs/contracts/identity.py).
     unsettled: bool = False
 
 

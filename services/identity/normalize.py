@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 import phonenumbers
 
+from libs.contracts.identity import Identifier
 from libs.errors import Violations
-from services.identity.model import Identifier
 from services.identity.rules import DEFAULT_BLOCKED_VALUES, IdentifierType, IdentityRules
 
 if TYPE_CHECKING:

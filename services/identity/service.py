@@ -38,21 +38,13 @@ from datetime import datetime
 import structlog
 
 from libs.clock import utc_now
+from libs.contracts.identity import Identifier, ProfileLookup, Repoint, Resolution
 from libs.errors import InvalidArgument, Violations
 from libs.group_commit import GroupCommit, Pending
 from libs.logging import get_logger
 from libs.pii import redact_text
 from libs.storage import StorageConflict
-from services.identity.model import (
-    Cause,
-    Identifier,
-    MergeRecord,
-    ProfileLookup,
-    Repoint,
-    RepointRecord,
-    Resolution,
-    StoredLink,
-)
+from services.identity.model import Cause, MergeRecord, RepointRecord, StoredLink
 from services.identity.normalize import IdentifierKeyring, KeyedIdentifier
 from services.identity.repository import IdentityUnitOfWork
 from services.identity.stitching import plan_stitch

@@ -18,10 +18,16 @@ from typing import Any
 
 from sqlalchemy import JSON, String, Table, and_, bindparam, cast, func, or_, select, update
 
+from libs.contracts.context import DecisionRecord
+from libs.contracts.profile_snapshot import profile_context_from_dict
+from libs.contracts.snapshot import (
+    COMPACT_VERSION,
+    SNAPSHOT_KEY,
+    SNAPSHOT_VERSION,
+    compact_snapshot,
+)
 from services.arbitration.model import Catalog
-from services.context.model import DecisionRecord
 from services.context.repository import json_text
-from services.context.snapshot import profile_context_from_dict
 from services.context.tables import DecisionRow
 from services.learning.dataset import (
     CatalogVersions,
@@ -29,14 +35,7 @@ from services.learning.dataset import (
     LoggedDecision,
     read_logged_decision,
 )
-from services.learning.snapshot import (
-    COMPACT_VERSION,
-    SNAPSHOT_KEY,
-    SNAPSHOT_VERSION,
-    compact_snapshot,
-    snapshot_version,
-    table_from_v1,
-)
+from services.learning.snapshot import snapshot_version, table_from_v1
 
 __all__ = ["CompactReport", "compact_log", "compact_v1", "same_candidates"]
 

@@ -21,23 +21,18 @@ import numpy as np
 import numpy.typing as npt
 
 from libs.clock import utc_now
-from services.context.model import (
-    DecisionRecord,
-    Outcome,
-    OutcomeRecord,
-    ProfileContext,
-)
-from services.context.snapshot import profile_context_from_dict
+from libs.contracts.context import DecisionRecord, Outcome, OutcomeRecord, ProfileContext
+from libs.contracts.profile_snapshot import profile_context_from_dict
+from libs.contracts.scoring import ScoringCandidate
+from libs.contracts.snapshot import COMPACT_VERSION, SNAPSHOT_KEY
 from services.learning.snapshot import (
-    COMPACT_VERSION,
-    SNAPSHOT_KEY,
     UnknownCatalogVersion,
     snapshot_version,
     unpack_v2,
     v2_profile,
 )
 from services.scoring.features import FeatureBuilder, ScoringInput
-from services.scoring.model import FeatureSpec, ScoringCandidate
+from services.scoring.model import FeatureSpec
 
 if TYPE_CHECKING:
     from libs.storage.session import DbSession

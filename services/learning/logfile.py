@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from services.context.model import ProfileContext
+from libs.contracts.context import ProfileContext
 from services.learning.dataset import LoggedCandidate, LoggedDecision
 from services.scoring.model import FeatureSpec
 

@@ -12,17 +12,9 @@ from nextbest.decision.v1 import decision_pb2, decision_pb2_grpc
 from nextbest.privacy.v1 import privacy_pb2, privacy_pb2_grpc
 
 from libs.clock import utc_now
-from libs.rpc.convert import (
-    datetime_to_timestamp,
-    dict_to_struct,
-    struct_to_dict,
-    timestamp_to_datetime,
-)
-from libs.rpc.server import ServiceBinding
-from services.arbitration.api import explanation_to_proto
-from services.context.api import (
-    checked_struct,
-    checked_time,
+from libs.contracts.arbitration_proto import explanation_to_proto
+from libs.contracts.context import AttributeChange
+from libs.contracts.context_proto import (
     consent_change_from_proto,
     consent_to_proto,
     event_to_proto,
@@ -32,9 +24,17 @@ from services.context.api import (
     profile_context_to_proto,
     record_to_proto,
 )
-from services.context.model import AttributeChange
-from services.identity.api import identifiers_from_proto
-from services.identity.model import Identifier
+from libs.contracts.identity import Identifier
+from libs.contracts.identity_proto import identifiers_from_proto
+from libs.rpc.convert import (
+    checked_struct,
+    checked_time,
+    datetime_to_timestamp,
+    dict_to_struct,
+    struct_to_dict,
+    timestamp_to_datetime,
+)
+from libs.rpc.server import ServiceBinding
 from services.orchestrator.model import DecideCommand, Decision, TrackedEvent
 from services.orchestrator.service import DecisionEngine, PrivacyAdmin
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from services.arbitration.model import CandidateExplanation
-from services.identity.model import Identifier
+from libs.contracts.arbitration import CandidateExplanation
+from libs.contracts.identity import Identifier
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,9 @@ import itertools
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from libs.contracts.context import DecisionRecord, RecordedDecision
 from libs.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
 from libs.logging import get_logger
-from services.context.model import DecisionRecord, RecordedDecision
 from services.orchestrator.ports import ContextPort
 
 _log = get_logger("nextbest.orchestrator.outbox")

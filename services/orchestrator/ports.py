@@ -12,9 +12,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from libs.errors import DomainError
-from services.arbitration.model import CandidateList, Prioritization, ScoredCandidate
-from services.context.model import (
+from libs.contracts.arbitration import CandidateList, Prioritization, ScoredCandidate
+from libs.contracts.context import (
     AppendResult,
     AttributeChange,
     Consent,
@@ -28,8 +27,9 @@ from services.context.model import (
     ProfileExport,
     RecordedDecision,
 )
-from services.identity.model import Identifier, ProfileLookup, Resolution
-from services.scoring.model import CandidateScore, ScoringCandidate
+from libs.contracts.identity import Identifier, ProfileLookup, Resolution
+from libs.contracts.scoring import CandidateScore, ScoringCandidate
+from libs.errors import DomainError
 
 
 class IdentityPort(Protocol):

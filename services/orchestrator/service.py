@@ -19,22 +19,14 @@ import structlog
 
 from libs.changes import ALL, ChangePublisher, InProcessChangeFeed
 from libs.clock import utc_now
-from libs.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Violations
-from libs.logging import get_logger
-from libs.memo import ByIdentity
-from libs.pii import redact_for_storage
-from libs.rpc.client import remaining_s, set_deadline
-from libs.rpc.guarded import DependencyFailed
-from services.arbitration.model import (
-    ActionDefinition,
+from libs.contracts.arbitration import (
     CandidateExplanation,
     CandidateList,
-    Catalog,
+    ListedAction,
     Prioritization,
     ScoredCandidate,
 )
-from services.arbitration.service import rank_candidates
-from services.context.model import (
+from libs.contracts.context import (
     PROFILING,
     AppendResult,
     AttributeChange,
@@ -49,16 +41,24 @@ from services.context.model import (
     ProfileEvent,
     ProfileExport,
 )
-from services.context.service import (
+from libs.contracts.context_checks import (
     MAX_EVENTS_PER_BATCH,
     check_attribute_change,
     check_consent_change,
     check_event_fields,
-    check_id_without_email,
+    check_id_without_personal_data,
     check_predictions,
 )
-from services.identity.model import Identifier, ProfileLookup, Resolution
-from services.learning.snapshot import SNAPSHOT_KEY, compact_snapshot, decision_snapshot
+from libs.contracts.identity import Identifier, ProfileLookup, Resolution
+from libs.contracts.scoring import CandidateScore, ScoringCandidate
+from libs.contracts.snapshot import SNAPSHOT_KEY, compact_snapshot, decision_snapshot
+from libs.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Violations
+from libs.logging import get_logger
+from libs.memo import ByIdentity
+from libs.pii import redact_for_storage
+from libs.priority import rank_candidates
+from libs.rpc.client import remaining_s, set_deadline
+from libs.rpc.guarded import DependencyFailed
 from services.orchestrator.model import (
     DecideCommand,
     DecidedAction,
@@ -81,7 +81,6 @@ from services.orchestrator.ports import (
     SettlingIdentityPort,
     ValidatedEventsPort,
 )
-from services.scoring.model import CandidateScore, ScoringCandidate
 
 # The metric label of redactions of a Decide's request context (see _decide).
 REQUEST_CONTEXT = "request_context"
@@ -122,7 +121,7 @@ def _validate_decide(command: DecideCommand) -> None:
         "lower-case name of at most 64 characters",
     )
     problems.require(len(command.request_id) <= 128, "request_id", "at most 128 characters")
-    check_id_without_email(problems, "request_id", command.request_id)
+    check_id_without_personal_data(problems, "request_id", command.request_id)
     problems.require(
         len(repr(command.context)) <= MAX_CONTEXT_BYTES,
         "context",
@@ -239,10 +238,10 @@ def _prioritize_here(
     default = _default_action(listed, command, "arbitration unavailable")
     if default is not None:
         return default
-    catalog = Catalog(listed.candidates, listed.min_priority)
+    by_id = {a.action_id: a for a in listed.candidates}
     free = listed.unconditional
     ranked = rank_candidates(
-        catalog,
+        by_id,
         [
             ScoredCandidate(s.action_id, s.propensity, s.model_version)
             for s in scores
@@ -262,7 +261,7 @@ def _prioritize_here(
             else "no action (ranked without arbitration)",
         )
     return Prioritization(
-        catalog.action(best.action_id),
+        by_id.get(best.action_id),
         replace(best, won=True),
         shown,
         listed.min_priority,
@@ -337,11 +336,11 @@ class DecisionEngine:
         # Last candidates per (channel, placement): the fallback when arbitration is down.
         self._last_candidates: OrderedDict[tuple[str, str], CandidateList] = OrderedDict()
         # The scoring candidates of each listed tuple of actions (see _scoring_candidates).
-        self._scoring_inputs: ByIdentity[
-            tuple[ActionDefinition, ...], tuple[ScoringCandidate, ...]
-        ] = ByIdentity(_SCORING_INPUTS)
+        self._scoring_inputs: ByIdentity[tuple[ListedAction, ...], tuple[ScoringCandidate, ...]] = (
+            ByIdentity(_SCORING_INPUTS)
+        )
         self._model_groups_of: ByIdentity[
-            tuple[ActionDefinition, ...], tuple[tuple[str, npt.NDArray[np.int64]], ...]
+            tuple[ListedAction, ...], tuple[tuple[str, npt.NDArray[np.int64]], ...]
         ] = ByIdentity(_SCORING_INPUTS)
 
     async def close(self) -> None:
@@ -703,7 +702,7 @@ class DecisionEngine:
         snapshot: dict[str, Any] | None = None,
     ) -> Decision:
         """Hand the decision to the outbox; ``snapshot`` (what it knew,
-        services/learning/snapshot.py) is kept in its payload for the learning loop. A
+        libs/contracts/snapshot.py) is kept in its payload for the learning loop. A
         request with a request_id waits for the write, since a retry must get the decision
         stored first (a replay returns that one)."""
         structlog.contextvars.bind_contextvars(decision_id=decision.decision_id)

@@ -10,25 +10,15 @@ import numpy as np
 import numpy.typing as npt
 from nextbest.scoring.v1 import model_pb2, model_pb2_grpc, scoring_pb2, scoring_pb2_grpc
 
+from libs.contracts.context import ProfileContext
+from libs.contracts.context_proto import ProfileContextEncoder, profile_context_from_proto
+from libs.contracts.scoring import CandidateScore, ScoringCandidate
 from libs.memo import ByIdentity
 from libs.rpc.client import call_peer
-from libs.rpc.convert import datetime_to_timestamp, dict_to_struct
+from libs.rpc.convert import checked_struct, datetime_to_timestamp, dict_to_struct
 from libs.rpc.server import ServiceBinding
-from services.context.api import (
-    ProfileContextEncoder,
-    checked_struct,
-    profile_context_from_proto,
-)
-from services.context.model import ProfileContext
 from services.scoring.inference import inference_binding
-from services.scoring.model import (
-    CandidateScore,
-    FeatureSpec,
-    FeatureType,
-    ModelInfo,
-    ModelStatus,
-    ScoringCandidate,
-)
+from services.scoring.model import FeatureSpec, FeatureType, ModelInfo, ModelStatus
 from services.scoring.service import ScoringService
 
 SCORING_SERVICE = scoring_pb2.DESCRIPTOR.services_by_name["ScoringService"].full_name

@@ -43,10 +43,11 @@ import numpy.typing as npt
 
 from libs.clock import utc_now
 from libs.config import duration_s
+from libs.contracts.context import Outcome, PersonalizationLevel, ProfileContext
+from libs.contracts.scoring import ScoringCandidate
 from libs.errors import FieldViolation, InvalidArgument, Violations
 from libs.memo import ByIdentity
-from services.context.model import Outcome, PersonalizationLevel, ProfileContext
-from services.scoring.model import FeatureSpec, FeatureType, ScoringCandidate
+from services.scoring.model import FeatureSpec, FeatureType
 
 _INTERACTIONS = ("decisions", "impressions", "clicks", "accepts", "rejects", "conversions")
 _CONTACT_KINDS = frozenset({"decision", "any", *(o.value for o in Outcome)})

@@ -1,4 +1,5 @@
-"""Scoring vocabulary: model registry entries, candidates to score, their scores."""
+"""Scoring's own vocabulary: model registry entries and feature specs (candidates and scores,
+which cross its port, are in libs/contracts/scoring.py)."""
 
 from __future__ import annotations
 
@@ -53,22 +54,3 @@ class ModelInfo:
     @property
     def label(self) -> str:
         return f"{self.name}:{self.version}"
-
-
-@dataclass(frozen=True)
-class ScoringCandidate:
-    action_id: str
-    model: str
-    issue: str
-    group: str
-    value: float
-    lever: float
-    prior_propensity: float
-
-
-@dataclass(frozen=True)
-class CandidateScore:
-    action_id: str
-    propensity: float
-    model_version: str
-    fallback: bool = False

@@ -34,20 +34,15 @@ import numpy.typing as npt
 
 from libs.changes import ALL, ChangePublisher
 from libs.clock import utc_now
+from libs.contracts.context import ProfileContext
+from libs.contracts.scoring import CandidateScore, ScoringCandidate
 from libs.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Violations
 from libs.logging import get_logger
 from libs.memo import ByIdentity
 from libs.storage import StorageConflict
-from services.context.model import ProfileContext
 from services.scoring.features import FeatureBuilder, ScoringInput, resolve_features
 from services.scoring.metadata import FEATURES_KEY, embedded_features
-from services.scoring.model import (
-    CandidateScore,
-    FeatureSpec,
-    ModelInfo,
-    ModelStatus,
-    ScoringCandidate,
-)
+from services.scoring.model import FeatureSpec, ModelInfo, ModelStatus
 from services.scoring.repository import ScoringUnitOfWork
 from services.scoring.runtime import LoadedModel, ModelValidationError, checksum, load_model
 

@@ -14,12 +14,12 @@ import tritonclient.grpc as triton  # type: ignore[import-untyped]
 from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
 
 from libs.config import Settings, Target
+from libs.contracts.context import EventCounter, ProfileContext
+from libs.contracts.scoring import ScoringCandidate
 from services.app import BuiltTarget, build_target
-from services.context.model import EventCounter, ProfileContext
 from services.demo.seed import demo_features
 from services.demo.train import DEMO_FEATURES, DEMO_MODEL_NAME, DEMO_MODEL_VERSION
 from services.scoring.api import ScoringClient
-from services.scoring.model import ScoringCandidate
 from tests.e2e.conftest import Hub
 
 CUSTOMERS = [

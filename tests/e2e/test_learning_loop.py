@@ -16,12 +16,12 @@ import pytest
 from nextbest.decision.v1 import decision_pb2, decision_pb2_grpc
 from sqlalchemy import Table, create_engine, select, update
 
+from libs.contracts.profile_snapshot import profile_context_to_dict
+from libs.contracts.snapshot import SNAPSHOT_KEY
 from libs.storage.database import sync_url
 from services.cli import main
-from services.context.snapshot import profile_context_to_dict
 from services.context.tables import DecisionRow
 from services.learning.dataset import LoggedDecision, iter_logged_decisions
-from services.learning.snapshot import SNAPSHOT_KEY
 from tests.e2e.conftest import Hub
 
 CUSTOMERS = 60

@@ -17,8 +17,8 @@ from nextbest.context.v1 import profile_pb2
 from nextbest.decision.v1 import decision_pb2
 from nextbest.privacy.v1 import privacy_pb2
 
+from libs.contracts.context_checks import PERSONAL_DATA_IN_ID
 from libs.rpc.convert import struct_to_dict
-from services.context.service import PERSONAL_DATA_IN_ID
 from tests.e2e.conftest import Hub
 from tests.e2e.test_decisions import decide, field_violations, ident, stub, unique
 from tests.e2e.test_memory import privacy, profiles

@@ -14,9 +14,7 @@ from typing import Any
 
 import pytest
 
-from libs.errors import InvalidArgument
-from libs.storage import Database
-from services.context.model import (
+from libs.contracts.context import (
     AttributeChange,
     ConsentChange,
     DecisionRecord,
@@ -26,16 +24,20 @@ from services.context.model import (
     Prediction,
     ProfileEvent,
 )
+from libs.contracts.context_checks import (
+    MAX_SOURCE,
+    PERSONAL_DATA,
+    PERSONAL_DATA_IN_ID,
+    PROFILE_UPDATE_EVENT,
+)
+from libs.errors import InvalidArgument
+from libs.storage import Database
 from services.context.repository import SqlContextUnitOfWork
 from services.context.service import (
     CONSENT_SOURCE,
     DECISION_PAYLOAD,
     EVENT_ATTRIBUTES,
-    MAX_SOURCE,
-    PERSONAL_DATA,
-    PERSONAL_DATA_IN_ID,
     PROFILE_ATTRIBUTES,
-    PROFILE_UPDATE_EVENT,
     ContextService,
 )
 from tests.storage.scan import rows_mentioning

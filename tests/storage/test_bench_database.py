@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from libs.contracts.context import DecisionRecord
 from libs.storage import Database
-from services.context.model import DecisionRecord
 from services.context.repository import SqlContextUnitOfWork
 from services.context.service import ContextService
 from tools import bench_database

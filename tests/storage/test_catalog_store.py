@@ -12,17 +12,18 @@ import yaml
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import IntegrityError
 
+from libs.contracts.arbitration import ScoredCandidate
+from libs.contracts.context import ProfileContext
 from libs.errors import InvalidArgument
 from libs.storage import Database, StorageConflict
 from libs.storage.database import sync_url
 from libs.storage.migrate import upgrade
 from services.app import MIGRATIONS
 from services.arbitration.catalog import parse_catalog_yaml
-from services.arbitration.model import Catalog, ScoredCandidate
+from services.arbitration.model import Catalog
 from services.arbitration.repository import SqlArbitrationUnitOfWork
 from services.arbitration.service import ArbitrationService
 from services.arbitration.tables import CatalogStateRow
-from services.context.model import ProfileContext
 from services.demo.seed import DEMO_CATALOG
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

@@ -6,9 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-from libs.storage import Database
-from services.context.api import profile_context_from_proto, profile_context_to_proto
-from services.context.model import (
+from libs.contracts.context import (
     ConsentChange,
     Contact,
     DecisionRecord,
@@ -16,6 +14,8 @@ from services.context.model import (
     OutcomeReport,
     PersonalizationLevel,
 )
+from libs.contracts.context_proto import profile_context_from_proto, profile_context_to_proto
+from libs.storage import Database
 from services.context.repository import MAX_CONTACTS, SqlContextUnitOfWork
 from services.context.service import ContextService
 

@@ -12,9 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from libs.config import AggregatesConfig
-from libs.errors import InvalidArgument
-from libs.storage import Database, SqlUnitOfWork
-from services.context.model import (
+from libs.contracts.context import (
     AttributeChange,
     ConsentChange,
     DecisionRecord,
@@ -24,6 +22,8 @@ from services.context.model import (
     Prediction,
     ProfileEvent,
 )
+from libs.errors import InvalidArgument
+from libs.storage import Database, SqlUnitOfWork
 from services.context.repository import SqlContextUnitOfWork
 from services.context.service import ContextService
 from services.context.tables import BucketRow

@@ -11,9 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from libs.errors import InvalidArgument, NotFound
-from libs.storage import Database, SqlUnitOfWork
-from services.context.model import (
+from libs.contracts.context import (
     ConsentChange,
     DecisionRecord,
     InteractionSummary,
@@ -23,6 +21,8 @@ from services.context.model import (
     Prediction,
     ProfileEvent,
 )
+from libs.errors import InvalidArgument, NotFound
+from libs.storage import Database, SqlUnitOfWork
 from services.context.repository import SqlContextUnitOfWork
 from services.context.service import ContextService
 from services.tables import metadata

@@ -10,13 +10,13 @@ import pytest
 from sqlalchemy import select
 
 from libs.config import load_settings
+from libs.contracts.context import ProfileEvent
+from libs.contracts.identity import Identifier
 from libs.storage import Database
 from services.app import MIGRATIONS
-from services.context.model import ProfileEvent
 from services.context.repository import SqlContextUnitOfWork
 from services.context.service import ContextService
 from services.context.tables import EventRow
-from services.identity.model import Identifier
 from services.identity.normalize import IdentifierKeyring
 from services.identity.repository import SqlIdentityUnitOfWork
 from services.identity.service import IdentityService

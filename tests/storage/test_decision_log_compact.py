@@ -14,6 +14,8 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
+from libs.contracts.context import DecisionRecord
+from libs.contracts.snapshot import SNAPSHOT_KEY
 from libs.storage import Database
 from libs.storage.database import sync_url
 from libs.storage.migrate import upgrade
@@ -24,12 +26,10 @@ from services.arbitration.model import Catalog
 from services.arbitration.repository import SqlArbitrationUnitOfWork, SqlCatalogRepository
 from services.arbitration.service import ArbitrationService
 from services.cli import main
-from services.context.model import DecisionRecord
 from services.context.repository import SqlContextUnitOfWork
 from services.context.service import ContextService
 from services.demo.seed import DEMO_CATALOG
 from services.learning.dataset import LoggedDecision, LogReading, iter_logged_decisions
-from services.learning.snapshot import SNAPSHOT_KEY
 from tests.unit.test_decision_log_v2 import CATALOG, decided
 
 START = datetime(2025, 5, 1, 9, 0, tzinfo=UTC)

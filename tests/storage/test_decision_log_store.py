@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
 
+from libs.contracts.context import DecisionRecord, Prediction
 from libs.errors import AlreadyExists
 from libs.storage import Database
-from services.context.model import DecisionRecord, Prediction
 from services.context.repository import SqlContextUnitOfWork
 from services.context.service import ContextService
 

@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, event, func, select
 
-from libs.storage import Database, SqlUnitOfWork
-from services.context.model import (
+from libs.contracts.context import (
     AttributeChange,
     ConsentChange,
     DecisionRecord,
@@ -24,9 +23,10 @@ from services.context.model import (
     Prediction,
     ProfileEvent,
 )
+from libs.contracts.identity import Identifier
+from libs.storage import Database, SqlUnitOfWork
 from services.context.repository import SqlContextUnitOfWork
 from services.context.service import ContextService
-from services.identity.model import Identifier
 from services.identity.normalize import IdentifierKeyring
 from services.identity.repository import IdentityUnitOfWork, SqlIdentityUnitOfWork
 from services.identity.service import IdentityService

@@ -13,11 +13,11 @@ import grpc
 import pytest
 from sqlalchemy import event, select
 
+from libs.contracts.identity import Identifier, Repoint, Resolution
 from libs.errors import InvalidArgument
 from libs.rpc.server import create_server
 from libs.storage import Database, SqlUnitOfWork
 from services.identity.api import IdentityClient, identity_binding
-from services.identity.model import Identifier, Repoint, Resolution
 from services.identity.normalize import IdentifierKeyring
 from services.identity.repository import SqlIdentityUnitOfWork
 from services.identity.service import IdentityService

@@ -11,8 +11,8 @@ from typing import cast
 
 from sqlalchemy import select
 
+from libs.contracts.identity import Identifier
 from libs.storage import Database, SqlUnitOfWork
-from services.identity.model import Identifier
 from services.identity.normalize import IdentifierKeyring, KeyedIdentifier
 from services.identity.repository import SqlIdentityUnitOfWork
 from services.identity.service import IdentityService

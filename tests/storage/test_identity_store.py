@@ -13,11 +13,11 @@ import structlog
 from sqlalchemy import func, select
 
 from libs.clock import utc_now
+from libs.contracts.identity import Identifier, Repoint
 from libs.errors import InvalidArgument
 from libs.rpc.server import create_server
 from libs.storage import Database, SqlUnitOfWork
 from services.identity.api import IdentityClient, identity_binding
-from services.identity.model import Identifier, Repoint
 from services.identity.normalize import IdentifierKeyring
 from services.identity.repository import SqlIdentityUnitOfWork
 from services.identity.service import IdentityService

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from libs.contracts.context import DecisionRecord, Outcome, OutcomeReport
 from libs.storage import Database
-from services.context.model import DecisionRecord, Outcome, OutcomeReport
 from services.context.repository import (
     SqlContextUnitOfWork,
     count_decisions,

@@ -14,9 +14,9 @@ import pytest
 from nextbest.context.v1 import context_pb2, context_pb2_grpc
 
 from libs.config import Settings, Target
+from libs.contracts.context_proto import record_from_proto
 from libs.rpc.convert import datetime_to_timestamp
 from libs.storage import Database
-from services.context.api import record_from_proto
 from tests.e2e.test_decisions import field_descriptions
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)

@@ -10,18 +10,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from libs.contracts.context import EventCounter, ProfileContext
+from libs.contracts.scoring import ScoringCandidate
 from libs.errors import FailedPrecondition, InvalidArgument, NotFound
 from libs.storage import Database
-from services.context.model import EventCounter, ProfileContext
 from services.demo.seed import demo_features
 from services.demo.train import DEMO_FEATURES
-from services.scoring.model import (
-    FeatureSpec,
-    FeatureType,
-    ModelInfo,
-    ModelStatus,
-    ScoringCandidate,
-)
+from services.scoring.model import FeatureSpec, FeatureType, ModelInfo, ModelStatus
 from services.scoring.repository import SqlScoringUnitOfWork
 from services.scoring.service import ScoringService
 

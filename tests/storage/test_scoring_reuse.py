@@ -3,10 +3,10 @@ kept for it follows the registry (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+from libs.contracts.context import EventCounter, ProfileContext
+from libs.contracts.scoring import ScoringCandidate
 from libs.storage import Database
-from services.context.model import EventCounter, ProfileContext
 from services.demo.seed import demo_features
-from services.scoring.model import ScoringCandidate
 from services.scoring.repository import SqlScoringUnitOfWork
 from services.scoring.service import ScoringService
 from tests.storage.test_scoring_registry import same_model_other_bytes

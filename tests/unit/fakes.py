@@ -14,13 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from libs.errors import AlreadyExists, DomainError, InvalidArgument, NotFound
-from libs.storage import StorageConflict
-from services.arbitration.model import Catalog
-from services.arbitration.repository import ArbitrationUnitOfWork, CatalogRepository
-from services.arbitration.service import UnitOfWorkFactory as ArbitrationUnits
-from services.arbitration.volume import VolumeClaim, VolumeRepository
-from services.context.model import (
+from libs.contracts.context import (
     AppendResult,
     AttributeChange,
     Consent,
@@ -35,18 +29,18 @@ from services.context.model import (
     PurposeConsent,
     RecordedDecision,
 )
-from services.identity.model import (
-    Identifier,
-    MergeRecord,
-    ProfileLookup,
-    RepointRecord,
-    Resolution,
-    StoredLink,
-)
+from libs.contracts.identity import Identifier, ProfileLookup, Resolution
+from libs.contracts.scoring import CandidateScore, ScoringCandidate
+from libs.errors import AlreadyExists, DomainError, InvalidArgument, NotFound
+from libs.storage import StorageConflict
+from services.arbitration.model import Catalog
+from services.arbitration.repository import ArbitrationUnitOfWork, CatalogRepository
+from services.arbitration.service import UnitOfWorkFactory as ArbitrationUnits
+from services.arbitration.volume import VolumeClaim, VolumeRepository
+from services.identity.model import MergeRecord, RepointRecord, StoredLink
 from services.identity.normalize import BLOCKED_VALUES
 from services.identity.repository import IdentityRepository, IdentityUnitOfWork
 from services.identity.service import UnitOfWorkFactory as IdentityUnits
-from services.scoring.model import CandidateScore, ScoringCandidate
 
 # --------------------------------------------------------------------------- orchestrator ports
 

@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 
+from libs.contracts.arbitration import ScoredCandidate
 from libs.errors import InvalidArgument
+from libs.priority import rank_candidates
 from services.arbitration.catalog import catalog_to_document, parse_catalog, parse_catalog_yaml
-from services.arbitration.model import ActionDefinition, Catalog, ScoredCandidate
-from services.arbitration.service import ArbitrationService, rank_candidates
+from services.arbitration.model import ActionDefinition, Catalog
+from services.arbitration.service import ArbitrationService
 from tests.unit.fakes import FakeCatalogStore, arbitration_units
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -41,7 +43,7 @@ def violations_of(error: InvalidArgument) -> list[tuple[str, str]]:
 
 def test_priority_is_p_times_c_times_v_times_l_best_first() -> None:
     ranked = rank_candidates(
-        CATALOG,
+        CATALOG.by_id,
         [
             ScoredCandidate("bronze", 0.9, "m:1"),  # 0.9 x 2 x 0.5 = 0.9
             ScoredCandidate("gold", 0.1, "m:1"),  # 0.1 x 10 x 1 = 1.0
@@ -65,8 +67,8 @@ def test_ties_are_broken_by_action_id_whatever_the_input_order() -> None:
     catalog = Catalog(actions=(action("b", 2.0), action("a", 1.0), action("c", 4.0)))
     scored = [ScoredCandidate("c", 0.25), ScoredCandidate("b", 0.5), ScoredCandidate("a", 1.0)]
 
-    forward = rank_candidates(catalog, scored)
-    backward = rank_candidates(catalog, scored[::-1])
+    forward = rank_candidates(catalog.by_id, scored)
+    backward = rank_candidates(catalog.by_id, scored[::-1])
 
     assert [r.action_id for r in forward] == ["a", "b", "c"]
     assert forward == backward
@@ -74,12 +76,14 @@ def test_ties_are_broken_by_action_id_whatever_the_input_order() -> None:
 
 
 def test_nothing_scored_ranks_nothing() -> None:
-    assert rank_candidates(CATALOG, []) == ()
+    assert rank_candidates(CATALOG.by_id, []) == ()
 
 
 def test_an_unknown_action_id_is_refused_naming_the_candidate() -> None:
     with pytest.raises(InvalidArgument) as caught:
-        rank_candidates(CATALOG, [ScoredCandidate("gold", 0.1), ScoredCandidate("platinum", 0.1)])
+        rank_candidates(
+            CATALOG.by_id, [ScoredCandidate("gold", 0.1), ScoredCandidate("platinum", 0.1)]
+        )
 
     assert violations_of(caught.value) == [("candidates[1].action_id", "not in the catalog")]
 
@@ -88,7 +92,7 @@ def test_an_unknown_action_id_is_refused_naming_the_candidate() -> None:
 def test_a_propensity_outside_zero_one_is_refused(propensity: float) -> None:
     with pytest.raises(InvalidArgument) as caught:
         rank_candidates(
-            CATALOG, [ScoredCandidate("gold", 0.5), ScoredCandidate("silver", propensity)]
+            CATALOG.by_id, [ScoredCandidate("gold", 0.5), ScoredCandidate("silver", propensity)]
         )
 
     assert fields_of(caught.value) == ["candidates[1].propensity"]
@@ -96,7 +100,7 @@ def test_a_propensity_outside_zero_one_is_refused(propensity: float) -> None:
 
 def test_propensities_zero_and_one_are_accepted() -> None:
     ranked = rank_candidates(
-        CATALOG, [ScoredCandidate("gold", 0.0), ScoredCandidate("silver", 1.0)]
+        CATALOG.by_id, [ScoredCandidate("gold", 0.0), ScoredCandidate("silver", 1.0)]
     )
 
     assert [r.priority for r in ranked] == [10.0, 0.0]
@@ -105,7 +109,7 @@ def test_propensities_zero_and_one_are_accepted() -> None:
 def test_every_bad_candidate_is_reported_at_once() -> None:
     with pytest.raises(InvalidArgument) as caught:
         rank_candidates(
-            CATALOG,
+            CATALOG.by_id,
             [
                 ScoredCandidate("nope", 0.5),
                 ScoredCandidate("gold", 0.5),

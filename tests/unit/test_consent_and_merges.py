@@ -12,11 +12,8 @@ from typing import Any, cast
 import pytest
 
 from libs.changes import InProcessChangeFeed
-from libs.errors import FieldViolation, InvalidArgument
-from services.arbitration.catalog import parse_catalog
-from services.arbitration.model import Prioritization, ScoredCandidate
-from services.arbitration.service import ArbitrationService
-from services.context.model import (
+from libs.contracts.arbitration import Prioritization, ScoredCandidate
+from libs.contracts.context import (
     AttributeChange,
     ConsentChange,
     EventCounter,
@@ -25,10 +22,13 @@ from services.context.model import (
     Prediction,
     ProfileContext,
 )
-from services.identity.model import Identifier, Resolution
+from libs.contracts.identity import Identifier, Resolution
+from libs.contracts.scoring import CandidateScore, ScoringCandidate
+from libs.errors import FieldViolation, InvalidArgument
+from services.arbitration.catalog import parse_catalog
+from services.arbitration.service import ArbitrationService
 from services.orchestrator.model import DecideCommand, Decision, TrackedEvent
 from services.orchestrator.service import DecisionEngine, PrivacyAdmin
-from services.scoring.model import CandidateScore, ScoringCandidate
 from tests.unit.fakes import FakeCatalogStore, FakeContext, FakeIdentity, arbitration_units
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

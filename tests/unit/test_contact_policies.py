@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from libs.contracts.context import Contact
 from libs.errors import Violations
 from services.arbitration.contact import (
     ContactHistory,
@@ -18,7 +19,6 @@ from services.arbitration.contact import (
     merge_contact_policies,
     parse_contact_policies,
 )
-from services.context.model import Contact
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 # action -> (issue, group): two cards in one group, a loan in another group of the same

@@ -8,16 +8,17 @@ from datetime import timedelta
 import pytest
 
 from libs.clock import utc_now
-from libs.errors import InvalidArgument
-from services.context.model import (
+from libs.contracts.context import (
     EventCounter,
     PersonalizationLevel,
     Prediction,
     ProfileContext,
     WindowAggregate,
 )
+from libs.contracts.scoring import ScoringCandidate
+from libs.errors import InvalidArgument
 from services.scoring.features import FeatureBuilder, ScoringInput
-from services.scoring.model import FeatureSpec, ScoringCandidate
+from services.scoring.model import FeatureSpec
 
 CANDIDATE = ScoringCandidate("a1", "m", "retention", "g", 10.0, 1.0, 0.1)
 FEATURES = [

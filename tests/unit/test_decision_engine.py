@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from libs.contracts.identity import Identifier
 from libs.errors import FieldViolation, InvalidArgument
 from services.arbitration.catalog import parse_catalog
 from services.arbitration.service import ArbitrationService
-from services.identity.model import Identifier
 from services.identity.normalize import IdentifierKeyring
 from services.identity.service import IdentityService
 from services.orchestrator.model import (

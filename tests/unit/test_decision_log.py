@@ -12,11 +12,12 @@ from datetime import UTC, datetime
 
 import pytest
 
+from libs.contracts.context import DecisionRecord, RecordedDecision
+from libs.contracts.context_checks import validate_record
 from libs.errors import AlreadyExists, InvalidArgument
 from libs.storage import StorageConflict
-from services.context.model import DecisionRecord, RecordedDecision
 from services.context.repository import json_text
-from services.context.service import DecisionLog, _validate_record
+from services.context.service import DecisionLog
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -206,7 +207,7 @@ def test_a_record_too_long_for_its_columns_is_refused_naming_the_field() -> None
     too_long = DecisionRecord("d1", "", "p1", "w" * 65, "home", "offer_a", NOW)
 
     with pytest.raises(InvalidArgument) as refused:
-        _validate_record(too_long)
+        validate_record(too_long)
 
     assert [v.field for v in refused.value.violations] == ["record.channel"]
-    _validate_record(record("d1"))  # a valid one passes
+    validate_record(record("d1"))  # a valid one passes

@@ -1,4 +1,4 @@
-"""Decision snapshot format 2 (services/learning/snapshot.py): what a real decision logs in
+"""Decision snapshot format 2 (libs/contracts/snapshot.py): what a real decision logs in
 it reads back as the same candidates as its version 1 snapshot, the catalog's part taken
 from the catalog of its version; the compact profile context gives the same features."""
 
@@ -13,15 +13,13 @@ import numpy as np
 import orjson
 import pytest
 
-from services.arbitration.catalog import parse_catalog
-from services.arbitration.model import (
+from libs.contracts.arbitration import (
     CandidateList,
     CandidateTable,
-    Catalog,
     Prioritization,
     ScoredCandidate,
 )
-from services.context.model import (
+from libs.contracts.context import (
     ChannelActivity,
     Contact,
     DecisionRecord,
@@ -31,8 +29,12 @@ from services.context.model import (
     ProfileContext,
     WindowAggregate,
 )
-from services.context.snapshot import profile_context_from_dict, profile_context_to_dict
-from services.identity.model import Identifier
+from libs.contracts.identity import Identifier
+from libs.contracts.profile_snapshot import profile_context_from_dict, profile_context_to_dict
+from libs.contracts.scoring import CandidateScore, ScoringCandidate
+from libs.contracts.snapshot import SNAPSHOT_KEY, compact_snapshot, decision_snapshot
+from services.arbitration.catalog import parse_catalog
+from services.arbitration.model import Catalog
 from services.learning.compact import compact_v1
 from services.learning.dataset import (
     UNKNOWN_CATALOG,
@@ -42,15 +44,10 @@ from services.learning.dataset import (
     LogReading,
     read_logged_decision,
 )
-from services.learning.snapshot import (
-    SNAPSHOT_KEY,
-    compact_snapshot,
-    decision_snapshot,
-    unpack_v2,
-)
+from services.learning.snapshot import unpack_v2
 from services.orchestrator.model import DecideCommand, Decision
 from services.scoring.features import FeatureBuilder, ScoringInput
-from services.scoring.model import CandidateScore, FeatureSpec, ScoringCandidate
+from services.scoring.model import FeatureSpec
 from tests.unit.test_decision_engine import NOW, make_hub
 
 ZOE = [Identifier("email", "zoe@example.com")]

@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from libs.contracts.context import DecisionRecord, RecordedDecision
 from libs.errors import AlreadyExists, DomainError, FieldViolation, InvalidArgument, Unavailable
-from services.context.model import DecisionRecord, RecordedDecision
 from services.orchestrator.outbox import DecisionOutbox
 from tests.unit.fakes import FakeContext
 

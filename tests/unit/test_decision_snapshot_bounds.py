@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.context.model import Contact, ProfileContext
-from services.context.snapshot import (
+from libs.contracts.context import Contact, ProfileContext
+from libs.contracts.profile_snapshot import (
     MAX_SNAPSHOT_CONTACTS,
     profile_context_from_dict,
     profile_context_to_dict,

@@ -8,10 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from libs.errors import Unavailable
-from services.arbitration.catalog import parse_catalog_yaml
-from services.arbitration.service import ArbitrationService
-from services.context.model import (
+from libs.contracts.context import (
     Contact,
     DecisionRecord,
     Outcome,
@@ -19,7 +16,10 @@ from services.context.model import (
     ProfileContext,
     RecordedDecision,
 )
-from services.identity.model import Identifier
+from libs.contracts.identity import Identifier
+from libs.errors import Unavailable
+from services.arbitration.catalog import parse_catalog_yaml
+from services.arbitration.service import ArbitrationService
 from services.orchestrator.model import DecideCommand
 from services.orchestrator.service import DecisionEngine
 from tests.unit.fakes import (

@@ -15,10 +15,8 @@ import pytest
 from google.protobuf import timestamp_pb2
 from nextbest.context.v1 import context_pb2
 
-from libs.rpc.convert import datetime_to_timestamp, timestamp_fields, timestamp_to_datetime
-from services.arbitration.model import CandidateExplanation
-from services.context.api import profile_context_from_proto, profile_context_to_proto
-from services.context.model import (
+from libs.contracts.arbitration import CandidateExplanation
+from libs.contracts.context import (
     ChannelActivity,
     Contact,
     EventCounter,
@@ -28,6 +26,8 @@ from services.context.model import (
     ProfileContext,
     WindowAggregate,
 )
+from libs.contracts.context_proto import profile_context_from_proto, profile_context_to_proto
+from libs.rpc.convert import datetime_to_timestamp, timestamp_fields, timestamp_to_datetime
 from services.orchestrator.model import DecidedAction, Decision, Explanation
 
 AT = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -188,9 +188,9 @@ def test_unset_times_of_a_profile_context_stay_unset() -> None:
 async def test_the_engine_decides_alike_with_sequential_reads(parallel_reads: bool) -> None:
     """The embedded shape reads context and candidates one after the other (no gather):
     the same decision, and a context that fails still degrades only its own part."""
+    from libs.contracts.identity import Identifier
     from services.arbitration.catalog import parse_catalog
     from services.arbitration.service import ArbitrationService
-    from services.identity.model import Identifier
     from services.orchestrator.model import DecideCommand
     from services.orchestrator.service import DecisionEngine
     from tests.unit.fakes import (

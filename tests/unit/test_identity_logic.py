@@ -9,9 +9,10 @@ import pytest
 import structlog
 
 from libs.config import ConfigError, load_settings
+from libs.contracts.identity import Identifier, ProfileLookup, Repoint, Resolution
 from libs.errors import InvalidArgument
 from libs.storage import StorageConflict
-from services.identity.model import Cause, Identifier, ProfileLookup, Repoint, Resolution
+from services.identity.model import Cause
 from services.identity.normalize import MAX_IDENTIFIERS, IdentifierKeyring, KeyedIdentifier
 from services.identity.rules import DEFAULT_TYPES, IdentifierType, IdentityRules
 from services.identity.service import IdentityService

@@ -12,19 +12,20 @@ from typing import Any
 import pytest
 import yaml
 
-from libs.errors import InvalidArgument
-from services.arbitration.catalog import catalog_to_document, parse_catalog, parse_catalog_yaml
-from services.arbitration.exploration import select
-from services.arbitration.kernel import priority_factors
-from services.arbitration.model import CandidateExplanation, Exploration, ScoredCandidate
-from services.arbitration.service import ArbitrationService
-from services.context.model import (
+from libs.contracts.arbitration import CandidateExplanation, ScoredCandidate
+from libs.contracts.context import (
     Contact,
     EventCounter,
     PersonalizationLevel,
     ProfileContext,
     WindowAggregate,
 )
+from libs.errors import InvalidArgument
+from libs.priority import priority_factors
+from services.arbitration.catalog import catalog_to_document, parse_catalog, parse_catalog_yaml
+from services.arbitration.exploration import select
+from services.arbitration.model import Exploration
+from services.arbitration.service import ArbitrationService
 from tests.unit.fakes import FakeCatalogStore, arbitration_units
 from tools.catalog_50 import catalog_of_50, policy_benchmark
 

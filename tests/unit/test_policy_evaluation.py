@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from services.context.model import ProfileContext
+from libs.contracts.context import ProfileContext
 from services.learning.dataset import LoggedCandidate, LoggedDecision, _candidate
 from services.learning.estimators import LoggedBandit, estimate_all
 from services.learning.evaluate import (

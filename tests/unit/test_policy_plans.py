@@ -13,8 +13,10 @@ from typing import Any
 import cel
 import pytest
 
+from libs.contracts.arbitration import ScoredCandidate
+from libs.contracts.context import EventCounter, ProfileContext
 from services.arbitration.catalog import parse_catalog
-from services.arbitration.model import Catalog, ScoredCandidate
+from services.arbitration.model import Catalog
 from services.arbitration.policies import (
     KINDS,
     Rule,
@@ -23,7 +25,6 @@ from services.arbitration.policies import (
     customer_variable,
 )
 from services.arbitration.service import ArbitrationService
-from services.context.model import EventCounter, ProfileContext
 from tests.unit.fakes import FakeCatalogStore, arbitration_units
 from tools.bench_catalog import BENCH_CHANNEL, bench_catalog
 from tools.catalog_50 import busy_customer, catalog_of_50

@@ -7,9 +7,9 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from libs.contracts.snapshot import SNAPSHOT_KEY
 from services.arbitration.catalog import parse_catalog
 from services.arbitration.service import ArbitrationService
-from services.learning.snapshot import SNAPSHOT_KEY
 from services.orchestrator.model import DecideCommand
 from services.orchestrator.ports import NoObserver
 from services.orchestrator.service import REQUEST_CONTEXT, DecisionEngine

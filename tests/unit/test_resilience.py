@@ -10,16 +10,16 @@ from typing import Any
 
 import pytest
 
+from libs.contracts.context import ProfileContext
+from libs.contracts.identity import Identifier, Resolution
+from libs.contracts.scoring import CandidateScore, ScoringCandidate
 from libs.errors import InvalidArgument, ResourceExhausted, Unavailable
 from libs.resilience import BreakerState, CircuitBreaker, Outcome, outcome_of
 from libs.rpc.guarded import breaker_of, guarded
 from services.arbitration.catalog import parse_catalog_yaml
 from services.arbitration.service import ArbitrationService
-from services.context.model import ProfileContext
-from services.identity.model import Identifier, Resolution
 from services.orchestrator.model import DecideCommand
 from services.orchestrator.service import DecisionEngine
-from services.scoring.model import CandidateScore, ScoringCandidate
 from tests.unit.fakes import (
     FakeCatalogStore,
     FakeContext,

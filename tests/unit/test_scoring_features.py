@@ -8,11 +8,12 @@ from datetime import timedelta
 import pytest
 
 from libs.clock import utc_now
+from libs.contracts.context import Contact, PersonalizationLevel, ProfileContext
+from libs.contracts.scoring import ScoringCandidate
 from libs.errors import InvalidArgument
-from services.context.model import Contact, PersonalizationLevel, ProfileContext
 from services.scoring.features import FeatureBuilder, ScoringInput, resolve_features
 from services.scoring.inference import parse_backend
-from services.scoring.model import FeatureSpec, FeatureType, ScoringCandidate
+from services.scoring.model import FeatureSpec, FeatureType
 from services.scoring.service import challenger_point
 
 NOW = utc_now()

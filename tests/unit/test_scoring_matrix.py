@@ -10,8 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from libs.clock import utc_now
-from libs.memo import ByIdentity
-from services.context.model import (
+from libs.contracts.context import (
     Contact,
     EventCounter,
     InteractionSummary,
@@ -20,8 +19,10 @@ from services.context.model import (
     ProfileContext,
     WindowAggregate,
 )
+from libs.contracts.scoring import ScoringCandidate
+from libs.memo import ByIdentity
 from services.scoring.features import FeatureBuilder, ScoringInput, resolve_features
-from services.scoring.model import FeatureSpec, FeatureType, ScoringCandidate
+from services.scoring.model import FeatureSpec, FeatureType
 
 NOW = utc_now()
 

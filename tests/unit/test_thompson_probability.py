@@ -15,8 +15,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from libs.contracts.arbitration import CandidateExplanation
 from services.arbitration.exploration import beta_parameters, select, thompson_probability
-from services.arbitration.model import CandidateExplanation, Exploration
+from services.arbitration.model import Exploration
 
 PSEUDO_COUNT = 100.0
 MEAN = np.array([0.30, 0.27, 0.22, 0.175])

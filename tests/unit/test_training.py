@@ -9,13 +9,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from services.arbitration.model import (
-    ActionDefinition,
-    CandidateExplanation,
-    CandidateList,
-    Prioritization,
-)
-from services.context.model import (
+from libs.contracts.arbitration import CandidateExplanation, CandidateList, Prioritization
+from libs.contracts.context import (
     ChannelActivity,
     Contact,
     DecisionRecord,
@@ -28,11 +23,14 @@ from services.context.model import (
     ProfileContext,
     WindowAggregate,
 )
-from services.context.snapshot import (
+from libs.contracts.profile_snapshot import (
     SNAPSHOT_FIELDS,
     profile_context_from_dict,
     profile_context_to_dict,
 )
+from libs.contracts.scoring import CandidateScore
+from libs.contracts.snapshot import SNAPSHOT_KEY, decision_snapshot
+from services.arbitration.model import ActionDefinition
 from services.demo.train import (
     DEMO_FEATURES,
     demo_feature_specs,
@@ -46,9 +44,8 @@ from services.learning.dataset import (
     training_matrix,
 )
 from services.learning.evaluate import TargetPolicy, evaluate_policy, replay
-from services.learning.snapshot import SNAPSHOT_KEY, decision_snapshot
 from services.learning.train import train_propensity
-from services.scoring.model import CandidateScore, FeatureSpec
+from services.scoring.model import FeatureSpec
 
 AT = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -101,7 +98,7 @@ def test_profile_context_survives_json_and_struct_style_numbers() -> None:
 
 def test_snapshot_handles_every_field_of_the_profile_context() -> None:
     names = {f.name for f in dataclasses.fields(ProfileContext)}
-    assert names == SNAPSHOT_FIELDS, "update services/context/snapshot.py for the new fields"
+    assert names == SNAPSHOT_FIELDS, "update libs/contracts/profile_snapshot.py for the new fields"
 
 
 def demo_listing() -> tuple[CandidateList, list[CandidateScore]]:

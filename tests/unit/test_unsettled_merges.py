@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 
 import pytest
 
+from libs.contracts.context import AppendResult, AttributeChange, ProfileContext, ProfileEvent
+from libs.contracts.identity import Identifier
 from libs.errors import Unavailable
 from services.arbitration.catalog import parse_catalog
-from services.context.model import AppendResult, AttributeChange, ProfileContext, ProfileEvent
-from services.identity.model import Identifier
 from services.identity.normalize import IdentifierKeyring
 from services.identity.service import IdentityService
 from services.orchestrator.model import DecideCommand, TrackedEvent

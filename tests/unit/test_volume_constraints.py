@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from libs.contracts.arbitration import CandidateExplanation
 from libs.errors import Violations
 from services.arbitration.exploration import Selection, choose_with_volume, select
-from services.arbitration.model import ActionDefinition, CandidateExplanation, Exploration
+from services.arbitration.model import ActionDefinition, Exploration
 from services.arbitration.volume import (
     VolumeConstraint,
     VolumeGate,
@@ -177,10 +178,10 @@ actions:
 
 
 async def test_prioritize_removes_rejected_and_capped_actions_with_their_reasons() -> None:
+    from libs.contracts.arbitration import ScoredCandidate
+    from libs.contracts.context import Contact, ProfileContext
     from services.arbitration.catalog import parse_catalog_yaml
-    from services.arbitration.model import ScoredCandidate
     from services.arbitration.service import ArbitrationService
-    from services.context.model import Contact, ProfileContext
 
     service = ArbitrationService(arbitration_units(FakeCatalogStore()), clock=lambda: NOW)
     await service.apply_catalog(parse_catalog_yaml(CATALOG_YAML))

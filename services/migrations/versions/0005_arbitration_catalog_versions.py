@@ -1,6 +1,6 @@
 """arbitration: every applied catalog kept by version
 
-The compact decision log (snapshot format 2, services/learning/snapshot.py) keeps a
+The compact decision log (snapshot format 2, libs/contracts/snapshot.py) keeps a
 decision's catalog version instead of a copy of its actions; learning reads the catalog of
 that version from here. The catalog in force is copied in: its stored document, or for a
 catalog applied before documents were kept (revision 0004_arbitration), one built from its

@@ -27,7 +27,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from services.context.model import (
+from libs.contracts.context import (
     ChannelActivity,
     Contact,
     EventCounter,
