@@ -32,10 +32,10 @@ from libs.contracts.context_checks import (
 )
 from libs.errors import InvalidArgument
 from libs.storage import Database
+from services.context.decision_log import DECISION_PAYLOAD
 from services.context.repository import SqlContextUnitOfWork
 from services.context.service import (
     CONSENT_SOURCE,
-    DECISION_PAYLOAD,
     EVENT_ATTRIBUTES,
     PROFILE_ATTRIBUTES,
     ContextService,

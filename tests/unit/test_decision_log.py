@@ -1,4 +1,4 @@
-"""The decision log's group commit (services/context/service.py DecisionLog), with fake
+"""The decision log's group commit (services/context/decision_log.py), with fake
 writers: batching, a conflicting batch written one by one, errors to every caller,
 cancellation and the drain on close; the JSON text its payloads are stored as and the
 check of a record's sizes."""
@@ -16,8 +16,8 @@ from libs.contracts.context import DecisionRecord, RecordedDecision
 from libs.contracts.context_checks import validate_record
 from libs.errors import AlreadyExists, InvalidArgument
 from libs.storage import StorageConflict
+from services.context.decision_log import DecisionLog
 from services.context.repository import json_text
-from services.context.service import DecisionLog
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 
