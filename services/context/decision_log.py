@@ -93,7 +93,7 @@ class DecisionLogWriters:
         fresh: list[DecisionRecord] = []
         async with self._units(True) as uow:
             request_ids = [r.request_id for r in records if r.request_id]
-            earlier = await uow.context.decisions_by_requests(request_ids)
+            earlier = await uow.decisions.decisions_by_requests(request_ids)
             for index, record in enumerate(records):
                 first = earlier.get(record.request_id) if record.request_id else None
                 if first is not None:
@@ -106,7 +106,7 @@ class DecisionLogWriters:
                 fresh.append(record)
                 results[index] = RecordedDecision(record, replayed=False)
             if fresh:
-                await uow.context.add_decisions(fresh)
+                await uow.decisions.add_decisions(fresh)
                 await uow.commit()
         return [result for result in results if result is not None]
 
@@ -114,22 +114,22 @@ class DecisionLogWriters:
         """One record in its own transactions (a batch that met a conflict)."""
         if record.request_id:
             async with self._units(False) as uow:
-                earlier = await uow.context.decision_by_request(record.request_id)
+                earlier = await uow.decisions.decision_by_request(record.request_id)
             if earlier is not None:
                 return RecordedDecision(earlier, replayed=True)
         try:
             async with self._units(True) as uow:
-                await uow.context.add_decision(record)
+                await uow.decisions.add_decision(record)
                 if record.action_id and record.profile_id:
-                    await uow.context.bump_interaction(
+                    await uow.decisions.bump_interaction(
                         record.profile_id, record.action_id, record.channel, "decisions", None
                     )
                 if record.predictions and record.profile_id:
-                    await uow.context.set_predictions(record.profile_id, record.predictions)
+                    await uow.profiles.set_predictions(record.profile_id, record.predictions)
                 await uow.commit()
         except StorageConflict:
             async with self._units(False) as uow:
-                earlier = await uow.context.decision_by_request(record.request_id)
+                earlier = await uow.decisions.decision_by_request(record.request_id)
             if earlier is None:
                 raise AlreadyExists(f"decision {record.decision_id} is already recorded") from None
             return RecordedDecision(earlier, replayed=True)

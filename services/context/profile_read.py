@@ -62,7 +62,7 @@ _LEVEL_CTE = (
 )
 _BASIC = "(SELECT basic_ok FROM gate)"
 _FULL = "(SELECT full_ok FROM gate)"
-# The bounded recent contacts (see MAX_CONTACTS in services/context/repository.py): the
+# The bounded recent contacts (see MAX_CONTACTS in services/context/store/profiles.py): the
 # newest 200 decisions that served an action, 200 impressions/clicks, 100 answers.
 _RECENT_CONTACTS = (
     "SELECT * FROM (SELECT action_id, channel, 'decision' AS kind, decided_at AS occurred_at"

@@ -176,7 +176,7 @@ class ContextService:
         if not profile_id:
             return ProfileContext(profile_id="")
         async with self._units(False) as uow:
-            return await uow.context.profile_context(
+            return await uow.profiles.profile_context(
                 profile_id,
                 self._plan,
                 self._clock(),
@@ -188,7 +188,7 @@ class ContextService:
         if not profile_id:
             return Consent(self._default_level)
         async with self._units(False) as uow:
-            return await uow.context.consent(profile_id, self._default_level)
+            return await uow.profiles.consent(profile_id, self._default_level)
 
     # ------------------------------------------------------------------ events
 
@@ -242,13 +242,13 @@ class ContextService:
         plan = self._plan
         async with self._units(True) as uow:
             # A profile merged away a moment ago: its events go to the survivor.
-            moved = await uow.context.redirects(event.profile_id for event in events)
+            moved = await uow.events.redirects(event.profile_id for event in events)
             if moved:
                 events = [
                     replace(e, profile_id=moved[e.profile_id]) if e.profile_id in moved else e
                     for e in events
                 ]
-            new_ids = await uow.context.add_events(events, now)
+            new_ids = await uow.events.add_events(events, now)
             batch = BatchAggregates(plan, now)
             attributes: dict[str, list[AttributeChange]] = {}
             for event in events:
@@ -261,10 +261,10 @@ class ContextService:
                     attributes.setdefault(event.profile_id, []).append(
                         AttributeChange(event.attributes, at=event.occurred_at)
                     )
-            await uow.context.add_aggregates(batch, plan)
-            await uow.context.change_attributes(attributes)
+            await uow.events.add_aggregates(batch, plan)
+            await uow.profiles.change_attributes(attributes)
             prune = self._due_for_pruning({profile for profile, _ in batch.counters}, now)
-            await uow.context.prune_buckets(prune, plan, now)
+            await uow.events.prune_buckets(prune, plan, now)
             await uow.commit()
         self._pruned_now(prune, now)
         return AppendResult(accepted=len(new_ids), duplicates=sent - len(new_ids))
@@ -299,9 +299,9 @@ class ContextService:
 
         async def work() -> dict[str, Any]:
             async with self._units(True) as uow:
-                moved = await uow.context.redirects([profile_id])
+                moved = await uow.events.redirects([profile_id])
                 profile = moved.get(profile_id, profile_id)
-                result = await uow.context.change_attributes({profile: [stamped]})
+                result = await uow.profiles.change_attributes({profile: [stamped]})
                 await uow.commit()
             return result[profile]
 
@@ -315,7 +315,7 @@ class ContextService:
         check_predictions(problems, predictions, self._clock())
         problems.raise_if_any()
         async with self._units(True) as uow:
-            await uow.context.set_predictions(profile_id, predictions)
+            await uow.profiles.set_predictions(profile_id, predictions)
             await uow.commit()
         return len(predictions)
 
@@ -337,7 +337,7 @@ class ContextService:
             self._counted(CONSENT_SOURCE, count)
             change = replace(change, source=source[:MAX_SOURCE])
         async with self._units(True) as uow:
-            await uow.context.set_consent(profile_id, change, change.at or now)
+            await uow.profiles.set_consent(profile_id, change, change.at or now)
             await uow.commit()
         return await self.get_consent(profile_id)
 
@@ -356,7 +356,9 @@ class ContextService:
 
         async def work() -> int:
             async with self._units(True) as uow:
-                moved = await uow.context.merge(survivor_id, merged_ids, self._plan, self._clock())
+                moved = await uow.profile_rows.merge(
+                    survivor_id, merged_ids, self._plan, self._clock()
+                )
                 await uow.commit()
             return moved
 
@@ -370,7 +372,7 @@ class ContextService:
         on PostgreSQL left the mesh's later decisions without their predictions.)"""
         await self.get_profile_context(WARM_UP_ID)
         async with self._units(False) as uow:
-            await uow.context.decisions_by_requests([WARM_UP_ID])
+            await uow.decisions.decisions_by_requests([WARM_UP_ID])
 
     # ------------------------------------------------------------------ decisions
 
@@ -434,16 +436,16 @@ class ContextService:
         occurred_at = report.occurred_at or self._clock()
         try:
             async with self._units(True) as uow:
-                record = await uow.context.decision(report.decision_id)
+                record = await uow.decisions.decision(report.decision_id)
                 if record is None:
                     raise NotFound(f"decision_id {report.decision_id!r} is not known")
-                if await uow.context.outcome_exists(key):
+                if await uow.decisions.outcome_exists(key):
                     return OutcomeResult(True, record.profile_id, record.action_id)
-                await uow.context.add_outcome(
+                await uow.decisions.add_outcome(
                     key, record, report.outcome.value, report.value, occurred_at
                 )
                 if record.action_id and record.profile_id:
-                    await uow.context.bump_interaction(
+                    await uow.decisions.bump_interaction(
                         record.profile_id,
                         record.action_id,
                         record.channel,
@@ -460,7 +462,7 @@ class ContextService:
     async def export_profile(self, profile_id: str) -> ProfileExport:
         """Everything held on the profile, whatever her consent lets decisions use."""
         async with self._units(False) as uow:
-            context = await uow.context.profile_context(
+            context = await uow.profiles.profile_context(
                 profile_id,
                 self._plan,
                 self._clock(),
@@ -468,15 +470,15 @@ class ContextService:
                 everything=True,
                 contact_history_s=self._contact_history_s,
             )
-            events = await uow.context.events(profile_id)
-            decisions = await uow.context.decisions(profile_id)
-            outcomes = await uow.context.outcomes(profile_id)
-            consent = await uow.context.consent(profile_id, self._default_level)
+            events = await uow.profile_rows.events(profile_id)
+            decisions = await uow.profile_rows.decisions(profile_id)
+            outcomes = await uow.profile_rows.outcomes(profile_id)
+            consent = await uow.profiles.consent(profile_id, self._default_level)
         return ProfileExport(context, tuple(events), tuple(decisions), tuple(outcomes), consent)
 
     async def erase_profile(self, profile_id: str) -> int:
         async with self._units(True) as uow:
-            removed = await uow.context.erase(profile_id)
+            removed = await uow.profile_rows.erase(profile_id)
             await uow.commit()
             await uow.purge_deleted()
         return removed

@@ -27,7 +27,7 @@ from libs.contracts.snapshot import (
     compact_snapshot,
 )
 from services.arbitration.model import Catalog
-from services.context.repository import json_text
+from services.context.store.sql import json_text
 from services.context.tables import DecisionRow
 from services.learning.dataset import (
     CatalogVersions,

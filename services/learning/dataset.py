@@ -343,7 +343,7 @@ async def iter_logged_decisions(
     decisions of that page, with or without a snapshot. ``reading`` counts what was read
     and what was skipped, and why."""
     from libs.storage import Database
-    from services.context.repository import count_decisions, decisions_with_outcomes
+    from services.context.store.learning import count_decisions, decisions_with_outcomes
 
     database = Database(database_url)
     try:

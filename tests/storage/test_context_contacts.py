@@ -16,8 +16,9 @@ from libs.contracts.context import (
 )
 from libs.contracts.context_proto import profile_context_from_proto, profile_context_to_proto
 from libs.storage import Database
-from services.context.repository import MAX_CONTACTS, SqlContextUnitOfWork
+from services.context.repository import SqlContextUnitOfWork
 from services.context.service import ContextService
+from services.context.store.profiles import MAX_CONTACTS
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 

@@ -6,12 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 from libs.contracts.context import DecisionRecord, Outcome, OutcomeReport
 from libs.storage import Database
-from services.context.repository import (
-    SqlContextUnitOfWork,
-    count_decisions,
-    decisions_with_outcomes,
-)
+from services.context.repository import SqlContextUnitOfWork
 from services.context.service import ContextService
+from services.context.store.learning import count_decisions, decisions_with_outcomes
 
 START = datetime(2025, 5, 1, 9, 0, tzinfo=UTC)
 

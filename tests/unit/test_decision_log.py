@@ -17,7 +17,7 @@ from libs.contracts.context_checks import validate_record
 from libs.errors import AlreadyExists, InvalidArgument
 from libs.storage import StorageConflict
 from services.context.decision_log import DecisionLog
-from services.context.repository import json_text
+from services.context.store.sql import json_text
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 
