@@ -39,7 +39,8 @@ from services.identity.repository import SqlIdentityUnitOfWork
 from services.identity.service import IdentityService
 from services.orchestrator.admin_proxy import admin_forwarding_bindings
 from services.orchestrator.api import orchestrator_bindings
-from services.orchestrator.service import DecisionEngine, PrivacyAdmin
+from services.orchestrator.decide import DecisionEngine
+from services.orchestrator.privacy import PrivacyAdmin
 from services.scoring.api import ScoringClient, scoring_bindings
 from services.scoring.inference import OipBackend, parse_backend
 from services.scoring.repository import SqlScoringUnitOfWork

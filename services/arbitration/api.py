@@ -19,10 +19,7 @@ from libs.contracts.arbitration import (
     Prioritization,
     ScoredCandidate,
 )
-from libs.contracts.arbitration_proto import (
-    explanation_from_proto,
-    explanation_to_proto,
-)
+from libs.contracts.arbitration_proto import explanation_from_proto, explanation_to_proto
 from libs.contracts.context import ProfileContext
 from libs.contracts.context_proto import ProfileContextEncoder, profile_context_from_proto
 from libs.rpc.client import call_peer

@@ -51,12 +51,7 @@ from libs.errors import (
     renamed_violations,
 )
 from libs.rpc.client import call_peer
-from libs.rpc.convert import (
-    checked_time,
-    datetime_to_timestamp,
-    dict_to_struct,
-    struct_to_dict,
-)
+from libs.rpc.convert import checked_time, datetime_to_timestamp, dict_to_struct, struct_to_dict
 from libs.rpc.server import ServiceBinding
 from services.context.service import ContextService
 

@@ -43,20 +43,11 @@ from libs.contracts.context_checks import (
     check_profile_id,
     validate_record,
 )
-from libs.errors import (
-    DomainError,
-    InvalidArgument,
-    NotFound,
-    Violations,
-)
+from libs.errors import DomainError, InvalidArgument, NotFound, Violations
 from libs.pii import holds_personal_data, redact_for_storage
 from libs.storage import StorageConflict
 from services.context.aggregates import PRUNE_EVERY, AggregatePlan, BatchAggregates
-from services.context.decision_log import (
-    DecisionLog,
-    DecisionLogWriters,
-    payload_redacted,
-)
+from services.context.decision_log import DecisionLog, DecisionLogWriters, payload_redacted
 from services.context.repository import ContextUnitOfWork
 
 UnitOfWorkFactory = Callable[[bool], ContextUnitOfWork]

@@ -9,10 +9,7 @@ import grpc
 from nextbest.identity.v1 import identity_pb2, identity_pb2_grpc
 
 from libs.contracts.identity import Identifier, ProfileLookup, Repoint, Resolution
-from libs.contracts.identity_proto import (
-    identifiers_from_proto,
-    identifiers_to_proto,
-)
+from libs.contracts.identity_proto import identifiers_from_proto, identifiers_to_proto
 from libs.rpc.client import call_peer
 from libs.rpc.server import ServiceBinding
 from services.identity.service import IdentityService

@@ -35,8 +35,9 @@ from libs.rpc.convert import (
     timestamp_to_datetime,
 )
 from libs.rpc.server import ServiceBinding
+from services.orchestrator.decide import DecisionEngine
 from services.orchestrator.model import DecideCommand, Decision, TrackedEvent
-from services.orchestrator.service import DecisionEngine, PrivacyAdmin
+from services.orchestrator.privacy import PrivacyAdmin
 
 DECISION_SERVICE = decision_pb2.DESCRIPTOR.services_by_name["DecisionService"].full_name
 PRIVACY_SERVICE = privacy_pb2.DESCRIPTOR.services_by_name["PrivacyService"].full_name

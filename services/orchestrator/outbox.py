@@ -30,6 +30,9 @@ from libs.logging import get_logger
 from services.orchestrator.ports import ContextPort
 
 _log = get_logger("nextbest.orchestrator.outbox")
+# How long an outcome (or an export, an erasure) waits for the decisions it follows to leave
+# the outbox before UNAVAILABLE.
+FLUSH_WAIT_S = 2.0
 
 
 @dataclass

@@ -27,8 +27,9 @@ from libs.contracts.scoring import CandidateScore, ScoringCandidate
 from libs.errors import FieldViolation, InvalidArgument
 from services.arbitration.catalog import parse_catalog
 from services.arbitration.service import ArbitrationService
+from services.orchestrator.decide import DecisionEngine
 from services.orchestrator.model import DecideCommand, Decision, TrackedEvent
-from services.orchestrator.service import DecisionEngine, PrivacyAdmin
+from services.orchestrator.privacy import PrivacyAdmin
 from tests.unit.fakes import FakeCatalogStore, FakeContext, FakeIdentity, arbitration_units
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

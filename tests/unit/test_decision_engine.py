@@ -16,14 +16,10 @@ from services.arbitration.catalog import parse_catalog
 from services.arbitration.service import ArbitrationService
 from services.identity.normalize import IdentifierKeyring
 from services.identity.service import IdentityService
-from services.orchestrator.model import (
-    DecideCommand,
-    Decision,
-    ProfileErasure,
-    TrackedEvent,
-)
+from services.orchestrator.decide import DecisionEngine
+from services.orchestrator.model import DecideCommand, Decision, ProfileErasure, TrackedEvent
 from services.orchestrator.ports import IdentityPort
-from services.orchestrator.service import DecisionEngine, PrivacyAdmin
+from services.orchestrator.privacy import PrivacyAdmin
 from tests.unit.fakes import (
     FakeCatalogStore,
     FakeContext,

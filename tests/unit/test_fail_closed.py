@@ -20,8 +20,8 @@ from libs.contracts.identity import Identifier
 from libs.errors import Unavailable
 from services.arbitration.catalog import parse_catalog_yaml
 from services.arbitration.service import ArbitrationService
+from services.orchestrator.decide import DecisionEngine
 from services.orchestrator.model import DecideCommand
-from services.orchestrator.service import DecisionEngine
 from tests.unit.fakes import (
     FakeCatalogStore,
     FakeContext,

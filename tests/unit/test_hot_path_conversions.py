@@ -191,8 +191,8 @@ async def test_the_engine_decides_alike_with_sequential_reads(parallel_reads: bo
     from libs.contracts.identity import Identifier
     from services.arbitration.catalog import parse_catalog
     from services.arbitration.service import ArbitrationService
+    from services.orchestrator.decide import DecisionEngine
     from services.orchestrator.model import DecideCommand
-    from services.orchestrator.service import DecisionEngine
     from tests.unit.fakes import (
         FakeCatalogStore,
         FakeContext,

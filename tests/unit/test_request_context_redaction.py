@@ -10,9 +10,10 @@ from typing import Any
 from libs.contracts.snapshot import SNAPSHOT_KEY
 from services.arbitration.catalog import parse_catalog
 from services.arbitration.service import ArbitrationService
+from services.orchestrator.decide import DecisionEngine
 from services.orchestrator.model import DecideCommand
 from services.orchestrator.ports import NoObserver
-from services.orchestrator.service import REQUEST_CONTEXT, DecisionEngine
+from services.orchestrator.recording import REQUEST_CONTEXT
 from tests.unit.fakes import (
     FakeCatalogStore,
     FakeContext,

@@ -18,8 +18,8 @@ from libs.resilience import BreakerState, CircuitBreaker, Outcome, outcome_of
 from libs.rpc.guarded import breaker_of, guarded
 from services.arbitration.catalog import parse_catalog_yaml
 from services.arbitration.service import ArbitrationService
+from services.orchestrator.decide import DecisionEngine
 from services.orchestrator.model import DecideCommand
-from services.orchestrator.service import DecisionEngine
 from tests.unit.fakes import (
     FakeCatalogStore,
     FakeContext,

@@ -15,8 +15,9 @@ from libs.errors import Unavailable
 from services.arbitration.catalog import parse_catalog
 from services.identity.normalize import IdentifierKeyring
 from services.identity.service import IdentityService
+from services.orchestrator.decide import DecisionEngine
 from services.orchestrator.model import DecideCommand, TrackedEvent
-from services.orchestrator.service import DecisionEngine, PrivacyAdmin
+from services.orchestrator.privacy import PrivacyAdmin
 from tests.unit.fakes import FakeContext, FakeIdentityStore, identity_units
 from tests.unit.test_consent_and_merges import CATALOG, ContextScoring, SpyArbitration
 

@@ -6,26 +6,14 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    case,
-    literal,
-    select,
-)
+from sqlalchemy import case, literal, select
 from sqlalchemy.exc import IntegrityError
 
-from libs.contracts.context import (
-    DecisionRecord,
-    Prediction,
-)
+from libs.contracts.context import DecisionRecord, Prediction
 from libs.storage import StorageConflict
 from libs.storage.types import UtcDateTime
 from libs.storage.upsert import upsert
-from services.context.store.sql import (
-    DECISIONS,
-    INTERACTION_FIELDS,
-    INTERACTIONS,
-    SqlStore,
-)
+from services.context.store.sql import DECISIONS, INTERACTION_FIELDS, INTERACTIONS, SqlStore
 from services.context.tables import DecisionRow, OutcomeRow
 
 # The decision log's group commit (ContextService's writer): a batch of decisions in one

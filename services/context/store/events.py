@@ -13,23 +13,12 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    and_,
-    delete,
-    or_,
-    select,
-)
+from sqlalchemy import and_, delete, or_, select
 
-from libs.contracts.context import (
-    ProfileEvent,
-)
+from libs.contracts.context import ProfileEvent
 from libs.storage.session import DbSession
 from services.context.aggregates import AggregatePlan, BatchAggregates
-from services.context.store.sql import (
-    BUCKETS,
-    MERGES,
-    SqlStore,
-)
+from services.context.store.sql import BUCKETS, MERGES, SqlStore
 
 _COUNTERS_HEAD = (
     "INSERT INTO context_counters AS t (profile_id, event_type, count, value_sum,"

@@ -4,23 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import (
-    and_,
-    func,
-    or_,
-    select,
-)
+from sqlalchemy import and_, func, or_, select
 
-from libs.contracts.context import (
-    DecisionRecord,
-    Outcome,
-    OutcomeRecord,
-)
+from libs.contracts.context import DecisionRecord, Outcome, OutcomeRecord
 from libs.storage.session import DbSession
 from services.context.store.decisions import record_from_row
-from services.context.store.sql import (
-    DECISIONS,
-)
+from services.context.store.sql import DECISIONS
 from services.context.tables import DecisionRow, OutcomeRow
 
 

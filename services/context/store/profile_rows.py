@@ -6,14 +6,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    Table,
-    case,
-    delete,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import Table, case, delete, or_, select, update
 
 from libs.contracts.context import (
     AttributeChange,

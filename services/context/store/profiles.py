@@ -6,13 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    BindParameter,
-    String,
-    bindparam,
-    select,
-    update,
-)
+from sqlalchemy import BindParameter, String, bindparam, select, update
 
 from libs.contracts.context import (
     PERSONALIZATION,
@@ -28,13 +22,7 @@ from libs.storage import StorageConflict
 from libs.storage.upsert import upsert_many
 from services.context.aggregates import AggregatePlan
 from services.context.profile_read import ProfileReader
-from services.context.store.sql import (
-    ATTRIBUTES,
-    CONSENTS,
-    PREDICTIONS,
-    SqlStore,
-    newest_wins,
-)
+from services.context.store.sql import ATTRIBUTES, CONSENTS, PREDICTIONS, SqlStore, newest_wins
 
 LEVEL_RANK = {"none": 0, "basic": 1, "full": 2}
 DEFAULT_CONTACT_HISTORY_S = 90 * 86400
