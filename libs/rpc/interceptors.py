@@ -105,9 +105,11 @@ class _TooLarge:
     limit: int
 
 
-def _tolerant(
+def _marking_deserializer(
     deserializer: Callable[[bytes], Any] | None, limit: int | None
 ) -> Callable[[bytes], Any] | None:
+    """``deserializer`` made to return a marker (_TooLarge, _Undecodable) instead of failing,
+    so that the handler answers with the field at fault rather than gRPC's own error."""
     message_type = getattr(deserializer, "__self__", None)
     descriptor = getattr(message_type, "DESCRIPTOR", None)
     if limit is None and (deserializer is None or descriptor is None):
@@ -167,13 +169,13 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(handler.unary_unary, method),
-                request_deserializer=_tolerant(handler.request_deserializer, limit),
+                request_deserializer=_marking_deserializer(handler.request_deserializer, limit),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 _wrap_stream(handler.unary_stream, method),
-                request_deserializer=_tolerant(handler.request_deserializer, limit),
+                request_deserializer=_marking_deserializer(handler.request_deserializer, limit),
                 response_serializer=handler.response_serializer,
             )
         return handler

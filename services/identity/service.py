@@ -211,9 +211,9 @@ class IdentityService:
         # recently -> read only.
         async with self._units(False) as uow:
             stored = await uow.identity.find_links(_pairs(keys))
-            settled = await self._answer_settled(uow, keys, stored)
-            if settled is not None:
-                return settled
+            linked = await self._answer_if_linked(uow, keys, stored)
+            if linked is not None:
+                return linked
         if not stored:
             # A new profile for identifiers none of which is stored (a first-seen cookie),
             # written with the others queued meanwhile (FirstSightings), without the
@@ -227,9 +227,9 @@ class IdentityService:
             # stitch (which would find it too, in a write transaction).
             async with self._units(False) as uow:
                 stored = await uow.identity.find_links(_pairs(keys))
-                settled_now = await self._answer_settled(uow, keys, stored)
-            if settled_now is not None:
-                return settled_now
+                linked_now = await self._answer_if_linked(uow, keys, stored)
+            if linked_now is not None:
+                return linked_now
         return await self._stitch_retrying(keys)
 
     async def _write_creations(self, creations: Sequence[Creation]) -> None:
@@ -247,18 +247,19 @@ class IdentityService:
             await uow.identity.link_many(links, now)
             await uow.commit()
 
-    async def _answer_settled(
+    async def _answer_if_linked(
         self, uow: IdentityUnitOfWork, keys: list[KeyedIdentifier], stored: list[StoredLink]
     ) -> Resolution | None:
-        """The resolution when ``stored`` settles ``keys`` (see ``_settled``), else None."""
-        settled = self._settled(keys, stored)
-        if settled is None:
+        """The resolution when ``stored`` links every key to one profile, none of them due
+        for a touch (``_linked_and_fresh``): nothing to write. None otherwise."""
+        profile_id = self._linked_and_fresh(keys, stored)
+        if profile_id is None:
             return None
         unsettled: list[str] = []
         if any(row.unsettled for row in stored):
-            found = await uow.identity.unsettled_merges([settled])
-            unsettled = found.get(settled, [])
-        return Resolution(profile_id=settled, unsettled_merged_ids=tuple(unsettled))
+            found = await uow.identity.unsettled_merges([profile_id])
+            unsettled = found.get(profile_id, [])
+        return Resolution(profile_id=profile_id, unsettled_merged_ids=tuple(unsettled))
 
     async def _stitch_retrying(self, keys: list[KeyedIdentifier]) -> Resolution:
         for attempt in range(_ATTEMPTS):
@@ -271,11 +272,14 @@ class IdentityService:
                 await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
         raise AssertionError("unreachable")
 
-    def _settled(self, keys: list[KeyedIdentifier], stored: list[StoredLink]) -> str | None:
-        profile_id, stale = self._known(keys, stored)
+    def _linked_and_fresh(
+        self, keys: list[KeyedIdentifier], stored: list[StoredLink]
+    ) -> str | None:
+        """The profile every key links to when none of the links needs a touch, else None."""
+        profile_id, stale = self._linked_profile(keys, stored)
         return profile_id if profile_id is not None and not stale else None
 
-    def _known(
+    def _linked_profile(
         self, keys: list[KeyedIdentifier], stored: list[StoredLink]
     ) -> tuple[str | None, list[tuple[str, str]]]:
         """The profile when every key is stored under the current digest on one profile
@@ -500,7 +504,7 @@ class _Batch:
                     self._creating.append((index, service._new_id()))
                     self._dirty_keys.update(pairs)
                     continue
-                profile_id, stale = service._known(keys, rows)
+                profile_id, stale = service._linked_profile(keys, rows)
                 if profile_id is not None:
                     self._results[index] = Resolution(profile_id=profile_id)
                     if any(row.unsettled for row in rows):
