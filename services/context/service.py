@@ -376,7 +376,7 @@ class ContextService:
         validate_record(record)
         # The payload is not walked here: the orchestrator of the same process builds it
         # from stored context (redacted when it was written), the catalog, and the request's
-        # situational context, which it redacts itself (services/orchestrator/service.py).
+        # situational context, which it redacts itself (services/orchestrator/recording.py).
         # A record from elsewhere goes through ``payload_redacted`` first (the gRPC API).
         return await self._decision_log.record(record)
 
