@@ -40,8 +40,8 @@ class Factors:
 class ListedAction(Protocol):
     """An action as arbitration lists it for a channel: what the orchestrator reads of a
     candidate (to score it, rank it without arbitration, serve it and record it). The
-    catalog's ``ActionDefinition`` (services/arbitration) is one; so is the one a client
-    builds from the wire."""
+    catalog's ``ActionDefinition`` (services/arbitration) is one, whether listed in
+    process or built by the arbitration client from the wire."""
 
     @property
     def action_id(self) -> str: ...
