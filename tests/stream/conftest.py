@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
@@ -74,9 +75,7 @@ async def stream_names() -> AsyncIterator[StreamNames]:
     try:
         js = client.jetstream()
         for stream in (names.stream, f"{names.stream}_DEAD_LETTERS"):
-            try:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
                 await js.delete_stream(stream)
-            except nats.js.errors.NotFoundError:
-                pass
     finally:
         await client.close()
