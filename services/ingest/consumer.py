@@ -49,6 +49,8 @@ SUBJECT_HEADER = "Nextbest-Original-Subject"
 SEQUENCE_HEADER = "Nextbest-Original-Sequence"
 # A fetch waits at most this long for messages (and a stop at most this long for a fetch).
 FETCH_WAIT_S = 1.0
+# How long a batch waits for more messages once one has arrived (what a lone event waits).
+LINGER_S = 0.005
 # A batch that could not be stored is redelivered after this delay (the database is down).
 RETRY_DELAY_S = 2.0
 # How often the consumer's pending count is read when no message arrives to carry it.
@@ -199,9 +201,7 @@ class StreamConsumer:
                 consumer=config.consumer,
                 subject=config.subject,
             )
-            workers = [
-                asyncio.create_task(self._work(js, subscription)) for _ in range(config.workers)
-            ]
+            workers = [asyncio.create_task(self._work(js)) for _ in range(config.workers)]
             workers.append(asyncio.create_task(self._watch_lag(subscription)))
             try:
                 await asyncio.gather(*workers)
@@ -228,13 +228,19 @@ class StreamConsumer:
                 raise
             await js.add_consumer(config.stream, config=config.consumer_config())
 
-    async def _work(self, js: JetStreamContext, subscription: Any) -> None:
+    async def _work(self, js: JetStreamContext) -> None:
+        # A subscription (an inbox) per worker: concurrent fetches on one inbox would take
+        # each other's messages and status replies.
+        config = self._config
+        subscription = await js.pull_subscribe_bind(durable=config.consumer, stream=config.stream)
         while not self._stopping.is_set():
             try:
-                messages: list[Msg] = await subscription.fetch(
-                    self._config.batch, timeout=FETCH_WAIT_S
-                )
-            except nats.errors.TimeoutError:
+                messages = await _fetch(subscription, config.batch)
+            except nats.errors.ConnectionClosedError:
+                raise  # reconnected from the start by _run
+            except Exception as error:  # a broken reply, or a reconnection under way
+                _log.warning("fetch failed", error=str(error) or repr(error))
+                await asyncio.sleep(RETRY_DELAY_S / 4)
                 continue
             if not messages:
                 continue
@@ -327,6 +333,22 @@ class StreamConsumer:
         await message.ack()
         self._observer.stream_handled(DEAD_LETTERED, 1)
         _log.info("message dead-lettered", subject=message.subject, reason=reason[:200])
+
+
+async def _fetch(subscription: Any, batch: int) -> list[Msg]:
+    """The next batch: waits (at most ``FETCH_WAIT_S``) for a first message, then takes
+    what else is there, lingering ``LINGER_S`` for more. One fetch of ``batch`` would not
+    do: once a message arrives, nats-py waits for the whole batch until the fetch expires,
+    which would hold a lone event for up to a second."""
+    # nats-py raises its TimeoutError or asyncio's (the builtin), depending on the path.
+    try:
+        messages: list[Msg] = await subscription.fetch(1, timeout=FETCH_WAIT_S)
+    except TimeoutError:
+        return []
+    if batch > 1:
+        with contextlib.suppress(TimeoutError):
+            messages.extend(await subscription.fetch(batch - 1, timeout=LINGER_S))
+    return messages
 
 
 def _convert(messages: list[Msg]) -> tuple[list[TrackedEvent], list[Msg], list[tuple[Msg, str]]]:
