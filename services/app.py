@@ -172,6 +172,8 @@ def _local_services(
 def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
     """Wire the services of ``settings.target`` and create (not start) its gRPC server."""
     target = settings.target
+    if target == Target.INGEST and not settings.stream_servers:
+        raise ConfigError("NEXTBEST_STREAM_URL: required by --target ingest (nats://host:4222)")
     observability = Observability.from_settings(settings)
     # Change notifications for WatchDecisions: LISTEN/NOTIFY on PostgreSQL, else in-process.
     changes = change_feed(settings.effective_database_url)
@@ -318,8 +320,6 @@ def _stream_consumer(
     hosts identity and context on the database like the embedded shape does, and an engine
     that takes no decisions."""
     if settings.target == Target.INGEST:
-        if not settings.stream_servers:
-            raise ConfigError("NEXTBEST_STREAM_URL: required by --target ingest (nats://host:4222)")
         assert hosted.identity is not None and hosted.context is not None
         engine = DecisionEngine(
             hosted.identity,
