@@ -526,21 +526,34 @@ def cmd_bench_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_stream(args: argparse.Namespace) -> int:
+    from services.bench import (
+        DEFAULT_POSTGRES_ADMIN_URL,
+        create_bench_database,
+        drop_bench_database,
+    )
     from tools.bench_stream import format_report, run
 
-    result = asyncio.run(
-        run(
-            nats_url=args.nats_url,
-            database_url=args.database_url,
-            events=args.events,
-            profiles=args.profiles,
-            events_per_profile=args.events_per_profile,
-            batch=args.batch,
-            workers=args.workers,
-            replicas=args.replicas,
-            samples=args.samples,
+    database_url = args.database_url
+    created = None
+    if database_url is None and args.database == "postgres":
+        database_url = created = create_bench_database(DEFAULT_POSTGRES_ADMIN_URL)
+    try:
+        result = asyncio.run(
+            run(
+                nats_url=args.nats_url,
+                database_url=database_url,
+                events=args.events,
+                profiles=args.profiles,
+                events_per_profile=args.events_per_profile,
+                batch=args.batch,
+                workers=args.workers,
+                replicas=args.replicas,
+                samples=args.samples,
+            )
         )
-    )
+    finally:
+        if created is not None:
+            drop_bench_database(DEFAULT_POSTGRES_ADMIN_URL, created)
     print(format_report(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -783,8 +796,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_stream.add_argument("--nats-url", default="nats://127.0.0.1:4222")
     bench_stream.add_argument(
-        "--database-url", help="an empty database (default: temporary SQLite files)"
+        "--database",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="temporary SQLite files, or a fresh database on the local PostgreSQL",
     )
+    bench_stream.add_argument("--database-url", help="an empty database to use instead")
     bench_stream.add_argument("--events", type=int, default=100_000, help="measured events")
     bench_stream.add_argument("--profiles", type=int, default=10_000, help="distinct visitors")
     bench_stream.add_argument("--events-per-profile", type=int, default=5, help="per session")

@@ -452,7 +452,9 @@ async def run(
                 workdir, urls[1], nats_url=nats_url, samples=samples, batch=batch
             )
         result["load_average_after"] = os.getloadavg()
-        result["database"] = "postgresql" if database_url else "sqlite"
+        result["database"] = (
+            "postgresql" if database_url and database_url.startswith("postgres") else "sqlite"
+        )
         return result
 
 
