@@ -526,7 +526,7 @@ def cmd_bench_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_stream(args: argparse.Namespace) -> int:
-    from services.bench import (
+    from tools.bench_database import (
         DEFAULT_POSTGRES_ADMIN_URL,
         create_bench_database,
         drop_bench_database,

@@ -40,12 +40,12 @@ import nats
 from nats.js import api
 from nextbest.decision.v1 import decision_pb2, decision_pb2_grpc
 
-from services.bench import cpu_seconds
-from services.context.bench import stored_events
 from services.context.model import AppendResult
 from services.ingest.consumer import StreamConfig, StreamConsumer
-from services.launch import NEXTBEST, free_port, wait_serving
 from services.orchestrator.model import TrackedEvent
+from tools.bench_ingest import stored_events
+from tools.launch import NEXTBEST, free_port, wait_serving
+from tools.load import cpu_seconds
 
 _TYPES = (
     ("page_view", 0.70),
