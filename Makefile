@@ -63,7 +63,7 @@ bench: $(STAMP)
 ## operator's documented fields), check and unit-test the alert rules with promtool, lint
 ## deploy/Dockerfile, check the Tiltfile and the manifests' properties.
 KUBERNETES_VERSION ?= 1.31.0
-KUSTOMIZATIONS := base overlays/dev overlays/production overlays/production-monitoring
+KUSTOMIZATIONS := base overlays/dev overlays/production overlays/production-monitoring overlays/production-stream
 DEPLOY_BUILD := build/deploy
 MONITORING := deploy/kubernetes/components/monitoring
 

@@ -24,6 +24,8 @@ class Target(StrEnum):
     SCORING = "scoring"
     ARBITRATION = "arbitration"
     ORCHESTRATOR = "orchestrator"
+    # Events from a JetStream stream into storage (no public API; NEXTBEST_STREAM_*).
+    INGEST = "ingest"
 
 
 class ConfigError(Exception):
@@ -254,6 +256,52 @@ class Settings(BaseSettings):
     mesh_token: SecretStr | None = Field(
         None, description="Shared secret internal services accept from mesh peers."
     )
+    # --- events from a stream (NATS JetStream; services/ingest, docs/operations.md)
+    stream_url: str = Field(
+        "",
+        description="NATS server(s), comma-separated (nats://host:4222); set = `--target all` "
+        "also consumes the stream, and `--target ingest` needs it.",
+    )
+    stream_name: str = Field(
+        "NEXTBEST_EVENTS", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="JetStream stream."
+    )
+    stream_subject: str = Field(
+        "nextbest.events.>",
+        pattern=r"^[^\s]{1,255}$",
+        description="Subject (wildcards allowed) the events are published on.",
+    )
+    stream_consumer: str = Field(
+        "nextbest-ingest",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="Durable pull consumer shared by every replica.",
+    )
+    stream_dead_letter_subject: str = Field(
+        "nextbest.dead-letter.events",
+        pattern=r"^[^\s*>]{1,255}$",
+        description="Where undecodable or invalid messages go, with the reason in a header.",
+    )
+    stream_create: bool = Field(
+        True,
+        description="Create the stream, the dead-letter stream and the consumer when missing "
+        "(false: they must exist).",
+    )
+    stream_batch: int = Field(
+        500, ge=1, le=1000, description="Messages fetched and stored together (one batch)."
+    )
+    stream_workers: int = Field(2, ge=1, le=16, description="Batches one process stores at a time.")
+    stream_max_in_flight: int = Field(
+        4000,
+        ge=1,
+        le=1_000_000,
+        description="Messages delivered and not yet acknowledged, across every replica "
+        "(the consumer's max_ack_pending).",
+    )
+    stream_ack_wait_s: float = Field(
+        30.0, gt=0, le=3600, description="Redelivery after this long without an ack."
+    )
+    stream_credentials_file: Path | None = Field(
+        None, description="NATS credentials file (JWT and NKey seed) for the connection."
+    )
 
     @field_validator("phone_region")
     @classmethod
@@ -292,6 +340,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'nextbest.db').resolve()}"
+
+    @property
+    def stream_servers(self) -> list[str]:
+        return [url.strip() for url in self.stream_url.split(",") if url.strip()]
 
     @property
     def migrate_on_start(self) -> bool:

@@ -37,6 +37,7 @@ from services.identity.api import IdentityClient, identity_binding
 from services.identity.normalize import IdentifierKeyring
 from services.identity.repository import SqlIdentityUnitOfWork
 from services.identity.service import IdentityService
+from services.ingest.consumer import DecisionsNotServed, StreamConfig, StreamConsumer
 from services.orchestrator.admin_proxy import admin_forwarding_bindings
 from services.orchestrator.api import orchestrator_bindings
 from services.orchestrator.decide import DecisionEngine
@@ -77,6 +78,8 @@ class BuiltTarget:
     database: Database | None = None
     observability: Observability = field(default_factory=Observability)
     changes: InProcessChangeFeed = field(default_factory=InProcessChangeFeed)
+    # The stream's consumer (NEXTBEST_STREAM_URL; --target ingest, or all): starts warm.
+    consumer: StreamConsumer | None = None
 
     async def warm_up(self) -> None:
         """Make the first calls as fast as the next ones, before health reports SERVING
@@ -104,6 +107,8 @@ class BuiltTarget:
                 except Exception as error:  # an optimisation, not a precondition
                     _log.warning("warm-up failed", service=name, error=str(error))
         await _connect(self.channels, PEER_WAIT_S)
+        if self.consumer is not None:
+            await self.consumer.start()  # in the background: the broker may be away
 
     async def close(self) -> None:
         for close in reversed(self.closers):
@@ -136,12 +141,12 @@ def _local_services(
     scoring_backend: ModelBackend | None = None,
 ) -> DomainServices:
     hosted = DomainServices()
-    if target in (Target.ALL, Target.IDENTITY):
+    if target in (Target.ALL, Target.IDENTITY, Target.INGEST):
         hosted.identity = IdentityService(
             lambda write: SqlIdentityUnitOfWork(database, write=write),
             IdentifierKeyring.from_settings(settings),
         )
-    if target in (Target.ALL, Target.CONTEXT):
+    if target in (Target.ALL, Target.CONTEXT, Target.INGEST):
         hosted.context = ContextService(
             lambda write: SqlContextUnitOfWork(database, write=write),
             aggregates=settings.aggregates,
@@ -169,6 +174,8 @@ def _local_services(
 def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
     """Wire the services of ``settings.target`` and create (not start) its gRPC server."""
     target = settings.target
+    if target == Target.INGEST and not settings.stream_servers:
+        raise ConfigError("NEXTBEST_STREAM_URL: required by --target ingest (nats://host:4222)")
     observability = Observability.from_settings(settings)
     # Change notifications for WatchDecisions: LISTEN/NOTIFY on PostgreSQL, else in-process.
     changes = change_feed(settings.effective_database_url)
@@ -263,6 +270,7 @@ def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
         hosted.privacy = PrivacyAdmin(
             identity, context, changes=changes, outbox=hosted.decisions.outbox
         )
+    consumer = _stream_consumer(settings, hosted, observability, changes, closers)
     bindings = _bindings(hosted, catalog_parser)
     if target == Target.ORCHESTRATOR:
         # The admin services of arbitration and scoring, through the public port.
@@ -298,7 +306,46 @@ def build_target(settings: Settings, *, port: int | None = None) -> BuiltTarget:
         database,
         observability,
         changes,
+        consumer,
     )
+
+
+def _stream_consumer(
+    settings: Settings,
+    hosted: DomainServices,
+    observability: Observability,
+    changes: InProcessChangeFeed,
+    closers: list[Callable[[], Awaitable[None]]],
+) -> StreamConsumer | None:
+    """The stream's consumer of ``--target ingest`` and, when a stream is configured, of
+    ``--target all``. It writes through ``DecisionEngine.track_events``: the ingest target
+    hosts identity and context on the database like the embedded shape does, and an engine
+    that takes no decisions."""
+    if settings.target == Target.INGEST:
+        assert hosted.identity is not None and hosted.context is not None
+        engine = DecisionEngine(
+            hosted.identity,
+            hosted.context,
+            DecisionsNotServed(),
+            DecisionsNotServed(),
+            budget_ms=settings.decision_budget_ms,
+            observer=observability,
+            # Other replicas' WatchDecisions streams hear of the events (PostgreSQL).
+            changes=changes,
+            event_types=settings.aggregates.event_types,
+            new_profile_level=PersonalizationLevel(settings.default_personalization),
+        )
+        closers.append(engine.close)
+    elif settings.target == Target.ALL and settings.stream_servers:
+        assert hosted.decisions is not None
+        engine = hosted.decisions
+    else:
+        return None
+    consumer = StreamConsumer(StreamConfig.from_settings(settings), engine, observability)
+    # Closed first (closers run in reverse): the batches being stored finish and are acked
+    # before the engine and the database close.
+    closers.append(consumer.close)
+    return consumer
 
 
 def _add_probe_port(server: GrpcServer, settings: Settings) -> None:

@@ -525,6 +525,42 @@ def cmd_bench_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_stream(args: argparse.Namespace) -> int:
+    from tools.bench_database import (
+        DEFAULT_POSTGRES_ADMIN_URL,
+        create_bench_database,
+        drop_bench_database,
+    )
+    from tools.bench_stream import format_report, run
+
+    database_url = args.database_url
+    created = None
+    if database_url is None and args.database == "postgres":
+        database_url = created = create_bench_database(DEFAULT_POSTGRES_ADMIN_URL)
+    try:
+        result = asyncio.run(
+            run(
+                nats_url=args.nats_url,
+                database_url=database_url,
+                events=args.events,
+                profiles=args.profiles,
+                events_per_profile=args.events_per_profile,
+                batch=args.batch,
+                workers=args.workers,
+                replicas=args.replicas,
+                samples=args.samples,
+            )
+        )
+    finally:
+        if created is not None:
+            drop_bench_database(DEFAULT_POSTGRES_ADMIN_URL, created)
+    print(format_report(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nextbest",
@@ -752,6 +788,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_apply.add_argument("--json", help="also write the result to this file")
     bench_apply.set_defaults(handler=cmd_bench_apply)
+
+    bench_stream = commands.add_parser(
+        "bench-stream",
+        help="events/s from a NATS JetStream stream to storage, and publish -> changed "
+        "decision delay (each beside a baseline)",
+    )
+    bench_stream.add_argument("--nats-url", default="nats://127.0.0.1:4222")
+    bench_stream.add_argument(
+        "--database",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="temporary SQLite files, or a fresh database on the local PostgreSQL",
+    )
+    bench_stream.add_argument("--database-url", help="an empty database to use instead")
+    bench_stream.add_argument("--events", type=int, default=100_000, help="measured events")
+    bench_stream.add_argument("--profiles", type=int, default=10_000, help="distinct visitors")
+    bench_stream.add_argument("--events-per-profile", type=int, default=5, help="per session")
+    bench_stream.add_argument("--batch", type=int, default=500, help="NEXTBEST_STREAM_BATCH")
+    bench_stream.add_argument("--workers", type=int, default=2, help="NEXTBEST_STREAM_WORKERS")
+    bench_stream.add_argument("--replicas", type=int, default=1, help="ingest processes")
+    bench_stream.add_argument(
+        "--samples", type=int, default=50, help="delay samples per path (0: no delay run)"
+    )
+    bench_stream.add_argument("--json", help="also write the result to this file")
+    bench_stream.set_defaults(handler=cmd_bench_stream)
     return parser
 
 

@@ -154,6 +154,18 @@ class Observability:
         if self.metrics is not None:
             self.metrics.personal_data_redacted(field, count)
 
+    # --- the stream consumer's StreamObserver (services/ingest/consumer.py)
+    def stream_handled(self, outcome: str, count: int) -> None:
+        """Told how many stream messages ended with ``outcome`` (stored, duplicate,
+        dead_lettered)."""
+        if self.metrics is not None and count:
+            self.metrics.stream_handled(outcome, count)
+
+    def stream_pending(self, pending: int) -> None:
+        """Told the durable consumer's pending count (messages not yet delivered)."""
+        if self.metrics is not None:
+            self.metrics.stream_pending(pending)
+
     # --- lifecycle
     def start(self) -> None:
         """Serve /metrics on ``host:metrics_port`` (a daemon thread); idempotent."""

@@ -169,6 +169,21 @@ class Metrics:
         self.event_batches = Counter(
             "nextbest_event_batches", "TrackEvents batches stored.", registry=r
         )
+        # --- events from a stream (told by services/ingest): outcome is one of
+        # stored, duplicate, dead_lettered.
+        self.stream_messages = Counter(
+            "nextbest_stream_messages",
+            "Stream messages handled and acknowledged: stored (new events), duplicate "
+            "(already stored: a redelivery or a re-sent event_id) or dead_lettered (bad).",
+            ["outcome"],
+            registry=r,
+        )
+        self.stream_lag = Gauge(
+            "nextbest_stream_consumer_lag",
+            "Messages in the stream not yet delivered to the durable consumer (its pending "
+            "count, shared by every replica).",
+            registry=r,
+        )
         # --- personal data (told by the context service and the orchestrator): field is one
         # of a fixed few (event_attributes, profile_attributes, request_context).
         self.redactions = Counter(
@@ -255,6 +270,13 @@ class Metrics:
             self._events_accepted.inc(accepted)
         if duplicates:
             self._events_duplicate.inc(duplicates)
+
+    # --- the stream consumer's observer (services/ingest/consumer.py, StreamObserver)
+    def stream_handled(self, outcome: str, count: int) -> None:
+        self.stream_messages.labels(outcome).inc(count)
+
+    def stream_pending(self, pending: int) -> None:
+        self.stream_lag.set(pending)
 
     # --- the context service's redaction observer (and the orchestrator's DecisionObserver)
     def personal_data_redacted(self, field: str, count: int) -> None:

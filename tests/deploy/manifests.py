@@ -25,7 +25,7 @@ from tools.launch import MESH_TARGETS
 
 ROOT = Path(__file__).resolve().parents[2]
 KUSTOMIZE_DIR = ROOT / "deploy" / "kubernetes"
-OVERLAYS = ("dev", "production", "production-monitoring")
+OVERLAYS = ("dev", "production", "production-monitoring", "production-stream")
 # Everything CI renders: the base alone and each overlay (which cover every component).
 RENDERED = ("base", *(f"overlays/{name}" for name in OVERLAYS))
 INTERNAL_TARGETS = tuple(t for t in MESH_TARGETS if t != "orchestrator")

@@ -15,6 +15,7 @@ TOOL_COMMANDS = [
     ["bench-login"],
     ["bench-overload"],
     ["bench-apply"],
+    ["bench-stream"],
     ["datagen", "--database-url", "sqlite://"],
     ["faults"],
 ]
