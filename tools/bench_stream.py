@@ -40,7 +40,7 @@ import nats
 from nats.js import api
 from nextbest.decision.v1 import decision_pb2, decision_pb2_grpc
 
-from services.context.model import AppendResult
+from libs.contracts.context import AppendResult
 from services.ingest.consumer import StreamConfig, StreamConsumer
 from services.orchestrator.model import TrackedEvent
 from tools.bench_ingest import stored_events

@@ -29,14 +29,14 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from libs.config import Settings
+from libs.contracts.arbitration import CandidateList, Prioritization, ScoredCandidate
+from libs.contracts.context import AppendResult, ProfileContext
+from libs.contracts.scoring import CandidateScore, ScoringCandidate
 from libs.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from libs.logging import get_logger
-from services.arbitration.model import CandidateList, Prioritization, ScoredCandidate
-from services.context.model import AppendResult, ProfileContext
 from services.ingest.decode import UndecodableMessage, decode_event
 from services.orchestrator.api import tracked_events_from_proto
 from services.orchestrator.model import TrackedEvent
-from services.scoring.model import CandidateScore, ScoringCandidate
 
 _log = get_logger("nextbest.ingest")
 
