@@ -288,7 +288,7 @@ class Settings(BaseSettings):
     stream_batch: int = Field(
         500, ge=1, le=1000, description="Messages fetched and stored together (one batch)."
     )
-    stream_workers: int = Field(2, ge=1, le=16, description="Batches one process stores at a time.")
+    stream_workers: int = Field(4, ge=1, le=16, description="Batches one process stores at a time.")
     stream_max_in_flight: int = Field(
         4000,
         ge=1,

@@ -806,7 +806,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_stream.add_argument("--profiles", type=int, default=10_000, help="distinct visitors")
     bench_stream.add_argument("--events-per-profile", type=int, default=5, help="per session")
     bench_stream.add_argument("--batch", type=int, default=500, help="NEXTBEST_STREAM_BATCH")
-    bench_stream.add_argument("--workers", type=int, default=2, help="NEXTBEST_STREAM_WORKERS")
+    bench_stream.add_argument("--workers", type=int, default=4, help="NEXTBEST_STREAM_WORKERS")
     bench_stream.add_argument("--replicas", type=int, default=1, help="ingest processes")
     bench_stream.add_argument(
         "--samples", type=int, default=50, help="delay samples per path (0: no delay run)"

@@ -150,12 +150,18 @@ async def _publish_fast(js: Any, client: Any, names: _Names, payloads: Sequence[
 
 
 async def _ack_floor(js: Any, names: _Names, consumer: str) -> tuple[int, int, int]:
+    """(ack floor, messages acknowledged, messages pending): the floor is the sequence below
+    which every message is acknowledged; with several workers acknowledging out of order
+    it can hold still behind one batch and then jump, so rates count acknowledged messages
+    (delivered minus those awaiting their acknowledgement) instead."""
     try:
         info = await js.consumer_info(names.stream, consumer)
     except nats.js.errors.NotFoundError:  # not created yet
         return 0, 0, 0
-    floor = info.ack_floor.stream_seq if info.ack_floor else 0
-    return int(floor or 0), int(info.num_pending or 0), int(info.num_ack_pending or 0)
+    floor = int((info.ack_floor.stream_seq if info.ack_floor else 0) or 0)
+    delivered = int((info.delivered.stream_seq if info.delivered else 0) or 0)
+    acknowledged = max(floor, delivered - int(info.num_ack_pending or 0))
+    return floor, acknowledged, int(info.num_pending or 0)
 
 
 async def _drain_rate(
@@ -166,10 +172,10 @@ async def _drain_rate(
     deadline = time.monotonic() + WAIT_S
     start = cpu_start = None
     while True:
-        floor, _, _ = await _ack_floor(js, names, consumer)
+        floor, acknowledged, _ = await _ack_floor(js, names, consumer)
         now = time.monotonic()
-        if start is None and floor >= primed:
-            start, start_floor = now, floor
+        if start is None and acknowledged >= primed:
+            start, start_floor = now, acknowledged
             cpu_start = _cpu(pids)
         if floor >= total:
             break
