@@ -491,7 +491,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    from services.learning.commands import run_log
+    from services.learning.log_export import run_log
 
     settings = _settings(args)
     return run_log(args, args.database_url or settings.effective_database_url)
@@ -627,11 +627,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo-model")
     demo.set_defaults(handler=cmd_demo)
 
-    from services.learning.commands import (
-        add_evaluate_arguments,
-        add_log_arguments,
-        add_train_arguments,
-    )
+    from services.learning.commands import add_evaluate_arguments, add_train_arguments
+    from services.learning.log_export import add_log_arguments
 
     train = add_connection_arguments(
         with_address(

@@ -1,15 +1,14 @@
-"""``nextbest train``, ``nextbest evaluate`` and ``nextbest log compact|export``: the
-learning loop's commands.
+"""``nextbest train`` and ``nextbest evaluate``: the learning loop's commands.
 
-``train`` and ``evaluate`` read the logged decisions straight from the database
-(``--database-url``, else the settings' database, as ``nextbest db`` does), page by page,
-with progress bars on stderr, or from a Parquet or CSV log (``--log FILE``, logfile.py).
-``train`` records the window it trained on in the model file (ONNX metadata
-``nextbest.training``); ``evaluate`` of that model reads only decisions after it by
-default, and refuses a window that overlaps it unless ``--allow-overlap`` (then flagged).
-``train`` registers its model through the ModelService API (``--address``), never activated:
-it becomes a challenger when ``--share`` is given, and ``nextbest models activate`` makes it
-the champion once it has proven itself.
+Both read the logged decisions straight from the database (``--database-url``, else the
+settings' database, as ``nextbest db`` does), page by page, with progress bars on stderr,
+or from a Parquet or CSV log (``--log FILE``), over a ``--since``/``--until`` window
+(reading.py, windows.py). ``train`` records the window it trained on in the model file;
+``evaluate`` of that model reads only decisions after it by default, and refuses a window
+that overlaps it unless ``--allow-overlap`` (then flagged). ``train`` registers its model
+through the ModelService API (``--address``), never activated: it becomes a challenger when
+``--share`` is given, and ``nextbest models activate`` makes it the champion once it has
+proven itself. ``nextbest log`` is log_export.py.
 
 Only argparse and light modules are imported at the top: the parser of every ``nextbest``
 command adds these arguments.
@@ -18,39 +17,35 @@ command adds these arguments.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
-from libs.clock import utc_now
-from libs.config import ConfigError, duration_s
+from libs.config import ConfigError
 from libs.errors import InvalidArgument
+from services.learning.reading import progress, read_decisions
+from services.learning.windows import (
+    embed_training,
+    model_training_window,
+    overlaps_training,
+    requested_window,
+    training_window,
+)
 from services.scoring.model import FeatureSpec
-
-if TYPE_CHECKING:
-    from services.learning.dataset import LoggedDecision
-
-T = TypeVar("T")
 
 __all__ = [
     "add_evaluate_arguments",
-    "add_log_arguments",
     "add_train_arguments",
     "run_evaluate",
-    "run_log",
     "run_train",
 ]
 
 
-TRAINING_KEY = "nextbest.training"
-
-
-def _add_log_arguments(parser: argparse.ArgumentParser, since_help: str) -> None:
+def _add_reading_arguments(parser: argparse.ArgumentParser, since_help: str) -> None:
     parser.add_argument(
         "--database-url", help="where the decisions are logged (default: the settings')"
     )
@@ -76,7 +71,7 @@ def _add_log_arguments(parser: argparse.ArgumentParser, since_help: str) -> None
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_log_arguments(parser, "default: 30d; a log file: every row")
+    _add_reading_arguments(parser, "default: 30d; a log file: every row")
     parser.add_argument(
         "--name",
         default="demo_propensity",
@@ -102,7 +97,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_log_arguments(
+    _add_reading_arguments(
         parser, "default: just after the --model's training window, else 30d or every row"
     )
     parser.add_argument("--model", help="candidate ONNX model (with --features)")
@@ -150,162 +145,6 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
-def _since(text: str, now: datetime, option: str = "--since") -> datetime:
-    try:
-        return now - timedelta(seconds=duration_s(text))
-    except ValueError:
-        pass
-    try:
-        at = datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(
-            f"{option}: {text!r} is neither a duration (7d) nor an ISO time"
-        ) from None
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class Window:
-    """[since, until) of the decisions read; None: unbounded on that side."""
-
-    since: datetime | None
-    until: datetime | None
-
-    def as_dict(self) -> dict[str, str | None]:
-        return {
-            "since": None if self.since is None else self.since.isoformat(),
-            "until": None if self.until is None else self.until.isoformat(),
-        }
-
-
-def _window(args: argparse.Namespace, default_since: str | None) -> Window:
-    now = utc_now()
-    text = args.since or default_since
-    since = _since(text, now) if text else None
-    until = _since(args.until, now, "--until") if args.until else None
-    if since is not None and until is not None and until <= since:
-        raise ConfigError(f"--until ({until.isoformat()}) is not after --since")
-    return Window(since, until)
-
-
-def _horizon(text: str) -> timedelta:
-    try:
-        return timedelta(seconds=duration_s(text))
-    except ValueError:
-        raise ConfigError(f"--horizon: {text!r} is not a duration like 1h, 7d") from None
-
-
-def _progress(enabled: bool, description: str) -> Callable[[Iterable[T]], Iterator[T]]:
-    def wrap(items: Iterable[T]) -> Iterator[T]:
-        if not enabled:
-            yield from items
-            return
-        from tqdm import tqdm
-
-        yield from tqdm(items, desc=description, unit=" rows", file=sys.stderr, leave=False)
-
-    return wrap
-
-
-async def _read_logs(
-    args: argparse.Namespace, database_url: str, window: Window
-) -> list[LoggedDecision]:
-    """Every logged decision with a snapshot in ``window``, with a progress bar; a
-    warning on stderr for those skipped (an unreadable snapshot, an unknown catalog)."""
-    # Imported here: building the parser (every ``nextbest`` command) stays light.
-    from services.learning.dataset import LogReading, iter_logged_decisions
-
-    since = window.since or datetime.min.replace(tzinfo=UTC)
-    bar: Any = None
-    if not args.no_progress:
-        from tqdm import tqdm
-
-        bar = tqdm(desc="reading decisions", unit=" decisions", file=sys.stderr, leave=False)
-
-    def on_page(read: int, total: int) -> None:
-        if bar is not None:
-            bar.total = total
-            bar.update(read)
-
-    reading = LogReading()
-    try:
-        found = [
-            d
-            async for d in iter_logged_decisions(
-                database_url,
-                since,
-                _horizon(args.horizon),
-                on_page=on_page,
-                reading=reading,
-                until=window.until,
-            )
-        ]
-    finally:
-        if bar is not None:
-            bar.close()
-    for warning in reading.warnings():
-        print(f"nextbest: warning: {warning}", file=sys.stderr)
-    return found
-
-
-def _read_file(args: argparse.Namespace, window: Window, name: str = "") -> Any:
-    """The ``--log`` file's LogFile (ConfigError naming what is wrong)."""
-    from services.learning.logfile import LogFileError, read_log
-
-    try:
-        return read_log(Path(args.log), since=window.since, until=window.until, name=name)
-    except LogFileError as error:
-        raise ConfigError(f"--log: {error}") from None
-
-
-def _decisions(
-    args: argparse.Namespace, database_url: str, window: Window, name: str = ""
-) -> tuple[list[LoggedDecision], Any]:
-    """The decisions of the database or of the ``--log`` file (and that LogFile)."""
-    if args.log:
-        found = _read_file(args, window, name)
-        return list(found.decisions), found
-    return asyncio.run(_read_logs(args, database_url, window)), None
-
-
-def training_window(decisions: Iterable[LoggedDecision], source: str) -> dict[str, Any]:
-    """What a model records of its training data: where from, how many decisions, and the
-    times of the first and the last (none for a log without times). Read from the data, not
-    the options, so that the same data gives the same model bytes."""
-    times = [d.decided_at for d in decisions if d.decided_at.year > 1]
-    found: dict[str, Any] = {"source": source, "decisions": len(times) or None}
-    if times:
-        found["first"] = min(times).isoformat()
-        found["last"] = max(times).isoformat()
-    return found
-
-
-def _embed_training(onnx_bytes: bytes, window: dict[str, Any]) -> bytes:
-    """The model with its training window in its metadata (the ``onnx`` package, train
-    extra). Serialised deterministically: the same data still gives the same bytes."""
-    import onnx
-
-    model = onnx.load_from_string(onnx_bytes)
-    kept = [p for p in model.metadata_props if p.key != TRAINING_KEY]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    entry = model.metadata_props.add()
-    entry.key, entry.value = TRAINING_KEY, json.dumps(window, sort_keys=True)
-    data: bytes = model.SerializeToString(deterministic=True)
-    return data
-
-
-def model_training_window(onnx_bytes: bytes) -> dict[str, Any] | None:
-    """The training window a model file records (None: trained before it was recorded)."""
-    from services.scoring.runtime import read_metadata
-
-    text = read_metadata(onnx_bytes).get(TRAINING_KEY)
-    if text is None:
-        return None
-    found = json.loads(text)
-    return found if isinstance(found, dict) else None
-
-
 def _features_file(path: str) -> tuple[FeatureSpec, ...]:
     try:
         listed = json.loads(Path(path).read_text())
@@ -348,8 +187,8 @@ def run_train(
         channel = connect()
         stub = model_pb2_grpc.ModelServiceStub(channel)
     try:
-        window = _window(args, None if args.log else "30d")
-        logged, log_file = _decisions(args, database_url, window, args.name)
+        window = requested_window(args, None if args.log else "30d")
+        logged, log_file = read_decisions(args, database_url, window, args.name)
         if args.features:
             features = _features_file(args.features)
         elif log_file is not None:
@@ -361,7 +200,7 @@ def run_train(
         _check_features(features)
         # The model scores the actions whose catalog entry names it.
         mine = [d for d in logged if (s := d.served) is not None and s.model == args.name]
-        x, y = training_matrix(mine, features, progress=_progress(not args.no_progress, "features"))
+        x, y = training_matrix(mine, features, progress=progress(not args.no_progress, "features"))
         try:
             result = train_propensity(
                 x,
@@ -379,7 +218,7 @@ def run_train(
             )
             return 1
         trained = training_window(mine, Path(args.log).name if args.log else "database")
-        onnx_model = _embed_training(result.onnx_model, trained)
+        onnx_model = embed_training(result.onnx_model, trained)
         result = replace(result, onnx_model=onnx_model)
         version = args.version or result.checksum[:12]
         report: dict[str, Any] = {
@@ -545,15 +384,6 @@ def _policy(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None, str]:
     return policy, trained, model.checksum if model is not None else ""
 
 
-def _overlap(window: Window, trained: dict[str, Any]) -> bool:
-    """Whether the evaluation window holds a time of the training window."""
-    first = datetime.fromisoformat(trained["first"])
-    last = datetime.fromisoformat(trained["last"])
-    return (window.since is None or window.since <= last) and (
-        window.until is None or window.until > first
-    )
-
-
 def run_evaluate(args: argparse.Namespace, database_url: str) -> int:
     from services.learning.evaluate import evaluate_policy, format_report
 
@@ -569,8 +399,8 @@ def run_evaluate(args: argparse.Namespace, database_url: str) -> int:
         # Just after the last decision trained on: held out by construction.
         last = datetime.fromisoformat(trained["last"])
         default_since = (last + timedelta(microseconds=1)).isoformat()
-    window = _window(args, default_since)
-    overlaps = timed and trained is not None and _overlap(window, trained)
+    window = requested_window(args, default_since)
+    overlaps = timed and trained is not None and overlaps_training(window, trained)
     if overlaps and trained is not None:
         message = (
             f"the evaluation window overlaps the model's training window ({trained['first']} "
@@ -592,7 +422,7 @@ def run_evaluate(args: argparse.Namespace, database_url: str) -> int:
     elif trained is None and args.model:
         notes.append("the model records no training window: hold its decisions out by hand")
     # A log file's actions are all scored by the candidate model (--model-name, if any).
-    logged, _ = _decisions(args, database_url, window, args.model_name)
+    logged, _ = read_decisions(args, database_url, window, args.model_name)
     if args.log and not any(d.reward is None for d in logged) and args.reward == "value":
         raise ConfigError("--reward value: a log file gives the reward itself (leave it out)")
     try:
@@ -635,71 +465,4 @@ def run_evaluate(args: argparse.Namespace, database_url: str) -> int:
             f"promotion rule ({args.promote_on} - logged, lower bound > 0): {verdict} "
             f"than the logged policy"
         )
-    return 0
-
-
-def add_log_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["compact", "export"])
-    parser.add_argument(
-        "--database-url", help="where the decisions are logged (default: the settings')"
-    )
-    parser.add_argument(
-        "--since",
-        help="decisions taken at or after: a duration back from now (7d) or an ISO time "
-        "(default: every decision)",
-    )
-    parser.add_argument("--until", help="export: decisions taken before (default: now)")
-    parser.add_argument(
-        "--horizon", default="7d", help="export: an accept within this time of the decision"
-    )
-    parser.add_argument("--out", help="export: the .parquet or .csv file to write")
-    parser.add_argument("--dry-run", action="store_true", help="compact: count and measure only")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-
-
-def run_log(args: argparse.Namespace, database_url: str) -> int:
-    """``nextbest log compact``: version 1 snapshots rewritten as version 2 (compact.py);
-    ``nextbest log export``: the decisions as a Parquet or CSV log (logfile.py)."""
-    if args.action == "export":
-        return _export(args, database_url)
-    from services.learning.compact import compact_log
-
-    since = _since(args.since, utc_now()) if args.since else datetime.min.replace(tzinfo=UTC)
-    bar: Any = None
-    if not args.no_progress:
-        from tqdm import tqdm
-
-        bar = tqdm(desc="compacting decisions", unit=" decisions", file=sys.stderr, leave=False)
-
-    def on_page(read: int, total: int) -> None:
-        if bar is not None:
-            bar.total = total
-            bar.update(read)
-
-    try:
-        report = asyncio.run(
-            compact_log(database_url, since, dry_run=args.dry_run, on_page=on_page)
-        )
-    finally:
-        if bar is not None:
-            bar.close()
-    print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
-    return 0
-
-
-def _export(args: argparse.Namespace, database_url: str) -> int:
-    from services.learning.logfile import LogFileError, export_rows, write_log
-
-    if not args.out:
-        raise ConfigError("log export: --out FILE (.parquet or .csv) is required")
-    args.log = None
-    window = _window(args, None)
-    decisions = asyncio.run(_read_logs(args, database_url, window))
-    try:
-        written = write_log(Path(args.out), export_rows(decisions))
-    except LogFileError as error:
-        raise ConfigError(f"--out: {error}") from None
-    report = {"decisions": written, "out": args.out, "window": window.as_dict()}
-    print(json.dumps(report, indent=2) if args.json else f"wrote {written} decisions to {args.out}")
     return 0
