@@ -398,18 +398,10 @@ def cmd_bench_identity(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_login(args: argparse.Namespace) -> int:
-    from tools.bench_database import (
-        DEFAULT_POSTGRES_ADMIN_URL,
-        create_bench_database,
-        drop_bench_database,
-    )
+    from tools.bench_database import bench_database
     from tools.bench_login import run_login_bench
 
-    database_url = args.database_url
-    created = None
-    if database_url is None and args.database == "postgres":
-        database_url = created = create_bench_database(DEFAULT_POSTGRES_ADMIN_URL)
-    try:
+    with bench_database(args.database_url, args.database) as database_url:
         result = asyncio.run(
             run_login_bench(
                 shape=args.shape,
@@ -418,9 +410,6 @@ def cmd_bench_login(args: argparse.Namespace) -> int:
                 warmup=args.warmup,
             )
         )
-    finally:
-        if created is not None:
-            drop_bench_database(DEFAULT_POSTGRES_ADMIN_URL, created)
     print(
         f"login Decide merging two profiles ({result['shape']}): {result['logins']} logins, "
         f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
@@ -526,18 +515,10 @@ def cmd_bench_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_stream(args: argparse.Namespace) -> int:
-    from tools.bench_database import (
-        DEFAULT_POSTGRES_ADMIN_URL,
-        create_bench_database,
-        drop_bench_database,
-    )
+    from tools.bench_database import bench_database
     from tools.bench_stream import format_report, run
 
-    database_url = args.database_url
-    created = None
-    if database_url is None and args.database == "postgres":
-        database_url = created = create_bench_database(DEFAULT_POSTGRES_ADMIN_URL)
-    try:
+    with bench_database(args.database_url, args.database) as database_url:
         result = asyncio.run(
             run(
                 nats_url=args.nats_url,
@@ -551,9 +532,6 @@ def cmd_bench_stream(args: argparse.Namespace) -> int:
                 samples=args.samples,
             )
         )
-    finally:
-        if created is not None:
-            drop_bench_database(DEFAULT_POSTGRES_ADMIN_URL, created)
     print(format_report(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,8 @@ decision log takes per decision once a run is over.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from tools.load import cpu_seconds
@@ -39,6 +41,20 @@ def drop_bench_database(admin_url: str, url: str) -> None:
 
     with psycopg.connect(_libpq(admin_url), autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def bench_database(database_url: str | None, database: str) -> Iterator[str | None]:
+    """``database_url`` as given; else, for ``database == "postgres"``, a fresh database on
+    the local server, dropped afterwards; else None (the tool makes its own SQLite files)."""
+    if database_url is not None or database != "postgres":
+        yield database_url
+        return
+    created = create_bench_database(DEFAULT_POSTGRES_ADMIN_URL)
+    try:
+        yield created
+    finally:
+        drop_bench_database(DEFAULT_POSTGRES_ADMIN_URL, created)
 
 
 def generated_profiles(url: str) -> int:
