@@ -22,9 +22,14 @@ kinds. Every call that ``allow`` let out must be recorded, ABANDONED when the ca
 - SUCCESS (it answered, a caller's mistake such as INVALID_ARGUMENT included) ends a run of
   failures and closes a circuit.
 
-Open: refused at once for ``open_s``. Then half-open: one call at a time goes out as a
-probe; SUCCESS closes the circuit, FAILURE or SLOW opens it again for ``open_s``. A probe
-whose outcome never comes is given up after ``open_s``, so a circuit cannot stay half-open.
+Open: refused at once for ``open_s`` (the dependency, unreachable) or ``slow_open_s`` (a
+method, slow). Then half-open: one call at a time goes out as a probe; SUCCESS closes the
+circuit, FAILURE or SLOW opens it again. A probe whose outcome never comes is given up after
+the open period, so a circuit cannot stay half-open. Slowness is mostly load, which clears
+within a fraction of a second once callers back off, while a peer that went away needs a
+reconnection: hence a short open period for a slow method (0.25 s) and a long one for an
+unreachable dependency (2 s). With 2 s for both, a burst of timeouts under load turned every
+decision of the next 2 s into a fallback (docs/benchmarks.md).
 
 Written here rather than taken from a library: the maintained Python breakers (pybreaker,
 aiobreaker) wrap the call themselves and count exceptions only, while the orchestrator needs
@@ -115,6 +120,7 @@ class CircuitBreaker:
         *,
         failure_threshold: int = 3,
         open_s: float = 2.0,
+        slow_open_s: float = 0.25,
         failure_rate: float = 0.5,
         min_calls: int = 10,
         window: int = 20,
@@ -124,6 +130,7 @@ class CircuitBreaker:
         self.name = name
         self._threshold = failure_threshold
         self._open_s = open_s
+        self._slow_open_s = slow_open_s
         self._rate = failure_rate
         self._min_calls = min_calls
         self._window = window
@@ -145,20 +152,23 @@ class CircuitBreaker:
         whole = self._whole.state(now, self._open_s)
         if whole is not BreakerState.CLOSED:
             return whole
-        return self._lane(method).state(now, self._open_s)
+        return self._lane(method).state(now, self._slow_open_s)
 
     def allow(self, method: str = "") -> bool:
         """May a call of ``method`` go out now? In a half-open circuit, one probe at a time
         (this call, when True)."""
         now = self._clock()
-        circuits: list[_Circuit] = [self._whole, self._lane(method)]
-        half_open = []
-        for circuit in circuits:
-            state = circuit.state(now, self._open_s)
+        circuits: list[tuple[_Circuit, float]] = [
+            (self._whole, self._open_s),
+            (self._lane(method), self._slow_open_s),
+        ]
+        half_open: list[_Circuit] = []
+        for circuit, open_s in circuits:
+            state = circuit.state(now, open_s)
             if state is BreakerState.OPEN:
                 return False
             if state is BreakerState.HALF_OPEN:
-                if circuit.probe_out(now, self._open_s):
+                if circuit.probe_out(now, open_s):
                     return False
                 half_open.append(circuit)
         for circuit in half_open:

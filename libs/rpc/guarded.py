@@ -86,10 +86,13 @@ def guarded(
     *,
     failure_threshold: int = 3,
     open_s: float = 2.0,
+    slow_open_s: float = 0.25,
 ) -> T:
     """``port`` with a deadline and its dependency's breaker on every async method (see the
     module's docstring)."""
-    breaker = CircuitBreaker(dependency, failure_threshold=failure_threshold, open_s=open_s)
+    breaker = CircuitBreaker(
+        dependency, failure_threshold=failure_threshold, open_s=open_s, slow_open_s=slow_open_s
+    )
     return cast(T, _Guarded(port, dependency, breaker))
 
 

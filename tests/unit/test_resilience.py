@@ -118,6 +118,27 @@ def test_timeouts_open_a_method_only_past_the_failure_rate_over_enough_calls() -
     assert breaker.allow("merge_profiles")
 
 
+def test_a_slow_method_is_probed_again_sooner_than_an_unreachable_dependency() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(
+        "scoring", failure_threshold=3, open_s=2.0, slow_open_s=0.25, min_calls=4, clock=clock
+    )
+    for _ in range(4):
+        breaker.record(Outcome.SLOW, "score_candidates")
+    assert not breaker.allow("score_candidates")
+    clock.now += 0.25  # load clears quickly: one probe goes out
+    assert breaker.allow("score_candidates") and not breaker.allow("score_candidates")
+    breaker.record(Outcome.SUCCESS, "score_candidates")
+    assert breaker.state("score_candidates") is BreakerState.CLOSED
+
+    for _ in range(3):
+        breaker.record(Outcome.FAILURE, "score_candidates")  # unreachable: the whole opens
+    clock.now += 0.25
+    assert not breaker.allow("score_candidates")  # a reconnection takes longer
+    clock.now += 1.75
+    assert breaker.allow("score_candidates")
+
+
 def test_old_timeouts_leave_the_window() -> None:
     clock = Clock()
     breaker = CircuitBreaker("scoring", min_calls=4, window_s=10.0, clock=clock)
