@@ -82,16 +82,11 @@ class Violations:
 
 
 def renamed_violations(error: InvalidArgument, prefix: str, new_prefix: str) -> InvalidArgument:
-    """``error`` with its fields' ``prefix`` replaced (a record's ``record.x`` becomes
-    ``records[3].x`` when it was sent in a batch)."""
+    """``error`` with its fields' ``prefix`` replaced by ``new_prefix`` (put in front where
+    a field lacks it): a record's ``record.x`` becomes ``records[3].x`` in a batch."""
     return InvalidArgument(
         [
-            FieldViolation(
-                new_prefix + v.field.removeprefix(prefix)
-                if v.field.startswith(prefix)
-                else new_prefix + v.field,
-                v.description,
-            )
+            FieldViolation(new_prefix + v.field.removeprefix(prefix), v.description)
             for v in error.violations
         ]
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 
 from libs.changes import InProcessChangeFeed, change_feed
+from libs.clock import utc_now
 from libs.config import ConfigError, Settings, Target
 from libs.contracts.context import PersonalizationLevel
 from libs.contracts.context_proto import ProfileContextEncoder
@@ -37,10 +38,11 @@ from services.identity.api import IdentityClient, identity_binding
 from services.identity.normalize import IdentifierKeyring
 from services.identity.repository import SqlIdentityUnitOfWork
 from services.identity.service import IdentityService
-from services.ingest.consumer import DecisionsNotServed, StreamConfig, StreamConsumer
+from services.ingest.consumer import EventSink, StreamConfig, StreamConsumer
 from services.orchestrator.admin_proxy import admin_forwarding_bindings
 from services.orchestrator.api import orchestrator_bindings
 from services.orchestrator.decide import DecisionEngine
+from services.orchestrator.events import EventIngestion, announcing
 from services.orchestrator.privacy import PrivacyAdmin
 from services.scoring.api import ScoringClient, scoring_bindings
 from services.scoring.inference import OipBackend, parse_backend
@@ -318,30 +320,27 @@ def _stream_consumer(
     closers: list[Callable[[], Awaitable[None]]],
 ) -> StreamConsumer | None:
     """The stream's consumer of ``--target ingest`` and, when a stream is configured, of
-    ``--target all``. It writes through ``DecisionEngine.track_events``: the ingest target
-    hosts identity and context on the database like the embedded shape does, and an engine
-    that takes no decisions."""
+    ``--target all``. It writes through TrackEvents' domain path (``EventIngestion``): the
+    ingest target hosts identity and context on the database like the embedded shape does,
+    and takes no decisions."""
+    sink: EventSink
     if settings.target == Target.INGEST:
         assert hosted.identity is not None and hosted.context is not None
-        engine = DecisionEngine(
+        sink = EventIngestion(
             hosted.identity,
             hosted.context,
-            DecisionsNotServed(),
-            DecisionsNotServed(),
-            budget_ms=settings.decision_budget_ms,
-            observer=observability,
-            # Other replicas' WatchDecisions streams hear of the events (PostgreSQL).
-            changes=changes,
             event_types=settings.aggregates.event_types,
-            new_profile_level=PersonalizationLevel(settings.default_personalization),
+            observer=observability,
+            clock=utc_now,
+            # Other replicas' WatchDecisions streams hear of the events (PostgreSQL).
+            announce=announcing(changes),
         )
-        closers.append(engine.close)
     elif settings.target == Target.ALL and settings.stream_servers:
         assert hosted.decisions is not None
-        engine = hosted.decisions
+        sink = hosted.decisions
     else:
         return None
-    consumer = StreamConsumer(StreamConfig.from_settings(settings), engine, observability)
+    consumer = StreamConsumer(StreamConfig.from_settings(settings), sink, observability)
     # Closed first (closers run in reverse): the batches being stored finish and are acked
     # before the engine and the database close.
     closers.append(consumer.close)

@@ -29,10 +29,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from libs.config import Settings
-from libs.contracts.arbitration import CandidateList, Prioritization, ScoredCandidate
-from libs.contracts.context import AppendResult, ProfileContext
-from libs.contracts.scoring import CandidateScore, ScoringCandidate
-from libs.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from libs.contracts.context import AppendResult
+from libs.errors import FieldViolation, InvalidArgument
 from libs.logging import get_logger
 from services.ingest.decode import UndecodableMessage, decode_event
 from services.orchestrator.api import tracked_events_from_proto
@@ -59,7 +57,8 @@ _EVENT_INDEX = re.compile(r"^events\[(\d+)\]\.?")
 
 
 class EventSink(Protocol):
-    """Where events go: the orchestrator's ``DecisionEngine.track_events``."""
+    """Where events go: TrackEvents' domain path (``EventIngestion``, or the engine that
+    holds one)."""
 
     async def track_events(self, events: list[TrackedEvent]) -> AppendResult: ...
 
@@ -433,41 +432,3 @@ async def _log_disconnected() -> None:
 
 async def _log_reconnected() -> None:
     _log.info("stream reconnected")
-
-
-class DecisionsNotServed:
-    """The scoring and arbitration ports of the ingest target's engine: it stores events
-    and takes no decision, so neither is ever called."""
-
-    async def score_candidates(
-        self,
-        context: ProfileContext,
-        request_context: dict[str, Any],
-        channel: str,
-        candidates: Sequence[ScoringCandidate],
-    ) -> list[CandidateScore]:
-        raise FailedPrecondition("the ingest target takes no decisions")
-
-    async def list_candidates(
-        self,
-        channel: str,
-        placement: str,
-        request_context: dict[str, object],
-        *,
-        explain: bool = False,
-    ) -> CandidateList:
-        raise FailedPrecondition("the ingest target takes no decisions")
-
-    async def prioritize(
-        self,
-        scored: list[ScoredCandidate],
-        channel: str,
-        *,
-        explain: bool = False,
-        context: ProfileContext | None = None,
-        request_context: dict[str, object] | None = None,
-        placement: str = "",
-        profile_known: bool = True,
-        listed_version: str = "",
-    ) -> Prioritization:
-        raise FailedPrecondition("the ingest target takes no decisions")

@@ -30,7 +30,7 @@ from libs.logging import get_logger
 from libs.memo import ByIdentity
 from libs.rpc.client import remaining_s, set_deadline
 from libs.rpc.guarded import DependencyFailed
-from services.orchestrator.events import EventIngestion
+from services.orchestrator.events import EventIngestion, announcing
 from services.orchestrator.fallbacks import (
     DegradedReasons,
     LastCandidates,
@@ -128,6 +128,7 @@ class DecisionEngine:
         self._clock = clock
         self._new_id = new_id
         self._changes = changes or InProcessChangeFeed()
+        self._announce = announcing(self._changes)
         self.outbox = DecisionOutbox(context, linger_s=outbox_linger_s)
         self._merges = ContextMoves(identity, context, self._announce)
         # The fallback when arbitration is down.
@@ -451,7 +452,7 @@ class DecisionEngine:
     async def track_events(self, events: list[TrackedEvent]) -> AppendResult:
         """Resolve each event's identifiers to a profile, then store the batch at once
         (events.py)."""
-        return await self._events.track(events)
+        return await self._events.track_events(events)
 
     async def record_outcome(self, report: OutcomeReport) -> OutcomeResult:
         # A decision still in the outbox is stored first (UNAVAILABLE while context is down:
@@ -464,13 +465,6 @@ class DecisionEngine:
         if not result.duplicate and result.profile_id:
             await self._announce([result.profile_id])
         return result
-
-    async def _announce(self, profile_ids: list[str]) -> None:
-        """Wake the WatchDecisions streams of these profiles (on every replica)."""
-        try:
-            await self._changes.publish(profile_ids)
-        except Exception as error:  # the write is stored and acknowledged: never fail it now
-            _log.warning("change not announced", error=str(error))
 
 
 async def _ready(value: ProfileContext | None) -> ProfileContext | None:

@@ -6,10 +6,12 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 
+from libs.changes import ChangePublisher
 from libs.contracts.context import AppendResult, ProfileEvent
 from libs.contracts.context_checks import MAX_EVENTS_PER_BATCH, check_event_fields
 from libs.contracts.identity import Identifier, Resolution
-from libs.errors import FieldViolation, InvalidArgument, Violations
+from libs.errors import FieldViolation, InvalidArgument, Violations, renamed_violations
+from libs.logging import get_logger
 from services.orchestrator.merges import settle, to_move
 from services.orchestrator.model import TrackedEvent
 from services.orchestrator.ports import (
@@ -19,6 +21,8 @@ from services.orchestrator.ports import (
     IdentityPort,
     ValidatedEventsPort,
 )
+
+_log = get_logger("nextbest.orchestrator.events")
 
 
 class EventIngestion:
@@ -43,7 +47,7 @@ class EventIngestion:
         self._clock = clock
         self._announce = announce
 
-    async def track(self, events: list[TrackedEvent]) -> AppendResult:
+    async def track_events(self, events: list[TrackedEvent]) -> AppendResult:
         """Resolve each event's identifiers to a profile, then store the batch at once.
 
         Events carrying the same identifiers are resolved once per batch; profiles that
@@ -164,6 +168,17 @@ def _renamed_set(violation: FieldViolation, indexes: list[int]) -> FieldViolatio
 
 
 def prefixed(error: InvalidArgument, prefix: str) -> InvalidArgument:
-    return InvalidArgument(
-        [FieldViolation(f"{prefix}.{v.field}", v.description) for v in error.violations]
-    )
+    return renamed_violations(error, "", f"{prefix}.")
+
+
+def announcing(changes: ChangePublisher) -> Callable[[list[str]], Awaitable[None]]:
+    """Wake the WatchDecisions streams of the profiles given (on every replica); a failure
+    is logged, never raised: what it announces is stored and acknowledged already."""
+
+    async def announce(profile_ids: list[str]) -> None:
+        try:
+            await changes.publish(profile_ids)
+        except Exception as error:
+            _log.warning("change not announced", error=str(error))
+
+    return announce

@@ -278,6 +278,20 @@ def baselines(known: Known) -> dict[str, Callable[[], Message]]:
     demo_catalog.defaults["web"] = demo_catalog.actions[0].action_id
     candidate = demo_catalog.actions[0]
     oip = open_inference_pb2
+
+    def decision_record() -> context_pb2.DecisionRecord:
+        return context_pb2.DecisionRecord(
+            decision_id=uuid.uuid4().hex,
+            request_id=fresh("r"),
+            profile_id=profile(),
+            channel="web",
+            placement="home",
+            action_id=candidate.action_id,
+            decided_at=now(),
+            payload=struct(note="none"),
+            predictions=[prediction],
+        )
+
     return {
         "nextbest.decision.v1.DecisionService.Decide": lambda: decision_pb2.DecideRequest(
             identifiers=who(),
@@ -389,36 +403,10 @@ def baselines(known: Known) -> dict[str, Callable[[], Message]]:
             ]
         ),
         "nextbest.context.v1.ContextService.RecordDecision": lambda: (
-            context_pb2.RecordDecisionRequest(
-                record=context_pb2.DecisionRecord(
-                    decision_id=uuid.uuid4().hex,
-                    request_id=fresh("r"),
-                    profile_id=profile(),
-                    channel="web",
-                    placement="home",
-                    action_id=candidate.action_id,
-                    decided_at=now(),
-                    payload=struct(note="none"),
-                    predictions=[prediction],
-                )
-            )
+            context_pb2.RecordDecisionRequest(record=decision_record())
         ),
         "nextbest.context.v1.ContextService.RecordDecisions": lambda: (
-            context_pb2.RecordDecisionsRequest(
-                records=[
-                    context_pb2.DecisionRecord(
-                        decision_id=uuid.uuid4().hex,
-                        request_id=fresh("r"),
-                        profile_id=profile(),
-                        channel="web",
-                        placement="home",
-                        action_id=candidate.action_id,
-                        decided_at=now(),
-                        payload=struct(note="none"),
-                        predictions=[prediction],
-                    )
-                ]
-            )
+            context_pb2.RecordDecisionsRequest(records=[decision_record()])
         ),
         "nextbest.context.v1.ContextService.RecordOutcome": lambda: (
             context_pb2.RecordOutcomeRequest(
